@@ -1,0 +1,1 @@
+"""The monitor's command layer: typed QMP commands, events, and the HMP table."""

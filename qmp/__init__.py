@@ -1,0 +1,1 @@
+"""The QMP wire protocol: sockets, sessions, the JSON stream parser."""

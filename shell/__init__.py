@@ -1,0 +1,1 @@
+"""kvmkit-shell: an interactive QMP/HMP client."""

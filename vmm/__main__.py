@@ -1,0 +1,3 @@
+from vmm.cli import entry_point
+
+entry_point()

@@ -1,0 +1,348 @@
+"""Character device back ends (-chardev, -serial): stdio, file, pty, socket, null.
+
+``write`` may be called from any thread (a vCPU writing its UART); input is
+read on the asyncio loop and handed to the attached front end. A socket
+server takes one client at a time and accepts again when it leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import socket
+import sys
+import termios
+import threading
+import tty
+from typing import Callable
+
+Receiver = Callable[[bytes], None]
+
+
+class ChardevError(ValueError):
+    pass
+
+
+class Chardev:
+    backend = "null"
+
+    def __init__(self, chardev_id: str) -> None:
+        self.id = chardev_id
+        self.receiver: Receiver | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._write_lock = threading.Lock()
+
+    @property
+    def filename(self) -> str:
+        return self.backend
+
+    def attach(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def _deliver(self, data: bytes) -> None:
+        if self.receiver is not None and data:
+            self.receiver(data)
+
+    @staticmethod
+    def _write_fd(fd: int, data: bytes) -> bool:
+        """Writes all of data to a possibly non-blocking fd; False if the peer is gone."""
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                select.select([], [fd], [], 1.0)
+                continue
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                return False
+            view = view[n:]
+        return True
+
+
+class NullChardev(Chardev):
+    backend = "null"
+
+
+class FdChardev(Chardev):
+    """Reads from in_fd (if any) on the loop and writes to out_fd."""
+
+    def __init__(self, chardev_id: str, in_fd: int | None, out_fd: int) -> None:
+        super().__init__(chardev_id)
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().start(loop)
+        if self.in_fd is not None:
+            loop.add_reader(self.in_fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.in_fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            assert self.loop is not None
+            self.loop.remove_reader(self.in_fd)
+            return
+        self._deliver(data)
+
+    def write(self, data: bytes) -> None:
+        with self._write_lock:
+            self._write_fd(self.out_fd, data)
+
+    def close(self) -> None:
+        if self.loop is not None and self.in_fd is not None:
+            try:
+                self.loop.remove_reader(self.in_fd)
+            except (ValueError, RuntimeError):
+                pass
+
+
+class StdioChardev(FdChardev):
+    backend = "stdio"
+
+    def __init__(self, chardev_id: str, signal: bool = True) -> None:
+        super().__init__(chardev_id, sys.stdin.fileno(), sys.stdout.fileno())
+        self._saved_tty = None
+        self.signal = signal
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if os.isatty(self.in_fd):
+            self._saved_tty = termios.tcgetattr(self.in_fd)
+            tty.setraw(self.in_fd)
+            if self.signal:  # keep Ctrl-C as a signal to kvmkit, as QEMU's signal=on
+                attrs = termios.tcgetattr(self.in_fd)
+                attrs[3] |= termios.ISIG
+                attrs[1] |= termios.OPOST | termios.ONLCR
+                termios.tcsetattr(self.in_fd, termios.TCSANOW, attrs)
+        super().start(loop)
+
+    def close(self) -> None:
+        super().close()
+        if self._saved_tty is not None:
+            termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self._saved_tty)
+            self._saved_tty = None
+
+
+class FileChardev(FdChardev):
+    backend = "file"
+
+    def __init__(self, chardev_id: str, path: str, append: bool = False) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError as e:
+            raise ChardevError(f"Could not open '{path}': {e.strerror}") from None
+        super().__init__(chardev_id, None, fd)
+        self.path = path
+
+    @property
+    def filename(self) -> str:
+        return f"file:{self.path}"
+
+    def close(self) -> None:
+        os.close(self.out_fd)
+
+
+class PtyChardev(FdChardev):
+    backend = "pty"
+
+    def __init__(self, chardev_id: str) -> None:
+        master, slave = os.openpty()
+        attrs = termios.tcgetattr(slave)
+        tty.setraw(slave)
+        del attrs
+        os.set_blocking(master, False)
+        self.slave_fd = slave
+        self.pty_name = os.ttyname(slave)
+        super().__init__(chardev_id, master, master)
+        print(f"char device redirected to {self.pty_name} (label {chardev_id})", file=sys.stderr)
+
+    @property
+    def filename(self) -> str:
+        return f"pty:{self.pty_name}"
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.in_fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO: nobody has the slave open; wait for a reader
+            return
+        self._deliver(data)
+
+    def write(self, data: bytes) -> None:
+        with self._write_lock:
+            try:
+                os.write(self.out_fd, data)  # a pty nobody reads drops output, as QEMU's
+            except OSError:
+                pass
+
+
+class SocketChardev(Chardev):
+    """unix:PATH or tcp:HOST:PORT, as a server (one client at a time) or a client."""
+
+    backend = "socket"
+
+    def __init__(self, chardev_id: str, *, path: str | None = None, host: str | None = None,
+                 port: int | None = None, server: bool = False, wait: bool = True,
+                 listen_fd: int | None = None) -> None:
+        super().__init__(chardev_id)
+        self.path, self.host, self.port = path, host, port
+        self.server, self.wait = server, wait
+        self.listener: socket.socket | None = None
+        self.client: socket.socket | None = None
+        self.on_connect: Callable[[], None] | None = None
+        self.on_disconnect: Callable[[], None] | None = None
+        if listen_fd is not None:
+            self.listener = socket.socket(fileno=listen_fd)
+            self.server = True
+        elif server:
+            self.listener = self._listen()
+        else:
+            self.client = self._connect()
+
+    def _family_address(self):
+        if self.path is not None:
+            return socket.AF_UNIX, self.path
+        return socket.AF_INET6 if self.host and ":" in self.host else socket.AF_INET, \
+            (self.host or "0.0.0.0", self.port)
+
+    def _listen(self) -> socket.socket:
+        family, address = self._family_address()
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family == socket.AF_UNIX:
+                try:
+                    os.unlink(address)
+                except FileNotFoundError:
+                    pass
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(1)
+        except OSError as e:
+            sock.close()
+            raise ChardevError(f"Failed to bind socket to {self._describe()}: "
+                               f"{e.strerror}") from None
+        return sock
+
+    def _connect(self) -> socket.socket:
+        family, address = self._family_address()
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+        except OSError as e:
+            sock.close()
+            raise ChardevError(f"Failed to connect to '{self._describe()}': "
+                               f"{e.strerror}") from None
+        return sock
+
+    def _describe(self) -> str:
+        return self.path if self.path is not None else f"{self.host}:{self.port}"
+
+    @property
+    def filename(self) -> str:
+        if self.path is not None:
+            base = f"unix:{self.path}"
+        else:
+            base = f"tcp:{self.host}:{self.port}"
+        return base + (",server=on" if self.server else "")
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().start(loop)
+        if self.listener is not None:
+            if self.wait and self.client is None:
+                self.listener.setblocking(True)
+                client, _ = self.listener.accept()
+                self._adopt(client)
+            self.listener.setblocking(False)
+            if self.client is None:
+                loop.add_reader(self.listener.fileno(), self._accept)
+        elif self.client is not None:
+            self._adopt(self.client)
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        self._adopt(client)
+
+    def _adopt(self, client: socket.socket) -> None:
+        client.setblocking(False)
+        self.client = client
+        if self.listener is not None and self.loop is not None:
+            try:
+                self.loop.remove_reader(self.listener.fileno())
+            except (ValueError, RuntimeError):
+                pass
+        if self.loop is not None:
+            self.loop.add_reader(client.fileno(), self._readable)
+        if self.on_connect:
+            self.on_connect()
+
+    def _readable(self) -> None:
+        client = self.client
+        if client is None:
+            return
+        try:
+            data = client.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_client()
+            return
+        self._deliver(data)
+
+    def _drop_client(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            if self.loop is not None:
+                try:
+                    self.loop.remove_reader(client.fileno())
+                except (ValueError, RuntimeError):
+                    pass
+            client.close()
+            if self.on_disconnect:
+                self.on_disconnect()
+        if self.listener is not None and self.loop is not None:
+            self.loop.add_reader(self.listener.fileno(), self._accept)
+
+    def write(self, data: bytes) -> None:
+        with self._write_lock:
+            client = self.client
+            if client is None:
+                return  # output with nobody connected is dropped, as QEMU's
+            if not self._write_fd(client.fileno(), data) and self.loop is not None:
+                self.loop.call_soon_threadsafe(self._drop_client)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.listener is not None:
+            self.listener.close()
+            if self.path is not None:
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass

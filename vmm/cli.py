@@ -1,0 +1,139 @@
+"""`kvmkit`: parse QEMU-style options, build the machine, run the loop.
+
+A user error prints one line (``kvmkit: ...``) and exits 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from vmm import __version__
+from vmm.config import MACHINE_TYPES, USAGE, ConfigError, MachineConfig, parse_args
+from vmm.device_models import help_text as device_help
+
+PROG = "kvmkit"
+QEMU_COMPAT_VERSION = "7.2.22"
+
+
+def version_text() -> str:
+    return (f"{PROG} version {__version__} (QEMU {QEMU_COMPAT_VERSION} compatible monitor)\n"
+            "A KVM virtual machine monitor in Python.")
+
+
+def error(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = parse_args(args)
+    except ConfigError as e:
+        return error(str(e))
+    if cfg.show_version:
+        print(version_text())
+        return 0
+    if cfg.show_help:
+        print(USAGE, end="")
+        return 0
+    if cfg.list_machines:
+        print("Supported machines are:")
+        for name, desc in MACHINE_TYPES.items():
+            print(f"{name:<20} {desc}")
+        return 0
+    if cfg.list_devices:
+        print(device_help(), end="")
+        return 0
+    if cfg.monitors:
+        return error("monitors (-qmp, -monitor, -mon) are not implemented yet")
+    if cfg.netdevs:
+        return error("-netdev: networking is not implemented yet")
+    if cfg.logfile:
+        try:
+            logging.basicConfig(filename=cfg.logfile, level=logging.INFO)
+        except OSError as e:
+            return error(f"Error opening logfile {cfg.logfile}: {e.strerror}")
+    else:
+        logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
+    if cfg.daemonize:
+        return _daemonize_and_run(cfg)
+    return _build_and_run(cfg)
+
+
+def _build_and_run(cfg: MachineConfig, ready_fd: int | None = None) -> int:
+    from vmm.machine import Machine, MachineError
+
+    try:
+        machine = Machine(cfg)
+    except MachineError as e:
+        return error(str(e))
+    try:
+        if cfg.pidfile:
+            try:
+                with open(cfg.pidfile, "w") as f:
+                    f.write(f"{os.getpid()}\n")
+            except OSError as e:
+                return error(f"cannot create PID file: {e.strerror}")
+        return asyncio.run(_run(machine, ready_fd))
+    finally:
+        machine.close()
+        if cfg.pidfile:
+            try:
+                os.unlink(cfg.pidfile)
+            except OSError:
+                pass
+
+
+async def _run(machine, ready_fd: int | None) -> int:
+    loop = asyncio.get_running_loop()
+    machine.attach(loop)
+
+    def on_signal(signum: int) -> None:
+        print(f"{PROG}: terminating on signal {signum}", file=sys.stderr, flush=True)
+        machine.shutdown(False, "host-signal")
+        machine.finish(0)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, on_signal, signum)
+    if not machine.cfg.start_paused:
+        machine.cont()
+    if ready_fd is not None:
+        os.write(ready_fd, b"\0")
+        os.close(ready_fd)
+        _detach_stdio()
+    return await machine.exit_status
+
+
+def _detach_stdio() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _daemonize_and_run(cfg: MachineConfig) -> int:
+    uses_stdio = any(c.backend == "stdio" for c in cfg.chardevs) or (
+        not cfg.serials and not cfg.nodefaults)
+    if uses_stdio or cfg.nographic:
+        return error("-daemonize cannot be used with a stdio character device")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        ok = os.read(read_fd, 1)
+        if ok == b"\0":
+            return 0
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) or 1
+    os.close(read_fd)
+    os.setsid()
+    return _build_and_run(cfg, ready_fd=write_fd)
+
+
+def entry_point() -> None:
+    sys.exit(main())

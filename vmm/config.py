@@ -1,0 +1,396 @@
+"""The kvmkit command line: QEMU's options, validated into a MachineConfig.
+
+Every user error raises ConfigError whose text is QEMU's (``-m foo: Parameter
+'size' expects ...``); the CLI prints it after ``kvmkit: `` and exits 1.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from dataclasses import dataclass, field
+
+from vmm.qemuopts import OptsError, SIZE_HELP, parse_bool, parse_int, parse_opts, parse_size
+
+DEFAULT_RAM = 128 << 20
+MACHINE_TYPES = {"pc": "Standard PC (i440FX + PIIX, 1996)",
+                 "pc-i440fx-7.2": "Standard PC (i440FX + PIIX, 1996)"}
+CPU_MODELS = ("host", "max")
+
+
+class ConfigError(ValueError):
+    """A command-line error; str() is the full message without the program name."""
+
+
+@dataclass
+class ChardevSpec:
+    id: str
+    backend: str
+    options: dict[str, str]
+
+
+@dataclass
+class DeviceSpec:
+    driver: str
+    options: dict[str, str]
+    origin: str                        # the option text, for error messages
+
+
+@dataclass
+class MonitorSpec:
+    chardev: str
+    mode: str                          # "control" (QMP) or "readline" (HMP)
+    pretty: bool = False
+
+
+@dataclass
+class MachineConfig:
+    memory: int = DEFAULT_RAM
+    cpus: int = 1
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str = ""
+    machine_type: str = "pc"
+    name: str | None = None
+    uuid: str = "00000000-0000-0000-0000-000000000000"
+    start_paused: bool = False
+    no_reboot: bool = False
+    no_shutdown: bool = False
+    nodefaults: bool = False
+    nographic: bool = False
+    chardevs: list[ChardevSpec] = field(default_factory=list)
+    serials: list[str] = field(default_factory=list)      # chardev ids, COM1 first
+    devices: list[DeviceSpec] = field(default_factory=list)
+    monitors: list[MonitorSpec] = field(default_factory=list)
+    netdevs: list[dict[str, str]] = field(default_factory=list)
+    pidfile: str | None = None
+    daemonize: bool = False
+    logfile: str | None = None
+    show_version: bool = False
+    show_help: bool = False
+    list_machines: bool = False
+    list_devices: bool = False
+
+
+# option -> takes an argument
+OPTIONS: dict[str, bool] = {
+    "m": True, "smp": True, "kernel": True, "initrd": True, "append": True,
+    "machine": True, "M": True, "accel": True, "enable-kvm": False, "cpu": True,
+    "name": True, "uuid": True, "nodefaults": False, "nographic": False, "display": True,
+    "vga": True, "serial": True, "chardev": True, "device": True, "S": False,
+    "no-reboot": False, "no-shutdown": False, "pidfile": True, "daemonize": False,
+    "D": True, "d": True, "version": False, "h": False, "help": False, "qmp": True,
+    "qmp-pretty": True, "monitor": True, "mon": True, "netdev": True, "nic": True, "net": True,
+    "no-user-config": False, "boot": True,
+}
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.cfg = MachineConfig()
+        self.serial_count = 0
+        self.auto_chardev = 0
+        self.opt = ""
+        self.arg = ""
+
+    def fail(self, message: str) -> ConfigError:
+        return ConfigError(f"-{self.opt} {self.arg}: {message}" if self.arg
+                           else f"-{self.opt}: {message}")
+
+    def new_chardev_id(self, prefix: str) -> str:
+        cid = f"{prefix}{self.auto_chardev}"
+        self.auto_chardev += 1
+        return cid
+
+    # -- the options -----------------------------------------------------
+    def opt_m(self, arg: str) -> None:
+        opts = parse_opts(arg, implied="size")
+        size_text = opts.pop("size", "")
+        for key in opts:
+            if key not in ("slots", "maxmem"):
+                raise self.fail(f"Invalid parameter '{key}'")
+        try:
+            size = parse_size(size_text, default_shift=20) if size_text else DEFAULT_RAM
+        except OptsError:
+            raise self.fail("Parameter 'size' expects a non-negative number below 2^64\n"
+                            + SIZE_HELP) from None
+        if size == 0:
+            size = DEFAULT_RAM
+        self.cfg.memory = (size + 0x1FFFFF) & ~0x1FFFFF
+
+    def opt_smp(self, arg: str) -> None:
+        opts = parse_opts(arg, implied="cpus")
+        values = {}
+        for key, value in opts.items():
+            if key not in ("cpus", "sockets", "dies", "cores", "threads", "maxcpus"):
+                raise self.fail(f"Invalid parameter '{key}'")
+            try:
+                values[key] = int(value, 10)
+            except ValueError:
+                raise ConfigError(f"Parameter 'smp.{key}' expects integer") from None
+        cpus = values.get("cpus")
+        if cpus is None:
+            cpus = 1
+            for key in ("sockets", "dies", "cores", "threads"):
+                cpus *= values.get(key, 1)
+        if cpus < 1 or any(v < 1 for v in values.values()):
+            raise self.fail("CPU topology parameters must be greater than zero")
+        if values.get("maxcpus", cpus) != cpus:
+            raise self.fail("CPU hotplug (maxcpus) is not supported by kvmkit")
+        self.cfg.cpus = cpus
+
+    def opt_machine(self, arg: str) -> None:
+        opts = parse_opts(arg, implied="type")
+        mtype = opts.pop("type", "pc")
+        if mtype == "help":
+            self.cfg.list_machines = True
+            return
+        if mtype not in MACHINE_TYPES:
+            raise ConfigError("unsupported machine type\n"
+                              "Use -machine help to list supported machines")
+        self.cfg.machine_type = mtype
+        accel = opts.pop("accel", None)
+        if accel is not None:
+            self._check_accel(accel)
+        for key in opts:
+            if key not in ("usb", "vmport", "dump-guest-core", "mem-merge", "kernel-irqchip"):
+                raise self.fail(f"Property '{mtype}-machine.{key}' not found")
+
+    opt_M = opt_machine
+
+    def _check_accel(self, accel: str) -> None:
+        for name in accel.split(":"):
+            if name != "kvm":
+                raise self.fail(f"invalid accelerator {name}" if name not in ("tcg", "xen",
+                                                                              "hax", "whpx")
+                                else f"accelerator '{name}' is not supported: "
+                                "kvmkit runs on KVM only")
+
+    def opt_accel(self, arg: str) -> None:
+        opts = parse_opts(arg, implied="accel")
+        self._check_accel(opts.get("accel", ""))
+
+    def opt_cpu(self, arg: str) -> None:
+        model = split_first(arg)
+        if model not in CPU_MODELS:
+            raise ConfigError(f"unable to find CPU model '{model}'")
+
+    def opt_name(self, arg: str) -> None:
+        opts = parse_opts(arg, implied="guest")
+        self.cfg.name = opts.get("guest")
+
+    def opt_uuid(self, arg: str) -> None:
+        try:
+            self.cfg.uuid = str(uuidlib.UUID(arg))
+        except ValueError:
+            raise self.fail("failed to parse UUID string: wrong format") from None
+        if len(arg) != 36:
+            raise self.fail("failed to parse UUID string: wrong format")
+
+    def opt_display(self, arg: str) -> None:
+        kind = split_first(arg)
+        if kind != "none":
+            raise self.fail(f"Parameter 'type' does not accept value '{kind}'")
+
+    def opt_vga(self, arg: str) -> None:
+        if arg != "none":
+            raise self.fail(f"VGA card '{arg}' is not supported: kvmkit has no display")
+
+    def opt_nographic(self, arg: str) -> None:
+        self.cfg.nographic = True
+
+    def opt_serial(self, arg: str) -> None:
+        self.serial_count += 1
+        if self.serial_count > 4:
+            raise self.fail("Maximum number of serial devices reached")
+        if arg == "none":
+            self.cfg.serials.append("")
+            return
+        cid = self.chardev_from_legacy(arg, f"serial{self.serial_count - 1}")
+        self.cfg.serials.append(cid)
+
+    def chardev_from_legacy(self, arg: str, cid: str) -> str:
+        """-serial/-monitor/-qmp shorthand ('stdio', 'unix:PATH,server=on', ...)."""
+        if arg.startswith("chardev:"):
+            return arg[len("chardev:"):]
+        if arg.startswith("mon:"):
+            arg = arg[4:]
+        head, _, rest = arg.partition(":")
+        if head in ("stdio", "null", "pty", "none"):
+            self.cfg.chardevs.append(ChardevSpec(cid, "null" if head == "none" else head, {}))
+            return cid
+        if head == "file":
+            self.cfg.chardevs.append(ChardevSpec(cid, "file", {"path": rest}))
+            return cid
+        if head == "unix":
+            opts = parse_opts(rest, implied="path")
+            self.cfg.chardevs.append(ChardevSpec(cid, "socket", opts))
+            return cid
+        if head == "tcp":
+            hostport, *extra = rest.split(",", 1)
+            host, _, port = hostport.rpartition(":")
+            opts = parse_opts(extra[0]) if extra else {}
+            opts.update(host=host or "0.0.0.0", port=port)
+            self.cfg.chardevs.append(ChardevSpec(cid, "socket", opts))
+            return cid
+        raise ConfigError(f"-{self.opt} {arg}: '{arg}' is not a valid char driver\n"
+                          f"kvmkit: -{self.opt} {arg}: could not connect serial device to "
+                          f"character backend '{arg}'")
+
+    def opt_chardev(self, arg: str) -> None:
+        opts = parse_opts(arg, implied="backend")
+        backend = opts.pop("backend", "")
+        cid = opts.pop("id", None)
+        if backend not in ("stdio", "file", "pty", "socket", "null", "pipe", "serial"):
+            raise self.fail(f"'{backend}' is not a valid char driver name")
+        if cid is None:
+            raise self.fail("Parameter 'id' is missing")
+        if any(c.id == cid for c in self.cfg.chardevs):
+            raise self.fail(f"Duplicate ID '{cid}' for chardev")
+        if backend == "file" and "path" not in opts:
+            raise self.fail("chardev: file: no filename given")
+        if backend == "socket" and not ({"path", "host", "port", "fd"} & opts.keys()):
+            raise self.fail("Unable to parse FD number ")
+        if backend in ("pipe", "serial"):
+            raise self.fail(f"chardev backend '{backend}' is not supported by kvmkit")
+        self.cfg.chardevs.append(ChardevSpec(cid, backend, opts))
+
+    def opt_device(self, arg: str) -> None:
+        opts = parse_opts(arg, implied="driver")
+        driver = opts.pop("driver", "")
+        if driver == "help":
+            self.cfg.list_devices = True
+            return
+        self.cfg.devices.append(DeviceSpec(driver, opts, f"-device {arg}"))
+
+    def opt_qmp(self, arg: str) -> None:
+        cid = self.chardev_from_legacy(arg, self.new_chardev_id("compat_monitor"))
+        self.cfg.monitors.append(MonitorSpec(cid, "control"))
+
+    def opt_qmp_pretty(self, arg: str) -> None:
+        cid = self.chardev_from_legacy(arg, self.new_chardev_id("compat_monitor"))
+        self.cfg.monitors.append(MonitorSpec(cid, "control", pretty=True))
+
+    def opt_monitor(self, arg: str) -> None:
+        if arg == "none":
+            return
+        cid = self.chardev_from_legacy(arg, self.new_chardev_id("compat_monitor"))
+        self.cfg.monitors.append(MonitorSpec(cid, "readline"))
+
+    def opt_mon(self, arg: str) -> None:
+        opts = parse_opts(arg, implied="chardev")
+        mode = opts.get("mode", "readline")
+        if mode not in ("control", "readline"):
+            raise self.fail(f"Parameter 'mode' does not accept value '{mode}'")
+        if "chardev" not in opts:
+            raise self.fail("Parameter 'chardev' is missing")
+        self.cfg.monitors.append(MonitorSpec(opts["chardev"], mode,
+                                             parse_bool("pretty", opts.get("pretty", "off"))))
+
+    def opt_netdev(self, arg: str) -> None:
+        opts = parse_opts(arg, implied="type")
+        self.cfg.netdevs.append(opts)
+
+    def opt_nic(self, arg: str) -> None:
+        raise self.fail("-nic is not supported yet: networking is not implemented")
+
+    def opt_net(self, arg: str) -> None:
+        raise self.fail("-net is not supported yet: networking is not implemented")
+
+    def opt_boot(self, arg: str) -> None:
+        pass  # no firmware, so boot order means nothing here
+
+    def opt_d(self, arg: str) -> None:
+        pass  # QEMU's TCG log items; nothing to log under KVM
+
+
+def split_first(arg: str) -> str:
+    return parse_opts(arg, implied="_")["_"] if arg else ""
+
+
+SIMPLE = {
+    "kernel": "kernel", "initrd": "initrd", "append": "append", "pidfile": "pidfile",
+    "D": "logfile",
+}
+FLAGS = {
+    "S": "start_paused", "no-reboot": "no_reboot", "no-shutdown": "no_shutdown",
+    "nodefaults": "nodefaults", "daemonize": "daemonize", "version": "show_version",
+    "h": "show_help", "help": "show_help",
+}
+IGNORED_FLAGS = ("enable-kvm", "no-user-config")
+
+
+def parse_args(argv: list[str]) -> MachineConfig:
+    parser = _Parser()
+    cfg = parser.cfg
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("-") or token == "-":
+            parser.opt, parser.arg = "", ""
+            raise ConfigError(f"{token}: invalid option" if token else "invalid option")
+        name = token[2:] if token.startswith("--") else token[1:]
+        parser.opt, parser.arg = name, ""
+        if name not in OPTIONS:
+            raise ConfigError(f"-{name}: invalid option")
+        arg = ""
+        if OPTIONS[name]:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"-{name}: requires an argument")
+            arg = argv[i + 1]
+            i += 1
+        i += 1
+        parser.arg = arg
+        try:
+            if name in SIMPLE:
+                setattr(cfg, SIMPLE[name], arg)
+            elif name in FLAGS:
+                setattr(cfg, FLAGS[name], True)
+            elif name in IGNORED_FLAGS:
+                pass
+            else:
+                getattr(parser, "opt_" + name.replace("-", "_"))(arg)
+        except OptsError as e:
+            raise parser.fail(str(e)) from None
+    return cfg
+
+
+USAGE = """\
+usage: kvmkit [options]
+
+A KVM virtual machine monitor with QEMU's command line and monitor.
+
+Standard options:
+-h or -help     display this help and exit
+-version        display version information and exit
+-machine [type=]pc[,accel=kvm]
+                select the machine (only the i440FX 'pc' machine)
+-accel kvm      the only accelerator; -enable-kvm is accepted too
+-cpu host       pass the host CPU's features through
+-smp [cpus=]n[,sockets=s][,cores=c][,threads=t]
+                number of vCPUs
+-m [size=]megs[,slots=n,maxmem=size]
+                guest RAM (suffixes k, M, G, T; a bare number is MiB)
+-name string    guest name
+-uuid uuid      guest UUID
+-nodefaults     create no default devices
+-S              do not start the CPUs (the monitor's 'cont' starts them)
+-no-reboot      exit instead of rebooting
+-no-shutdown    stop, but do not exit, when the guest powers off
+-pidfile file   write the process id to file
+-daemonize      detach from the terminal once the VM is set up
+-D logfile      write kvmkit's log to logfile
+
+Boot:
+-kernel bzImage|vmlinux|pvh.elf   the kernel to boot (PVH ELFs enter in 32-bit mode)
+-initrd file    the initial ramdisk
+-append cmdline the kernel command line
+
+Devices and back ends:
+-device driver[,prop=value][,...]   isa-serial, isa-debug-exit, ... (-device help)
+-chardev backend,id=id[,...]        stdio, file, pty, socket, null
+-serial dev     stdio, null, none, file:path, pty, unix:path[,server=on],
+                tcp:host:port[,server=on], chardev:id
+-display none, -nographic          no display (kvmkit has none)
+-qmp dev, -monitor dev, -mon chardev=id[,mode=control|readline]
+                                    monitors
+"""

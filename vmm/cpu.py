@@ -1,0 +1,143 @@
+"""Per-vCPU CPUID and the architectural state each boot protocol starts in."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vmm.kvm import CpuidEntry, Vcpu
+
+KVM_SIGNATURE = b"KVMKVMKVM\0\0\0"
+HYPERVISOR_BIT = 1 << 31  # CPUID.1:ECX
+
+
+def _regs_from_signature(sig: bytes) -> tuple[int, int, int]:
+    return tuple(int.from_bytes(sig[i:i + 4], "little") for i in (0, 4, 8))  # type: ignore
+
+
+def build_cpuid(supported: list[CpuidEntry], index: int, ncpus: int) -> list[CpuidEntry]:
+    """Host-supported CPUID, adjusted for vCPU ``index`` of ``ncpus``.
+
+    Topology: one socket, ``ncpus`` cores, one thread each; APIC id = index.
+    """
+    smt_shift = 0
+    core_shift = max(ncpus - 1, 0).bit_length()
+    out: list[CpuidEntry] = []
+    for e in supported:
+        if e.function == 0x1:
+            ebx = (e.ebx & 0x0000FFFF) | (index << 24) | (max(ncpus, 1) << 16)
+            edx = e.edx | (1 << 28) if ncpus > 1 else e.edx & ~(1 << 28)
+            e = replace(e, ebx=ebx, ecx=e.ecx | HYPERVISOR_BIT, edx=edx)
+        elif e.function == 0x4:
+            cores = (max(ncpus, 1) - 1) << 26
+            e = replace(e, eax=(e.eax & 0x03FFFFFF) | cores)
+        elif e.function in (0xB, 0x1F):
+            level = e.index
+            if level == 0:
+                e = replace(e, eax=smt_shift, ebx=1, ecx=(1 << 8) | level, edx=index)
+            elif level == 1:
+                e = replace(e, eax=core_shift, ebx=max(ncpus, 1), ecx=(2 << 8) | level, edx=index)
+            else:
+                e = replace(e, eax=0, ebx=0, ecx=level, edx=index)
+        elif e.function == 0x80000008:
+            e = replace(e, ecx=(e.ecx & ~0xFF) | (max(ncpus, 1) - 1))
+        elif e.function == 0x40000000:
+            ebx, ecx, edx = _regs_from_signature(KVM_SIGNATURE)
+            e = replace(e, eax=max(e.eax, 0x40000001), ebx=ebx, ecx=ecx, edx=edx)
+        out.append(e)
+    if not any(e.function == 0x40000000 for e in out):
+        ebx, ecx, edx = _regs_from_signature(KVM_SIGNATURE)
+        out.append(CpuidEntry(0x40000000, 0, 0, 0x40000001, ebx, ecx, edx))
+    return out
+
+
+# Segment descriptors of the flat boot GDT shared by both protocols.
+GDT_ENTRIES = [
+    0,                      # 0x00 null
+    0,                      # 0x08 unused
+    0x00AF9B000000FFFF,     # 0x10 64-bit code
+    0x00CF93000000FFFF,     # 0x18 data
+    0x00CF9B000000FFFF,     # 0x20 32-bit code
+    0x008F89000000FFFF,     # 0x28 TSS (busy is set by KVM state, not here)
+]
+
+
+def _segment(seg, selector: int, type_: int, *, code64: bool = False, system: bool = False,
+             limit: int = 0xFFFFFFFF) -> None:
+    seg.base = 0
+    seg.limit = limit
+    seg.selector = selector
+    seg.type = type_
+    seg.present = 1
+    seg.dpl = 0
+    seg.db = 0 if code64 or system else 1
+    seg.s = 0 if system else 1
+    seg.l = 1 if code64 else 0
+    seg.g = 0 if system else 1
+    seg.avl = 0
+    seg.unusable = 0
+
+
+def set_pvh_state(vcpu: Vcpu, entry: int, start_info: int) -> None:
+    """PVH: 32-bit protected mode, paging off, flat segments, ebx = start_info."""
+    sregs = vcpu.get_sregs()
+    _segment(sregs.cs, 0x20, 0xB)
+    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        _segment(seg, 0x18, 0x3)
+    _segment(sregs.tr, 0x28, 0xB, system=True, limit=0x67)
+    sregs.cr0 = 0x11  # PE | ET
+    sregs.cr3 = 0
+    sregs.cr4 = 0
+    sregs.efer = 0
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    for name in ("rax", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11",
+                 "r12", "r13", "r14", "r15"):
+        setattr(regs, name, 0)
+    regs.rbx = start_info
+    regs.rip = entry
+    regs.rflags = 0x2
+    vcpu.set_regs(regs)
+
+
+def set_long_mode_state(vcpu: Vcpu, entry: int, boot_params: int, pml4: int, gdt: int,
+                        gdt_limit: int) -> None:
+    """Linux 64-bit boot protocol: long mode, identity paging, rsi = boot_params."""
+    sregs = vcpu.get_sregs()
+    _segment(sregs.cs, 0x10, 0xB, code64=True)
+    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        _segment(seg, 0x18, 0x3)
+    _segment(sregs.tr, 0x28, 0xB, system=True, limit=0x67)
+    sregs.gdt.base = gdt
+    sregs.gdt.limit = gdt_limit
+    sregs.idt.base = 0
+    sregs.idt.limit = 0
+    sregs.cr3 = pml4
+    sregs.cr4 = 0x20  # PAE
+    sregs.cr0 = 0x80000011  # PG | ET | PE
+    sregs.efer = 0x500  # LME | LMA
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rsi = boot_params
+    regs.rip = entry
+    regs.rflags = 0x2
+    regs.rsp = regs.rbp = 0
+    vcpu.set_regs(regs)
+
+
+APIC_LVT_LINT0 = 0x350
+APIC_LVT_LINT1 = 0x360
+APIC_MODE_EXTINT = 0x7
+APIC_MODE_NMI = 0x4
+
+
+def set_lapic_lints(vcpu: Vcpu) -> None:
+    """LINT0 as ExtINT (legacy PIC), LINT1 as NMI: what firmware leaves for the OS."""
+    from vmm._kvm import ffi
+
+    lapic = vcpu.get_lapic()
+    regs = ffi.buffer(lapic.regs)
+    for reg, mode in ((APIC_LVT_LINT0, APIC_MODE_EXTINT), (APIC_LVT_LINT1, APIC_MODE_NMI)):
+        value = int.from_bytes(regs[reg:reg + 4], "little")
+        value = (value & ~0x700 & ~(1 << 16)) | (mode << 8)
+        regs[reg:reg + 4] = value.to_bytes(4, "little")
+    vcpu.set_lapic(lapic)

@@ -1,0 +1,86 @@
+"""-device driver names and their properties, with QEMU's validation messages.
+
+Each model lists its properties as name -> (kind, default). The machine asks
+``validate`` for a typed property dict before it builds the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmm.qemuopts import OptsError, parse_bool, parse_int, parse_size
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    name: str
+    bus: str                                   # "isa" or "pci"
+    description: str
+    properties: dict[str, tuple[str, object]]  # name -> (kind, default)
+    qom_parent: str = ""                       # QEMU's type whose property errors name it
+
+
+COMMON = {"id": ("str", None)}
+
+MODELS: dict[str, DeviceModel] = {}
+
+
+def register(model: DeviceModel) -> DeviceModel:
+    MODELS[model.name] = model
+    return model
+
+
+register(DeviceModel("isa-serial", "isa", "16550A UART", {
+    "chardev": ("chardev", None), "index": ("int", -1), "iobase": ("int", -1),
+    "irq": ("int", -1)}, qom_parent="serial"))
+register(DeviceModel("isa-debug-exit", "isa", "exit the VMM with a status the guest writes", {
+    "iobase": ("int", 0x501), "iosize": ("int", 2)}))
+
+
+class DeviceError(ValueError):
+    pass
+
+
+def validate(driver: str, options: dict[str, str], chardevs: set[str]) -> dict[str, object]:
+    """Returns typed properties; raises DeviceError with QEMU's message."""
+    model = MODELS.get(driver)
+    if model is None:
+        raise DeviceError(f"'{driver}' is not a valid device model name")
+    typed: dict[str, object] = {k: default for k, (_, default) in model.properties.items()}
+    typed["id"] = None
+    for key, value in options.items():
+        if key in COMMON:
+            typed[key] = value
+            continue
+        if key not in model.properties:
+            raise DeviceError(f"Property '{driver}.{key}' not found")
+        kind = model.properties[key][0]
+        try:
+            if kind == "int":
+                typed[key] = parse_int(key, value)
+            elif kind == "bool":
+                typed[key] = parse_bool(key, value)
+            elif kind == "size":
+                typed[key] = parse_size(value)
+            elif kind == "chardev":
+                if value not in chardevs:
+                    owner = model.qom_parent or driver
+                    raise DeviceError(f"Property '{owner}.{key}' can't find value '{value}'")
+                typed[key] = value
+            else:
+                typed[key] = value
+        except OptsError as e:
+            raise DeviceError(str(e)) from None
+    return typed
+
+
+def help_text() -> str:
+    lines = []
+    for bus in ("isa", "pci"):
+        models = [m for m in MODELS.values() if m.bus == bus]
+        if models:
+            lines.append(f"{bus.upper()} devices:")
+            lines += [f'name "{m.name}", bus {bus.upper()}-bus, desc "{m.description}"'
+                      for m in models]
+            lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""PIIX4-style ACPI power management (PCI 00:01.3, 8086:7113).
+
+Fixed-hardware registers as the FADT describes them (ACPI spec, chapter 4):
+PM1 event block (status/enable) at PM_BASE, PM1 control at PM_BASE+4, the
+24-bit 3.579545 MHz PM timer at PM_BASE+8, and GPE0 (status/enable) at
+GPE0_BASE. The SCI is ISA IRQ 9, level-triggered. Entering S5 powers off.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from vmm.pci import PciDevice
+
+PM_BASE = 0x600
+PM_LEN = 0x40
+GPE0_BASE = 0xAFE0
+GPE0_LEN = 4
+SCI_IRQ = 9
+PM_TIMER_HZ = 3579545
+PMBA = 0x40     # PIIX4 PM base address register
+PMREGMISC = 0x80
+
+PM1_TMR_STS = 1 << 0
+PM1_GBL_STS = 1 << 5
+PM1_PWRBTN_STS = 1 << 8
+PM1_RTC_STS = 1 << 10
+PM1_WAK_STS = 1 << 15
+PM1_SCI_EN = 1 << 0
+PM1_SLP_EN = 1 << 13
+SLP_TYP_S5 = 0  # QEMU's PIIX4 DSDT: Name (_S5, Package () {0, 0, 0, 0})
+
+
+class AcpiPm(PciDevice):
+    def __init__(self, set_sci: Callable[[int], None], power_off: Callable[[], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(0x8086, 0x7113, 0x068000, revision=0x03, interrupt_pin=1)
+        self.set_sci = set_sci
+        self.power_off = power_off
+        self.clock = clock
+        self.config[PMBA:PMBA + 4] = (PM_BASE | 1).to_bytes(4, "little")
+        self.config[PMREGMISC] = 1
+        self._sci_level = -1
+        self.reset_pm()
+
+    def reset_pm(self) -> None:
+        self.pm1_sts = 0
+        self.pm1_en = 0
+        self.pm1_cnt = PM1_SCI_EN   # no SMI_CMD in the FADT: ACPI mode from the start
+        self.gpe_sts = 0
+        self.gpe_en = 0
+        self._update_sci()
+
+    # -- events from the host ---------------------------------------------
+    def press_power_button(self) -> None:
+        self.pm1_sts |= PM1_PWRBTN_STS
+        self._update_sci()
+
+    def raise_gpe(self, bit: int) -> None:
+        self.gpe_sts |= 1 << bit
+        self._update_sci()
+
+    def _update_sci(self) -> None:
+        pending = (self.pm1_sts & self.pm1_en & (PM1_TMR_STS | PM1_GBL_STS | PM1_PWRBTN_STS
+                                                 | PM1_RTC_STS)) or (self.gpe_sts & self.gpe_en)
+        level = 1 if pending and self.pm1_cnt & PM1_SCI_EN else 0
+        if level != self._sci_level:
+            self._sci_level = level
+            self.set_sci(level)
+
+    def timer(self) -> int:
+        return int(self.clock() * PM_TIMER_HZ) & 0xFFFFFF
+
+    # -- the two I/O blocks ------------------------------------------------
+    def pm_read(self, offset: int, size: int) -> int:
+        regs = self.pm1_sts | (self.pm1_en << 16)
+        if offset < 4:
+            return (regs >> (8 * offset)) & ((1 << (8 * size)) - 1)
+        if offset in (4, 5):
+            return (self.pm1_cnt >> (8 * (offset - 4))) & ((1 << (8 * size)) - 1)
+        if 8 <= offset < 12:
+            return (self.timer() >> (8 * (offset - 8))) & ((1 << (8 * size)) - 1)
+        return 0
+
+    def pm_write(self, offset: int, size: int, value: int) -> None:
+        if offset < 4:
+            for i in range(size):
+                byte = (value >> (8 * i)) & 0xFF
+                pos = offset + i
+                if pos < 2:
+                    self.pm1_sts &= ~(byte << (8 * pos))  # write 1 to clear
+                elif pos < 4:
+                    shift = 8 * (pos - 2)
+                    self.pm1_en = (self.pm1_en & ~(0xFF << shift)) | (byte << shift)
+            self._update_sci()
+        elif offset in (4, 5):
+            shift = 8 * (offset - 4)
+            mask = ((1 << (8 * min(size, 6 - offset))) - 1) << shift
+            value = (value << shift) & mask
+            self.pm1_cnt = (self.pm1_cnt & ~mask) | value
+            if self.pm1_cnt & PM1_SLP_EN:
+                self.pm1_cnt &= ~PM1_SLP_EN
+                if (self.pm1_cnt >> 10) & 7 == SLP_TYP_S5:
+                    self.power_off()
+            self._update_sci()
+
+    def gpe_read(self, offset: int, size: int) -> int:
+        regs = self.gpe_sts | (self.gpe_en << 16)
+        return (regs >> (8 * offset)) & ((1 << (8 * size)) - 1)
+
+    def gpe_write(self, offset: int, size: int, value: int) -> None:
+        for i in range(size):
+            byte = (value >> (8 * i)) & 0xFF
+            pos = offset + i
+            if pos < 2:
+                self.gpe_sts &= ~(byte << (8 * pos))
+            elif pos < 4:
+                shift = 8 * (pos - 2)
+                self.gpe_en = (self.gpe_en & ~(0xFF << shift)) | (byte << shift)
+        self._update_sci()
+
+    def io_blocks(self) -> list[tuple[int, int, object]]:
+        return [(PM_BASE, PM_LEN, _Block(self.pm_read, self.pm_write)),
+                (GPE0_BASE, GPE0_LEN, _Block(self.gpe_read, self.gpe_write))]
+
+
+class _Block:
+    def __init__(self, read, write) -> None:
+        self.bus_read = read
+        self.bus_write = write

@@ -1,0 +1,106 @@
+"""The i440FX host bridge and PIIX3 south bridge functions of QEMU's `pc` machine.
+
+00.0 host bridge (config mechanism #1 on ports 0xCF8/0xCFC), 01.0 PIIX3 ISA
+bridge (PIRQ routing, reset control register at 0xCF9), 01.1 IDE controller
+(present for the topology QEMU shows; no drives), 01.3 is the PIIX4 ACPI
+function in acpi_pm.py.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from vmm.pci import PciBus, PciDevice
+
+CONFIG_ADDRESS_PORT = 0xCF8
+CONFIG_PORTS_LEN = 8            # 0xCF8-0xCFF: address, reset control, data
+RESET_CONTROL_OFFSET = 1        # 0xCF9
+PIRQ_ROUTE = 0x60               # PIIX3 PIRQA-D route control registers
+PIRQ_DISABLED = 0x80
+FIRMWARE_PIRQ_IRQS = (10, 10, 11, 11)   # what SeaBIOS programs
+
+
+class I440fxHostBridge(PciDevice):
+    def __init__(self) -> None:
+        super().__init__(0x8086, 0x1237, 0x060000, revision=0x02)
+
+
+class Piix3IsaBridge(PciDevice):
+    def __init__(self) -> None:
+        super().__init__(0x8086, 0x7000, 0x060100, multifunction=True)
+        self._set_wmask(PIRQ_ROUTE, 4, 0x8F8F8F8F)
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.config[PIRQ_ROUTE:PIRQ_ROUTE + 4] = bytes([PIRQ_DISABLED] * 4)
+
+    def pirq_irq(self, pirq: int) -> int | None:
+        route = self.config[PIRQ_ROUTE + pirq]
+        return None if route & PIRQ_DISABLED else route & 0x0F
+
+    def program_pirqs(self) -> None:
+        """The routing SeaBIOS leaves for the OS."""
+        self.config[PIRQ_ROUTE:PIRQ_ROUTE + 4] = bytes(FIRMWARE_PIRQ_IRQS)
+
+
+class Piix3Ide(PciDevice):
+    def __init__(self) -> None:
+        super().__init__(0x8086, 0x7010, 0x010180)
+
+
+class NullBarDevice:
+    """What a BAR maps when no register behind it is emulated."""
+
+    def bus_read(self, offset: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def bus_write(self, offset: int, size: int, value: int) -> None:
+        pass
+
+
+def slot_pirq(slot: int, pin: int) -> int:
+    """The PIIX swizzle: INTA of slot N uses PIRQ (N + pin - 1) mod 4."""
+    return (slot + pin - 1) & 3
+
+
+class PciConfigPorts:
+    """Ports 0xCF8-0xCFF: config address/data and the PIIX3 reset control register."""
+
+    def __init__(self, bus: PciBus, request_reset: Callable[[], None]) -> None:
+        self.bus = bus
+        self.request_reset = request_reset
+        self.address = 0
+        self.reset_control = 0
+
+    def _target(self) -> tuple[PciDevice | None, int]:
+        if not self.address & 0x80000000 or (self.address >> 16) & 0xFF:
+            return None, 0
+        slot = (self.address >> 11) & 0x1F
+        function = (self.address >> 8) & 0x7
+        return self.bus.find(slot, function), self.address & 0xFC
+
+    def bus_read(self, offset: int, size: int) -> int:
+        if offset == 0 and size == 4:
+            return self.address
+        if offset == RESET_CONTROL_OFFSET and size == 1:
+            return self.reset_control
+        if offset >= 4:
+            device, register = self._target()
+            if device is not None:
+                return device.config_read(register + offset - 4, size)
+        return (1 << (8 * size)) - 1
+
+    def bus_write(self, offset: int, size: int, value: int) -> None:
+        if offset == 0 and size == 4:
+            self.address = value & 0x80FFFFFC
+        elif offset == RESET_CONTROL_OFFSET and size == 1:
+            if value & 0x04:  # RST_CPU
+                self.reset_control = 0
+                self.request_reset()
+            else:
+                self.reset_control = value & 0x02
+        elif offset >= 4:
+            device, register = self._target()
+            if device is not None:
+                device.config_write(register + offset - 4, size, value)

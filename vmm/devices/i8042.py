@@ -1,0 +1,79 @@
+"""i8042 keyboard controller: enough for the controller commands an OS probes
+with, and pulse-reset (command 0xFE), which is how many guests reboot."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+DATA_PORT = 0x60
+COMMAND_PORT = 0x64
+
+STATUS_OBF = 0x01
+STATUS_SYS = 0x04
+STATUS_CMD = 0x08
+STATUS_KEYLOCK = 0x10
+
+CMD_READ_CONFIG = 0x20
+CMD_WRITE_CONFIG = 0x60
+CMD_SELF_TEST = 0xAA
+CMD_INTERFACE_TEST = 0xAB
+CMD_READ_OUTPUT = 0xD0
+CMD_WRITE_OUTPUT = 0xD1
+CMD_PULSE_RESET = 0xFE
+
+
+class I8042:
+    """Mapped as two one-port ranges: 0x60 (data) and 0x64 (status/command)."""
+
+    def __init__(self, request_reset: Callable[[], None]) -> None:
+        self.request_reset = request_reset
+        self.reset()
+
+    def reset(self) -> None:
+        self.config = 0x45  # translate, system flag, keyboard interrupt
+        self.status = STATUS_SYS | STATUS_KEYLOCK
+        self.output: deque[int] = deque()
+        self.pending_command: int | None = None
+
+    def port(self, base: int) -> _Port:
+        return _Port(self, base)
+
+    def read(self, port: int) -> int:
+        if port == DATA_PORT:
+            return self.output.popleft() if self.output else 0
+        return self.status | (STATUS_OBF if self.output else 0)
+
+    def write(self, port: int, value: int) -> None:
+        if port == COMMAND_PORT:
+            self.pending_command = None
+            if value == CMD_READ_CONFIG:
+                self.output.append(self.config)
+            elif value in (CMD_WRITE_CONFIG, CMD_WRITE_OUTPUT):
+                self.pending_command = value
+            elif value == CMD_SELF_TEST:
+                self.output.append(0x55)
+            elif value == CMD_INTERFACE_TEST:
+                self.output.append(0x00)
+            elif value == CMD_READ_OUTPUT:
+                self.output.append(0x01)
+            elif value == CMD_PULSE_RESET:
+                self.request_reset()
+            return
+        if self.pending_command == CMD_WRITE_CONFIG:
+            self.config = value
+        elif self.pending_command == CMD_WRITE_OUTPUT and not value & 0x01:
+            self.request_reset()  # bit 0 of the output port is the CPU reset line
+        self.pending_command = None
+
+
+class _Port:
+    def __init__(self, controller: I8042, base: int) -> None:
+        self.controller = controller
+        self.base = base
+
+    def bus_read(self, offset: int, size: int) -> int:
+        return self.controller.read(self.base + offset)
+
+    def bus_write(self, offset: int, size: int, value: int) -> None:
+        self.controller.write(self.base + offset, value & 0xFF)

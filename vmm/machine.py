@@ -1,0 +1,477 @@
+"""The `pc` board: KVM VM, RAM, vCPUs, buses, platform devices, boot, run state.
+
+Run-state changes (stop, cont, reset, powerdown, shutdown) happen on the
+asyncio loop's thread; requests that start in a vCPU thread (a guest reset,
+power-off, emulation failure, isa-debug-exit) are handed to the loop. The
+machine reports what happens through ``listeners``, each called as
+``listener(event_name, data_or_None)`` with QEMU's event names and data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Callable
+
+from vmm import cpu as cpustate
+from vmm.boot import acpi, layout, linux
+from vmm.boot.loader import BootError, load_kernel
+from vmm.bus import Bus
+from vmm.chardev import (Chardev, ChardevError, FileChardev, NullChardev, PtyChardev,
+                         SocketChardev, StdioChardev)
+from vmm.config import ChardevSpec, MachineConfig
+from vmm.device_models import DeviceError, validate
+from vmm.devices.acpi_pm import AcpiPm, SCI_IRQ
+from vmm.devices.debug_exit import IsaDebugExit
+from vmm.devices.i440fx import (CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN, I440fxHostBridge,
+                                NullBarDevice, PciConfigPorts, Piix3Ide, Piix3IsaBridge,
+                                slot_pirq)
+from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
+from vmm.devices.rtc import Rtc
+from vmm.devices.serial import COM_PORTS, Serial16550
+from vmm.kvm import Kvm, KvmError
+from vmm.memory import GuestMemory
+from vmm.pci import INTERRUPT_LINE, PciBus
+from vmm.qemuopts import OptsError, parse_bool, parse_int
+from vmm.vcpu import VcpuThread, install_kick_handler
+
+log = logging.getLogger(__name__)
+
+TSS_ADDR = 0xFFFBD000
+IDENTITY_MAP_ADDR = 0xFFFBC000
+KVM_SYSTEM_EVENT_SHUTDOWN = 1
+KVM_SYSTEM_EVENT_RESET = 2
+Listener = Callable[[str, "dict | None"], None]
+
+
+class MachineError(Exception):
+    """Cannot build or start the machine; the message is for the user."""
+
+
+class SerialPort:
+    def __init__(self, index: int, iobase: int, irq: int, uart: Serial16550,
+                 chardev: Chardev | None) -> None:
+        self.index, self.iobase, self.irq = index, iobase, irq
+        self.uart, self.chardev = uart, chardev
+
+
+class Machine:
+    def __init__(self, cfg: MachineConfig, kvm_path: str = "/dev/kvm") -> None:
+        self.cfg = cfg
+        self.lock = threading.RLock()
+        self.listeners: list[Listener] = []
+        self.runstate = "prelaunch"
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.exit_status: asyncio.Future[int] | None = None
+        self._firmware_pending = True
+        self.kernel, self.initrd = self._read_boot_files()
+        self.chardevs: dict[str, Chardev] = {}
+        try:
+            for spec in cfg.chardevs:
+                self.chardevs[spec.id] = self._make_chardev(spec)
+            self._setup_kvm(kvm_path)
+            self._setup_devices()
+            self._setup_vcpus()
+            self._reset_to_boot_state()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- construction ------------------------------------------------------
+    def _read_boot_files(self) -> tuple[bytes, bytes | None]:
+        kernel_path = self.cfg.kernel
+        if kernel_path is None:
+            from vmm.probe import elf_path
+            try:
+                kernel_path = str(elf_path())
+            except FileNotFoundError as e:
+                raise MachineError(str(e)) from None
+        try:
+            with open(kernel_path, "rb") as f:
+                kernel = f.read()
+        except OSError as e:
+            raise MachineError(f"could not open kernel file '{kernel_path}': "
+                               f"{e.strerror}") from None
+        initrd = None
+        if self.cfg.initrd is not None:
+            try:
+                with open(self.cfg.initrd, "rb") as f:
+                    initrd = f.read()
+            except OSError as e:
+                raise MachineError(f"could not load initial ram disk '{self.cfg.initrd}': "
+                                   f"{e.strerror}") from None
+        return kernel, initrd
+
+    def _make_chardev(self, spec: ChardevSpec) -> Chardev:
+        o = spec.options
+        try:
+            if spec.backend == "stdio":
+                return StdioChardev(spec.id, signal=parse_bool("signal", o.get("signal", "on")))
+            if spec.backend == "file":
+                return FileChardev(spec.id, o["path"],
+                                   append=parse_bool("append", o.get("append", "off")))
+            if spec.backend == "pty":
+                return PtyChardev(spec.id)
+            if spec.backend == "socket":
+                server = parse_bool("server", o.get("server", "off"))
+                wait = parse_bool("wait", o.get("wait", "on"))
+                if "fd" in o:
+                    return SocketChardev(spec.id, listen_fd=parse_int("fd", o["fd"]),
+                                         wait=wait)
+                if "path" in o:
+                    return SocketChardev(spec.id, path=o["path"], server=server, wait=wait)
+                return SocketChardev(spec.id, host=o.get("host", "0.0.0.0"),
+                                     port=parse_int("port", o.get("port", "")), server=server,
+                                     wait=wait)
+            return NullChardev(spec.id)
+        except (ChardevError, OptsError) as e:
+            raise MachineError(f"-chardev {spec.backend},id={spec.id}: {e}") from None
+
+    def _setup_kvm(self, kvm_path: str) -> None:
+        try:
+            self.kvm = Kvm(kvm_path)
+        except KvmError as e:
+            raise MachineError(e.strerror or str(e)) from None
+        from vmm._kvm import lib
+        max_vcpus = self.kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or \
+            self.kvm.check_extension(lib.KVM_CAP_NR_VCPUS) or 1
+        if self.cfg.cpus > max_vcpus:
+            raise MachineError(f"Number of SMP CPUs requested ({self.cfg.cpus}) exceeds the "
+                               f"maximum supported by KVM ({max_vcpus})")
+        self.vm = self.kvm.create_vm()
+        self.vm.set_tss_addr(TSS_ADDR)
+        self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        self.vm.create_irqchip()
+        self.vm.create_pit2()
+        try:
+            self.memory = GuestMemory(self.cfg.memory)
+        except (ValueError, OSError) as e:
+            raise MachineError(f"cannot set up guest memory 'pc.ram': {e}") from None
+        for slot, region in enumerate(self.memory.regions):
+            self.vm.set_user_memory_region(slot, region.gpa, region.size,
+                                           self.memory.host_address(region))
+        self.pio = Bus("pio")
+        self.mmio = Bus("mmio")
+
+    def set_irq(self, gsi: int, level: int) -> None:
+        self.vm.irq_line(gsi, level)
+
+    def _setup_devices(self) -> None:
+        self.serials: list[SerialPort] = []
+        self.debug_exits: list[IsaDebugExit] = []
+        self.i8042 = I8042(self.request_guest_reset)
+        self.pio.map(DATA_PORT, 1, self.i8042.port(DATA_PORT))
+        self.pio.map(COMMAND_PORT, 1, self.i8042.port(COMMAND_PORT))
+        self.rtc = Rtc(self.memory.below_4g, self.memory.above_4g, self.cfg.cpus)
+        self.pio.map(0x70, 2, self.rtc)
+
+        self.piix3 = Piix3IsaBridge()
+        self.pci = PciBus(self.pio, self.mmio, self._route_intx, self.set_irq)
+        self.pci.plug(I440fxHostBridge(), 0, 0)
+        self.pci.plug(self.piix3, 1, 0)
+        ide = Piix3Ide()
+        ide.add_bar(4, 16, "io", NullBarDevice())
+        self.pci.plug(ide, 1, 1)
+        self.pm = AcpiPm(lambda level: self.set_irq(SCI_IRQ, level), self.request_guest_poweroff)
+        self.pci.plug(self.pm, 1, 3)
+        for base, length, block in self.pm.io_blocks():
+            self.pio.map(base, length, block)
+        self.pio.map(CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN,
+                     PciConfigPorts(self.pci, self.request_guest_reset))
+
+        serial_ids = list(self.cfg.serials)
+        if not serial_ids and not self.cfg.nodefaults and not self.cfg.serials:
+            self.chardevs.setdefault("serial0", StdioChardev("serial0"))
+            serial_ids = ["serial0"]
+        for chardev_id in serial_ids:
+            self._add_serial(chardev_id or None, -1, -1, -1)
+        chardev_ids = set(self.chardevs)
+        for spec in self.cfg.devices:
+            try:
+                props = validate(spec.driver, spec.options, chardev_ids)
+                self._add_device(spec.driver, props)
+            except DeviceError as e:
+                raise MachineError(f"{spec.origin}: {e}") from None
+
+    def _add_device(self, driver: str, props: dict) -> None:
+        if driver == "isa-serial":
+            self._add_serial(props["chardev"], props["index"], props["iobase"], props["irq"])
+        elif driver == "isa-debug-exit":
+            device = IsaDebugExit(self.request_exit)
+            try:
+                self.pio.map(props["iobase"], props["iosize"], device)
+            except ValueError as e:
+                raise DeviceError(str(e)) from None
+            self.debug_exits.append(device)
+
+    def _add_serial(self, chardev_id: str | None, index: int, iobase: int, irq: int) -> None:
+        used = {s.index for s in self.serials}
+        if index < 0:
+            index = next((i for i in range(len(COM_PORTS)) if i not in used), -1)
+            if index < 0:
+                raise DeviceError("Max. supported number of ISA serial ports is 4.")
+        elif index >= len(COM_PORTS) or index in used:
+            raise DeviceError(f"Invalid serial port index {index}")
+        default_base, default_irq = COM_PORTS[index]
+        iobase = default_base if iobase < 0 else iobase
+        irq = default_irq if irq < 0 else irq
+        chardev = self.chardevs.get(chardev_id) if chardev_id else None
+        output = chardev.write if chardev else (lambda data: None)
+        uart = Serial16550(output, lambda level, irq=irq: self.set_irq(irq, level))
+        try:
+            self.pio.map(iobase, 8, uart)
+        except ValueError as e:
+            raise DeviceError(str(e)) from None
+        if chardev is not None:
+            chardev.attach(lambda data, uart=uart: self._serial_input(uart, data))
+        self.serials.append(SerialPort(index, iobase, irq, uart, chardev))
+
+    def _serial_input(self, uart: Serial16550, data: bytes) -> None:
+        with self.lock:
+            uart.receive(data)
+
+    def _route_intx(self, slot: int, pin: int) -> int | None:
+        if not 1 <= pin <= 4:
+            return None
+        return self.piix3.pirq_irq(slot_pirq(slot, pin))
+
+    def _setup_vcpus(self) -> None:
+        install_kick_handler()
+        supported = self.kvm.supported_cpuid()
+        self.vcpus: list[VcpuThread] = []
+        self._initial_state = []
+        for index in range(self.cfg.cpus):
+            vcpu = self.vm.create_vcpu(index)
+            vcpu.set_cpuid(cpustate.build_cpuid(supported, index, self.cfg.cpus))
+            cpustate.set_lapic_lints(vcpu)
+            self._initial_state.append((vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_fpu(),
+                                        vcpu.get_lapic()))
+            self.vcpus.append(VcpuThread(vcpu, self.pio, self.mmio, self.lock,
+                                         self._vcpu_event))
+
+    # -- reset and boot ----------------------------------------------------
+    def _reset_to_boot_state(self) -> None:
+        """Devices and vCPUs to their power-on state, and the kernel loaded."""
+        from vmm._kvm import lib
+        with self.lock:
+            for serial in self.serials:
+                serial.uart.reset()
+            self.i8042.reset()
+            self.rtc.reset()
+            self.pm.reset_pm()
+            for device in self.pci.sorted_devices():
+                device.reset()
+            self.piix3.reset()
+        for index, runner in enumerate(self.vcpus):
+            regs, sregs, fpu, lapic = self._initial_state[index]
+            vcpu = runner.vcpu
+            vcpu.set_sregs(sregs)
+            vcpu.set_regs(regs)
+            vcpu.set_fpu(fpu)
+            vcpu.set_lapic(lapic)
+            vcpu.set_mp_state(lib.KVM_MP_STATE_RUNNABLE if index == 0
+                              else lib.KVM_MP_STATE_UNINITIALIZED)
+        self.acpi_tables = acpi.write_tables(self.memory, self.cfg.cpus)
+        try:
+            self.boot_plan = load_kernel(self.memory, self.kernel, self.cfg.append, self.initrd,
+                                         self.acpi_tables.rsdp_addr)
+        except BootError as e:
+            raise MachineError(str(e)) from None
+        bsp = self.vcpus[0].vcpu
+        if self.boot_plan.protocol == "pvh":
+            cpustate.set_pvh_state(bsp, self.boot_plan.entry, self.boot_plan.info_addr)
+        else:
+            cpustate.set_long_mode_state(bsp, self.boot_plan.entry, self.boot_plan.info_addr,
+                                         layout.PML4, layout.BOOT_GDT, linux.BOOT_GDT_LIMIT)
+        self._firmware_pending = True
+
+    def _run_firmware(self) -> None:
+        """What SeaBIOS would have done before the kernel: PCI resources and IRQ routing."""
+        if self._firmware_pending:
+            with self.lock:
+                self.piix3.program_pirqs()
+                self.pci.assign_resources()
+                self.pm.config[INTERRUPT_LINE] = SCI_IRQ  # SeaBIOS's piix4_pm_setup does this
+            self._firmware_pending = False
+
+    # -- the loop ----------------------------------------------------------
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Starts back ends and (parked) vCPU threads; call once on the loop's thread."""
+        self.loop = loop
+        self.exit_status = loop.create_future()
+        for chardev in self.chardevs.values():
+            chardev.start(loop)
+        for runner in self.vcpus:
+            runner.start()
+
+    def emit(self, event: str, data: dict | None = None) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event, data)
+            except Exception:
+                log.exception("event listener failed for %s", event)
+
+    def _from_vcpu(self, func: Callable, *args) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(func, *args)
+
+    def _pause_calling_vcpu(self) -> None:
+        current = threading.current_thread()
+        for runner in self.vcpus:
+            if runner.thread is current:
+                runner.request_pause()
+
+    # -- run control (loop thread) ------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.runstate == "running"
+
+    def _pause_all(self) -> None:
+        for runner in self.vcpus:
+            runner.request_pause()
+        for runner in self.vcpus:
+            runner.wait_parked()
+
+    def _resume_all(self) -> None:
+        self._run_firmware()
+        for runner in self.vcpus:
+            runner.resume()
+
+    def cont(self) -> None:
+        if self.runstate == "running":
+            return
+        self.runstate = "running"
+        self._resume_all()
+        self.emit("RESUME")
+
+    def stop(self) -> None:
+        if self.runstate != "running":
+            return
+        self._pause_all()
+        self.runstate = "paused"
+        self.emit("STOP")
+
+    def system_reset(self, guest: bool = False, reason: str = "host-qmp-system-reset") -> None:
+        was_running = self.runstate == "running"
+        self._pause_all()
+        self._reset_to_boot_state()
+        self.emit("RESET", {"guest": guest, "reason": reason})
+        if was_running:
+            self._resume_all()
+        elif self.runstate != "internal-error" or not guest:
+            self.runstate = "prelaunch"
+
+    def system_powerdown(self) -> None:
+        with self.lock:
+            self.pm.press_power_button()
+        self.emit("POWERDOWN")
+
+    def shutdown(self, guest: bool, reason: str) -> None:
+        """The guest (or a host request) powered the machine off."""
+        self.emit("SHUTDOWN", {"guest": guest, "reason": reason})
+        if self.cfg.no_shutdown and reason != "host-qmp-quit":
+            if self.runstate == "running":
+                self._pause_all()
+                self.runstate = "shutdown"
+                self.emit("STOP")
+            return
+        self.finish(0)
+
+    def quit(self) -> None:
+        self.shutdown(False, "host-qmp-quit")
+
+    def finish(self, status: int) -> None:
+        """Ends the VMM with ``status`` once the loop gets to it."""
+        for runner in self.vcpus:
+            runner.request_pause()
+        if self.exit_status is not None and not self.exit_status.done():
+            self.exit_status.set_result(status)
+
+    # -- requests from vCPU threads -----------------------------------------
+    def request_exit(self, status: int) -> None:
+        self._pause_calling_vcpu()
+        self._from_vcpu(self.finish, status)
+
+    def request_guest_reset(self) -> None:
+        self._pause_calling_vcpu()
+        self._from_vcpu(self._guest_reset)
+
+    def request_guest_poweroff(self) -> None:
+        self._pause_calling_vcpu()
+        self._from_vcpu(self.shutdown, True, "guest-shutdown")
+
+    def _guest_reset(self) -> None:
+        if self.cfg.no_reboot:
+            self.shutdown(True, "guest-reset")
+        else:
+            self.system_reset(guest=True, reason="guest-reset")
+
+    def _vcpu_event(self, index: int, kind: str, info: dict) -> None:
+        if kind == "triple-fault":
+            self._from_vcpu(self._guest_reset)
+        elif kind == "system-event" and info.get("type") == KVM_SYSTEM_EVENT_RESET:
+            self._from_vcpu(self._guest_reset)
+        elif kind == "system-event" and info.get("type") == KVM_SYSTEM_EVENT_SHUTDOWN:
+            self._from_vcpu(self.shutdown, True, "guest-shutdown")
+        else:
+            self._from_vcpu(self._internal_error, index, kind, info)
+
+    def _internal_error(self, index: int, kind: str, info: dict) -> None:
+        if self.runstate == "internal-error":
+            return
+        self.report_internal_error(index, info)
+        self._pause_all()
+        self.runstate = "internal-error"
+        self.emit("STOP")
+
+    def report_internal_error(self, index: int, info: dict) -> None:
+        lines = []
+        if "suberror" in info:
+            lines.append(f"KVM internal error. Suberror: {info['suberror']}")
+            lines += [f"extra data[{i}]: 0x{v:016x}" for i, v in enumerate(info["data"])]
+            if info["suberror"] == 1:
+                lines.append("emulation failure")
+        elif "fail-entry" in info:
+            lines.append(f"KVM: entry failed, hardware error 0x{info['fail-entry']:x}")
+        elif "errno" in info:
+            lines.append(f"error: kvm run failed {os.strerror(info['errno'])}")
+        else:
+            lines.append(f"KVM: unhandled exit {info.get('exit-reason')}")
+        try:
+            regs = self.vcpus[index].vcpu.get_regs()
+            lines.append(f"CPU#{index} RIP={regs.rip:016x} RSP={regs.rsp:016x} "
+                         f"RFL={regs.rflags:08x}")
+        except OSError:
+            pass
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    # -- queries -----------------------------------------------------------
+    def vcpu_thread_ids(self) -> list[int]:
+        return [runner.native_id or 0 for runner in self.vcpus]
+
+    def close(self) -> None:
+        for runner in getattr(self, "vcpus", []):
+            runner.stop()
+        for chardev in self.chardevs.values():
+            chardev.close()
+        for runner in getattr(self, "vcpus", []):
+            runner.vcpu.close()
+        if hasattr(self, "vm"):
+            self.vm.close()
+        if hasattr(self, "memory"):
+            self.memory.close()
+        if hasattr(self, "kvm"):
+            self.kvm.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

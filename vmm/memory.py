@@ -1,0 +1,124 @@
+"""Guest RAM: anonymous private mappings split around the PCI hole.
+
+RAM below 4 GiB stops at the PCI hole (0xC000_0000); the rest is mapped from
+4 GiB up. Devices get zero-copy memoryviews; every address and length that
+comes from the guest goes through ``view``, which refuses anything that is not
+wholly inside one RAM region.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+
+PCI_HOLE_START = 0xC000_0000
+HIGH_RAM_START = 0x1_0000_0000
+PAGE_SIZE = 4096
+
+
+class GuestMemoryError(ValueError):
+    """A guest-physical range that is not RAM."""
+
+
+@dataclass
+class RamRegion:
+    gpa: int
+    size: int
+    mapping: mmap.mmap
+    view: memoryview
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
+class GuestMemory:
+    def __init__(self, size: int) -> None:
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError("RAM size must be a positive multiple of 4 KiB")
+        self.size = size
+        low = min(size, PCI_HOLE_START)
+        self.regions: list[RamRegion] = [self._map(0, low)]
+        if size > low:
+            self.regions.append(self._map(HIGH_RAM_START, size - low))
+
+    @staticmethod
+    def _map(gpa: int, size: int) -> RamRegion:
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0x4000)
+        mapping = mmap.mmap(-1, size, flags, mmap.PROT_READ | mmap.PROT_WRITE)
+        return RamRegion(gpa, size, mapping, memoryview(mapping))
+
+    @property
+    def below_4g(self) -> int:
+        return self.regions[0].size
+
+    @property
+    def above_4g(self) -> int:
+        return self.regions[1].size if len(self.regions) > 1 else 0
+
+    def host_address(self, region: RamRegion) -> int:
+        from vmm._kvm import ffi  # local: keeps this module usable without the extension
+        return int(ffi.cast("uintptr_t", ffi.from_buffer(region.mapping)))
+
+    def region_of(self, gpa: int, length: int) -> RamRegion:
+        if length < 0:
+            raise GuestMemoryError(f"negative length {length}")
+        for region in self.regions:
+            if region.gpa <= gpa and gpa + length <= region.end:
+                return region
+        raise GuestMemoryError(f"guest range 0x{gpa:x}+0x{length:x} is not RAM")
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A zero-copy view of [gpa, gpa+length); raises GuestMemoryError if not all RAM."""
+        region = self.region_of(gpa, length)
+        start = gpa - region.gpa
+        return region.view[start:start + length]
+
+    def is_ram(self, gpa: int, length: int = 1) -> bool:
+        try:
+            self.region_of(gpa, length)
+        except GuestMemoryError:
+            return False
+        return True
+
+    def read(self, gpa: int, length: int) -> bytes:
+        return bytes(self.view(gpa, length))
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self.view(gpa, len(data))[:] = data
+
+    def fill(self, gpa: int, length: int, byte: int = 0) -> None:
+        self.view(gpa, length)[:] = bytes([byte]) * length
+
+    def read_u16(self, gpa: int) -> int:
+        return struct.unpack_from("<H", self.view(gpa, 2))[0]
+
+    def read_u32(self, gpa: int) -> int:
+        return struct.unpack_from("<I", self.view(gpa, 4))[0]
+
+    def read_u64(self, gpa: int) -> int:
+        return struct.unpack_from("<Q", self.view(gpa, 8))[0]
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        struct.pack_into("<H", self.view(gpa, 2), 0, value)
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        struct.pack_into("<I", self.view(gpa, 4), 0, value)
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        struct.pack_into("<Q", self.view(gpa, 8), 0, value)
+
+    def discard(self, gpa: int, length: int) -> None:
+        """Give the pages back to the host (they read as zero afterwards)."""
+        region = self.region_of(gpa, length)
+        start = gpa - region.gpa
+        if start % PAGE_SIZE or length % PAGE_SIZE:
+            raise GuestMemoryError("discard needs page-aligned ranges")
+        region.mapping.madvise(mmap.MADV_DONTNEED, start, length)
+
+    def close(self) -> None:
+        for region in self.regions:
+            region.view.release()
+            region.mapping.close()
+        self.regions = []

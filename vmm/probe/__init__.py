@@ -1,0 +1,35 @@
+"""The probe guest: kvmkit's test OS and embedded default guest.
+
+A PVH ELF built from ``src/`` when the package is built. It boots on kvmkit
+and on QEMU (``-kernel probe.elf``), and answers one JSON line per command on
+COM1:
+
+    info                    memory, CPUs online, RAM regions, command line
+    pci                     every function on bus 0: ids, class, BARs, capabilities
+    acpi                    tables found, MADT CPUs/IOAPIC, FADT registers
+    touch MIB [SEED]        write a pattern over MIB MiB from 16 MiB, then verify it
+    check MIB [SEED]        verify only
+    irqs                    interrupt counts per vector
+    inb/inw/inl PORT, outb/outw/outl PORT VALUE
+    readb/readw/readl/readq ADDR, writeb/writew/writel/writeq ADDR VALUE
+    echo TEXT               echo
+    crash                   run an instruction the emulator lacks (int3 at CPL0)
+    exit CODE [PORT]        write CODE to isa-debug-exit (port 0x501 by default)
+
+At boot it prints ``{"event": "ready", "cpus": N, "memory_mib": M}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ELF_NAME = "probe.elf"
+
+
+def elf_path() -> Path:
+    """The installed probe ELF; raises FileNotFoundError if it was not built."""
+    path = Path(__file__).parent / ELF_NAME
+    if not path.exists():
+        raise FileNotFoundError(
+            f"the probe guest is not built ({path}); rebuild with 'python -m vmm.probe.build'")
+    return path

@@ -1,0 +1,191 @@
+"""One thread per vCPU, looping on KVM_RUN and handing exits to the buses.
+
+Another thread stops the vCPUs by setting ``immediate_exit`` on each run page
+and sending SIG_KICK to the thread, so a vCPU blocked in the guest comes back
+with -EINTR; the runner then parks until it is resumed. Guest errors and
+device bugs are reported to the machine, never raised out of the thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import struct
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from vmm._kvm import lib
+from vmm.kvm import Vcpu
+
+if TYPE_CHECKING:
+    from vmm.bus import Bus
+
+log = logging.getLogger(__name__)
+
+SIG_KICK = signal.SIGUSR1
+_unpack_u16 = struct.Struct("<H").unpack_from
+_unpack_u32 = struct.Struct("<I").unpack_from
+_unpack_u64 = struct.Struct("<Q").unpack_from
+
+
+def install_kick_handler() -> None:
+    """A no-op handler, so the kick interrupts KVM_RUN instead of killing us."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(SIG_KICK, lambda signum, frame: None)
+
+
+class VcpuThread:
+    """Runs one vCPU. ``on_exit_event(kind, info)`` reports what needs the machine."""
+
+    def __init__(self, vcpu: Vcpu, pio: Bus, mmio: Bus, lock: threading.RLock,
+                 on_event: Callable[[int, str, dict], None]) -> None:
+        self.vcpu = vcpu
+        self.pio = pio
+        self.mmio = mmio
+        self.lock = lock
+        self.on_event = on_event
+        self.thread: threading.Thread | None = None
+        self.native_id: int | None = None
+        self._cond = threading.Condition()
+        self._run_allowed = False
+        self._parked = True
+        self._quit = False
+
+    # -- control, from other threads ---------------------------------------
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._loop, name=f"CPU {self.vcpu.index}/KVM",
+                                       daemon=True)
+        self.thread.start()
+        with self._cond:  # wait until the thread id is known (query-cpus-fast reports it)
+            self._cond.wait_for(lambda: self.native_id is not None)
+
+    def resume(self) -> None:
+        with self._cond:
+            self._run_allowed = True
+            self.vcpu.set_immediate_exit(False)
+            self._cond.notify_all()
+
+    def request_pause(self) -> None:
+        with self._cond:
+            self._run_allowed = False
+            self.vcpu.set_immediate_exit(True)
+        self._kick()
+
+    def wait_parked(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._parked, timeout)
+
+    def pause(self) -> None:
+        self.request_pause()
+        if threading.current_thread() is not self.thread:
+            self.wait_parked()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._quit = True
+            self._run_allowed = False
+            self.vcpu.set_immediate_exit(True)
+            self._cond.notify_all()
+        self._kick()
+        if self.thread and threading.current_thread() is not self.thread:
+            self.thread.join(timeout=5)
+
+    def _kick(self) -> None:
+        thread = self.thread
+        if thread is threading.current_thread():
+            return  # immediate_exit alone stops us before the next guest entry
+        if thread is not None and thread.ident is not None and thread.is_alive():
+            try:
+                signal.pthread_kill(thread.ident, SIG_KICK)
+            except ProcessLookupError:
+                pass
+
+    @property
+    def parked(self) -> bool:
+        return self._parked
+
+    # -- the vCPU thread ---------------------------------------------------
+    def _park_while_stopped(self) -> bool:
+        """Returns False when the thread must end."""
+        with self._cond:
+            if not self._run_allowed and not self._quit:
+                self._parked = True
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._run_allowed or self._quit)
+            self._parked = False
+            return not self._quit
+
+    def _loop(self) -> None:
+        with self._cond:
+            self.native_id = threading.get_native_id()
+            self._cond.notify_all()
+        vcpu = self.vcpu
+        page = vcpu.run_page
+        while self._park_while_stopped():
+            ret = vcpu.run()
+            if ret < 0:
+                if ret in (-errno.EINTR, -errno.EAGAIN):
+                    continue
+                self._stop_self()
+                self.on_event(vcpu.index, "run-failed", {"errno": -ret})
+                continue
+            reason = _unpack_u32(page, lib.RUN_EXIT_REASON)[0]
+            if reason == lib.KVM_EXIT_IO:
+                self._handle_io(page)
+            elif reason == lib.KVM_EXIT_MMIO:
+                self._handle_mmio(page)
+            elif reason == lib.KVM_EXIT_INTR:
+                continue
+            else:
+                self._stop_self()
+                self.on_event(vcpu.index, *self._describe_exit(reason, page))
+
+    def _stop_self(self) -> None:
+        with self._cond:
+            self._run_allowed = False
+
+    def _handle_io(self, page) -> None:
+        direction = page[lib.RUN_IO_DIRECTION]
+        size = page[lib.RUN_IO_SIZE]
+        port = _unpack_u16(page, lib.RUN_IO_PORT)[0]
+        count = _unpack_u32(page, lib.RUN_IO_COUNT)[0]
+        offset = _unpack_u64(page, lib.RUN_IO_DATA_OFFSET)[0]
+        end = offset + size * count
+        if end > len(page):
+            return
+        with self.lock:
+            if direction == lib.KVM_EXIT_IO_OUT:
+                for pos in range(offset, end, size):
+                    self.pio.write(port, size, int.from_bytes(page[pos:pos + size], "little"))
+            else:
+                for pos in range(offset, end, size):
+                    page[pos:pos + size] = self.pio.read(port, size).to_bytes(size, "little")
+
+    def _handle_mmio(self, page) -> None:
+        addr = _unpack_u64(page, lib.RUN_MMIO_PHYS_ADDR)[0]
+        length = _unpack_u32(page, lib.RUN_MMIO_LEN)[0]
+        if not 0 < length <= 8:
+            return
+        data = lib.RUN_MMIO_DATA
+        with self.lock:
+            if page[lib.RUN_MMIO_IS_WRITE]:
+                self.mmio.write(addr, length, int.from_bytes(page[data:data + length], "little"))
+            else:
+                page[data:data + length] = self.mmio.read(addr, length).to_bytes(length, "little")
+
+    @staticmethod
+    def _describe_exit(reason: int, page) -> tuple[str, dict]:
+        if reason == lib.KVM_EXIT_SHUTDOWN:
+            return "triple-fault", {}
+        if reason == lib.KVM_EXIT_SYSTEM_EVENT:
+            return "system-event", {"type": _unpack_u32(page, lib.RUN_SYSTEM_EVENT_TYPE)[0]}
+        if reason == lib.KVM_EXIT_INTERNAL_ERROR:
+            suberror, ndata = struct.unpack_from("<II", page, lib.RUN_INTERNAL_SUBERROR)
+            ndata = min(ndata, 16)
+            extra = list(struct.unpack_from(f"<{ndata}Q", page, lib.RUN_INTERNAL_DATA))
+            return "internal-error", {"suberror": suberror, "data": extra}
+        if reason == lib.KVM_EXIT_FAIL_ENTRY:
+            return "internal-error", {
+                "fail-entry": _unpack_u64(page, lib.RUN_FAIL_ENTRY_REASON)[0]}
+        return "internal-error", {"exit-reason": reason}
