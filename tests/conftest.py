@@ -1,0 +1,66 @@
+"""Shared fixtures. KVM tests skip without /dev/kvm, except in CI
+(KVMKIT_REQUIRE_KVM=1), where a missing /dev/kvm is a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from guest import QEMU, kvm_usable, machine_args, start_kvmkit, start_qemu
+
+REQUIRE_KVM = os.environ.get("KVMKIT_REQUIRE_KVM") == "1"
+
+
+def require_kvm() -> None:
+    if kvm_usable():
+        return
+    if REQUIRE_KVM:
+        pytest.fail("/dev/kvm is missing or not accessible, and KVMKIT_REQUIRE_KVM=1")
+    pytest.skip("/dev/kvm is not available")
+
+
+def require_qemu() -> None:
+    require_kvm()
+    if shutil.which(QEMU) is None:
+        if REQUIRE_KVM:
+            pytest.fail(f"{QEMU} is missing (the tests' install step puts it there)")
+        pytest.skip(f"{QEMU} is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _kvm_marker(request):
+    if request.node.get_closest_marker("qemu"):
+        require_qemu()
+    elif request.node.get_closest_marker("kvm"):
+        require_kvm()
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """launch(args, vmm='kvmkit'|'qemu') -> Vmm, closed at the end of the test."""
+    started = []
+
+    def _launch(args, vmm="kvmkit"):
+        start = start_kvmkit if vmm == "kvmkit" else start_qemu
+        proc = start(args, cwd=str(tmp_path))
+        started.append(proc)
+        return proc
+
+    yield _launch
+    for proc in started:
+        proc.close()
+
+
+@pytest.fixture(params=["kvmkit", "qemu"])
+def vmm_kind(request):
+    """Runs a scenario on kvmkit and on QEMU 7.2 (the reference)."""
+    if request.param == "qemu":
+        require_qemu()
+    else:
+        require_kvm()
+    return request.param
+
+
+__all__ = ["machine_args"]

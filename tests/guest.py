@@ -1,0 +1,146 @@
+"""Runs a VMM (kvmkit or QEMU) on a guest and talks to it over COM1 on stdio.
+
+Both VMMs get the same machine options, so a probe-guest scenario written
+once runs on each: QEMU 7.2 is the reference, kvmkit must give the same answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+QEMU = "qemu-system-x86_64"
+
+
+def kvmkit_command() -> list[str]:
+    script = Path(sys.executable).with_name("kvmkit")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("kvmkit")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "vmm"]
+
+
+def probe_elf() -> str:
+    from vmm.probe import elf_path
+    return str(elf_path())
+
+
+class GuestError(AssertionError):
+    pass
+
+
+class Vmm:
+    """A VMM process whose stdout is the guest's COM1 and stdin its input."""
+
+    def __init__(self, argv: list[str], cwd: str | None = None) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, cwd=cwd)
+        self.lines: queue.Queue[bytes | None] = queue.Queue()
+        self.stderr_chunks: list[bytes] = []
+        self.transcript: list[str] = []
+        threading.Thread(target=self._pump_stdout, daemon=True).start()
+        threading.Thread(target=self._pump_stderr, daemon=True).start()
+        self.started = time.monotonic()
+
+    def _pump_stdout(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _pump_stderr(self) -> None:
+        for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
+            self.stderr_chunks.append(chunk)
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self.stderr_chunks).decode(errors="replace")
+
+    def read_line(self, timeout: float) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise GuestError(f"no output within {timeout}s; transcript={self.transcript[-5:]} "
+                             f"stderr={self.stderr!r}") from None
+        if line is None:
+            self.lines.put(None)
+            raise GuestError(f"VMM output ended (rc={self.proc.poll()}); "
+                             f"transcript={self.transcript[-5:]} stderr={self.stderr!r}")
+        text = line.decode(errors="replace").rstrip("\r\n")
+        self.transcript.append(text)
+        return text
+
+    def read_json(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.read_line(max(deadline - time.monotonic(), 0.01))
+            if text.startswith("{"):
+                return json.loads(text)
+
+    def wait_event(self, name: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.read_json(max(deadline - time.monotonic(), 0.01))
+            if msg.get("event") == name:
+                return msg
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def command(self, text: str, timeout: float = 30) -> dict:
+        """Sends one probe command; returns its (non-event) JSON answer."""
+        self.send(text)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.read_json(max(deadline - time.monotonic(), 0.01))
+            if "event" not in msg:
+                return msg
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise GuestError(f"VMM did not exit within {timeout}s") from None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def machine_args(memory_mib: int = 256, cpus: int = 1, kernel: str | None = None,
+                 extra: list[str] | None = None) -> list[str]:
+    return ["-m", str(memory_mib), "-smp", str(cpus), "-nodefaults", "-display", "none",
+            "-serial", "stdio", "-device", "isa-debug-exit",
+            "-kernel", kernel or probe_elf(), *(extra or [])]
+
+
+def start_kvmkit(args: list[str], cwd: str | None = None) -> Vmm:
+    return Vmm(kvmkit_command() + args, cwd=cwd)
+
+
+def start_qemu(args: list[str], cwd: str | None = None) -> Vmm:
+    return Vmm([QEMU, "-accel", "kvm", *args], cwd=cwd)
+
+
+def kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
