@@ -118,3 +118,26 @@ def test_serial_input_wakes_an_idle_guest(launch, vmm_kind):
         assert vm.command(f"echo {i}") == {"echo": str(i)}
     after = vm.command("irqs")["counts"]["48"]
     assert after > before
+
+
+@pytest.mark.parametrize("port,value", [("0x64", "0xfe"), ("0xcf9", "0x6")],
+                         ids=["i8042-pulse-reset", "piix-reset-control"])
+def test_guest_reset_reboots_into_a_fresh_guest(launch, vmm_kind, port, value):
+    vm, _ = boot(launch, vmm_kind)
+    assert vm.command("touch 1 3")["errors"] == 0
+    vm.send(f"outb {port} {value}")
+    vm.wait_event("ready", timeout=60)
+    assert vm.command("echo rebooted") == {"echo": "rebooted"}
+
+
+def test_guest_reset_with_no_reboot_exits(launch, vmm_kind):
+    vm = launch(machine_args(extra=["-no-reboot"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    vm.send("outb 0xcf9 0x6")
+    assert vm.wait_exit() == 0
+
+
+def test_acpi_power_off_exits_with_status_0(launch, vmm_kind):
+    vm, _ = boot(launch, vmm_kind)
+    vm.send("outw 0x604 0x2000")   # PM1a_CNT: SLP_TYP 0 (S5), SLP_EN
+    assert vm.wait_exit() == 0
