@@ -7,7 +7,6 @@ import os
 import shutil
 
 import pytest
-
 from guest import QEMU, kvm_usable, machine_args, start_kvmkit, start_qemu
 
 REQUIRE_KVM = os.environ.get("KVMKIT_REQUIRE_KVM") == "1"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from guest import machine_args
 from tinyguests import build_vmlinux, bzimage, compress, out_byte, pvh_serial_guest
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from guest import machine_args
 
 pytestmark = pytest.mark.kvm

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
-from vmm.qemuopts import OptsError, SIZE_HELP, parse_bool, parse_int, parse_opts, parse_size
+from vmm.qemuopts import SIZE_HELP, OptsError, parse_bool, parse_opts, parse_size
 
 DEFAULT_RAM = 128 << 20
 MACHINE_TYPES = {"pc": "Standard PC (i440FX + PIIX, 1996)",

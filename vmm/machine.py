@@ -15,21 +15,35 @@ import os
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from vmm import cpu as cpustate
 from vmm.boot import acpi, layout, linux
 from vmm.boot.loader import BootError, load_kernel
 from vmm.bus import Bus
-from vmm.chardev import (Chardev, ChardevError, FileChardev, NullChardev, PtyChardev,
-                         SocketChardev, StdioChardev)
+from vmm.chardev import (
+    Chardev,
+    ChardevError,
+    FileChardev,
+    NullChardev,
+    PtyChardev,
+    SocketChardev,
+    StdioChardev,
+)
 from vmm.config import ChardevSpec, MachineConfig
 from vmm.device_models import DeviceError, validate
-from vmm.devices.acpi_pm import AcpiPm, SCI_IRQ
+from vmm.devices.acpi_pm import SCI_IRQ, AcpiPm
 from vmm.devices.debug_exit import IsaDebugExit
-from vmm.devices.i440fx import (CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN, I440fxHostBridge,
-                                NullBarDevice, PciConfigPorts, Piix3Ide, Piix3IsaBridge,
-                                slot_pirq)
+from vmm.devices.i440fx import (
+    CONFIG_ADDRESS_PORT,
+    CONFIG_PORTS_LEN,
+    I440fxHostBridge,
+    NullBarDevice,
+    PciConfigPorts,
+    Piix3Ide,
+    Piix3IsaBridge,
+    slot_pirq,
+)
 from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
 from vmm.devices.rtc import Rtc
 from vmm.devices.serial import COM_PORTS, Serial16550

@@ -9,8 +9,8 @@ MMIO bus only while their decode bit in COMMAND is set.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from vmm.bus import Bus
 

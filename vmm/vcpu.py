@@ -13,7 +13,8 @@ import logging
 import signal
 import struct
 import threading
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vmm._kvm import lib
 from vmm.kvm import Vcpu

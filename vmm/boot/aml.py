@@ -9,7 +9,7 @@ like the ASL it stands for:
 from __future__ import annotations
 
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 ZERO_OP = 0x00
 ONE_OP = 0x01

@@ -9,7 +9,7 @@ GPE0_BASE. The SCI is ISA IRQ 9, level-triggered. Entering S5 powers off.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from vmm.pci import PciDevice
 

@@ -8,7 +8,7 @@ function in acpi_pm.py.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from vmm.pci import PciBus, PciDevice
 

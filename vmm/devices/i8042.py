@@ -4,7 +4,7 @@ with, and pulse-reset (command 0xFE), which is how many guests reboot."""
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 DATA_PORT = 0x60
 COMMAND_PORT = 0x64

@@ -8,7 +8,7 @@ modem lines idle with CTS/DSR/DCD asserted.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 # ISA defaults per index: (iobase, irq)
 COM_PORTS = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
