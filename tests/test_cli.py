@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from guest import kvmkit_command
+from guest import kvmkit_command, probe_elf
 
 from vmm.config import ConfigError, parse_args
 from vmm.qemuopts import parse_opts, parse_size
@@ -108,3 +108,12 @@ def test_version_and_help():
     assert machines.returncode == 0 and machines.stdout.splitlines()[1].startswith("pc ")
     devices = run_kvmkit("-device", "help")
     assert 'name "isa-serial"' in devices.stdout
+
+
+def test_missing_kvm_is_one_line_and_status_1(monkeypatch, capsys):
+    from vmm import cli
+
+    monkeypatch.setattr(cli, "KVM_DEVICE", "/nonexistent/kvm")
+    assert cli.main(["-nodefaults", "-kernel", probe_elf()]) == 1
+    err = capsys.readouterr().err
+    assert err == "kvmkit: Could not access KVM kernel module: No such file or directory\n"

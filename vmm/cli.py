@@ -16,6 +16,7 @@ from vmm.config import MACHINE_TYPES, USAGE, ConfigError, MachineConfig, parse_a
 from vmm.device_models import help_text as device_help
 
 PROG = "kvmkit"
+KVM_DEVICE = "/dev/kvm"
 QEMU_COMPAT_VERSION = "7.2.22"
 
 
@@ -69,7 +70,7 @@ def _build_and_run(cfg: MachineConfig, ready_fd: int | None = None) -> int:
     from vmm.machine import Machine, MachineError
 
     try:
-        machine = Machine(cfg)
+        machine = Machine(cfg, kvm_path=KVM_DEVICE)
     except MachineError as e:
         return error(str(e))
     try:

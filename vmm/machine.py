@@ -91,6 +91,9 @@ class Machine:
             self._setup_devices()
             self._setup_vcpus()
             self._reset_to_boot_state()
+        except KvmError as e:
+            self.close()
+            raise MachineError(f"failed to initialize kvm: {e.strerror or e}") from None
         except BaseException:
             self.close()
             raise
