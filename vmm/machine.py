@@ -66,6 +66,13 @@ class MachineError(Exception):
     """Cannot build or start the machine; the message is for the user."""
 
 
+class RunStateError(Exception):
+    """A run-control request the current state refuses (QEMU's text)."""
+
+
+NEEDS_RESET = ("internal-error", "shutdown", "guest-panicked")
+
+
 class SerialPort:
     def __init__(self, index: int, iobase: int, irq: int, uart: Serial16550,
                  chardev: Chardev | None) -> None:
@@ -359,6 +366,8 @@ class Machine:
             runner.resume()
 
     def cont(self) -> None:
+        if self.runstate in NEEDS_RESET:
+            raise RunStateError("Resetting the Virtual Machine is required")
         if self.runstate == "running":
             return
         self.runstate = "running"
@@ -379,7 +388,7 @@ class Machine:
         self.emit("RESET", {"guest": guest, "reason": reason})
         if was_running:
             self._resume_all()
-        elif self.runstate != "internal-error" or not guest:
+        else:
             self.runstate = "prelaunch"
 
     def system_powerdown(self) -> None:

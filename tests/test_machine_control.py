@@ -1,0 +1,127 @@
+"""Run control on a live machine, from the loop thread, as the monitor will drive it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from guest import probe_elf
+from vmm.config import parse_args
+from vmm.machine import Machine, RunStateError
+
+pytestmark = pytest.mark.kvm
+
+
+async def wait_for_text(path, text, timeout=30.0, after=0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = path.read_bytes()[after:] if path.exists() else b""
+        if text in data:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{text!r} not seen in {path.read_bytes()!r}")
+
+
+def make_machine(tmp_path, *extra):
+    console = tmp_path / "console.log"
+    cfg = parse_args(["-m", "128", "-smp", "2", "-nodefaults", "-kernel", probe_elf(),
+                      "-serial", f"file:{console}", "-S", *extra])
+    machine = Machine(cfg)
+    events = []
+    machine.listeners.append(lambda name, data: events.append((name, data)))
+    return machine, events, console
+
+
+def test_stop_cont_reset_powerdown_quit(tmp_path):
+    machine, events, console = make_machine(tmp_path)
+
+    async def scenario():
+        machine.attach(asyncio.get_running_loop())
+        assert machine.runstate == "prelaunch"
+        assert all(tid > 0 for tid in machine.vcpu_thread_ids())
+        assert len(set(machine.vcpu_thread_ids())) == 2
+        machine.stop()                          # no event in prelaunch
+        assert (machine.runstate, events) == ("prelaunch", [])
+        machine.cont()
+        assert (machine.runstate, events) == ("running", [("RESUME", None)])
+        await wait_for_text(console, b'"event": "ready", "cpus": 2')
+        machine.cont()                          # already running: nothing
+        machine.stop()
+        assert machine.runstate == "paused"
+        assert all(r.parked for r in machine.vcpus)
+        size = console.stat().st_size
+        machine.system_reset()
+        assert machine.runstate == "prelaunch"  # a reset while stopped, as QEMU's
+        assert events[-1] == ("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
+        await asyncio.sleep(0.3)
+        assert console.stat().st_size == size   # nothing ran while stopped
+        machine.cont()
+        await wait_for_text(console, b'"event": "ready"', after=size)
+        size = console.stat().st_size
+        machine.system_reset()                  # while running: it keeps running
+        assert machine.runstate == "running"
+        await wait_for_text(console, b'"event": "ready"', after=size)
+        machine.system_powerdown()
+        assert events[-1] == ("POWERDOWN", None)
+        assert machine.pm.pm1_sts & 0x100
+        machine.quit()
+        assert events[-1] == ("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+        return await asyncio.wait_for(machine.exit_status, 5)
+
+    try:
+        assert asyncio.run(scenario()) == 0
+        assert [name for name, _ in events] == ["RESUME", "STOP", "RESET", "RESUME", "RESET",
+                                                "POWERDOWN", "SHUTDOWN"]
+    finally:
+        machine.close()
+
+
+def test_emulation_failure_enters_internal_error(tmp_path):
+    machine, events, console = make_machine(tmp_path)
+
+    async def scenario():
+        machine.attach(asyncio.get_running_loop())
+        machine.cont()
+        await wait_for_text(console, b'"event": "ready"')
+        machine.serials[0].uart.receive(b"crash\n")
+        deadline = time.monotonic() + 20
+        while machine.runstate != "internal-error" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert machine.runstate == "internal-error"
+        assert events[-1] == ("STOP", None)
+        with pytest.raises(RunStateError, match="Resetting the Virtual Machine is required"):
+            machine.cont()
+        machine.system_reset()
+        assert machine.runstate == "prelaunch"
+        size = console.stat().st_size
+        machine.cont()
+        await wait_for_text(console, b'"event": "ready"', after=size)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        machine.close()
+
+
+def test_guest_power_off_with_no_shutdown_stops_in_shutdown_state(tmp_path):
+    machine, events, console = make_machine(tmp_path, "-no-shutdown")
+
+    async def scenario():
+        machine.attach(asyncio.get_running_loop())
+        machine.cont()
+        await wait_for_text(console, b'"event": "ready"')
+        machine.serials[0].uart.receive(b"outw 0x604 0x2000\n")
+        deadline = time.monotonic() + 20
+        while machine.runstate != "shutdown" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert machine.runstate == "shutdown"
+        assert events[-2:] == [("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"}),
+                               ("STOP", None)]
+        assert not machine.exit_status.done()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        machine.close()
