@@ -26,7 +26,7 @@ def kvmkit_command() -> list[str]:
     found = shutil.which("kvmkit")
     if found:
         return [found]
-    return [sys.executable, "-m", "vmm"]
+    return [sys.executable, "-m", "qmp"]
 
 
 def probe_elf() -> str:

@@ -12,7 +12,6 @@ import subprocess
 import time
 
 import pytest
-
 from guest import kvmkit_command, probe_elf
 from tinyguests import pvh_serial_guest
 
@@ -86,7 +85,7 @@ def socket_line(sock):
     def read():
         try:
             return sock.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             return b""
 
     return Line(read, sock.sendall)

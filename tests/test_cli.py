@@ -111,7 +111,7 @@ def test_version_and_help():
 
 
 def test_missing_kvm_is_one_line_and_status_1(monkeypatch, capsys):
-    from vmm import cli
+    from qmp import cli
 
     monkeypatch.setattr(cli, "KVM_DEVICE", "/nonexistent/kvm")
     assert cli.main(["-nodefaults", "-kernel", probe_elf()]) == 1

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import pytest
-
 from guest import probe_elf
+
 from vmm.config import parse_args
 from vmm.machine import Machine, RunStateError
 

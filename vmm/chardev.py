@@ -15,10 +15,13 @@ import socket
 import sys
 import termios
 import threading
+import time
 import tty
 from collections.abc import Callable
 
 Receiver = Callable[[bytes], None]
+OUTPUT_LIMIT = 16 << 20   # bytes a slow socket client may have pending before we drop it
+MAX_FDS = 16              # file descriptors accepted with one message (SCM_RIGHTS)
 
 
 class ChardevError(ValueError):
@@ -210,6 +213,9 @@ class SocketChardev(Chardev):
         self.client: socket.socket | None = None
         self.on_connect: Callable[[], None] | None = None
         self.on_disconnect: Callable[[], None] | None = None
+        self.on_fds: Callable[[list[int]], None] | None = None
+        self._out = bytearray()      # output the client has not taken yet
+        self._writer_armed = False
         if listen_fd is not None:
             self.listener = socket.socket(fileno=listen_fd)
             self.server = True
@@ -302,19 +308,34 @@ class SocketChardev(Chardev):
         client = self.client
         if client is None:
             return
+        fds: list[int] = []
         try:
-            data = client.recv(65536)
+            if client.family == socket.AF_UNIX:
+                data, fds, _flags, _addr = socket.recv_fds(client, 65536, MAX_FDS)
+            else:
+                data = client.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
+        if fds:
+            if self.on_fds is not None:
+                self.on_fds(fds)
+            else:
+                for fd in fds:
+                    os.close(fd)
         if not data:
             self._drop_client()
             return
         self._deliver(data)
 
     def _drop_client(self) -> None:
-        client, self.client = self.client, None
+        with self._write_lock:
+            client, self.client = self.client, None
+            self._out.clear()
+            if self._writer_armed and client is not None and self.loop is not None:
+                self.loop.remove_writer(client.fileno())
+            self._writer_armed = False
         if client is not None:
             if self.loop is not None:
                 try:
@@ -328,14 +349,77 @@ class SocketChardev(Chardev):
             self.loop.add_reader(self.listener.fileno(), self._accept)
 
     def write(self, data: bytes) -> None:
+        """Never blocks: what the client cannot take yet waits in a bounded buffer."""
         with self._write_lock:
             client = self.client
             if client is None:
                 return  # output with nobody connected is dropped, as QEMU's
-            if not self._write_fd(client.fileno(), data) and self.loop is not None:
-                self.loop.call_soon_threadsafe(self._drop_client)
+            if not self._out:
+                try:
+                    sent = client.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    self._schedule(self._drop_client)
+                    return
+                data = data[sent:]
+                if not data:
+                    return
+            if len(self._out) + len(data) > OUTPUT_LIMIT:
+                self._schedule(self._drop_client)   # a client that never reads
+                return
+            self._out += data
+            if not self._writer_armed:
+                self._writer_armed = True
+                self._schedule(self._arm_writer)
+
+    def _schedule(self, func: Callable[[], None]) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(func)
+
+    def _arm_writer(self) -> None:
+        client = self.client
+        if client is not None and self.loop is not None:
+            self.loop.add_writer(client.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        with self._write_lock:
+            client = self.client
+            if client is None:
+                return
+            try:
+                sent = client.send(self._out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._schedule(self._drop_client)
+                return
+            del self._out[:sent]
+            if not self._out and self.loop is not None:
+                self.loop.remove_writer(client.fileno())
+                self._writer_armed = False
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Blocks until pending output is sent (used before the process exits)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._write_lock:
+                client = self.client
+                if client is None or not self._out:
+                    return
+                try:
+                    sent = client.send(self._out)
+                    del self._out[:sent]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return
+            if time.monotonic() > deadline:
+                return
+            select.select([], [client], [], 0.1)
 
     def close(self) -> None:
+        self.flush()
         if self.client is not None:
             self.client.close()
             self.client = None

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from vmm import cpu as cpustate
 from vmm.boot import acpi, layout, linux
@@ -71,6 +72,17 @@ class RunStateError(Exception):
 
 
 NEEDS_RESET = ("internal-error", "shutdown", "guest-panicked")
+
+
+@dataclass
+class DeviceInstance:
+    """A device made from -device (or device_add): what QOM and the monitor show."""
+
+    driver: str
+    id: str | None
+    props: dict
+    device: object
+    hotplugged: bool = False
 
 
 class SerialPort:
@@ -187,6 +199,7 @@ class Machine:
     def _setup_devices(self) -> None:
         self.serials: list[SerialPort] = []
         self.debug_exits: list[IsaDebugExit] = []
+        self.device_instances: list[DeviceInstance] = []
         self.i8042 = I8042(self.request_guest_reset)
         self.pio.map(DATA_PORT, 1, self.i8042.port(DATA_PORT))
         self.pio.map(COMMAND_PORT, 1, self.i8042.port(COMMAND_PORT))
@@ -208,7 +221,9 @@ class Machine:
                      PciConfigPorts(self.pci, self.request_guest_reset))
 
         serial_ids = list(self.cfg.serials)
-        if not serial_ids and not self.cfg.nodefaults and not self.cfg.serials:
+        stdio_taken = any(self.cfg_chardev_backend(m.chardev) == "stdio"
+                          for m in self.cfg.monitors)
+        if not serial_ids and not self.cfg.nodefaults and not stdio_taken:
             self.chardevs.setdefault("serial0", StdioChardev("serial0"))
             serial_ids = ["serial0"]
         for chardev_id in serial_ids:
@@ -221,9 +236,18 @@ class Machine:
             except DeviceError as e:
                 raise MachineError(f"{spec.origin}: {e}") from None
 
+    def cfg_chardev_backend(self, chardev_id: str) -> str | None:
+        spec = next((c for c in self.cfg.chardevs if c.id == chardev_id), None)
+        return spec.backend if spec else None
+
     def _add_device(self, driver: str, props: dict) -> None:
+        if props.get("id") is not None and any(d.id == props["id"]
+                                               for d in self.device_instances):
+            raise DeviceError(f"Duplicate device ID '{props['id']}'")
+        device: object
         if driver == "isa-serial":
-            self._add_serial(props["chardev"], props["index"], props["iobase"], props["irq"])
+            device = self._add_serial(props["chardev"], props["index"], props["iobase"],
+                                      props["irq"])
         elif driver == "isa-debug-exit":
             device = IsaDebugExit(self.request_exit)
             try:
@@ -231,8 +255,12 @@ class Machine:
             except ValueError as e:
                 raise DeviceError(str(e)) from None
             self.debug_exits.append(device)
+        else:
+            raise DeviceError(f"'{driver}' is not a valid device model name")
+        self.device_instances.append(DeviceInstance(driver, props.get("id"), props, device))
 
-    def _add_serial(self, chardev_id: str | None, index: int, iobase: int, irq: int) -> None:
+    def _add_serial(self, chardev_id: str | None, index: int, iobase: int,
+                    irq: int) -> SerialPort:
         used = {s.index for s in self.serials}
         if index < 0:
             index = next((i for i in range(len(COM_PORTS)) if i not in used), -1)
@@ -252,7 +280,9 @@ class Machine:
             raise DeviceError(str(e)) from None
         if chardev is not None:
             chardev.attach(lambda data, uart=uart: self._serial_input(uart, data))
-        self.serials.append(SerialPort(index, iobase, irq, uart, chardev))
+        port = SerialPort(index, iobase, irq, uart, chardev)
+        self.serials.append(port)
+        return port
 
     def _serial_input(self, uart: Serial16550, data: bytes) -> None:
         with self.lock:

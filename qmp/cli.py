@@ -1,5 +1,6 @@
-"""`kvmkit`: parse QEMU-style options, build the machine, run the loop.
+"""`kvmkit`: parse QEMU-style options, build the machine and its monitors, run the loop.
 
+It sits at the top of the layers (vmm -> monitor -> qmp), so it lives here.
 A user error prints one line (``kvmkit: ...``) and exits 1; never a traceback.
 """
 
@@ -50,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.list_devices:
         print(device_help(), end="")
         return 0
-    if cfg.monitors:
-        return error("monitors (-qmp, -monitor, -mon) are not implemented yet")
+    for spec in cfg.monitors:
+        if spec.mode != "control":
+            return error("-monitor: HMP readline monitors are not implemented yet")
     if cfg.netdevs:
         return error("-netdev: networking is not implemented yet")
     if cfg.logfile:
@@ -74,13 +76,18 @@ def _build_and_run(cfg: MachineConfig, ready_fd: int | None = None) -> int:
     except MachineError as e:
         return error(str(e))
     try:
+        servers = _monitors(machine, cfg)
+    except ValueError as e:
+        machine.close()
+        return error(str(e))
+    try:
         if cfg.pidfile:
             try:
                 with open(cfg.pidfile, "w") as f:
                     f.write(f"{os.getpid()}\n")
             except OSError as e:
                 return error(f"cannot create PID file: {e.strerror}")
-        return asyncio.run(_run(machine, ready_fd))
+        return asyncio.run(_run(machine, servers, ready_fd))
     finally:
         machine.close()
         if cfg.pidfile:
@@ -90,9 +97,30 @@ def _build_and_run(cfg: MachineConfig, ready_fd: int | None = None) -> int:
                 pass
 
 
-async def _run(machine, ready_fd: int | None) -> int:
+def _monitors(machine, cfg: MachineConfig) -> list:
+    """A QMP server per -qmp/-mon mode=control, all over one Monitor."""
+    from monitor.monitor import Monitor
+    from qmp.server import QmpServer
+
+    if not cfg.monitors:
+        return []
+    monitor = Monitor(machine)
+    servers = []
+    for spec in cfg.monitors:
+        chardev = machine.chardevs.get(spec.chardev)
+        if chardev is None:
+            raise ValueError(f"-mon chardev={spec.chardev}: chardev '{spec.chardev}' not found")
+        if chardev.receiver is not None:
+            raise ValueError(f"chardev '{spec.chardev}' is already in use")
+        servers.append(QmpServer(monitor, chardev, spec.pretty))
+    return servers
+
+
+async def _run(machine, servers: list, ready_fd: int | None) -> int:
     loop = asyncio.get_running_loop()
     machine.attach(loop)
+    for server in servers:
+        server.start()
 
     def on_signal(signum: int) -> None:
         print(f"{PROG}: terminating on signal {signum}", file=sys.stderr, flush=True)

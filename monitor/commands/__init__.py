@@ -1,0 +1,3 @@
+"""Every QMP command, grouped by subject; importing this registers them all."""
+
+from monitor.commands import core, fds, hmp, qom, runstate  # noqa: F401

@@ -1,0 +1,16 @@
+"""human-monitor-command: HMP text through QMP."""
+
+from __future__ import annotations
+
+from monitor.registry import command
+from monitor.types import INT, STR, Member
+
+
+@command("human-monitor-command", args=[Member("command-line", STR), Member("cpu-index", INT,
+                                                                           True)],
+         returns=STR, features=("savevm-monitor-nodes",))
+async def human_monitor_command(ctx, command_line, cpu_index=None):
+    from monitor.hmp import run_command_line
+
+    output = await run_command_line(ctx.monitor, ctx.session, command_line)
+    return output.replace("\n", "\r\n")

@@ -1,0 +1,169 @@
+"""A QOM view of the machine, as qom-list/qom-get/qom-set and `info qom-tree` see it.
+
+The tree is rebuilt from the machine on each request, so it is never stale:
+/machine/peripheral/<id> for devices with an id, /machine/peripheral-anon
+for the others, /machine/unattached/device[N] for the CPUs, /chardevs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.errors import QmpError, device_not_found
+from monitor.types import BOOL, INT, STR, UINT32, Type
+
+QOM_TYPES = {"int": "uint32", "bool": "bool", "str": "str", "chardev": "str", "size": "size"}
+CHECKS: dict[str, Type] = {"uint32": UINT32, "bool": BOOL, "str": STR, "size": INT}
+
+
+@dataclass
+class Prop:
+    name: str
+    type: str
+    get: Callable[[], Any] | None = None
+    set: Callable[[Any], None] | None = None
+
+
+@dataclass
+class QomObject:
+    typename: str
+    props: list[Prop] = field(default_factory=list)
+    children: dict[str, QomObject] = field(default_factory=dict)
+
+    def add_child(self, name: str, child: QomObject) -> QomObject:
+        self.children[name] = child
+        return child
+
+    def properties(self) -> list[Prop]:
+        props = [Prop("type", "string", lambda: self.typename), *self.props]
+        props += [Prop(name, f"child<{child.typename}>", None)
+                  for name, child in self.children.items()]
+        return props
+
+    def find_prop(self, name: str) -> Prop | None:
+        return next((p for p in self.properties() if p.name == name), None)
+
+
+def _container() -> QomObject:
+    return QomObject("container")
+
+
+def _device_object(machine, instance) -> QomObject:
+    from vmm.device_models import MODELS
+
+    model = MODELS[instance.driver]
+    obj = QomObject(instance.driver)
+    obj.props += [
+        Prop("parent_bus", "link<bus>", lambda: f"/machine/unattached/{model.bus}.0"),
+        Prop("realized", "bool", lambda: True),
+        Prop("hotplugged", "bool", lambda: instance.hotplugged),
+        Prop("hotpluggable", "bool", lambda: model.bus == "pci"),
+    ]
+    for name, (kind, _default) in model.properties.items():
+        obj.props.append(Prop(name, QOM_TYPES.get(kind, "str"),
+                              (lambda name=name: _prop_value(instance, name)),
+                              _after_realize(instance, name)))
+    return obj
+
+
+def _prop_value(instance, name: str) -> Any:
+    value = instance.props.get(name)
+    return "" if value is None else value
+
+
+def _after_realize(instance, name: str) -> Callable[[Any], None]:
+    def refuse(value: Any) -> None:
+        raise QmpError(f"Attempt to set property '{name}' on device "
+                       f"'{instance.id or ''}' (type '{instance.driver}') after it was realized")
+    return refuse
+
+
+def build_tree(machine) -> QomObject:
+    root = _container()
+    m = root.add_child("machine", QomObject("pc-i440fx-7.2-machine"))
+    peripheral = m.add_child("peripheral", _container())
+    anon = m.add_child("peripheral-anon", _container())
+    unattached = m.add_child("unattached", _container())
+    for index, _thread in enumerate(machine.vcpus):
+        cpu = QomObject("host-x86_64-cpu")
+        cpu.props.append(Prop("apic-id", "uint32", lambda index=index: index))
+        unattached.add_child(f"device[{index}]", cpu)
+    anon_index = 0
+    for instance in machine.device_instances:
+        obj = _device_object(machine, instance)
+        if instance.id:
+            peripheral.add_child(instance.id, obj)
+        else:
+            anon.add_child(f"device[{anon_index}]", obj)
+            anon_index += 1
+    chardevs = root.add_child("chardevs", _container())
+    for chardev in machine.chardevs.values():
+        chardevs.add_child(chardev.id, QomObject(f"chardev-{chardev.backend}"))
+    root.add_child("objects", _container())
+    return root
+
+
+def _walk(obj: QomObject, path: str):
+    yield path or "/", obj
+    for name, child in obj.children.items():
+        yield from _walk(child, f"{path}/{name}")
+
+
+def resolve(machine, path: str) -> QomObject:
+    root = build_tree(machine)
+    if path.startswith("/"):
+        obj = root
+        for part in [p for p in path.split("/") if p]:
+            obj = obj.children.get(part)
+            if obj is None:
+                raise device_not_found(path)
+        return obj
+    parts = [p for p in path.split("/") if p]
+    matches = [obj for full, obj in _walk(root, "")
+               if parts and full.split("/")[-len(parts):] == parts]
+    if len(matches) != 1:
+        raise device_not_found(path)
+    return matches[0]
+
+
+def qom_list(machine, path: str) -> list[dict]:
+    return [{"name": p.name, "type": p.type} for p in resolve(machine, path).properties()]
+
+
+def qom_get(machine, path: str, prop_name: str) -> Any:
+    obj = resolve(machine, path)
+    prop = obj.find_prop(prop_name)
+    if prop is None:
+        raise QmpError(f"Property '{obj.typename}.{prop_name}' not found")
+    if prop.get is None:
+        return f"{path.rstrip('/')}/{prop_name}"   # a child<> property reads as its path
+    return prop.get()
+
+
+def qom_set(machine, path: str, prop_name: str, value: Any) -> None:
+    obj = resolve(machine, path)
+    prop = obj.find_prop(prop_name)
+    if prop is None:
+        raise QmpError(f"Property '{obj.typename}.{prop_name}' not found")
+    if prop.set is None:
+        raise QmpError(f"Property '{obj.typename}.{prop_name}' is not writable")
+    check = CHECKS.get(prop.type)
+    if check is not None:
+        value = check.check(prop_name, value)
+    prop.set(value)
+
+
+def tree_lines(machine, path: str = "/machine") -> list[str]:
+    """`info qom-tree`: each object with its type, children indented."""
+    obj = resolve(machine, path)
+    lines: list[str] = []
+
+    def visit(name: str, node: QomObject, depth: int) -> None:
+        lines.append(f"{'  ' * depth}{name} ({node.typename})")
+        for child_name, child in node.children.items():
+            visit("/" + child_name, child, depth + 1)
+
+    visit("/" + path.rstrip("/").split("/")[-1] if path != "/" else "/", obj, 0)
+    return lines

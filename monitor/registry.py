@@ -1,0 +1,149 @@
+"""The one registry of QMP commands and events.
+
+Each command is declared once, with typed arguments and a return type; the
+registry validates calls with QEMU's messages and generates query-commands
+and query-qmp-schema. HMP commands and shell completion read it too.
+
+    @command("balloon", args=[Member("value", INT)])
+    def balloon(ctx, value): ...
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.errors import COMMAND_NOT_FOUND, QmpError
+from monitor.types import Builtin, Enum, ListOf, Member, Struct, Type, check_members
+
+
+@dataclass
+class Command:
+    name: str
+    handler: Callable[..., Any]
+    args: tuple[Member, ...]
+    returns: Type | None            # None: returns an empty object
+    allow_oob: bool = False
+    features: tuple[str, ...] = ()
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+
+@dataclass
+class Event:
+    name: str
+    data: tuple[Member, ...] = ()
+
+
+@dataclass
+class Registry:
+    commands: dict[str, Command] = field(default_factory=dict)
+    events: dict[str, Event] = field(default_factory=dict)
+
+    def command(self, name: str, args: list[Member] | tuple[Member, ...] = (),
+                returns: Type | None = None, allow_oob: bool = False,
+                features: tuple[str, ...] = ()) -> Callable:
+        def register(handler: Callable) -> Callable:
+            if name in self.commands:
+                raise ValueError(f"QMP command {name} declared twice")
+            self.commands[name] = Command(name, handler, tuple(args), returns, allow_oob,
+                                          features)
+            return handler
+        return register
+
+    def event(self, name: str, data: list[Member] | tuple[Member, ...] = ()) -> None:
+        self.events[name] = Event(name, tuple(data))
+
+    def find(self, name: str) -> Command:
+        try:
+            return self.commands[name]
+        except KeyError:
+            raise QmpError(f"The command {name} has not been found", COMMAND_NOT_FOUND) from None
+
+    def check_args(self, command: Command, arguments: dict) -> dict:
+        return check_members(command.args, arguments)
+
+    # -- introspection -----------------------------------------------------
+    def command_names(self) -> list[str]:
+        return list(self.commands)
+
+    def schema(self) -> list[dict]:
+        """query-qmp-schema: commands and events by name, other types masked as numbers."""
+        builder = _SchemaBuilder()
+        for cmd in self.commands.values():
+            entry = {"name": cmd.name, "meta-type": "command",
+                     "arg-type": builder.object_type(cmd.args),
+                     "ret-type": builder.type_name(cmd.returns)}
+            if cmd.allow_oob:
+                entry["allow-oob"] = True
+            if cmd.features:
+                entry["features"] = list(cmd.features)
+            builder.entities.append(entry)
+        for event in self.events.values():
+            builder.entities.append({"name": event.name, "meta-type": "event",
+                                     "arg-type": builder.object_type(event.data)})
+        return builder.entities + builder.types
+
+
+class _SchemaBuilder:
+    def __init__(self) -> None:
+        self.entities: list[dict] = []
+        self.types: list[dict] = []
+        self.names: dict[object, str] = {}
+        self.counter = 0
+        self.object_type(())  # "0": the empty object, as in QEMU
+
+    def _new_name(self) -> str:
+        name = str(self.counter)
+        self.counter += 1
+        return name
+
+    def object_type(self, members: tuple[Member, ...]) -> str:
+        key = ("object", members)
+        if key in self.names:
+            return self.names[key]
+        name = self._new_name()
+        self.names[key] = name
+        entry_members = []
+        for m in members:
+            member = {"name": m.name, "type": self.type_name(m.type)}
+            if m.optional:
+                member["default"] = None
+            entry_members.append(member)
+        self.types.append({"name": name, "meta-type": "object", "members": entry_members})
+        return name
+
+    def type_name(self, t: Type | None) -> str:
+        if t is None:
+            return self.object_type(())
+        if isinstance(t, Builtin):
+            if t not in self.names:
+                self.names[t] = t.schema_name
+                self.types.append({"name": t.schema_name, "meta-type": "builtin",
+                                   "json-type": t.json_type})
+            return t.schema_name
+        if isinstance(t, ListOf):
+            element = self.type_name(t.element)
+            name = f"[{element}]"
+            if ("array", name) not in self.names:
+                self.names[("array", name)] = name
+                self.types.append({"name": name, "meta-type": "array", "element-type": element})
+            return name
+        if isinstance(t, Enum):
+            if t not in self.names:
+                name = self._new_name()
+                self.names[t] = name
+                self.types.append({"name": name, "meta-type": "enum", "values": list(t.values),
+                                   "members": [{"name": v} for v in t.values]})
+            return self.names[t]
+        if isinstance(t, Struct):
+            return self.object_type(t.members)
+        raise TypeError(t)
+
+
+REGISTRY = Registry()
+command = REGISTRY.command

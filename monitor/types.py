@@ -1,0 +1,150 @@
+"""Argument types of QMP commands, checked the way QEMU's input visitor does.
+
+A type is a small object that validates a JSON value and describes itself
+for query-qmp-schema. Messages are QEMU's: ``Invalid parameter type for 'x',
+expected: integer``, ``Parameter 'x' is missing``, ``Parameter 'x' is
+unexpected``, ``Parameter 'x' does not accept value 'y'``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from monitor.errors import QmpError
+from monitor.qdict import qdict_order
+
+
+def _type_error(name: str, expected: str) -> QmpError:
+    return QmpError(f"Invalid parameter type for '{name}', expected: {expected}")
+
+
+class Type:
+    """Base of argument types; subclasses provide schema_name and json_type."""
+
+    def check(self, name: str, value: object) -> object:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Builtin(Type):
+    schema_name: str
+    json_type: str
+
+    def check(self, name: str, value: object) -> object:
+        kind = self.json_type
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _type_error(name, "integer")
+            lo, hi = {"int": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1),
+                      "size": (0, (1 << 64) - 1), "int64": (-(1 << 63), (1 << 63) - 1),
+                      "uint32": (0, (1 << 32) - 1), "uint8": (0, 255),
+                      "int32": (-(1 << 31), (1 << 31) - 1),
+                      "uint16": (0, 65535)}[self.schema_name]
+            if not lo <= value <= hi:
+                target = {"uint64": "uint64", "size": "uint64"}.get(self.schema_name,
+                                                                      self.schema_name)
+                raise QmpError(f"Parameter '{name}' expects {target}" if value < 0 and lo == 0
+                               else f"Parameter '{name}' is out of range")
+            return value
+        if kind == "number":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _type_error(name, "number")
+            return float(value)
+        if kind == "string":
+            if not isinstance(value, str):
+                raise _type_error(name, "string")
+            return value
+        if kind == "boolean":
+            if not isinstance(value, bool):
+                raise _type_error(name, "boolean")
+            return value
+        if kind == "null":
+            if value is not None:
+                raise _type_error(name, "null")
+            return None
+        return value  # any
+
+
+INT = Builtin("int", "int")
+UINT64 = Builtin("uint64", "int")
+UINT32 = Builtin("uint32", "int")
+SIZE = Builtin("size", "int")
+NUMBER = Builtin("number", "number")
+STR = Builtin("str", "string")
+BOOL = Builtin("bool", "boolean")
+ANY = Builtin("any", "value")
+NULL = Builtin("null", "null")
+
+
+@dataclass(frozen=True)
+class Enum(Type):
+    schema_name: str
+    values: tuple[str, ...]
+    json_type = "string"
+
+    def check(self, name: str, value: object) -> object:
+        if not isinstance(value, str):
+            raise _type_error(name, "string")
+        if value not in self.values:
+            raise QmpError(f"Parameter '{name}' does not accept value '{value}'")
+        return value
+
+
+@dataclass(frozen=True)
+class ListOf(Type):
+    element: Type
+    json_type = "array"
+
+    @property
+    def schema_name(self) -> str:  # type: ignore[override]
+        return f"[{self.element.schema_name}]"
+
+    def check(self, name: str, value: object) -> object:
+        if not isinstance(value, list):
+            raise _type_error(name, "array")
+        # QEMU 7.2 names list elements 'null' in its messages (sic)
+        return [self.element.check("null", item) for item in value]
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    type: Type
+    optional: bool = False
+    default: object = None
+
+
+@dataclass(frozen=True)
+class Struct(Type):
+    schema_name: str
+    members: tuple[Member, ...] = field(default_factory=tuple)
+    json_type = "object"
+
+    def check(self, name: str, value: object, prefix: str = "") -> dict:
+        if not isinstance(value, dict):
+            raise _type_error(name, "object")
+        return check_members(self.members, value, prefix=f"{prefix}{name}.")
+
+
+def check_members(members: tuple[Member, ...] | list[Member], values: dict,
+                  prefix: str = "") -> dict:
+    """Validates a dict of members in declaration order, then rejects extras."""
+    out: dict = {}
+    for member in members:
+        qualified = prefix + member.name
+        if member.name not in values:
+            if not member.optional:
+                raise QmpError(f"Parameter '{qualified}' is missing")
+            if member.default is not None:
+                out[member.name] = member.default
+            continue
+        value = values[member.name]
+        if isinstance(member.type, Struct):
+            out[member.name] = member.type.check(member.name, value, prefix=prefix)
+        else:
+            out[member.name] = member.type.check(qualified, value)
+    known = {m.name for m in members}
+    for key in qdict_order(list(values)):
+        if key not in known:
+            raise QmpError(f"Parameter '{prefix}{key}' is unexpected")
+    return out

@@ -1,0 +1,3 @@
+from qmp.cli import entry_point
+
+entry_point()

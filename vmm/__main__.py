@@ -1,3 +1,0 @@
-from vmm.cli import entry_point
-
-entry_point()
