@@ -135,7 +135,9 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
         os.write(ready_fd, b"\0")
         os.close(ready_fd)
         _detach_stdio()
-    return await machine.exit_status
+    status = await machine.exit_status
+    machine.halt()
+    return status
 
 
 def _detach_stdio() -> None:

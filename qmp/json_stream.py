@@ -65,8 +65,10 @@ class JsonStreamParser:
             if state in (DQ, SQ):
                 match = _STRING_RUN[state].match(data, pos)
                 if match:
-                    self.token += match.group()
-                    pos = match.end()
+                    # QEMU flushes a token the moment it passes MAX_TOKEN_SIZE
+                    end = min(match.end(), pos + MAX_TOKEN_SIZE + 1 - len(self.token))
+                    self.token += data[pos:end]
+                    pos = end
                     if len(self.token) > MAX_TOKEN_SIZE:
                         self._oversized_token()
                     continue
@@ -144,7 +146,8 @@ class JsonStreamParser:
             self.token.append(ch)
             return True
         text = bytes(self.token)
-        if _NUMBER.fullmatch(text):
+        leading_zero = text in (b"0", b"-0") and 0x30 <= ch <= 0x39   # QEMU: an error
+        if _NUMBER.fullmatch(text) and not leading_zero:
             is_float = any(c in text for c in b".eE")
             self._token(FLOAT if is_float else INTEGER, text)
             self.state = START
@@ -218,6 +221,9 @@ class JsonStreamParser:
         try:
             value = _Parser(tokens).parse()
         except JsonError as e:
+            self.emit(None, f"JSON parse error, {e}")
+            return
+        except Exception as e:  # a parser bug must still leave an answer, never a hang
             self.emit(None, f"JSON parse error, {e}")
             return
         self.emit(value, None)
@@ -298,107 +304,94 @@ def parse_string_token(raw: bytes) -> str:
 
 
 class _Parser:
+    """QEMU's recursive-descent parser, run on an explicit stack: values nest up
+    to MAX_NESTING levels, far deeper than Python's recursion limit allows."""
+
     def __init__(self, tokens: list[tuple[str, bytes]]) -> None:
         self.tokens = tokens
         self.pos = 0
 
-    def parse(self) -> object:
-        return self.value()
-
     def peek(self) -> tuple[str, bytes] | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
 
-    def pop(self) -> tuple[str, bytes] | None:
+    def pop(self) -> tuple[str, bytes]:
         token = self.peek()
-        if token is not None:
-            self.pos += 1
+        if token is None:
+            raise JsonError("premature EOI")
+        self.pos += 1
         return token
 
-    def value(self) -> object:
-        token = self.peek()
-        if token is None:
-            raise JsonError("premature EOI")
-        kind, text = token
-        if kind == LCURLY:
-            return self.object()
-        if kind == LSQUARE:
-            return self.array()
+    def literal(self, kind: str, text: bytes) -> object:
         if kind == STRING:
-            self.pos += 1
             return parse_string_token(text)
         if kind == INTEGER:
-            self.pos += 1
             number = int(text)
-            if -(1 << 63) <= number < (1 << 64):
-                return number
-            return float(text)
+            return number if -(1 << 63) <= number < (1 << 64) else float(text)
         if kind == FLOAT:
-            self.pos += 1
             return float(text)
-        if kind == KEYWORD:
-            self.pos += 1
-            word = text.decode()
-            if word == "true":
-                return True
-            if word == "false":
-                return False
-            if word == "null":
-                return None
-            raise JsonError(f"invalid keyword '{word}'")
-        raise JsonError("expecting value")
+        word = text.decode()
+        if word in ("true", "false", "null"):
+            return {"true": True, "false": False, "null": None}[word]
+        raise JsonError(f"invalid keyword '{word}'")
 
-    def pair(self, result: dict) -> None:
-        if self.peek() is None:
-            raise JsonError("premature EOI")
-        key = self.value()
-        if not isinstance(key, str):
-            raise JsonError("key is not a string in object")
-        token = self.pop()
-        if token is None:
-            raise JsonError("premature EOI")
-        if token[0] != COLON:
-            raise JsonError("missing : in object pair")
-        value = self.value()
-        if key in result:
-            raise JsonError("duplicate key")
-        result[key] = value
-
-    def object(self) -> dict:
-        self.pop()
-        result: dict = {}
-        peek = self.peek()
-        if peek is None:
-            raise JsonError("premature EOI")
-        if peek[0] == RCURLY:
-            self.pop()
-            return result
-        self.pair(result)
+    def parse(self) -> object:
+        # frames: ["key", dict, None] | ["value", dict, key] | ["item", list]
+        stack: list[list] = []
         while True:
-            token = self.pop()
-            if token is None:
-                raise JsonError("premature EOI")
-            if token[0] == RCURLY:
-                return result
-            if token[0] != COMMA:
-                raise JsonError("expected separator in dict")
-            self.pair(result)
-
-    def array(self) -> list:
-        self.pop()
-        result: list = []
-        peek = self.peek()
-        if peek is None:
-            raise JsonError("premature EOI")
-        if peek[0] == RSQUARE:
-            self.pop()
-            return result
-        result.append(self.value())
-        while True:
-            token = self.pop()
-            if token is None:
-                raise JsonError("premature EOI")
-            if token[0] == RSQUARE:
-                return result
-            if token[0] != COMMA:
-                raise JsonError("expected separator in list")
-            result.append(self.value())
+            kind, text = self.pop()
+            if kind == LCURLY:
+                if self.peek() is None:
+                    raise JsonError("premature EOI")
+                if self.peek()[0] == RCURLY:
+                    self.pos += 1
+                    result: object = {}
+                else:
+                    stack.append(["key", {}, None])
+                    continue
+            elif kind == LSQUARE:
+                if self.peek() is None:
+                    raise JsonError("premature EOI")
+                if self.peek()[0] == RSQUARE:
+                    self.pos += 1
+                    result = []
+                else:
+                    stack.append(["item", []])
+                    continue
+            elif kind in (STRING, INTEGER, FLOAT, KEYWORD):
+                result = self.literal(kind, text)
+            else:
+                raise JsonError("expecting value")
+            # hand the finished value to the containers waiting for it
+            while True:
+                if not stack:
+                    return result
+                frame = stack[-1]
+                if frame[0] == "key":
+                    if not isinstance(result, str):
+                        raise JsonError("key is not a string in object")
+                    if self.pop()[0] != COLON:
+                        raise JsonError("missing : in object pair")
+                    frame[0], frame[2] = "value", result
+                    break
+                if frame[0] == "value":
+                    if frame[2] in frame[1]:
+                        raise JsonError("duplicate key")
+                    frame[1][frame[2]] = result
+                    token = self.pop()
+                    if token[0] == RCURLY:
+                        result = stack.pop()[1]
+                        continue
+                    if token[0] != COMMA:
+                        raise JsonError("expected separator in dict")
+                    if self.peek() is None:
+                        raise JsonError("premature EOI")
+                    frame[0] = "key"
+                    break
+                frame[1].append(result)
+                token = self.pop()
+                if token[0] == RSQUARE:
+                    result = stack.pop()[1]
+                    continue
+                if token[0] != COMMA:
+                    raise JsonError("expected separator in list")
+                break

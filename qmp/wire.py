@@ -35,7 +35,11 @@ def encode_string(text: str) -> str:
     return "".join(out)
 
 
-def encode(value: object) -> str:
+class _Raw(str):
+    """Output text, as opposed to a string value still to be encoded."""
+
+
+def _scalar(value: object) -> str:
     if value is None:
         return "null"
     if value is True:
@@ -45,19 +49,41 @@ def encode(value: object) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return "%.17g" % value
+        return f"{value:.17g}"
     if isinstance(value, str):
         return encode_string(value)
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return "{" + ", ".join(f"{encode_string(k)}: {encode(value[k])}"
-                               for k in qdict_order(list(value))) + "}"
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return "[]"
-        return "[" + ", ".join(encode(v) for v in value) + "]"
     raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
+
+
+def encode(value: object) -> str:
+    """One value in QEMU's compact format; iterative, so any nesting depth works."""
+    parts: list[str] = []
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Raw):
+            parts.append(item)
+        elif isinstance(item, dict) and item:
+            pieces: list[object] = [_Raw("{")]
+            for i, key in enumerate(qdict_order(list(item))):
+                pieces += [_Raw((", " if i else "") + encode_string(key) + ": "), item[key]]
+            pieces.append(_Raw("}"))
+            stack.extend(reversed(pieces))
+        elif isinstance(item, (list, tuple)) and item:
+            pieces = [_Raw("[")]
+            for i, element in enumerate(item):
+                if i:
+                    pieces.append(_Raw(", "))
+                pieces.append(element)
+            pieces.append(_Raw("]"))
+            stack.extend(reversed(pieces))
+        elif isinstance(item, dict):
+            parts.append("{}")
+        elif isinstance(item, (list, tuple)):
+            parts.append("[]")
+        else:
+            parts.append(_scalar(item))
+    return "".join(parts)
 
 
 def encode_pretty(value: object, indent: int = 0) -> str:

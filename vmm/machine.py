@@ -440,6 +440,10 @@ class Machine:
     def quit(self) -> None:
         self.shutdown(False, "host-qmp-quit")
 
+    def halt(self) -> None:
+        """Parks every vCPU (before the loop ends, so no kick races its teardown)."""
+        self._pause_all()
+
     def finish(self, status: int) -> None:
         """Ends the VMM with ``status`` once the loop gets to it."""
         for runner in self.vcpus:

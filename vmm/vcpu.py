@@ -88,7 +88,9 @@ class VcpuThread:
             self._run_allowed = False
             self.vcpu.set_immediate_exit(True)
             self._cond.notify_all()
-        self._kick()
+            parked = self._parked
+        if not parked:
+            self._kick()
         if self.thread and threading.current_thread() is not self.thread:
             self.thread.join(timeout=5)
 
