@@ -61,7 +61,7 @@ class Connection:
             self.sock.settimeout(remaining)
             try:
                 chunk = self.sock.recv(1 << 20)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return None
             if not chunk:
                 return None

@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-
 from guest import kvmkit_command
 from qmp_replay import REFERENCE, Connection, compare, load, step_bytes
 
