@@ -18,7 +18,8 @@ if not REFERENCE.exists():   # a clone elsewhere: look beside the repository's p
     REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "qemu-7.2"
 
 _TIMESTAMP = re.compile(r'"timestamp": \{"seconds": \d+, "microseconds": \d+\}')
-_VERSION = re.compile(r'\{"qemu": \{"micro": \d+, "minor": \d+, "major": \d+\}, "package": "[^"]*"\}')
+_VERSION = re.compile(r'\{"qemu": \{"micro": \d+, "minor": \d+, "major": \d+\}, '
+                      r'"package": "[^"]*"\}')
 
 
 def load(name: str) -> list[dict]:
