@@ -28,6 +28,7 @@ class Session:
     negotiated: bool = True
     fds: dict[str, int] = field(default_factory=dict)   # getfd, per monitor as in QEMU
     received_fds: list[int] = field(default_factory=list)
+    hmp_state: Any = None                                # HMP's last x/xp format
 
 
 @dataclass

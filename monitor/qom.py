@@ -61,7 +61,7 @@ def _device_object(machine, instance) -> QomObject:
         Prop("hotplugged", "bool", lambda: instance.hotplugged),
         Prop("hotpluggable", "bool", lambda: model.bus == "pci"),
     ]
-    for name, (kind, _default) in model.properties.items():
+    for name, (kind, _default) in reversed(model.properties.items()):  # QEMU lists newest first
         obj.props.append(Prop(name, QOM_TYPES.get(kind, "str"),
                               (lambda name=name: _prop_value(instance, name)),
                               _after_realize(instance, name)))

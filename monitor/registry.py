@@ -27,6 +27,7 @@ class Command:
     returns: Type | None            # None: returns an empty object
     allow_oob: bool = False
     features: tuple[str, ...] = ()
+    extra_args: bool = False        # device_add: any further key=value is a property
 
     @property
     def is_async(self) -> bool:
@@ -46,12 +47,12 @@ class Registry:
 
     def command(self, name: str, args: list[Member] | tuple[Member, ...] = (),
                 returns: Type | None = None, allow_oob: bool = False,
-                features: tuple[str, ...] = ()) -> Callable:
+                features: tuple[str, ...] = (), extra_args: bool = False) -> Callable:
         def register(handler: Callable) -> Callable:
             if name in self.commands:
                 raise ValueError(f"QMP command {name} declared twice")
             self.commands[name] = Command(name, handler, tuple(args), returns, allow_oob,
-                                          features)
+                                          features, extra_args)
             return handler
         return register
 
@@ -65,6 +66,12 @@ class Registry:
             raise QmpError(f"The command {name} has not been found", COMMAND_NOT_FOUND) from None
 
     def check_args(self, command: Command, arguments: dict) -> dict:
+        if command.extra_args:
+            declared = {m.name for m in command.args}
+            checked = check_members(command.args, {k: v for k, v in arguments.items()
+                                                   if k in declared})
+            checked["props"] = {k: v for k, v in arguments.items() if k not in declared}
+            return checked
         return check_members(command.args, arguments)
 
     # -- introspection -----------------------------------------------------

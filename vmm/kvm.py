@@ -214,6 +214,9 @@ class Vcpu:
     def set_fpu(self, fpu) -> None:
         self._set(lib.KVM_SET_FPU, fpu, "KVM_SET_FPU")
 
+    def get_debugregs(self):
+        return self._get(lib.KVM_GET_DEBUGREGS, "struct kvm_debugregs *", "KVM_GET_DEBUGREGS")
+
     def get_lapic(self):
         return self._get(lib.KVM_GET_LAPIC, "struct kvm_lapic_state *", "KVM_GET_LAPIC")
 

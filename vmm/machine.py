@@ -192,8 +192,11 @@ class Machine:
                                            self.memory.host_address(region))
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
+        self.irq_counts: dict[int, int] = {}   # rising edges per GSI, for `info irq`
 
     def set_irq(self, gsi: int, level: int) -> None:
+        if level:
+            self.irq_counts[gsi] = self.irq_counts.get(gsi, 0) + 1
         self.vm.irq_line(gsi, level)
 
     def _setup_devices(self) -> None:
@@ -302,7 +305,9 @@ class Machine:
             vcpu = self.vm.create_vcpu(index)
             vcpu.set_cpuid(cpustate.build_cpuid(supported, index, self.cfg.cpus))
             cpustate.set_lapic_lints(vcpu)
-            self._initial_state.append((vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_fpu(),
+            fpu = vcpu.get_fpu()
+            fpu.mxcsr = 0x1F80   # the architectural reset value (KVM starts at 0)
+            self._initial_state.append((vcpu.get_regs(), vcpu.get_sregs(), fpu,
                                         vcpu.get_lapic()))
             self.vcpus.append(VcpuThread(vcpu, self.pio, self.mmio, self.lock,
                                          self._vcpu_event))
@@ -510,6 +515,13 @@ class Machine:
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     # -- queries -----------------------------------------------------------
+    def cpu_state(self, index: int) -> dict:
+        """A snapshot of one vCPU's architectural state (for `info registers`)."""
+        def read(vcpu):
+            return {"regs": vcpu.get_regs(), "sregs": vcpu.get_sregs(), "fpu": vcpu.get_fpu(),
+                    "debugregs": vcpu.get_debugregs(), "mp_state": vcpu.get_mp_state()}
+        return self.vcpus[index].inspect(read)
+
     def vcpu_thread_ids(self) -> list[int]:
         return [runner.native_id or 0 for runner in self.vcpus]
 

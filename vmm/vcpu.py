@@ -82,6 +82,22 @@ class VcpuThread:
         if threading.current_thread() is not self.thread:
             self.wait_parked()
 
+    def inspect(self, func: Callable[[Vcpu], object]) -> object:
+        """Runs func(vcpu) with the vCPU out of KVM_RUN (register ioctls block while it
+        is inside), then lets it run on if it was running."""
+        if threading.current_thread() is self.thread or self.thread is None:
+            return func(self.vcpu)
+        with self._cond:
+            was_running = self._run_allowed
+        if was_running:
+            self.request_pause()
+            self.wait_parked()
+        try:
+            return func(self.vcpu)
+        finally:
+            if was_running:
+                self.resume()
+
     def stop(self) -> None:
         with self._cond:
             self._quit = True

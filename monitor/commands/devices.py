@@ -1,4 +1,4 @@
-"""Device hot-unplug (device_del) and link state (set_link)."""
+"""Device hotplug (device_add, device_del) and link state (set_link)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,22 @@ def find_device(machine, qdev_id: str):
         if instance.id == qdev_id:
             return instance
     raise device_not_found(qdev_id)
+
+
+@command("device_add", args=[Member("driver", STR), Member("bus", STR, True),
+                             Member("id", STR, True)], extra_args=True)
+def device_add(ctx, driver, props, bus=None, id=None):
+    from vmm.device_models import MODELS
+
+    model = MODELS.get(driver)
+    if model is None:
+        raise QmpError(f"'{driver}' is not a valid device model name")
+    if id is not None and any(d.id == id for d in ctx.machine.device_instances):
+        raise QmpError(f"Duplicate device ID '{id}'")
+    hotplug = getattr(ctx.machine, "hotplug_device", None)
+    if model.bus != "pci" or hotplug is None:
+        raise QmpError(f"Bus '{model.bus}.0' does not support hotplugging")
+    hotplug(driver, {**{k: str(v) for k, v in props.items()}, **({"id": id} if id else {})})
 
 
 @command("device_del", args=[Member("id", STR)])

@@ -6,11 +6,11 @@ from monitor.registry import command
 from monitor.types import INT, STR, Member
 
 
-@command("human-monitor-command", args=[Member("command-line", STR), Member("cpu-index", INT,
-                                                                           True)],
+@command("human-monitor-command", args=[Member("command-line", STR),
+                                        Member("cpu-index", INT, True)],
          returns=STR, features=("savevm-monitor-nodes",))
 async def human_monitor_command(ctx, command_line, cpu_index=None):
-    from monitor.hmp import run_command_line
+    from monitor.hmp import run_line
 
-    output = await run_command_line(ctx.monitor, ctx.session, command_line)
+    output = await run_line(ctx.monitor, ctx.session, command_line)
     return output.replace("\n", "\r\n")

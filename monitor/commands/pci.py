@@ -1,0 +1,53 @@
+"""query-pci: the PCI bus as QEMU reports it (QAPI's PciInfo)."""
+
+from __future__ import annotations
+
+from monitor.registry import command
+from monitor.types import ListOf, Struct
+
+# QEMU's pci_class_descriptions, for the classes a pc machine shows
+CLASS_NAMES = {
+    0x0100: "SCSI controller", 0x0101: "IDE controller", 0x0106: "SATA controller",
+    0x0180: "Storage controller", 0x0200: "Ethernet controller",
+    0x0280: "Network controller", 0x0300: "VGA controller", 0x0380: "Display controller",
+    0x0401: "Audio controller", 0x0403: "Audio controller", 0x0500: "RAM controller",
+    0x0600: "Host bridge", 0x0601: "ISA bridge", 0x0604: "PCI bridge", 0x0680: "Bridge",
+    0x0700: "Serial port", 0x0780: "Communication controller", 0x0880: "System peripheral",
+    0x0c03: "USB controller",
+}
+UNASSIGNED = -1
+
+
+def device_info(device) -> dict:
+    from vmm.pci import INTERRUPT_LINE, INTERRUPT_PIN
+
+    klass = device.class_code >> 8
+    class_info: dict = {"class": klass}
+    if klass in CLASS_NAMES:
+        class_info = {"desc": CLASS_NAMES[klass], "class": klass}
+    info: dict = {"bus": 0, "slot": device.slot, "function": device.function,
+                  "class_info": class_info,
+                  "id": {"vendor": device.vendor_id, "device": device.device_id,
+                         "subsystem-vendor": int.from_bytes(device.config[0x2C:0x2E], "little"),
+                         "subsystem": int.from_bytes(device.config[0x2E:0x30], "little")}}
+    pin = device.config[INTERRUPT_PIN]
+    if pin:
+        info["irq"] = device.config[INTERRUPT_LINE]
+    info["irq_pin"] = pin
+    info["qdev_id"] = device.qdev_id
+    regions = []
+    for bar in sorted(device.bars.values(), key=lambda b: b.index):
+        address = device.bar_address(bar)
+        region = {"bar": bar.index, "type": "io" if bar.kind == "io" else "memory",
+                  "address": address if address else UNASSIGNED, "size": bar.size}
+        if bar.kind != "io":
+            region["prefetch"] = bar.prefetchable
+            region["mem_type_64"] = bar.kind == "mem64"
+        regions.append(region)
+    info["regions"] = regions
+    return info
+
+
+@command("query-pci", returns=ListOf(Struct("PciInfo", ())))
+def query_pci(ctx):
+    return [{"bus": 0, "devices": [device_info(d) for d in ctx.machine.pci.sorted_devices()]}]

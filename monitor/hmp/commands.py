@@ -1,0 +1,133 @@
+"""HMP commands other than `info`: help, run control, balloon, devices, QOM."""
+
+from __future__ import annotations
+
+import json
+
+from monitor.errors import QmpError
+from monitor.hmp.table import COMMANDS, INFO, HmpContext, help_line, hmp, unique
+from monitor.qemu_json import pretty
+
+
+@hmp("help", "name:S?", "[cmd]", "show the help", aliases=("?",))
+async def help_cmd(ctx: HmpContext, args: dict) -> str:
+    name = args.get("name")
+    if name is None:
+        return "".join(help_line(c) for c in unique(COMMANDS))
+    words = name.split()
+    if words[0] == "info":
+        if len(words) == 1:
+            return "".join(help_line(c) for c in unique(INFO))
+        cmd = INFO.get(words[1])
+        return help_line(cmd) if cmd else ""
+    cmd = COMMANDS.get(words[0])
+    return help_line(cmd) if cmd else ""
+
+
+@hmp("info", "item:s?", "[subcommand]", "show various information about the system state")
+async def info_cmd(ctx: HmpContext, args: dict) -> str:
+    # `info X` is dispatched to INFO by run_line; alone it lists the subcommands
+    return "".join(help_line(c) for c in unique(INFO))
+
+
+@hmp("stop", "", "", "stop emulation", aliases=("s",))
+async def stop_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("stop")
+    return ""
+
+
+@hmp("cont", "", "", "resume emulation", aliases=("c",))
+async def cont_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("cont")
+    return ""
+
+
+@hmp("system_reset", "", "", "reset the system")
+async def system_reset_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("system_reset")
+    return ""
+
+
+@hmp("system_powerdown", "", "", "send system power down event")
+async def system_powerdown_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("system_powerdown")
+    return ""
+
+
+@hmp("quit", "", "", "quit the emulator", aliases=("q",))
+async def quit_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("quit")
+    return ""
+
+
+@hmp("balloon", "value:M", "target",
+     "request VM to change its memory allocation (in MB)")
+async def balloon_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("balloon", value=args["value"])
+    return ""
+
+
+@hmp("device_add", "device:O", "driver[,prop=value][,...]",
+     "add device, like -device on the command line")
+async def device_add_cmd(ctx: HmpContext, args: dict) -> str:
+    from vmm.qemuopts import parse_opts
+
+    opts = parse_opts(args["device"], implied="driver")
+    await ctx.call("device_add", **opts)
+    return ""
+
+
+@hmp("device_del", "id:s", "device", "remove device")
+async def device_del_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("device_del", id=args["id"])
+    return ""
+
+
+@hmp("set_link", "name:s,up:b", "name on|off",
+     "change the link status of a network adapter")
+async def set_link_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("set_link", name=args["name"], up=args["up"])
+    return ""
+
+
+@hmp("qom-list", "path:s?", "path", "list QOM properties")
+async def qom_list_cmd(ctx: HmpContext, args: dict) -> str:
+    path = args.get("path")
+    if path is None:
+        return "/\n"
+    props = await ctx.call("qom-list", path=path)
+    return "".join(f"{p['name']} ({p['type']})\n" for p in props)
+
+
+@hmp("qom-get", "path:s,property:s", "path property", "print QOM property")
+async def qom_get_cmd(ctx: HmpContext, args: dict) -> str:
+    value = await ctx.call("qom-get", path=args["path"], property=args["property"])
+    return pretty(value) + "\n"
+
+
+@hmp("qom-set", "json:-j,path:s,property:s,value:S", "[-j] path property value",
+     "set QOM property.")
+async def qom_set_cmd(ctx: HmpContext, args: dict) -> str:
+    text = args["value"]
+    if args["json"]:
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise QmpError(f"JSON parse error, {e}") from None
+    else:
+        value = _from_string(text)
+    await ctx.call("qom-set", path=args["path"], property=args["property"], value=value)
+    return ""
+
+
+def _from_string(text: str):
+    """QEMU's string input visitor: numbers and booleans are read from their text."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    if text in ("on", "yes", "true"):
+        return True
+    if text in ("off", "no", "false"):
+        return False
+    return text

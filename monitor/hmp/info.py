@@ -1,0 +1,235 @@
+"""`info ...` subcommands, each printing what QEMU 7.2 prints."""
+
+from __future__ import annotations
+
+from monitor import qom
+from monitor.commands.pci import CLASS_NAMES
+from monitor.hmp.table import HmpContext, hmp
+
+
+@hmp("status", "", "", "show the current VM status (running|paused)", info=True)
+async def info_status(ctx: HmpContext, args: dict) -> str:
+    st = await ctx.call("query-status")
+    text = "VM status: " + ("running" if st["running"] else "paused")
+    if not st["running"] and st["status"] != "paused":
+        text += f" ({st['status']})"
+    return text + "\n"
+
+
+@hmp("version", "", "", "show the version of QEMU", info=True)
+async def info_version(ctx: HmpContext, args: dict) -> str:
+    v = await ctx.call("query-version")
+    q = v["qemu"]
+    return f"{q['major']}.{q['minor']}.{q['micro']}{v['package']}\n"
+
+
+@hmp("name", "", "", "show the current VM name", info=True)
+async def info_name(ctx: HmpContext, args: dict) -> str:
+    name = (await ctx.call("query-name")).get("name")
+    return f"{name}\n" if name else ""
+
+
+@hmp("uuid", "", "", "show the current VM UUID", info=True)
+async def info_uuid(ctx: HmpContext, args: dict) -> str:
+    return (await ctx.call("query-uuid"))["UUID"] + "\n"
+
+
+@hmp("kvm", "", "", "show KVM information", info=True)
+async def info_kvm(ctx: HmpContext, args: dict) -> str:
+    kvm = await ctx.call("query-kvm")
+    return "kvm support: " + ("enabled" if kvm["enabled"] else "disabled") + "\n"
+
+
+@hmp("cpus", "", "", "show infos for each CPU", info=True)
+async def info_cpus(ctx: HmpContext, args: dict) -> str:
+    cpus = await ctx.call("query-cpus-fast")
+    return "".join(f"{'*' if c['cpu-index'] == ctx.cpu else ' '} CPU #{c['cpu-index']}: "
+                   f"thread_id={c['thread-id']}\n" for c in cpus)
+
+
+@hmp("chardev", "", "", "show the character devices", info=True)
+async def info_chardev(ctx: HmpContext, args: dict) -> str:
+    return "".join(f"{d['label']}: filename={d['filename']}\n"
+                   for d in await ctx.call("query-chardev"))
+
+
+@hmp("balloon", "", "", "show balloon information", info=True)
+async def info_balloon(ctx: HmpContext, args: dict) -> str:
+    info = await ctx.call("query-balloon")
+    return f"balloon: actual={info['actual'] >> 20}\n"
+
+
+@hmp("block", "nodes:-n,verbose:-v,device:B?", "[-n] [-v] [device]",
+     "show info of one block device or all block devices (-n: show named nodes; "
+     "-v: show details)", info=True)
+async def info_block(ctx: HmpContext, args: dict) -> str:
+    return ""   # kvmkit has no block devices yet
+
+
+@hmp("network", "", "", "show the network state", info=True)
+async def info_network(ctx: HmpContext, args: dict) -> str:
+    show = getattr(ctx.machine, "network_lines", None)
+    return "".join(line + "\n" for line in show()) if show else ""
+
+
+@hmp("pci", "", "", "show PCI info", info=True)
+async def info_pci(ctx: HmpContext, args: dict) -> str:
+    out = []
+    for bus in await ctx.call("query-pci"):
+        for dev in bus["devices"]:
+            out.append(f"  Bus {dev['bus']:2d}, device {dev['slot']:3d}, "
+                       f"function {dev['function']}:\n")
+            ci = dev["class_info"]
+            kind = ci["desc"] if "desc" in ci else f"Class {ci['class']:04d}"
+            ids = dev["id"]
+            out.append(f"    {kind}: PCI device {ids['vendor']:04x}:{ids['device']:04x}\n")
+            out.append(f"      PCI subsystem {ids['subsystem-vendor']:04x}:"
+                       f"{ids['subsystem']:04x}\n")
+            if "irq" in dev:
+                out.append(f"      IRQ {dev['irq']}, pin {chr(ord('A') + dev['irq_pin'] - 1)}\n")
+            for r in dev["regions"]:
+                addr = r["address"] & 0xFFFFFFFFFFFFFFFF
+                end = (addr + r["size"] - 1) & 0xFFFFFFFFFFFFFFFF
+                if r["type"] == "io":
+                    out.append(f"      BAR{r['bar']}: I/O at 0x{addr:04x} [0x{end:04x}].\n")
+                else:
+                    bits = 64 if r["mem_type_64"] else 32
+                    pf = " prefetchable" if r["prefetch"] else ""
+                    out.append(f"      BAR{r['bar']}: {bits} bit{pf} memory at "
+                               f"0x{addr:08x} [0x{end:08x}].\n")
+            out.append(f"      id \"{dev['qdev_id']}\"\n")
+    return "".join(out)
+
+
+@hmp("qom-tree", "path:s?", "[path]", "show QOM composition tree", info=True)
+async def info_qom_tree(ctx: HmpContext, args: dict) -> str:
+    return "".join(line + "\n" for line in qom.tree_lines(ctx.machine,
+                                                           args.get("path") or "/machine"))
+
+
+@hmp("irq", "", "", "show the interrupts statistics (if available)", info=True)
+async def info_irq(ctx: HmpContext, args: dict) -> str:
+    counts = sorted(ctx.machine.irq_counts.items())
+    out = ["IRQ statistics for kvm-ioapic:\n"]
+    out += [f"{gsi:2d}: {n}\n" if gsi >= 10 else f" {gsi}: {n}\n" for gsi, n in counts]
+    out.append("IRQ statistics for kvm-i8259:\n")
+    out += [f"{gsi:2d}: {n}\n" if gsi >= 10 else f" {gsi}: {n}\n"
+            for gsi, n in counts if gsi < 16]
+    return "".join(out)
+
+
+@hmp("memory_size_summary", "", "",
+     "show the amount of initially allocated and present hotpluggable (if enabled) memory "
+     "in bytes.", info=True)
+async def info_memory_size_summary(ctx: HmpContext, args: dict) -> str:
+    info = await ctx.call("query-memory-size-summary")
+    return f"base memory: {info['base-memory']}\nplugged memory: {info['plugged-memory']}\n"
+
+
+@hmp("hotpluggable-cpus", "", "", "Show information about hotpluggable CPUs", info=True)
+async def info_hotpluggable_cpus(ctx: HmpContext, args: dict) -> str:
+    out = ["Hotpluggable CPUs:\n"]
+    for cpu in await ctx.call("query-hotpluggable-cpus"):
+        out += [f"  type: \"{cpu['type']}\"\n", f"  vcpus_count: \"{cpu['vcpus-count']}\"\n"]
+        if "qom-path" in cpu:
+            out.append(f"  qom_path: \"{cpu['qom-path']}\"\n")
+        out.append("  CPUInstance Properties:\n")
+        for key in ("node-id", "socket-id", "die-id", "cluster-id", "core-id", "thread-id"):
+            if key in cpu["props"]:
+                out.append(f"    {key}: \"{cpu['props'][key]}\"\n")
+    return "".join(out)
+
+
+def _qtree_pci(device) -> list[str]:
+    klass = device.class_code >> 8
+    name = CLASS_NAMES.get(klass, f"Class {klass:04x}")
+    sub = int.from_bytes(device.config[0x2C:0x2E], "little"), \
+        int.from_bytes(device.config[0x2E:0x30], "little")
+    lines = [f"addr = {device.slot:02x}.{device.function}",
+             f"multifunction = {'true' if device.config[0x0E] & 0x80 else 'false'}",
+             f"class {name}, addr 00:{device.slot:02x}.{device.function}, pci id "
+             f"{device.vendor_id:04x}:{device.device_id:04x} (sub {sub[0]:04x}:{sub[1]:04x})"]
+    for bar in sorted(device.bars.values(), key=lambda b: b.index):
+        addr = device.bar_address(bar)
+        if addr:
+            kind = "i/o" if bar.kind == "io" else "mem"
+            lines.append(f"bar {bar.index}: {kind} at 0x{addr:x} [0x{addr + bar.size - 1:x}]")
+    return lines
+
+
+PCI_TYPE_NAMES = {(0x8086, 0x1237): "i440FX", (0x8086, 0x7000): "PIIX3",
+                  (0x8086, 0x7010): "piix3-ide", (0x8086, 0x7113): "PIIX4_PM"}
+
+
+@hmp("qtree", "", "", "show device tree", info=True)
+async def info_qtree(ctx: HmpContext, args: dict) -> str:
+    machine = ctx.machine
+    out = ["bus: main-system-bus", "  type System",
+           '  dev: kvm-ioapic, id ""', '    gpio-in "" 24', "    gsi_base = 0 (0x0)",
+           "    mmio 00000000fec00000/0000000000001000",
+           '  dev: i440FX-pcihost, id ""', "    bus: pci.0", "      type PCI"]
+    instances = {id(i.device): i for i in machine.device_instances}
+    for device in reversed(machine.pci.sorted_devices()):
+        instance = instances.get(id(device))
+        type_name = instance.driver if instance else PCI_TYPE_NAMES.get(
+            (device.vendor_id, device.device_id), "pci-device")
+        out.append(f'      dev: {type_name}, id "{device.qdev_id}"')
+        out += ["        " + line for line in _qtree_pci(device)]
+        if (device.vendor_id, device.device_id) == (0x8086, 0x7000):
+            out += ["        bus: isa.0", "          type ISA"]
+            for isa in reversed(_isa_devices(machine)):
+                out += ["          " + line for line in isa]
+    return "".join(line + "\n" for line in out)
+
+
+def _isa_devices(machine) -> list[list[str]]:
+    """ISA devices in creation order, as (dev line, property lines...)."""
+    devices = [['dev: mc146818rtc, id ""', '  gpio-out "" 1', "  base_year = 0 (0x0)"],
+               ['dev: kvm-pit, id ""', '  gpio-in "" 1', "  iobase = 64 (0x40)"],
+               ['dev: i8042, id ""', "  kbd-irq = 1 (0x1)", "  mouse-irq = 12 (0xc)"]]
+    by_device = {id(i.device): i for i in machine.device_instances}
+    for port in machine.serials:
+        instance = by_device.get(id(port))
+        qdev_id = (instance.id or "") if instance else ""
+        devices.append([f'dev: isa-serial, id "{qdev_id}"',
+                        f"  index = {port.index} (0x{port.index:x})",
+                        f"  iobase = {port.iobase} (0x{port.iobase:x})",
+                        f"  irq = {port.irq} (0x{port.irq:x})"])
+    for instance in machine.device_instances:
+        if instance.driver == "isa-debug-exit":
+            p = instance.props
+            devices.append([f'dev: isa-debug-exit, id "{instance.id or ""}"',
+                            f"  iobase = {p['iobase']} (0x{p['iobase']:x})",
+                            f"  iosize = {p['iosize']} (0x{p['iosize']:x})"])
+    return devices
+
+
+@hmp("mtree", "flatview:-f,dispatch_tree:-d,owner:-o,disabled:-D", "[-f][-d][-o][-D]",
+     "show memory tree (-f: dump flat view for address spaces;-d: dump dispatch tree, "
+     "valid with -f only);-o: dump region owners/parents;-D: dump disabled regions",
+     info=True)
+async def info_mtree(ctx: HmpContext, args: dict) -> str:
+    machine = ctx.machine
+    out = ["address-space: memory",
+           "  0000000000000000-ffffffffffffffff (prio 0, i/o): system"]
+    for region in machine.memory.regions:
+        name = "pc.ram" if region.gpa == 0 else "ram-above-4g"
+        out.append(f"    {region.gpa:016x}-{region.end - 1:016x} (prio 0, ram): {name}")
+    for start, end, device in machine.mmio.ranges():
+        out.append(f"    {start:016x}-{end - 1:016x} (prio 1, i/o): {_region_name(device)}")
+    out += ["", "address-space: I/O",
+            "  0000000000000000-000000000000ffff (prio 0, i/o): io"]
+    for start, end, device in machine.pio.ranges():
+        out.append(f"    {start:016x}-{end - 1:016x} (prio 0, i/o): {_region_name(device)}")
+    return "".join(line + "\n" for line in out) + "\n"
+
+
+def _region_name(device) -> str:
+    names = {"Serial16550": "serial", "Rtc": "rtc", "IsaDebugExit": "isa-debug-exit",
+             "PciConfigPorts": "pci-conf-idx", "NullBarDevice": "piix-bmdma-container"}
+    kind = type(device).__name__
+    if kind == "_Port":
+        return "i8042-data" if device.base == 0x60 else "i8042-cmd"
+    if kind == "_Block":
+        return "acpi-evt" if device.bus_read.__name__ == "pm_read" else "acpi-gpe0"
+    return names.get(kind, kind.lower())
