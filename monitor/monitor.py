@@ -85,9 +85,10 @@ class Monitor:
             result = await result
         return {} if result is None else result
 
-    async def call(self, name: str, session: Session | None = None, **arguments) -> Any:
+    async def call(self, command: str, session: Session | None = None, /,
+                   **arguments) -> Any:
         """For in-process callers (HMP, tests): run a command by name."""
-        return await self.execute(self.find(name), arguments, session or Session())
+        return await self.execute(self.find(command), arguments, session or Session())
 
 
 __all__ = ["Context", "Monitor", "QmpError", "Session", "event_message"]

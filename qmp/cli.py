@@ -51,9 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.list_devices:
         print(device_help(), end="")
         return 0
-    for spec in cfg.monitors:
-        if spec.mode != "control":
-            return error("-monitor: HMP readline monitors are not implemented yet")
     if cfg.netdevs:
         return error("-netdev: networking is not implemented yet")
     if cfg.logfile:
@@ -98,8 +95,9 @@ def _build_and_run(cfg: MachineConfig, ready_fd: int | None = None) -> int:
 
 
 def _monitors(machine, cfg: MachineConfig) -> list:
-    """A QMP server per -qmp/-mon mode=control, all over one Monitor."""
+    """A monitor per -qmp/-monitor/-mon, all over one Monitor (QMP or HMP readline)."""
     from monitor.monitor import Monitor
+    from monitor.readline import ReadlineServer
     from qmp.server import QmpServer
 
     if not cfg.monitors:
@@ -112,7 +110,10 @@ def _monitors(machine, cfg: MachineConfig) -> list:
             raise ValueError(f"-mon chardev={spec.chardev}: chardev '{spec.chardev}' not found")
         if chardev.receiver is not None:
             raise ValueError(f"chardev '{spec.chardev}' is already in use")
-        servers.append(QmpServer(monitor, chardev, spec.pretty))
+        if spec.mode == "control":
+            servers.append(QmpServer(monitor, chardev, spec.pretty))
+        else:
+            servers.append(ReadlineServer(monitor, chardev))
     return servers
 
 

@@ -80,6 +80,9 @@ class QmpSession:
     def feed(self, data: bytes) -> None:
         self.parser.feed(data)
 
+    def end_of_input(self) -> None:
+        self.parser.flush()
+
     def close(self) -> None:
         if self.closed:
             return

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import struct
+from dataclasses import dataclass, replace
 
 from vmm.kvm import CpuidEntry, Vcpu
 
@@ -141,3 +142,26 @@ def set_lapic_lints(vcpu: Vcpu) -> None:
         value = (value & ~0x700 & ~(1 << 16)) | (mode << 8)
         regs[reg:reg + 4] = value.to_bytes(4, "little")
     vcpu.set_lapic(lapic)
+
+
+@dataclass
+class FpuState:
+    """x87/SSE state from the legacy (FXSAVE) part of an XSAVE area."""
+
+    fcw: int
+    fsw: int
+    ftwx: int
+    mxcsr: int
+    fpr: list[bytes]
+    xmm: list[bytes]
+
+
+def fpu_from_xsave(xsave) -> FpuState:
+    """KVM_GET_XSAVE is what QEMU reads; on some kernels KVM_GET_FPU misreports MXCSR."""
+    from vmm._kvm import ffi
+
+    raw = bytes(ffi.buffer(xsave.region))[:512]
+    fcw, fsw, ftwx = struct.unpack_from("<HHB", raw, 0)
+    mxcsr = struct.unpack_from("<I", raw, 24)[0]
+    return FpuState(fcw, fsw, ftwx, mxcsr, [raw[32 + 16 * i:48 + 16 * i] for i in range(8)],
+                    [raw[160 + 16 * i:176 + 16 * i] for i in range(16)])

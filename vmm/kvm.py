@@ -214,6 +214,12 @@ class Vcpu:
     def set_fpu(self, fpu) -> None:
         self._set(lib.KVM_SET_FPU, fpu, "KVM_SET_FPU")
 
+    def get_xsave(self):
+        return self._get(lib.KVM_GET_XSAVE, "struct kvm_xsave *", "KVM_GET_XSAVE")
+
+    def set_xsave(self, xsave) -> None:
+        self._set(lib.KVM_SET_XSAVE, xsave, "KVM_SET_XSAVE")
+
     def get_debugregs(self):
         return self._get(lib.KVM_GET_DEBUGREGS, "struct kvm_debugregs *", "KVM_GET_DEBUGREGS")
 

@@ -305,9 +305,7 @@ class Machine:
             vcpu = self.vm.create_vcpu(index)
             vcpu.set_cpuid(cpustate.build_cpuid(supported, index, self.cfg.cpus))
             cpustate.set_lapic_lints(vcpu)
-            fpu = vcpu.get_fpu()
-            fpu.mxcsr = 0x1F80   # the architectural reset value (KVM starts at 0)
-            self._initial_state.append((vcpu.get_regs(), vcpu.get_sregs(), fpu,
+            self._initial_state.append((vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_xsave(),
                                         vcpu.get_lapic()))
             self.vcpus.append(VcpuThread(vcpu, self.pio, self.mmio, self.lock,
                                          self._vcpu_event))
@@ -326,11 +324,11 @@ class Machine:
                 device.reset()
             self.piix3.reset()
         for index, runner in enumerate(self.vcpus):
-            regs, sregs, fpu, lapic = self._initial_state[index]
+            regs, sregs, xsave, lapic = self._initial_state[index]
             vcpu = runner.vcpu
             vcpu.set_sregs(sregs)
             vcpu.set_regs(regs)
-            vcpu.set_fpu(fpu)
+            vcpu.set_xsave(xsave)
             vcpu.set_lapic(lapic)
             vcpu.set_mp_state(lib.KVM_MP_STATE_RUNNABLE if index == 0
                               else lib.KVM_MP_STATE_UNINITIALIZED)
@@ -518,7 +516,8 @@ class Machine:
     def cpu_state(self, index: int) -> dict:
         """A snapshot of one vCPU's architectural state (for `info registers`)."""
         def read(vcpu):
-            return {"regs": vcpu.get_regs(), "sregs": vcpu.get_sregs(), "fpu": vcpu.get_fpu(),
+            return {"regs": vcpu.get_regs(), "sregs": vcpu.get_sregs(),
+                    "fpu": cpustate.fpu_from_xsave(vcpu.get_xsave()),
                     "debugregs": vcpu.get_debugregs(), "mp_state": vcpu.get_mp_state()}
         return self.vcpus[index].inspect(read)
 

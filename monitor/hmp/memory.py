@@ -48,7 +48,11 @@ def dump(read, addr: int, count: int, fmt: str, size: int) -> str:
     unpack = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}[size]
     while length > 0:
         chunk = min(length, line_size)
-        data = read(addr, chunk)
+        try:
+            data = read(addr, chunk)
+        except QmpError:
+            out.append(f"{addr:016x}: Cannot access memory\n")   # QEMU's words, inline
+            break
         values = [struct.unpack_from(unpack, data, i)[0] for i in range(0, chunk, size)]
         out.append(f"{addr:016x}:" + "".join(" " + _format(v, fmt, size, digits)
                                               for v in values) + "\n")

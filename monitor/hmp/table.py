@@ -9,6 +9,7 @@ print QEMU's message and ``Try "help NAME" for more information``.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any
 from monitor.errors import QmpError
 from monitor.hmp.expr import ExprError, ExprParser
 from monitor.monitor import Monitor, Session
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[["HmpContext", dict], Awaitable[str]]
 
@@ -42,8 +45,8 @@ class HmpContext:
     def machine(self):
         return self.monitor.machine
 
-    async def call(self, name: str, **arguments) -> Any:
-        return await self.monitor.call(name, self.session, **arguments)
+    async def call(self, command: str, /, **arguments) -> Any:
+        return await self.monitor.call(command, self.session, **arguments)
 
 
 @dataclass
@@ -248,6 +251,9 @@ async def run_line(monitor: Monitor, session: Session, line: str,
         return await cmd.handler(ctx, args)
     except QmpError as e:
         return f"Error: {e.desc}\n"
+    except Exception as e:  # a bug in one command: report it, keep the monitor
+        log.exception("HMP command %s failed", cmd.full_name)
+        return f"Error: internal error: {e}\n"
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.?-]+")   # QEMU: a command name ends at '/', ' ', ...

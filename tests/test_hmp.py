@@ -1,0 +1,249 @@
+"""HMP: text and errors against QEMU 7.2 (captures and a live QEMU), and the
+interactive readline monitor in pipes, sockets and a real pty."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+
+import pexpect
+import pytest
+from guest import QEMU, kvmkit_command, probe_elf
+from qmp_replay import REFERENCE, load
+
+pytestmark = pytest.mark.kvm
+
+# HMP lines of 04_hmp_via_qmp.json that kvmkit answers for the same reasons QEMU
+# does. The others need devices kvmkit does not have yet (virtio-balloon, NICs,
+# netdevs: issues 6 and 7) or print QEMU's own device set (qtree, mtree, pci).
+SAME_TEXT = ["info status", "info kvm", "info name", "info uuid", "help balloon",
+             "info memory_size_summary", "info block", "foobar", "info foobar", "",
+             "balloon", "balloon abc", "balloon -1", "balloon 512M", "balloon 1024 extra",
+             "info status extra", "set_link net0 maybe", "set_link net0", "set_link nosuch off",
+             "device_del nosuch", "device_add nosuchdriver,id=z", "stop", "cont"]
+NORMALISED = {
+    "info version": (r"^7\.2\.22.*\r\n$", None),
+    "info cpus": (r"thread_id=\d+", "thread_id=N"),
+    "info chardev": (r"filename=unix:[^,]*,server=on", "filename=unix:SOCK,server=on"),
+    "info hotpluggable-cpus": (r'type: "[a-z0-9]+-x86_64-cpu"', 'type: "CPU"'),
+}
+
+
+class Qmp:
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rb")
+        self.file.readline()
+        self.execute("qmp_capabilities")
+
+    def execute(self, name: str, **args) -> dict:
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = json.loads(self.file.readline())
+            if "event" not in reply:
+                return reply
+
+    def hmp(self, line: str) -> str:
+        reply = self.execute("human-monitor-command", **{"command-line": line})
+        assert "return" in reply, (line, reply)
+        return reply["return"]
+
+
+def start(argv: list[str], sock: str) -> subprocess.Popen:
+    proc = subprocess.Popen(argv + ["-qmp", f"unix:{sock},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture
+def kvmkit_qmp(tmp_path):
+    procs = []
+
+    def launch(*extra):
+        sock = str(tmp_path / f"k{len(procs)}.sock")
+        procs.append(start(kvmkit_command() + ["-m", "1024", "-nodefaults", "-display",
+                                               "none", *extra], sock))
+        return Qmp(sock)
+
+    yield launch
+    for p in procs:
+        p.terminate()
+        p.wait(10)
+
+
+def captured_hmp(name: str) -> list[tuple[str, str]]:
+    out = []
+    for step in load(name):
+        if not step["send"]:
+            continue
+        request = json.loads(step["send"])
+        line = request.get("arguments", {}).get("command-line")
+        if line is None:
+            continue
+        replies = [json.loads(r) for r in step["recv"]]
+        text = next(r["return"] for r in replies if "return" in r or "error" in r
+                    if isinstance(r.get("return"), str))
+        out.append((line, text))
+    return out
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="reference captures missing")
+def test_hmp_text_matches_qemu_capture(kvmkit_qmp):
+    qmp = kvmkit_qmp("-S")
+    mismatches, compared = [], 0
+    seen = set()
+    for line, expected in captured_hmp("04_hmp_via_qmp.json"):
+        if line in seen:          # the capture repeats some lines after state changes
+            continue
+        if line in SAME_TEXT:
+            got = qmp.hmp(line)
+        elif line in NORMALISED:
+            pattern, repl = NORMALISED[line]
+            got = qmp.hmp(line)
+            if repl is None:
+                assert re.match(pattern, got), (line, got)
+                compared += 1
+                continue
+            expected, got = re.sub(pattern, repl, expected), re.sub(pattern, repl, got)
+        else:
+            continue
+        seen.add(line)
+        compared += 1
+        if got != expected:
+            mismatches.append(f"{line!r}:\n  QEMU:   {expected!r}\n  kvmkit: {got!r}")
+    assert compared >= 25
+    assert not mismatches, "\n".join(mismatches)
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="reference captures missing")
+def test_machine_without_balloon_or_nics_matches_qemu(kvmkit_qmp):
+    qmp = kvmkit_qmp("-S")
+    for line, expected in captured_hmp("03d_no_balloon.json"):
+        if line == "info pci":
+            continue   # QEMU's machine there has no -nodefaults devices to compare
+        assert qmp.hmp(line) == expected, line
+    assert qmp.execute("query-balloon")["error"] == {
+        "class": "DeviceNotActive", "desc": "No balloon device has been activated"}
+
+
+@pytest.mark.qemu
+def test_against_live_qemu_on_the_probe_guest(tmp_path):
+    common = ["-m", "256", "-nodefaults", "-display", "none",
+              "-kernel", probe_elf(), "-device", "isa-debug-exit,id=dbg"]
+    qemu_log, kvm_log = tmp_path / "q.log", tmp_path / "k.log"
+    qemu = start([QEMU, "-accel", "kvm", *common, "-serial", f"file:{qemu_log}"],
+                 str(tmp_path / "q.sock"))
+    kvm = start(kvmkit_command() + common + ["-serial", f"file:{kvm_log}"],
+                str(tmp_path / "k.sock"))
+    try:
+        q, k = Qmp(str(tmp_path / "q.sock")), Qmp(str(tmp_path / "k.sock"))
+        deadline = time.monotonic() + 60
+        while not all(f.exists() and b"ready" in f.read_bytes() for f in (qemu_log, kvm_log)):
+            assert time.monotonic() < deadline, "a guest never became ready"
+            time.sleep(0.1)
+        time.sleep(0.5)                 # both guests idle at their prompt
+        for line in ["xp/4xw 0x100000", "xp/8xb 0x100010", "xp/2xg 0x100000", "xp/3dh 0x100000",
+                     "xp/2c 0x100000", "x/4xw 0x100000", "x/2xg 0xffffffff80000000",
+                     "gpa2hva 0xd0000000", "qom-get dbg iobase", "qom-get dbg type",
+                     "qom-set dbg iobase 4", "device_add isa-debug-exit,id=d2",
+                     "help xp", "help info", "info", "info kvm", "x/2wx"]:
+            if line in ("help info", "info"):
+                ours = k.hmp(line).splitlines()
+                theirs = set(q.hmp(line).splitlines())
+                assert all(l in theirs for l in ours), [l for l in ours if l not in theirs]
+                continue
+            assert k.hmp(line) == q.hmp(line), line
+        ours = [l for l in k.hmp("help").splitlines()]
+        theirs = set(q.hmp("help").splitlines())
+        assert [l for l in ours if l not in theirs] == []
+        assert re.fullmatch(r"Host virtual address for 0x1000 \(pc\.ram\) is 0x[0-9a-f]+\r\n",
+                            k.hmp("gpa2hva 0x1000"))
+        kl = [l for l in k.hmp("qom-list /machine/peripheral/dbg").splitlines()]
+        ql = [l for l in q.hmp("qom-list /machine/peripheral/dbg").splitlines()
+              if "memory-region" not in l]
+        assert kl == ql
+        layout = re.compile(r"[A-Z0-9 ]{3}=")
+        kr = k.hmp("info registers").splitlines()
+        qr = q.hmp("info registers").splitlines()
+        assert [layout.findall(l) for l in kr] == [layout.findall(l) for l in qr]
+        for prefix in ("CS =", "ES =", "TR =", "CR0=", "EFER=", "FCW="):
+            assert [l for l in kr if l.startswith(prefix)] == \
+                [l for l in qr if l.startswith(prefix)], prefix
+    finally:
+        for p in (qemu, kvm):
+            p.terminate()
+            p.wait(10)
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="reference captures missing")
+@pytest.mark.parametrize("capture", ["05_monitor_stdio_pipe.json", "05b_monitor_unix_socket.json"])
+def test_readline_monitor_bytes_match_qemu(tmp_path, capture):
+    """Banner, prompt, echo redraws, an unknown command, an empty line, quit."""
+    steps = load(capture)
+    comparable = [s for s in steps if s.get("send") in (None, "foobar\n", "\n", "quit\n")]
+    if capture.startswith("05_"):
+        proc = subprocess.Popen(kvmkit_command() + ["-m", "64", "-nodefaults", "-S",
+                                                    "-monitor", "stdio"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        send = lambda data: (proc.stdin.write(data), proc.stdin.flush())  # noqa: E731
+        read = proc.stdout.read1
+    else:
+        path = str(tmp_path / "mon.sock")
+        proc = subprocess.Popen(kvmkit_command() + ["-m", "64", "-nodefaults", "-S",
+                                                    "-monitor", f"unix:{path},server=on,wait=off"])
+        while not os.path.exists(path):
+            time.sleep(0.05)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        send, read = sock.sendall, lambda n: sock.recv(n)
+    try:
+        for step in comparable:
+            if step["send"]:
+                send(step["send"].encode())
+            expected = step.get("recv_raw", "".join(step["recv"])).encode("latin-1")
+            got = b""
+            deadline = time.monotonic() + 10
+            while len(got) < len(expected) and time.monotonic() < deadline:
+                got += read(4096)
+            assert got == expected, step.get("note")
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_interactive_monitor_in_a_pty(tmp_path):
+    """A person at `kvmkit -monitor stdio`: prompt, Tab completion, history, quit."""
+    child = pexpect.spawn(kvmkit_command()[0], kvmkit_command()[1:] + [
+        "-m", "64", "-nodefaults", "-S", "-monitor", "stdio"], timeout=20, cwd=str(tmp_path))
+    child.expect_exact("QEMU 7.2.22 monitor - type 'help' for more information")
+    child.expect_exact("(qemu) ")
+    child.send("info sta\t")                       # Tab completes the info subcommand
+    child.expect_exact("info status \x1b[K")
+    child.send("\r")
+    child.expect_exact("VM status: paused (prelaunch)")
+    child.expect_exact("(qemu) ")
+    child.send("info kvm\r")
+    child.expect_exact("kvm support: enabled")
+    child.expect_exact("(qemu) ")
+    child.send("\x1b[A\x1b[A")                     # Up twice: back to `info status`
+    child.expect_exact("info status")
+    child.send("\r")
+    child.expect_exact("VM status: paused (prelaunch)")
+    child.send("quit\r")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
