@@ -163,25 +163,25 @@ def test_against_live_qemu_on_the_probe_guest(tmp_path):
             if line in ("help info", "info"):
                 ours = k.hmp(line).splitlines()
                 theirs = set(q.hmp(line).splitlines())
-                assert all(l in theirs for l in ours), [l for l in ours if l not in theirs]
+                assert all(ln in theirs for ln in ours), [ln for ln in ours if ln not in theirs]
                 continue
             assert k.hmp(line) == q.hmp(line), line
-        ours = [l for l in k.hmp("help").splitlines()]
+        ours = [ln for ln in k.hmp("help").splitlines()]
         theirs = set(q.hmp("help").splitlines())
-        assert [l for l in ours if l not in theirs] == []
+        assert [ln for ln in ours if ln not in theirs] == []
         assert re.fullmatch(r"Host virtual address for 0x1000 \(pc\.ram\) is 0x[0-9a-f]+\r\n",
                             k.hmp("gpa2hva 0x1000"))
-        kl = [l for l in k.hmp("qom-list /machine/peripheral/dbg").splitlines()]
-        ql = [l for l in q.hmp("qom-list /machine/peripheral/dbg").splitlines()
-              if "memory-region" not in l]
+        kl = [ln for ln in k.hmp("qom-list /machine/peripheral/dbg").splitlines()]
+        ql = [ln for ln in q.hmp("qom-list /machine/peripheral/dbg").splitlines()
+              if "memory-region" not in ln]
         assert kl == ql
         layout = re.compile(r"[A-Z0-9 ]{3}=")
         kr = k.hmp("info registers").splitlines()
         qr = q.hmp("info registers").splitlines()
-        assert [layout.findall(l) for l in kr] == [layout.findall(l) for l in qr]
+        assert [layout.findall(ln) for ln in kr] == [layout.findall(ln) for ln in qr]
         for prefix in ("CS =", "ES =", "TR =", "CR0=", "EFER=", "FCW="):
-            assert [l for l in kr if l.startswith(prefix)] == \
-                [l for l in qr if l.startswith(prefix)], prefix
+            assert [ln for ln in kr if ln.startswith(prefix)] == \
+                [ln for ln in qr if ln.startswith(prefix)], prefix
     finally:
         for p in (qemu, kvm):
             p.terminate()
