@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import REGISTRY, command
-from monitor.types import BOOL, STR, Member
+from monitor.types import BOOL, STR, ListOf, Member, Struct
 
 REGISTRY.event("DEVICE_DELETED", [Member("device", STR, True), Member("path", STR)])
 
@@ -51,3 +51,32 @@ def set_link(ctx, name, up):
     if client is None:
         raise device_not_found(name)
     client.set_link(up)
+
+
+@command("qom-list-types", args=[Member("implements", STR, True),
+                                 Member("abstract", BOOL, True)],
+         returns=ListOf(Struct("ObjectTypeInfo", (Member("name", STR),
+                                                  Member("abstract", BOOL, True),
+                                                  Member("parent", STR, True)))))
+def qom_list_types(ctx, implements=None, abstract=False):
+    from vmm.device_models import MODELS
+
+    if implements not in (None, "device", "pci-device", "isa-device"):
+        return []
+    wanted = {"pci-device": "pci", "isa-device": "isa"}.get(implements)
+    return [{"name": m.name, "parent": f"{m.bus}-device"} for m in MODELS.values()
+            if wanted is None or m.bus == wanted]
+
+
+@command("device-list-properties", args=[Member("typename", STR)],
+         returns=ListOf(Struct("ObjectPropertyInfo", (Member("name", STR),
+                                                      Member("type", STR)))))
+def device_list_properties(ctx, typename):
+    from monitor.qom import QOM_TYPES
+    from vmm.device_models import MODELS
+
+    model = MODELS.get(typename)
+    if model is None:
+        raise QmpError("Parameter 'typename' expects device type")
+    return [{"name": name, "type": QOM_TYPES.get(kind, "str")}
+            for name, (kind, _default) in model.properties.items()]

@@ -1,0 +1,3 @@
+from shell.cli import entry_point
+
+entry_point()
