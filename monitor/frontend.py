@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Protocol
 
-from vmm.chardev import Chardev, SocketChardev
+from vmm.chardev import Chardev, MuxChardev, SocketChardev
 
 
 class MonitorSession(Protocol):
@@ -27,16 +27,28 @@ class ChardevFrontend:
         self.make_session = make_session
         self.received_fds = received_fds if received_fds is not None else []
         self.session: MonitorSession | None = None
-        chardev.attach(self._receive)
+        if isinstance(chardev, MuxChardev):
+            chardev.attach(self._receive, on_focus=self._mux_focus)
+        else:
+            chardev.attach(self._receive)
         if isinstance(chardev, SocketChardev):
             chardev.on_connect = self._connected
             chardev.on_disconnect = self._disconnected
             chardev.on_fds = self.received_fds.extend
 
     def start(self) -> None:
-        """Call on the loop once the chardev has started (sockets start on connect)."""
-        if not isinstance(self.chardev, SocketChardev) and self.session is None:
+        """Call on the loop once the chardev has started (sockets start on connect,
+        a muxed monitor when it first gets the focus)."""
+        if not isinstance(self.chardev, (SocketChardev, MuxChardev)) and self.session is None:
             self._connected()
+
+    def _mux_focus(self, focused: bool) -> None:
+        if focused and self.session is None:
+            self._connected()
+            return
+        handler = getattr(self.session, "focus", None)
+        if handler is not None:
+            handler(focused)
 
     def _connected(self) -> None:
         if self.session is not None:

@@ -195,6 +195,10 @@ class ReadlineSession:
         self.pending += data
         self.wakeup.set()
 
+    def focus(self, focused: bool) -> None:
+        """On a mux: a new prompt when the monitor gets the focus, a newline when it goes."""
+        self.write(PROMPT if focused else "\n")
+
     async def _work(self) -> None:
         while True:
             await self.wakeup.wait()

@@ -99,6 +99,7 @@ def _monitors(machine, cfg: MachineConfig) -> list:
     from monitor.monitor import Monitor
     from monitor.readline import ReadlineServer
     from qmp.server import QmpServer
+    from vmm.chardev import MuxChardev
 
     if not cfg.monitors:
         return []
@@ -108,7 +109,7 @@ def _monitors(machine, cfg: MachineConfig) -> list:
         chardev = machine.chardevs.get(spec.chardev)
         if chardev is None:
             raise ValueError(f"-mon chardev={spec.chardev}: chardev '{spec.chardev}' not found")
-        if chardev.receiver is not None:
+        if chardev.receiver is not None and not isinstance(chardev, MuxChardev):
             raise ValueError(f"chardev '{spec.chardev}' is already in use")
         if spec.mode == "control":
             servers.append(QmpServer(monitor, chardev, spec.pretty))

@@ -430,3 +430,86 @@ class SocketChardev(Chardev):
                     os.unlink(self.path)
                 except OSError:
                     pass
+
+
+MUX_ESCAPE = 0x01   # Ctrl-a
+MUX_HELP = ("C-a h    print this help", "C-a x    exit emulator",
+            "C-a s    save disk data back to file (if -snapshot)",
+            "C-a t    toggle console timestamps", "C-a b    send break (magic sysrq)",
+            "C-a c    switch between console and monitor", "C-a C-a  sends C-a")
+
+
+class MuxChardev(Chardev):
+    """Several front ends (serial, monitor) on one back end, as QEMU's mux=on.
+
+    Output from every front end goes out; input goes to the one with focus.
+    Ctrl-a c moves the focus, Ctrl-a x ends the VMM, Ctrl-a h lists the keys.
+    """
+
+    backend = "mux"
+
+    def __init__(self, chardev_id: str, inner: Chardev) -> None:
+        super().__init__(chardev_id)
+        self.inner = inner
+        self.frontends: list[tuple[Receiver, Callable[[bool], None] | None]] = []
+        self.focus = 0
+        self.escaped = False
+        self.on_terminate: Callable[[], None] | None = None
+        inner.attach(self._input)
+
+    @property
+    def filename(self) -> str:
+        return self.inner.filename
+
+    def attach(self, receiver: Receiver, on_focus: Callable[[bool], None] | None = None) -> None:
+        self.frontends.append((receiver, on_focus))
+        self.receiver = receiver
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().start(loop)
+        self.inner.start(loop)
+        if self.frontends and self.frontends[0][1] is not None:
+            self.frontends[0][1](True)
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(data)
+
+    def _input(self, data: bytes) -> None:
+        passthrough = bytearray()
+        for byte in data:
+            if self.escaped:
+                self.escaped = False
+                if byte == MUX_ESCAPE:
+                    passthrough.append(byte)
+                    continue
+                self._flush(passthrough)
+                self._command(byte)
+            elif byte == MUX_ESCAPE:
+                self.escaped = True
+            else:
+                passthrough.append(byte)
+        self._flush(passthrough)
+
+    def _flush(self, data: bytearray) -> None:
+        if data and self.frontends:
+            self.frontends[self.focus][0](bytes(data))
+        data.clear()
+
+    def _command(self, byte: int) -> None:
+        key = chr(byte)
+        if key in ("h", "?"):
+            self.inner.write(("\n\r" + "".join(f"{line}\n\r" for line in MUX_HELP)).encode())
+        elif key == "x":
+            self.inner.write(b"QEMU: Terminated\n\r")
+            if self.on_terminate is not None:
+                self.on_terminate()
+        elif key == "c" and len(self.frontends) > 1:
+            old = self.focus
+            self.focus = (self.focus + 1) % len(self.frontends)
+            for index, focused in ((old, False), (self.focus, True)):
+                callback = self.frontends[index][1]
+                if callback is not None:
+                    callback(focused)
+
+    def close(self) -> None:
+        self.inner.close()

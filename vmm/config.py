@@ -196,7 +196,7 @@ class _Parser:
             raise self.fail(f"VGA card '{arg}' is not supported: kvmkit has no display")
 
     def opt_nographic(self, arg: str) -> None:
-        self.cfg.nographic = True
+        self.cfg.nographic = True   # the default serial becomes mon:stdio (see finish())
 
     def opt_serial(self, arg: str) -> None:
         self.serial_count += 1
@@ -212,8 +212,11 @@ class _Parser:
         """-serial/-monitor/-qmp shorthand ('stdio', 'unix:PATH,server=on', ...)."""
         if arg.startswith("chardev:"):
             return arg[len("chardev:"):]
-        if arg.startswith("mon:"):
-            arg = arg[4:]
+        if arg.startswith("mon:"):   # the monitor shares this back end (mux)
+            cid = self.chardev_from_legacy(arg[4:], cid)
+            self.cfg.chardevs[-1].options["mux"] = "on"
+            self.cfg.monitors.append(MonitorSpec(cid, "readline"))
+            return cid
         head, _, rest = arg.partition(":")
         if head in ("stdio", "null", "pty", "none"):
             self.cfg.chardevs.append(ChardevSpec(cid, "null" if head == "none" else head, {}))
@@ -351,6 +354,9 @@ def parse_args(argv: list[str]) -> MachineConfig:
                 getattr(parser, "opt_" + name.replace("-", "_"))(arg)
         except OptsError as e:
             raise parser.fail(str(e)) from None
+    if cfg.nographic and not cfg.serials and not cfg.nodefaults:
+        parser.opt, parser.arg = "nographic", ""
+        cfg.serials.append(parser.chardev_from_legacy("mon:stdio", "serial0"))
     return cfg
 
 

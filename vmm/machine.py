@@ -26,6 +26,7 @@ from vmm.chardev import (
     Chardev,
     ChardevError,
     FileChardev,
+    MuxChardev,
     NullChardev,
     PtyChardev,
     SocketChardev,
@@ -143,6 +144,14 @@ class Machine:
         return kernel, initrd
 
     def _make_chardev(self, spec: ChardevSpec) -> Chardev:
+        chardev = self._make_backend(spec)
+        if spec.options.get("mux") == "on":
+            mux = MuxChardev(spec.id, chardev)
+            mux.on_terminate = lambda: self.finish(0)
+            return mux
+        return chardev
+
+    def _make_backend(self, spec: ChardevSpec) -> Chardev:
         o = spec.options
         try:
             if spec.backend == "stdio":
