@@ -31,8 +31,21 @@ def error(message: str) -> int:
     return 1
 
 
+DEFAULT_CONSOLE = "kvmkit-console.log"
+
+
+def default_arguments() -> list[str]:
+    """`kvmkit` alone: the probe guest, the HMP monitor here, the guest console in a file."""
+    return ["-m", "256", "-nodefaults", "-serial", f"file:{DEFAULT_CONSOLE}",
+            "-monitor", "stdio", "-device", "isa-debug-exit"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if not args:
+        args = default_arguments()
+        print(f"{PROG}: booting the probe guest; its console is in ./{DEFAULT_CONSOLE}",
+              file=sys.stderr, flush=True)
     try:
         cfg = parse_args(args)
     except ConfigError as e:

@@ -24,7 +24,8 @@ SAME_TEXT = ["info status", "info kvm", "info name", "info uuid", "help balloon"
              "info memory_size_summary", "info block", "foobar", "info foobar", "",
              "balloon", "balloon abc", "balloon -1", "balloon 512M", "balloon 1024 extra",
              "info status extra", "set_link net0 maybe", "set_link net0", "set_link nosuch off",
-             "device_del nosuch", "device_add nosuchdriver,id=z", "stop", "cont"]
+             "device_del nosuch", "device_add nosuchdriver,id=z", "netdev_add nosuchtype,id=y3",
+             "stop", "cont"]
 NORMALISED = {
     "info version": (r"^7\.2\.22.*\r\n$", None),
     "info cpus": (r"thread_id=\d+", "thread_id=N"),

@@ -39,7 +39,7 @@ def parse_opts(text: str, implied: str | None = None) -> dict[str, str]:
     """
     opts: dict[str, str] = {}
     for index, part in enumerate(split_opts(text)):
-        if part == "" and index > 0:
+        if part == "":
             continue
         if "=" in part:
             key, value = part.split("=", 1)

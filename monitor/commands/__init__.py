@@ -1,3 +1,13 @@
 """Every QMP command, grouped by subject; importing this registers them all."""
 
-from monitor.commands import balloon, core, devices, fds, hmp, pci, qom, runstate  # noqa: F401
+from monitor.commands import (  # noqa: F401
+    balloon,
+    core,
+    devices,
+    fds,
+    hmp,
+    netdev,
+    pci,
+    qom,
+    runstate,
+)

@@ -131,3 +131,24 @@ def _from_string(text: str):
     if text in ("off", "no", "false"):
         return False
     return text
+
+
+@hmp("netdev_add", "netdev:O",
+     "[user|tap|socket|stream|dgram|vde|bridge|hubport|netmap|vhost-user],id=str"
+     "[,prop=value][,...]", "add host network device")
+async def netdev_add_cmd(ctx: HmpContext, args: dict) -> str:
+    from monitor.commands.netdev import valid_id
+    from vmm.qemuopts import parse_opts
+
+    opts = parse_opts(args["netdev"], implied="type")
+    if "id" in opts and not valid_id(opts["id"]):
+        # QEMU reports the bad id on its stderr; the monitor only shows this line
+        return 'Try "help netdev_add" for more information\n'
+    await ctx.call("netdev_add", **opts)
+    return ""
+
+
+@hmp("netdev_del", "id:s", "id", "remove host network device")
+async def netdev_del_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("netdev_del", id=args["id"])
+    return ""

@@ -163,9 +163,7 @@ def parse_arguments(cmd: HmpCommand, text: str, state: HmpState,
             cur.pos = len(cur.text)
         elif kind == "O":
             word = cur.word()
-            if word is None:
-                raise ArgError(f"{cmd.name}: string expected")
-            args[name] = word
+            args[name] = "" if word is None else word   # QEMU parses an empty option string
         elif kind in ("i", "l", "M"):
             parser = ExprParser(cur.text, cur.pos, register)
             try:
