@@ -28,8 +28,20 @@ def require_qemu() -> None:
         pytest.skip(f"{QEMU} is not installed")
 
 
+def require_reference() -> None:
+    from qmp_replay import REFERENCE
+
+    if REFERENCE.exists():
+        return
+    if REQUIRE_KVM:
+        pytest.fail(f"QEMU 7.2 reference captures not found at {REFERENCE}")
+    pytest.skip("QEMU 7.2 reference captures not found")
+
+
 @pytest.fixture(autouse=True)
 def _kvm_marker(request):
+    if request.node.get_closest_marker("reference"):
+        require_reference()
     if request.node.get_closest_marker("qemu"):
         require_qemu()
     elif request.node.get_closest_marker("kvm"):

@@ -8,14 +8,22 @@ timestamps are the only things allowed to differ.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
 from pathlib import Path
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "qemu-7.2"
-if not REFERENCE.exists():   # a clone elsewhere: look beside the repository's parent
-    REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "qemu-7.2"
+
+def _find_reference() -> Path:
+    """../shared/reference/qemu-7.2 beside the checkout (KVMKIT_REFERENCE overrides)."""
+    if os.environ.get("KVMKIT_REFERENCE"):
+        return Path(os.environ["KVMKIT_REFERENCE"])
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout.parent / "shared" / "reference" / "qemu-7.2"
+
+
+REFERENCE = _find_reference()
 
 _TIMESTAMP = re.compile(r'"timestamp": \{"seconds": \d+, "microseconds": \d+\}')
 _VERSION = re.compile(r'\{"qemu": \{"micro": \d+, "minor": \d+, "major": \d+\}, '

@@ -13,7 +13,7 @@ import time
 import pexpect
 import pytest
 from guest import QEMU, kvmkit_command, probe_elf
-from qmp_replay import REFERENCE, load
+from qmp_replay import load
 
 pytestmark = pytest.mark.kvm
 
@@ -101,7 +101,7 @@ def captured_hmp(name: str) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason="reference captures missing")
+@pytest.mark.reference
 def test_hmp_text_matches_qemu_capture(kvmkit_qmp):
     qmp = kvmkit_qmp("-S")
     mismatches, compared = [], 0
@@ -129,7 +129,7 @@ def test_hmp_text_matches_qemu_capture(kvmkit_qmp):
     assert not mismatches, "\n".join(mismatches)
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason="reference captures missing")
+@pytest.mark.reference
 def test_machine_without_balloon_or_nics_matches_qemu(kvmkit_qmp):
     qmp = kvmkit_qmp("-S")
     for line, expected in captured_hmp("03d_no_balloon.json"):
@@ -189,7 +189,7 @@ def test_against_live_qemu_on_the_probe_guest(tmp_path):
             p.wait(10)
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason="reference captures missing")
+@pytest.mark.reference
 @pytest.mark.parametrize("capture", ["05_monitor_stdio_pipe.json", "05b_monitor_unix_socket.json"])
 def test_readline_monitor_bytes_match_qemu(tmp_path, capture):
     """Banner, prompt, echo redraws, an unknown command, an empty line, quit."""

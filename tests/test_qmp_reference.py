@@ -8,10 +8,9 @@ import time
 
 import pytest
 from guest import kvmkit_command
-from qmp_replay import REFERENCE, Connection, compare, load, step_bytes
+from qmp_replay import Connection, compare, load, step_bytes
 
-pytestmark = [pytest.mark.kvm,
-              pytest.mark.skipif(not REFERENCE.exists(), reason="reference captures missing")]
+pytestmark = [pytest.mark.kvm, pytest.mark.reference]
 
 
 @pytest.fixture
