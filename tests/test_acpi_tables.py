@@ -13,18 +13,13 @@ from vmm.boot import aml
 from vmm.boot.acpi import build_tables
 
 
-
-def needs_iasl(test):
+@pytest.fixture
+def iasl():
     """iasl is installed by the test set-up: missing, it is a skip locally, a failure in CI."""
-    def run(*args, **kwargs):
-        if shutil.which("iasl") is None:
-            if os.environ.get("KVMKIT_REQUIRE_KVM") == "1":
-                pytest.fail("iasl (acpica-tools) is missing")
-            pytest.skip("acpica-tools missing")
-        return test(*args, **kwargs)
-    run.__name__ = test.__name__
-    run.__wrapped__ = test
-    return run
+    if shutil.which("iasl") is None:
+        if os.environ.get("KVMKIT_REQUIRE_KVM") == "1":
+            pytest.fail("iasl (acpica-tools) is missing")
+        pytest.skip("acpica-tools missing")
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +68,8 @@ def test_madt_has_one_enabled_lapic_per_cpu(tables):
     assert isos[9] == (9, 0x000D)
 
 
-@needs_iasl
 @pytest.mark.parametrize("sig", ["DSDT", "FACP", "APIC", "XSDT", "FACS"])
-def test_iasl_disassembles_cleanly(tables, tmp_path, sig):
+def test_iasl_disassembles_cleanly(iasl, tables, tmp_path, sig):
     path = tmp_path / f"{sig.lower()}.dat"
     path.write_bytes(tables[sig][1])
     result = subprocess.run(["iasl", "-d", str(path)], capture_output=True, text=True,
