@@ -118,7 +118,11 @@ class GuestMemory:
         region.mapping.madvise(mmap.MADV_DONTNEED, start, length)
 
     def close(self) -> None:
+        """Unmaps RAM; while a device still holds a view, the mapping is left to the GC."""
         for region in self.regions:
-            region.view.release()
-            region.mapping.close()
+            try:
+                region.view.release()
+                region.mapping.close()
+            except BufferError:
+                pass
         self.regions = []

@@ -1,0 +1,175 @@
+"""The split virtqueue (virtio 1.x, section 2.7), safe against a hostile guest.
+
+Everything the guest wrote is checked before use: ring and buffer addresses
+must lie in RAM (GuestMemory.view refuses anything else, wrap-around
+included), chains may not loop or outgrow the queue, indirect tables must be
+whole descriptors and may not nest, device-readable buffers may not follow
+writable ones, and the available index may not run more than a queue ahead.
+Any violation raises VirtqueueError: the device then logs it and enters
+NEEDS_RESET. Buffers come back as zero-copy memoryviews of guest RAM.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from vmm.memory import GuestMemory, GuestMemoryError
+
+DESC_F_NEXT = 1
+DESC_F_WRITE = 2
+DESC_F_INDIRECT = 4
+AVAIL_F_NO_INTERRUPT = 1
+USED_F_NO_NOTIFY = 1
+DESC_SIZE = 16
+MAX_QUEUE_SIZE = 32768
+
+_desc = struct.Struct("<QIHH")
+_u16 = struct.Struct("<H")
+_used_elem = struct.Struct("<II")
+
+
+class VirtqueueError(Exception):
+    """The guest broke the virtqueue rules; the device must need a reset."""
+
+
+@dataclass
+class Chain:
+    head: int
+    readable: list[memoryview] = field(default_factory=list)
+    writable: list[memoryview] = field(default_factory=list)
+
+    @property
+    def readable_len(self) -> int:
+        return sum(len(v) for v in self.readable)
+
+    @property
+    def writable_len(self) -> int:
+        return sum(len(v) for v in self.writable)
+
+    def read_all(self) -> bytes:
+        return b"".join(bytes(v) for v in self.readable)
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Scatters data over the writable buffers; returns how much fitted."""
+        done = 0
+        for view in self.writable:
+            if done >= len(data):
+                break
+            n = min(len(view), len(data) - done)
+            view[:n] = data[done:done + n]
+            done += n
+        return done
+
+
+def need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
+    """vring_need_event: did new_idx move past event_idx since old_idx (mod 2**16)?"""
+    return ((new_idx - event_idx - 1) & 0xFFFF) < ((new_idx - old_idx) & 0xFFFF)
+
+
+class SplitQueue:
+    def __init__(self, mem: GuestMemory, size: int, desc: int, avail: int, used: int,
+                 event_idx: bool = False) -> None:
+        if not 0 < size <= MAX_QUEUE_SIZE or size & (size - 1):
+            raise VirtqueueError(f"queue size {size} is not a power of two up to 32768")
+        self.mem = mem
+        self.size = size
+        self.event_idx = event_idx
+        try:
+            self.desc = mem.view(desc, DESC_SIZE * size)
+            self.avail = mem.view(avail, 6 + 2 * size)
+            self.used = mem.view(used, 6 + 8 * size)
+        except GuestMemoryError as e:
+            raise VirtqueueError(f"ring outside guest RAM: {e}") from None
+        self.last_avail = 0
+        self.used_idx = 0
+        self.signalled_used = 0     # used index at the last interrupt we sent
+
+    # -- the driver's side, read -----------------------------------------------
+    def avail_idx(self) -> int:
+        return _u16.unpack_from(self.avail, 2)[0]
+
+    def pending(self) -> int:
+        pending = (self.avail_idx() - self.last_avail) & 0xFFFF
+        if pending > self.size:
+            raise VirtqueueError(f"available index ran {pending} entries ahead "
+                                 f"of a {self.size}-entry queue")
+        return pending
+
+    def pop(self) -> Chain | None:
+        """The next available chain, or None when the driver has nothing queued."""
+        if not self.pending():
+            return None
+        slot = self.last_avail % self.size
+        head = _u16.unpack_from(self.avail, 4 + 2 * slot)[0]
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        if self.event_idx:   # tell the driver where we are (avail_event, in the used ring)
+            _u16.pack_into(self.used, 4 + 8 * self.size, self.last_avail)
+        return self._walk(head)
+
+    def _walk(self, head: int) -> Chain:
+        if head >= self.size:
+            raise VirtqueueError(f"chain head {head} beyond a {self.size}-entry table")
+        chain = Chain(head)
+        table, table_size, index = self.desc, self.size, head
+        seen = 0
+        indirect = False
+        while True:
+            seen += 1
+            if seen > table_size:
+                raise VirtqueueError("descriptor chain loops or is longer than its table")
+            addr, length, flags, nxt = _desc.unpack_from(table, DESC_SIZE * index)
+            if flags & DESC_F_INDIRECT:
+                if indirect:
+                    raise VirtqueueError("nested indirect descriptor table")
+                if flags & DESC_F_NEXT:
+                    raise VirtqueueError("indirect descriptor with NEXT set")
+                if length == 0 or length % DESC_SIZE or length // DESC_SIZE > MAX_QUEUE_SIZE:
+                    raise VirtqueueError(f"indirect table of {length} bytes")
+                table = self._view(addr, length)
+                table_size, index, seen, indirect = length // DESC_SIZE, 0, 0, True
+                continue
+            view = self._view(addr, length)
+            if flags & DESC_F_WRITE:
+                chain.writable.append(view)
+            elif chain.writable:
+                raise VirtqueueError("device-readable buffer after a writable one")
+            else:
+                chain.readable.append(view)
+            if not flags & DESC_F_NEXT:
+                return chain
+            if nxt >= table_size:
+                raise VirtqueueError(f"next descriptor {nxt} beyond the table")
+            index = nxt
+
+    def _view(self, addr: int, length: int) -> memoryview:
+        try:
+            return self.mem.view(addr, length)
+        except GuestMemoryError as e:
+            raise VirtqueueError(f"buffer outside guest RAM: {e}") from None
+
+    # -- the device's side, written ----------------------------------------------
+    def push(self, head: int, written: int) -> None:
+        """Returns a chain to the driver with `written` bytes filled in."""
+        slot = self.used_idx % self.size
+        _used_elem.pack_into(self.used, 4 + 8 * slot, head, written)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        _u16.pack_into(self.used, 2, self.used_idx)
+
+    def should_notify(self) -> bool:
+        """Whether the driver wants an interrupt for what was pushed since the last one."""
+        old, new = self.signalled_used, self.used_idx
+        if old == new:
+            return False
+        if self.event_idx:
+            used_event = _u16.unpack_from(self.avail, 4 + 2 * self.size)[0]
+            notify = need_event(used_event, new, old)
+        else:
+            notify = not _u16.unpack_from(self.avail, 0)[0] & AVAIL_F_NO_INTERRUPT
+        self.signalled_used = new
+        return notify
+
+    def set_notifications(self, enabled: bool) -> None:
+        """Tells the driver whether we want kicks (VIRTQ_USED_F_NO_NOTIFY)."""
+        if not self.event_idx:
+            _u16.pack_into(self.used, 0, 0 if enabled else USED_F_NO_NOTIFY)
