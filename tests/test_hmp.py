@@ -13,6 +13,7 @@ import time
 import pexpect
 import pytest
 from guest import QEMU, kvmkit_command, probe_elf
+from guest import start_with_qmp as start
 from qmp_replay import load
 
 pytestmark = pytest.mark.kvm
@@ -58,15 +59,6 @@ class Qmp:
         return reply["return"]
 
 
-def start(argv: list[str], sock: str) -> subprocess.Popen:
-    proc = subprocess.Popen(argv + ["-qmp", f"unix:{sock},server=on,wait=off"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(sock):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    return proc
 
 
 @pytest.fixture

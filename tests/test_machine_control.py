@@ -24,6 +24,13 @@ async def wait_for_text(path, text, timeout=30.0, after=0):
     raise AssertionError(f"{text!r} not seen in {path.read_bytes()!r}")
 
 
+async def wait_runstate(machine, state, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while machine.runstate != state and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert machine.runstate == state
+
+
 def make_machine(tmp_path, *extra):
     console = tmp_path / "console.log"
     cfg = parse_args(["-m", "128", "-smp", "2", "-nodefaults", "-kernel", probe_elf(),
@@ -86,10 +93,7 @@ def test_emulation_failure_enters_internal_error(tmp_path):
         machine.cont()
         await wait_for_text(console, b'"event": "ready"')
         machine.serials[0].uart.receive(b"crash\n")
-        deadline = time.monotonic() + 20
-        while machine.runstate != "internal-error" and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert machine.runstate == "internal-error"
+        await wait_runstate(machine, "internal-error")
         assert events[-1] == ("STOP", None)
         with pytest.raises(RunStateError, match="Resetting the Virtual Machine is required"):
             machine.cont()
@@ -113,10 +117,7 @@ def test_guest_power_off_with_no_shutdown_stops_in_shutdown_state(tmp_path):
         machine.cont()
         await wait_for_text(console, b'"event": "ready"')
         machine.serials[0].uart.receive(b"outw 0x604 0x2000\n")
-        deadline = time.monotonic() + 20
-        while machine.runstate != "shutdown" and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert machine.runstate == "shutdown"
+        await wait_runstate(machine, "shutdown")
         assert events[-2:] == [("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"}),
                                ("STOP", None)]
         assert not machine.exit_status.done()

@@ -11,23 +11,13 @@ from pathlib import Path
 
 import pytest
 from guest import QEMU, kvmkit_command
+from guest import start_with_qmp as start
 
 pytestmark = pytest.mark.kvm
 
 SHELL = str(Path(sys.executable).with_name("kvmkit-shell"))
 
 
-def start(argv: list[str], *socks: str) -> subprocess.Popen:
-    extra = []
-    for sock in socks:
-        extra += ["-qmp", f"unix:{sock},server=on,wait=off"]
-    proc = subprocess.Popen(argv + extra, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not all(os.path.exists(s) for s in socks):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    return proc
 
 
 @pytest.fixture

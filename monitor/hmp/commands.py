@@ -30,34 +30,19 @@ async def info_cmd(ctx: HmpContext, args: dict) -> str:
     return "".join(help_line(c) for c in unique(INFO))
 
 
-@hmp("stop", "", "", "stop emulation", aliases=("s",))
-async def stop_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("stop")
-    return ""
+def _run_control(name: str, help: str, aliases: tuple[str, ...] = ()) -> None:
+    """Commands that only run the QMP command of the same name and print nothing."""
+    async def handler(ctx: HmpContext, args: dict) -> str:
+        await ctx.call(name)
+        return ""
+    hmp(name, "", "", help, aliases=aliases)(handler)
 
 
-@hmp("cont", "", "", "resume emulation", aliases=("c",))
-async def cont_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("cont")
-    return ""
-
-
-@hmp("system_reset", "", "", "reset the system")
-async def system_reset_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("system_reset")
-    return ""
-
-
-@hmp("system_powerdown", "", "", "send system power down event")
-async def system_powerdown_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("system_powerdown")
-    return ""
-
-
-@hmp("quit", "", "", "quit the emulator", aliases=("q",))
-async def quit_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("quit")
-    return ""
+_run_control("stop", "stop emulation", ("s",))
+_run_control("cont", "resume emulation", ("c",))
+_run_control("system_reset", "reset the system")
+_run_control("system_powerdown", "send system power down event")
+_run_control("quit", "quit the emulator", ("q",))
 
 
 @hmp("balloon", "value:M", "target",
