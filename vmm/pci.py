@@ -315,7 +315,8 @@ class PciBus:
                     io = (io + bar.size - 1) & ~(bar.size - 1)
                     device.set_bar_address(bar, io)
                     io += bar.size
-                elif bar.kind == "mem64":
+                elif bar.kind == "mem64" and bar.size >= 1 << 30:
+                    # only what cannot fit the 32-bit window goes high, as SeaBIOS does
                     mem64 = (mem64 + bar.size - 1) & ~(bar.size - 1)
                     device.set_bar_address(bar, mem64)
                     mem64 += bar.size

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).parent / "src"
-SOURCES = ["start.S", "lib.c", "serial.c", "time.c", "apic.c", "acpi.c", "pci.c", "main.c"]
+SOURCES = ["start.S", "lib.c", "serial.c", "time.c", "apic.c", "acpi.c", "pci.c", "virtio.c",
+           "balloon.c", "main.c"]
 CFLAGS = [
     "-m64", "-ffreestanding", "-fno-pic", "-fno-pie", "-no-pie", "-mno-red-zone",
     "-mgeneral-regs-only", "-fno-stack-protector", "-fno-builtin", "-nostdlib", "-static",

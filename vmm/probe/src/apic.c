@@ -34,6 +34,14 @@ void ioapic_mask(unsigned pin)
     ioapic_write(0x10 + 2 * pin, 1 << 16);
 }
 
+/* A periodic local APIC timer (KVM's APIC timer counts nanoseconds at divide-by-1). */
+void lapic_timer_start(unsigned vector, u32 period_ns)
+{
+    mmio_write32(LAPIC_BASE + 0x3e0, 0xb);            /* divide by 1 */
+    mmio_write32(LAPIC_BASE + 0x320, vector | (1 << 17));  /* periodic */
+    mmio_write32(LAPIC_BASE + 0x380, period_ns);
+}
+
 static void send_ipi(u32 low)
 {
     mmio_write32(LAPIC_BASE + LAPIC_ICR_HIGH, 0);

@@ -4,6 +4,7 @@
  * lines with an "event" member. See vmm/probe/__init__.py for the list.
  */
 #include "probe.h"
+#include "virtio.h"
 
 #define HVM_START_MAGIC 0x336ec578
 
@@ -51,7 +52,35 @@ static void read_start_info(u32 paddr)
 
 static u64 pattern(u64 addr, u64 seed) { return (addr * 0x9e3779b97f4a7c15UL) ^ seed; }
 
-/* Writes (if `write`) then verifies `mib` MiB of RAM from TOUCH_START. */
+/* The index-th 4 KiB page of RAM from TOUCH_START up, across the RAM regions. */
+u64 pool_page(u64 index)
+{
+    for (int r = 0; r < nram; r++) {
+        u64 start = (ram[r].start < TOUCH_START ? TOUCH_START : ram[r].start + 0xfff) & ~0xfffUL;
+        u64 end = ram[r].end & ~0xfffUL;
+        if (end <= start)
+            continue;
+        u64 pages = (end - start) >> 12;
+        if (index < pages)
+            return start + (index << 12);
+        index -= pages;
+    }
+    return 0;
+}
+
+u64 pool_pages(void)
+{
+    u64 total = 0;
+    for (int r = 0; r < nram; r++) {
+        u64 start = (ram[r].start < TOUCH_START ? TOUCH_START : ram[r].start + 0xfff) & ~0xfffUL;
+        u64 end = ram[r].end & ~0xfffUL;
+        if (end > start)
+            total += (end - start) >> 12;
+    }
+    return total;
+}
+
+/* Writes (if `write`) then verifies `mib` MiB of the pool, after the ballooned pages. */
 static void touch(const char *args, int write)
 {
     u64 mib = 0, seed = 1;
@@ -60,12 +89,17 @@ static void touch(const char *args, int write)
         return;
     }
     parse_u64(&args, &seed);
-    u64 want = mib << 20, done = 0, errors = 0, first_error = 0;
+    u64 first = balloon_inflated(), pages = mib << 8;
+    if (first + pages > pool_pages()) {
+        printf("{\"error\": \"only %lu MiB of RAM free above 16 MiB\"}\n",
+               (pool_pages() - first) >> 8);
+        return;
+    }
+    u64 errors = 0, first_error = 0;
     for (int pass = write ? 0 : 1; pass < 2; pass++) {
-        done = 0;
-        for (int r = 0; r < nram && done < want; r++) {
-            u64 start = ram[r].start < TOUCH_START ? TOUCH_START : ram[r].start;
-            for (u64 a = start; a + 8 <= ram[r].end && done < want; a += 8, done += 8) {
+        for (u64 p = 0; p < pages; p++) {
+            u64 base = pool_page(first + p);
+            for (u64 a = base; a < base + 4096; a += 8) {
                 if (pass == 0) {
                     *(volatile u64 *)a = pattern(a, seed);
                 } else if (*(volatile u64 *)a != pattern(a, seed)) {
@@ -74,10 +108,6 @@ static void touch(const char *args, int write)
                 }
             }
         }
-    }
-    if (done < want) {
-        printf("{\"error\": \"only %lu MiB of RAM above 16 MiB\"}\n", done >> 20);
-        return;
     }
     printf("{\"mib\": %lu, \"errors\": %lu, \"first_error\": \"0x%lx\"}\n", mib, errors, first_error);
 }
@@ -176,6 +206,8 @@ static void dispatch(const char *line)
     if (is(line, "check", &a)) { touch(a, 0); return; }
     if (is(line, "exit", &a)) { cmd_exit(a); return; }
     if (is(line, "irqs", &a)) { cmd_irqs(); return; }
+    if (is(line, "virtio", &a)) { cmd_virtio(a); return; }
+    if (is(line, "balloon", &a)) { cmd_balloon(a); return; }
     if (is(line, "echo", &a)) { printf("{\"echo\": \"%s\"}\n", skip_spaces(a)); return; }
     if (is(line, "crash", &a)) {
         printf("{\"crashing\": true}\n");
@@ -202,6 +234,8 @@ void probe_main(unsigned cpu, unsigned start_info)
     serial_route_irq();
     if (acpi.madt_cpus > 1)
         start_aps(acpi.madt_cpus);
+    balloon_init();
+    idle_hook = balloon_poll;
     printf("{\"event\": \"ready\", \"cpus\": %u, \"memory_mib\": %lu}\n", cpus_online,
            ram_bytes >> 20);
     for (;;) {

@@ -11,6 +11,7 @@ typedef unsigned long size_t;
 
 #define MAX_CPUS 16
 #define SERIAL_VECTOR 0x30
+#define TIMER_VECTOR 0x60
 #define DEBUG_EXIT_PORT 0x501
 
 /* start.S */
@@ -66,6 +67,7 @@ void lapic_enable(void);
 void ioapic_route(unsigned pin, unsigned vector, unsigned apic_id, int level, int active_low);
 void ioapic_mask(unsigned pin);
 void start_aps(unsigned expected);
+void lapic_timer_start(unsigned vector, u32 period_ns);
 
 /* acpi.c */
 struct acpi_info {
@@ -84,6 +86,19 @@ void cmd_acpi(const char *args);
 /* time.c */
 u64 now_us(void);
 void delay_us(u64 us);
+
+/* main.c: the page pool (RAM from 16 MiB up) that touch and the balloon share */
+u64 pool_page(u64 index);
+u64 pool_pages(void);
+
+/* balloon.c */
+void balloon_init(void);
+void balloon_poll(void);
+u32 balloon_inflated(void);
+void cmd_balloon(const char *args);
+
+/* serial.c: called each time the command loop wakes up */
+extern void (*idle_hook)(void);
 
 /* pci.c */
 u32 pci_read32(unsigned bus, unsigned slot, unsigned fn, unsigned off);

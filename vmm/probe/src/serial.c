@@ -38,12 +38,16 @@ void serial_write(const char *s, size_t n)
     }
 }
 
+void (*idle_hook)(void);
+
 /* One line without its terminator; CR, LF or CRLF end it. */
 size_t serial_readline(char *buf, size_t size)
 {
     size_t n = 0;
     for (;;) {
         u32 generation = irq_generation;
+        if (idle_hook)
+            idle_hook();
         while (inb(COM1 + LSR) & LSR_DR) {
             char c = (char)inb(COM1 + RBR);
             if (c == '\r' || c == '\n') {

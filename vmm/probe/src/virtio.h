@@ -1,0 +1,41 @@
+/* Virtio 1.x over PCI (modern capabilities), split rings, MSI-X: the driver side. */
+#ifndef VIRTIO_H
+#define VIRTIO_H
+#include "probe.h"
+
+#define VIRTIO_F_VERSION_1 (1UL << 32)
+#define VQ_MAX 64
+
+struct vring_desc { u64 addr; u32 len; u16 flags; u16 next; };
+struct vring_avail { u16 flags; u16 idx; u16 ring[VQ_MAX]; u16 used_event; };
+struct vring_used_elem { u32 id; u32 len; };
+struct vring_used { u16 flags; u16 idx; struct vring_used_elem ring[VQ_MAX]; u16 avail_event; };
+
+struct virtqueue {
+    u16 index, size, next_desc, last_used;
+    u8 vector;
+    u64 notify;
+    struct vring_desc *desc;
+    struct vring_avail *avail;
+    struct vring_used *used;
+};
+
+struct virtio_dev {
+    unsigned slot, fn;
+    u16 type;                      /* virtio device type: 2 net? no: 1 net, 2 block, 5 balloon */
+    u64 common, notify_base, isr, device;
+    u32 notify_mult;
+    u64 msix_table;
+    unsigned msix_cap, msix_size;
+    u64 features;
+};
+
+int virtio_find(u16 type, struct virtio_dev *dev);
+int virtio_start(struct virtio_dev *dev, u64 wanted, u8 config_vector);
+int virtio_queue(struct virtio_dev *dev, struct virtqueue *vq, u16 index, u8 vector);
+void virtio_ready(struct virtio_dev *dev);
+/* Sends one buffer (device-readable unless `writable`), waits until it is used. */
+u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable);
+void cmd_virtio(const char *args);
+
+#endif
