@@ -37,6 +37,12 @@ register(DeviceModel("isa-debug-exit", "isa", "exit the VMM with a status the gu
     "iobase": ("int", 0x501), "iosize": ("int", 2)}))
 
 
+register(DeviceModel("virtio-balloon-pci", "pci", "virtio balloon (modern interface)", {
+    "addr": ("str", None), "bus": ("str", None), "deflate-on-oom": ("bool", False),
+    "free-page-reporting": ("bool", False), "guest-stats-polling-interval": ("int", 0),
+    "disable-legacy": ("str", "on"), "disable-modern": ("bool", False)}))
+
+
 class DeviceError(ValueError):
     pass
 

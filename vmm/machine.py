@@ -49,11 +49,13 @@ from vmm.devices.i440fx import (
 from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
 from vmm.devices.rtc import Rtc
 from vmm.devices.serial import COM_PORTS, Serial16550
+from vmm.devices.virtio_balloon import VirtioBalloon
 from vmm.kvm import Kvm, KvmError
 from vmm.memory import GuestMemory
 from vmm.pci import INTERRUPT_LINE, PciBus
 from vmm.qemuopts import OptsError, parse_bool, parse_int
 from vmm.vcpu import VcpuThread, install_kick_handler
+from vmm.virtio.pci import VirtioPciDevice
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +214,7 @@ class Machine:
         self.serials: list[SerialPort] = []
         self.debug_exits: list[IsaDebugExit] = []
         self.device_instances: list[DeviceInstance] = []
+        self.balloon: VirtioBalloon | None = None
         self.i8042 = I8042(self.request_guest_reset)
         self.pio.map(DATA_PORT, 1, self.i8042.port(DATA_PORT))
         self.pio.map(COMMAND_PORT, 1, self.i8042.port(COMMAND_PORT))
@@ -260,6 +263,8 @@ class Machine:
         if driver == "isa-serial":
             device = self._add_serial(props["chardev"], props["index"], props["iobase"],
                                       props["irq"])
+        elif driver == "virtio-balloon-pci":
+            device = self._add_balloon(props)
         elif driver == "isa-debug-exit":
             device = IsaDebugExit(self.request_exit)
             try:
@@ -270,6 +275,31 @@ class Machine:
         else:
             raise DeviceError(f"'{driver}' is not a valid device model name")
         self.device_instances.append(DeviceInstance(driver, props.get("id"), props, device))
+
+    def _add_balloon(self, props: dict):
+        if self.balloon is not None:
+            raise DeviceError("There is already a balloon device")
+        if props.get("disable-modern"):
+            raise DeviceError("kvmkit's virtio-pci has only the modern interface "
+                              "(disable-modern=on is not supported)")
+        balloon = VirtioBalloon(self.memory, self.cfg.memory, self._balloon_changed)
+        transport = VirtioPciDevice(balloon, self.memory, 0x00FF00)
+        transport.qdev_id = props.get("id") or ""
+        self.pci.plug(transport, self._pci_slot(props.get("addr")))
+        self.balloon = balloon
+        return transport
+
+    def _pci_slot(self, addr: str | None) -> int | None:
+        if addr is None:
+            return None
+        try:
+            return int(addr.split(".")[0], 16)
+        except ValueError:
+            raise DeviceError("Parameter 'addr' expects a PCI device address") from None
+
+    def _balloon_changed(self, actual: int) -> None:
+        """The guest updated `actual` (on a vCPU thread): BALLOON_CHANGE on the loop."""
+        self._from_vcpu(self.emit, "BALLOON_CHANGE", {"actual": actual})
 
     def _add_serial(self, chardev_id: str | None, index: int, iobase: int,
                     irq: int) -> SerialPort:
