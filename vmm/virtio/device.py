@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def read_le(raw: bytes, offset: int, size: int) -> int:
+    """A little-endian register read from a byte image; 0 past its end."""
+    if offset < 0 or offset + size > len(raw):
+        return 0
+    return int.from_bytes(raw[offset:offset + size], "little")
+
+
 class VirtioDevice:
     device_type = 0
     queue_sizes: tuple[int, ...] = ()
@@ -22,10 +29,7 @@ class VirtioDevice:
         return b""
 
     def config_read(self, offset: int, size: int) -> int:
-        raw = self.config_bytes()
-        if offset + size > len(raw):
-            return 0
-        return int.from_bytes(raw[offset:offset + size], "little")
+        return read_le(self.config_bytes(), offset, size)
 
     def config_write(self, offset: int, size: int, value: int) -> None:
         pass

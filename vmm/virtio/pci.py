@@ -15,7 +15,7 @@ import struct
 
 from vmm.memory import GuestMemory
 from vmm.pci import PciDevice
-from vmm.virtio.device import VirtioDevice
+from vmm.virtio.device import VirtioDevice, read_le
 from vmm.virtio.queue import SplitQueue, VirtqueueError
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,7 @@ class VirtioPciDevice(PciDevice):
             q.device if q else 0)
 
     def common_read(self, offset: int, size: int) -> int:
-        raw = self._common_bytes()
-        if offset + size > len(raw):
-            return 0
-        return int.from_bytes(raw[offset:offset + size], "little")
+        return read_le(self._common_bytes(), offset, size)
 
     def common_write(self, offset: int, size: int, value: int) -> None:
         q = self.queues[self.queue_select] if self.queue_select < len(self.queues) else None
