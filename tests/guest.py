@@ -160,3 +160,34 @@ def start_with_qmp(argv: list[str], *sockets: str) -> subprocess.Popen:
             raise GuestError(f"{argv[0]} did not open its QMP sockets")
         time.sleep(0.05)
     return proc
+
+
+class QmpLine:
+    """A minimal line-based QMP client for tests: negotiates, then runs commands,
+    keeping any events that arrive in between."""
+
+    def __init__(self, path: str) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rb")
+        self.file.readline()
+        self.events: list[dict] = []
+        self.execute("qmp_capabilities")
+
+    def execute(self, name: str, **args) -> dict:
+        msg: dict = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = json.loads(self.file.readline())
+            if "event" not in reply:
+                return reply
+            self.events.append(reply)
+
+    def hmp(self, line: str) -> str:
+        reply = self.execute("human-monitor-command", **{"command-line": line})
+        assert "return" in reply, (line, reply)
+        return reply["return"]

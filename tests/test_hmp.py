@@ -13,6 +13,7 @@ import time
 import pexpect
 import pytest
 from guest import QEMU, kvmkit_command, probe_elf
+from guest import QmpLine as Qmp
 from guest import start_with_qmp as start
 from qmp_replay import load
 
@@ -33,32 +34,6 @@ NORMALISED = {
     "info chardev": (r"filename=unix:[^,]*,server=on", "filename=unix:SOCK,server=on"),
     "info hotpluggable-cpus": (r'type: "[a-z0-9]+-x86_64-cpu"', 'type: "CPU"'),
 }
-
-
-class Qmp:
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
-        self.file = self.sock.makefile("rb")
-        self.file.readline()
-        self.execute("qmp_capabilities")
-
-    def execute(self, name: str, **args) -> dict:
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            reply = json.loads(self.file.readline())
-            if "event" not in reply:
-                return reply
-
-    def hmp(self, line: str) -> str:
-        reply = self.execute("human-monitor-command", **{"command-line": line})
-        assert "return" in reply, (line, reply)
-        return reply["return"]
-
-
 
 
 @pytest.fixture

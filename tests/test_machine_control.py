@@ -31,6 +31,13 @@ async def wait_runstate(machine, state, timeout=20.0):
     assert machine.runstate == state
 
 
+async def run_until_ready(machine, console) -> None:
+    """Starts the machine on the running loop and waits for the probe's prompt."""
+    machine.attach(asyncio.get_running_loop())
+    machine.cont()
+    await wait_for_text(console, b'"event": "ready"')
+
+
 def make_machine(tmp_path, *extra):
     console = tmp_path / "console.log"
     cfg = parse_args(["-m", "128", "-smp", "2", "-nodefaults", "-kernel", probe_elf(),
@@ -89,9 +96,7 @@ def test_emulation_failure_enters_internal_error(tmp_path):
     machine, events, console = make_machine(tmp_path)
 
     async def scenario():
-        machine.attach(asyncio.get_running_loop())
-        machine.cont()
-        await wait_for_text(console, b'"event": "ready"')
+        await run_until_ready(machine, console)
         machine.serials[0].uart.receive(b"crash\n")
         await wait_runstate(machine, "internal-error")
         assert events[-1] == ("STOP", None)
@@ -113,9 +118,7 @@ def test_guest_power_off_with_no_shutdown_stops_in_shutdown_state(tmp_path):
     machine, events, console = make_machine(tmp_path, "-no-shutdown")
 
     async def scenario():
-        machine.attach(asyncio.get_running_loop())
-        machine.cont()
-        await wait_for_text(console, b'"event": "ready"')
+        await run_until_ready(machine, console)
         machine.serials[0].uart.receive(b"outw 0x604 0x2000\n")
         await wait_runstate(machine, "shutdown")
         assert events[-2:] == [("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"}),

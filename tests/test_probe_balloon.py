@@ -3,11 +3,10 @@ on QEMU 7.2 (where the driver was proven first) and on kvmkit."""
 
 from __future__ import annotations
 
-import json
-import socket
 import time
 
 import pytest
+from guest import QmpLine as Qmp
 from guest import machine_args
 
 pytestmark = pytest.mark.kvm
@@ -19,25 +18,6 @@ def rss_mib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) // 1024
     raise AssertionError("no VmRSS")
-
-
-class Qmp:
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
-        self.file = self.sock.makefile("rb")
-        self.file.readline()
-        self.events: list[dict] = []
-        self.execute("qmp_capabilities")
-
-    def execute(self, name: str, **args) -> dict:
-        self.sock.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
-        while True:
-            reply = json.loads(self.file.readline())
-            if "event" in reply:
-                self.events.append(reply)
-                continue
-            return reply
 
 
 def test_balloon_gives_touched_memory_back_and_takes_it_again(launch, tmp_path, vmm_kind):
