@@ -10,7 +10,6 @@ and query-qmp-schema. HMP commands and shell completion read it too.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +27,6 @@ class Command:
     allow_oob: bool = False
     features: tuple[str, ...] = ()
     extra_args: bool = False        # device_add: any further key=value is a property
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
 
 
 @dataclass

@@ -164,10 +164,6 @@ class Vm:
         os.close(self.fd)
 
 
-# kvm_run field offsets, resolved by the C compiler at build time.
-RUN = lib
-
-
 class Vcpu:
     """A vCPU fd and its shared kvm_run page."""
 
@@ -183,10 +179,10 @@ class Vcpu:
         return lib.kk_ioctl_val(self.fd, lib.KVM_RUN, 0)
 
     def exit_reason(self) -> int:
-        return struct.unpack_from("<I", self.run_page, RUN.RUN_EXIT_REASON)[0]
+        return struct.unpack_from("<I", self.run_page, lib.RUN_EXIT_REASON)[0]
 
     def set_immediate_exit(self, value: bool) -> None:
-        self.run_page[RUN.RUN_IMMEDIATE_EXIT] = 1 if value else 0
+        self.run_page[lib.RUN_IMMEDIATE_EXIT] = 1 if value else 0
 
     def _get(self, request: int, ctype: str, what: str):
         obj = ffi.new(ctype)

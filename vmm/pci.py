@@ -81,7 +81,6 @@ class PciDevice:
         self.intx_level = 0
         c = self.config
         struct.pack_into("<HH", c, VENDOR_ID, vendor_id, device_id)
-        c[REVISION] = revision
         struct.pack_into("<I", c, REVISION, (class_code << 8) | revision)
         c[HEADER_TYPE] = 0x80 if multifunction else 0
         struct.pack_into("<HH", c, SUBSYSTEM_VENDOR_ID, subsystem_vendor_id, subsystem_id)

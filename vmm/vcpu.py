@@ -77,11 +77,6 @@ class VcpuThread:
         with self._cond:
             return self._cond.wait_for(lambda: self._parked, timeout)
 
-    def pause(self) -> None:
-        self.request_pause()
-        if threading.current_thread() is not self.thread:
-            self.wait_parked()
-
     def inspect(self, func: Callable[[Vcpu], object]) -> object:
         """Runs func(vcpu) with the vCPU out of KVM_RUN (register ioctls block while it
         is inside), then lets it run on if it was running."""
