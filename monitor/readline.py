@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from monitor.frontend import ChardevFrontend
 from monitor.hmp import COMMANDS, INFO, HmpState, run_line
 from monitor.monitor import Monitor, Session
 
@@ -158,13 +159,11 @@ def complete_command(text: str) -> list[str]:
     return []
 
 
-class ReadlineServer:
-    """An HMP monitor on a chardev."""
+class ReadlineServer(ChardevFrontend):
+    """An HMP monitor on a chardev (-monitor, -mon mode=readline)."""
 
-    def __new__(cls, monitor: Monitor, chardev):
-        from monitor.frontend import ChardevFrontend
-
-        return ChardevFrontend(chardev, lambda write: ReadlineSession(monitor, write))
+    def __init__(self, monitor: Monitor, chardev) -> None:
+        super().__init__(chardev, lambda write: ReadlineSession(monitor, write))
 
 
 class ReadlineSession:

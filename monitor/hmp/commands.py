@@ -30,26 +30,24 @@ async def info_cmd(ctx: HmpContext, args: dict) -> str:
     return "".join(help_line(c) for c in unique(INFO))
 
 
-def _run_control(name: str, help: str, aliases: tuple[str, ...] = ()) -> None:
-    """Commands that only run the QMP command of the same name and print nothing."""
+def _forward(name: str, args_type: str, params: str, help: str,
+             aliases: tuple[str, ...] = ()) -> None:
+    """HMP commands that run the QMP command of the same name, with the same
+    argument names, and print nothing on success."""
     async def handler(ctx: HmpContext, args: dict) -> str:
-        await ctx.call(name)
+        await ctx.call(name, **args)
         return ""
-    hmp(name, "", "", help, aliases=aliases)(handler)
+    hmp(name, args_type, params, help, aliases=aliases)(handler)
 
 
-_run_control("stop", "stop emulation", ("s",))
-_run_control("cont", "resume emulation", ("c",))
-_run_control("system_reset", "reset the system")
-_run_control("system_powerdown", "send system power down event")
-_run_control("quit", "quit the emulator", ("q",))
-
-
-@hmp("balloon", "value:M", "target",
-     "request VM to change its memory allocation (in MB)")
-async def balloon_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("balloon", value=args["value"])
-    return ""
+_forward("stop", "", "", "stop emulation", ("s",))
+_forward("cont", "", "", "resume emulation", ("c",))
+_forward("system_reset", "", "", "reset the system")
+_forward("system_powerdown", "", "", "send system power down event")
+_forward("quit", "", "", "quit the emulator", ("q",))
+_forward("balloon", "value:M", "target", "request VM to change its memory allocation (in MB)")
+_forward("device_del", "id:s", "device", "remove device")
+_forward("set_link", "name:s,up:b", "name on|off", "change the link status of a network adapter")
 
 
 @hmp("device_add", "device:O", "driver[,prop=value][,...]",
@@ -59,19 +57,6 @@ async def device_add_cmd(ctx: HmpContext, args: dict) -> str:
 
     opts = parse_opts(args["device"], implied="driver")
     await ctx.call("device_add", **opts)
-    return ""
-
-
-@hmp("device_del", "id:s", "device", "remove device")
-async def device_del_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("device_del", id=args["id"])
-    return ""
-
-
-@hmp("set_link", "name:s,up:b", "name on|off",
-     "change the link status of a network adapter")
-async def set_link_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("set_link", name=args["name"], up=args["up"])
     return ""
 
 
