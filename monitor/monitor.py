@@ -7,6 +7,7 @@ fans machine events out to every subscriber, with QEMU's timestamps.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Callable
@@ -17,6 +18,13 @@ from monitor.errors import QmpError
 from monitor.registry import REGISTRY, Command, Registry
 
 EventSink = Callable[[dict], None]
+
+# Events QEMU rate-limits (monitor_qapi_event_conf): at most one per period; the
+# last one of a burst comes at the end of the period, with its own timestamp.
+THROTTLED_EVENTS = {"BALLOON_CHANGE": 1.0, "RTC_CHANGE": 1.0, "WATCHDOG": 1.0,
+                    "QUORUM_REPORT_BAD": 1.0, "QUORUM_FAILURE": 1.0,
+                    "VSERPORT_CHANGE": 1.0, "MEMORY_DEVICE_SIZE_CHANGE": 1.0}
+THROTTLE_KEYS = {"VSERPORT_CHANGE": "id", "MEMORY_DEVICE_SIZE_CHANGE": "qom-path"}
 
 
 @dataclass
@@ -59,6 +67,7 @@ class Monitor:
         self.machine = machine
         self.registry = registry
         self.sinks: list[EventSink] = []
+        self._throttled: dict[tuple, dict | None] = {}   # key -> pending message
         machine.listeners.append(self.emit)
 
     def subscribe(self, sink: EventSink) -> None:
@@ -70,6 +79,27 @@ class Monitor:
 
     def emit(self, name: str, data: dict | None = None) -> None:
         message = event_message(name, data)
+        period = THROTTLED_EVENTS.get(name)
+        if period is not None:
+            key = (name, (data or {}).get(THROTTLE_KEYS.get(name, ""), ""))
+            if key in self._throttled:
+                self._throttled[key] = message       # the newest waits for the period end
+                return
+            try:
+                asyncio.get_running_loop().call_later(period, self._period_over, key, period)
+                self._throttled[key] = None
+            except RuntimeError:                    # no loop (unit tests): no throttling
+                pass
+        self._deliver(message)
+
+    def _period_over(self, key: tuple, period: float) -> None:
+        pending = self._throttled.pop(key, None)
+        if pending is not None:
+            self._throttled[key] = None
+            asyncio.get_running_loop().call_later(period, self._period_over, key, period)
+            self._deliver(pending)
+
+    def _deliver(self, message: dict) -> None:
         for sink in list(self.sinks):
             sink(message)
 

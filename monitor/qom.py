@@ -15,7 +15,7 @@ from monitor.errors import QmpError, device_not_found
 from monitor.types import BOOL, INT, STR, UINT32, Type
 
 QOM_TYPES = {"int": "uint32", "bool": "bool", "str": "str", "chardev": "str", "size": "size"}
-CHECKS: dict[str, Type] = {"uint32": UINT32, "bool": BOOL, "str": STR, "size": INT}
+CHECKS: dict[str, Type] = {"uint32": UINT32, "bool": BOOL, "str": STR, "size": INT, "int": INT}
 
 
 @dataclass
@@ -65,7 +65,22 @@ def _device_object(machine, instance) -> QomObject:
         obj.props.append(Prop(name, QOM_TYPES.get(kind, "str"),
                               (lambda name=name: _prop_value(instance, name)),
                               _after_realize(instance, name)))
+    # Properties a running device answers itself (the balloon's guest-stats...).
+    backend = getattr(instance.device, "backend", instance.device)
+    for name, kind, get, set_ in getattr(backend, "live_properties", list)():
+        obj.props = [p for p in obj.props if p.name != name]
+        obj.props.append(Prop(name, kind, get, set_ and _qmp_errors(set_)))
     return obj
+
+
+def _qmp_errors(setter: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Device setters raise ValueError with QEMU's text; the monitor wants QmpError."""
+    def set_(value: Any) -> None:
+        try:
+            setter(value)
+        except ValueError as e:
+            raise QmpError(str(e)) from None
+    return set_
 
 
 def _prop_value(instance, name: str) -> Any:

@@ -129,3 +129,40 @@ def test_guest_power_off_with_no_shutdown_stops_in_shutdown_state(tmp_path):
         asyncio.run(scenario())
     finally:
         machine.close()
+
+
+def test_virtio_doorbells_arrive_through_ioeventfds(tmp_path):
+    """The guest's queue notifications reach the balloon as eventfd signals read on
+    the loop, not as vCPU exits (KVM_IOEVENTFD on the notify addresses)."""
+    machine, events, console = make_machine(tmp_path, "-device", "virtio-balloon-pci")
+    signals = []
+    original = machine.ioevents._signalled
+    machine.ioevents._signalled = lambda fd, callback: (signals.append(fd),
+                                                        original(fd, callback))
+    notify_exits = []
+    transport = machine.pci.find(2, 0)
+    bar4 = transport.bars[4].device
+    original_write = bar4.bus_write
+
+    def bus_write(offset, size, value):
+        if offset >= 0x3000:                 # the notify region
+            notify_exits.append(offset)
+        original_write(offset, size, value)
+    bar4.bus_write = bus_write
+
+    async def scenario():
+        await run_until_ready(machine, console)
+        assert [len(transport._doorbells[bar]) for bar in (0, 4)] == [3, 3]
+        machine.balloon.set_target(100 << 20)
+        deadline = time.monotonic() + 20
+        while machine.balloon.actual != 28 << 8 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert machine.balloon.actual == 28 << 8 and machine.balloon.discarded_pages == 28 << 8
+        machine.quit()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        machine.close()
+    assert signals, "no doorbell came through an eventfd"
+    assert not notify_exits, "a doorbell took the vCPU exit path"

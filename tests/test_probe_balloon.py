@@ -20,17 +20,21 @@ def rss_mib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_balloon_gives_touched_memory_back_and_takes_it_again(launch, tmp_path, vmm_kind):
-    balloon_vmm = vmm_kind
+def start_balloon_guest(launch, tmp_path, vmm_kind, memory_mib):
+    """The probe guest with virtio-balloon-pci id=balloon0 and a QMP socket, ready."""
     sock = str(tmp_path / "qmp.sock")
-    vm = launch(machine_args(memory_mib=1024, extra=[
+    vm = launch(machine_args(memory_mib=memory_mib, extra=[
         "-device", "virtio-balloon-pci,id=balloon0",
-        "-qmp", f"unix:{sock},server=on,wait=off"]), balloon_vmm)
+        "-qmp", f"unix:{sock},server=on,wait=off"]), vmm_kind)
     vm.wait_event("ready", timeout=60)
+    return vm, Qmp(sock)
+
+
+def test_balloon_gives_touched_memory_back_and_takes_it_again(launch, tmp_path, vmm_kind):
+    vm, qmp = start_balloon_guest(launch, tmp_path, vmm_kind, 1024)
     assert vm.command("balloon")["present"] is True
     assert vm.command("touch 800 5")["errors"] == 0
     touched = rss_mib(vm.proc.pid)
-    qmp = Qmp(sock)
     assert qmp.execute("human-monitor-command", **{"command-line": "balloon 300"}) == \
         {"return": ""}
     event = vm.wait_event("balloon", timeout=60)
@@ -44,3 +48,62 @@ def test_balloon_gives_touched_memory_back_and_takes_it_again(launch, tmp_path, 
     qmp.execute("balloon", value=1024 * MiB)
     assert vm.wait_event("balloon", timeout=60)["actual_pages"] == 0
     assert vm.command("touch 800 6")["errors"] == 0
+
+
+def test_guest_stats_follow_the_polling_interval(launch, tmp_path, vmm_kind):
+    vm, qmp = start_balloon_guest(launch, tmp_path, vmm_kind, 256)
+    path = "/machine/peripheral/balloon0"
+
+    def qom_get(prop):
+        return qmp.execute("qom-get", path=path, property=prop)["return"]
+
+    first = vm.command("stats")
+    assert first["enabled"] is True and first["updates"] == 1
+    stats = qom_get("guest-stats")   # the buffer the driver queued at start-up
+    assert stats["last-update"] > 0
+    assert stats["stats"]["stat-minor-faults"] == 1
+    assert stats["stats"]["stat-total-memory"] == first["total"]
+    assert stats["stats"]["stat-free-memory"] == first["free"]
+    assert stats["stats"]["stat-htlb-pgalloc"] == (1 << 64) - 1    # never reported
+    assert qom_get("guest-stats-polling-interval") == 0
+    assert qmp.execute("qom-set", path=path, property="guest-stats-polling-interval",
+                       value=-1)["error"]["desc"] == "timer value must be greater than zero"
+    assert qmp.execute("qom-set", path=path, property="guest-stats-polling-interval",
+                       value=1) == {"return": {}}
+    assert qom_get("guest-stats-polling-interval") == 1
+    time.sleep(2.6)
+    before = vm.command("stats")["updates"]
+    host = qom_get("guest-stats")["stats"]["stat-minor-faults"]
+    after = vm.command("stats")["updates"]
+    assert before >= 3 and before <= host <= after
+    qmp.execute("qom-set", path=path, property="guest-stats-polling-interval", value=0)
+    time.sleep(1.5)
+    settled = vm.command("stats")["updates"]
+    time.sleep(1.5)
+    assert vm.command("stats")["updates"] == settled, "polling went on after interval 0"
+
+
+def test_free_page_reporting_gives_memory_back(launch, vmm_kind):
+    vm = launch(machine_args(memory_mib=1024, extra=[
+        "-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    assert vm.command("touch 800 3")["errors"] == 0
+    touched = rss_mib(vm.proc.pid)
+    assert vm.command("report 700", timeout=60) == {"reported_mib": 700}
+    assert touched - rss_mib(vm.proc.pid) >= 600, "reported pages were not discarded"
+    assert vm.command("touch 800 4")["errors"] == 0
+
+
+def test_balloon_change_events_are_rate_limited_as_qemus(launch, tmp_path, vmm_kind):
+    """Three size changes within a second: the first event at once, the last one at
+    the end of the one-second period, the middle one never (QEMU's throttle)."""
+    vm, qmp = start_balloon_guest(launch, tmp_path, vmm_kind, 256)
+    for target in (200, 150, 100):
+        qmp.hmp(f"balloon {target}")
+        assert vm.wait_event("balloon")["actual_pages"] == (256 - target) * MiB // 4096
+    time.sleep(1.5)
+    qmp.execute("query-status")         # collects the events that came meanwhile
+    changes = [e for e in qmp.events if e["event"] == "BALLOON_CHANGE"]
+    assert [e["data"]["actual"] for e in changes] == [200 * MiB, 100 * MiB]
+    stamp = [e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6 for e in changes]
+    assert stamp[1] - stamp[0] < 1.0    # the delayed event keeps the time it happened

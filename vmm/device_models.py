@@ -37,10 +37,11 @@ register(DeviceModel("isa-debug-exit", "isa", "exit the VMM with a status the gu
     "iobase": ("int", 0x501), "iosize": ("int", 2)}))
 
 
-register(DeviceModel("virtio-balloon-pci", "pci", "virtio balloon (modern interface)", {
+register(DeviceModel("virtio-balloon-pci", "pci", "virtio balloon", {
     "addr": ("str", None), "bus": ("str", None), "deflate-on-oom": ("bool", False),
-    "free-page-reporting": ("bool", False), "guest-stats-polling-interval": ("int", 0),
-    "disable-legacy": ("str", "on"), "disable-modern": ("bool", False)}))
+    "free-page-reporting": ("bool", False), "page-poison": ("bool", True),
+    "guest-stats-polling-interval": ("int", 0),
+    "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False)}))
 
 
 class DeviceError(ValueError):
@@ -66,6 +67,10 @@ def validate(driver: str, options: dict[str, str], chardevs: set[str]) -> dict[s
                 typed[key] = parse_int(key, value)
             elif kind == "bool":
                 typed[key] = parse_bool(key, value)
+            elif kind == "OnOffAuto":
+                if value not in ("on", "off", "auto"):
+                    raise DeviceError(f"Parameter '{key}' does not accept value '{value}'")
+                typed[key] = value
             elif kind == "size":
                 typed[key] = parse_size(value)
             elif kind == "chardev":

@@ -49,10 +49,12 @@ from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
 from vmm.devices.rtc import Rtc
 from vmm.devices.serial import COM_PORTS, Serial16550
 from vmm.devices.virtio_balloon import VirtioBalloon
+from vmm.ioevents import IoEvents
 from vmm.kvm import Kvm, KvmError
 from vmm.memory import GuestMemory
 from vmm.pci import INTERRUPT_LINE, PciBus
 from vmm.qemuopts import OptsError, parse_bool, parse_int
+from vmm.timer import DeviceTimer
 from vmm.vcpu import VcpuThread, install_kick_handler
 from vmm.virtio.pci import VirtioPciDevice
 
@@ -203,6 +205,7 @@ class Machine:
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         self.irq_counts: dict[int, int] = {}   # rising edges per GSI, for `info irq`
+        self.ioevents = IoEvents(self.vm, lambda: self.loop, self.lock)
 
     def set_irq(self, gsi: int, level: int) -> None:
         if level:
@@ -278,15 +281,27 @@ class Machine:
     def _add_balloon(self, props: dict):
         if self.balloon is not None:
             raise DeviceError("There is already a balloon device")
-        if props.get("disable-modern"):
-            raise DeviceError("kvmkit's virtio-pci has only the modern interface "
-                              "(disable-modern=on is not supported)")
-        balloon = VirtioBalloon(self.memory, self.cfg.memory, self._balloon_changed)
-        transport = VirtioPciDevice(balloon, self.memory, 0x00FF00)
+        balloon = VirtioBalloon(
+            self.memory, self.cfg.memory, self._balloon_changed, self.device_timer,
+            deflate_on_oom=props["deflate-on-oom"],
+            free_page_reporting=props["free-page-reporting"],
+            page_poison=props["page-poison"])
+        try:
+            balloon.set_stats_interval(props["guest-stats-polling-interval"])
+            transport = VirtioPciDevice(balloon, self.memory, 0x00FF00,
+                                        legacy=props["disable-legacy"] != "on",
+                                        modern=not props["disable-modern"])
+        except ValueError as e:
+            raise DeviceError(str(e)) from None
         transport.qdev_id = props.get("id") or ""
+        transport.ioevents = self.ioevents
         self.pci.plug(transport, self._pci_slot(props.get("addr")))
         self.balloon = balloon
         return transport
+
+    def device_timer(self, callback: Callable[[], None]) -> DeviceTimer:
+        """A timer for a device: fires on the loop, under the machine lock."""
+        return DeviceTimer(lambda: self.loop, self.lock, callback)
 
     def _pci_slot(self, addr: str | None) -> int | None:
         if addr is None:

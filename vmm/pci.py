@@ -89,7 +89,6 @@ class PciDevice:
                         | COMMAND_INTX_DISABLE)
         self._set_wmask(INTERRUPT_LINE, 1, 0xFF)
         self._set_w1cmask(STATUS, 2, 0xF900)  # error bits
-        self._last_cap = CAPABILITY_LIST
         self._cap_end = 0x40
 
     # -- identity ----------------------------------------------------------
@@ -131,18 +130,18 @@ class PciDevice:
         return bar
 
     def add_capability(self, cap_id: int, body: bytes, wmask: bytes | None = None) -> int:
-        """Appends a capability (id, next, body); returns its offset."""
+        """Adds a capability (id, next, body) at the head of the list, as QEMU's
+        pci_add_capability does, so `lspci` shows them in QEMU's order; returns its offset."""
         offset = self._cap_end
         length = 2 + len(body)
         if offset + length > CONFIG_SIZE:
             raise ValueError("config space is full")
         self.config[offset] = cap_id
-        self.config[offset + 1] = 0
+        self.config[offset + 1] = self.config[CAPABILITY_LIST]
         self.config[offset + 2:offset + length] = body
         if wmask is not None:
             self.wmask[offset + 2:offset + 2 + len(wmask)] = wmask
-        self.config[self._last_cap + (0 if self._last_cap == CAPABILITY_LIST else 1)] = offset
-        self._last_cap = offset
+        self.config[CAPABILITY_LIST] = offset
         self._cap_end = (offset + length + 3) & ~3
         struct.pack_into("<H", self.config, STATUS, self.status | STATUS_CAP_LIST)
         return offset
@@ -186,6 +185,9 @@ class PciDevice:
 
     def config_written(self, offset: int, size: int, value: int) -> None:
         """Hook for devices with side effects on config writes (capabilities)."""
+
+    def bar_moved(self, bar: Bar, address: int) -> None:
+        """Hook: a BAR was mapped at `address` (UNMAPPED: taken away)."""
 
     # -- BARs --------------------------------------------------------------
     def bar_address(self, bar: Bar) -> int:
@@ -288,6 +290,7 @@ class PciBus:
             bus.unmap(bar.mapped_at)
         if address != UNMAPPED:
             bus.map(address, bar.size, bar.device)
+        device.bar_moved(bar, address)
 
     def set_intx(self, device: PciDevice, level: int) -> None:
         irq = self.route_intx(device.slot, device.config[INTERRUPT_PIN])
@@ -304,25 +307,44 @@ class PciBus:
             self.set_irq(irq, 1 if sources else 0)
 
     # -- what firmware would do --------------------------------------------
-    def assign_resources(self, io_base: int = 0xC000, mem_base: int = 0xC000_0000,
+    def assign_resources(self, io_base: int = 0xC000, mem_end: int = 0xFEC0_0000,
                          mem64_base: int = 0x8_0000_0000) -> None:
-        """Places every BAR and sets the interrupt line, as SeaBIOS does."""
-        io, mem, mem64 = io_base, mem_base, mem64_base
+        """Places every BAR and sets the interrupt line, as SeaBIOS does: per kind,
+        largest first; I/O up from 0xC000, the two 32-bit memory regions packed
+        down from 0xFEC00000 (the better aligned one on top); only BARs too big for
+        the 32-bit window go high."""
+        kinds: dict[str, list[tuple[PciDevice, Bar]]] = {"io": [], "mem": [], "prefmem": [],
+                                                         "high": []}
         for device in self.sorted_devices():
-            for bar in sorted(device.bars.values(), key=lambda b: -b.size):
+            for bar in device.bars.values():
                 if bar.kind == "io":
-                    io = (io + bar.size - 1) & ~(bar.size - 1)
-                    device.set_bar_address(bar, io)
-                    io += bar.size
+                    kinds["io"].append((device, bar))
                 elif bar.kind == "mem64" and bar.size >= 1 << 30:
-                    # only what cannot fit the 32-bit window goes high, as SeaBIOS does
-                    mem64 = (mem64 + bar.size - 1) & ~(bar.size - 1)
-                    device.set_bar_address(bar, mem64)
-                    mem64 += bar.size
+                    kinds["high"].append((device, bar))
                 else:
-                    mem = (mem + bar.size - 1) & ~(bar.size - 1)
-                    device.set_bar_address(bar, mem)
-                    mem += bar.size
+                    kinds["prefmem" if bar.prefetchable else "mem"].append((device, bar))
+        for entries in kinds.values():
+            entries.sort(key=lambda entry: -entry[1].size)
+
+        def total(kind: str) -> int:
+            return sum(bar.size for _, bar in kinds[kind])
+
+        def align(kind: str) -> int:
+            return kinds[kind][0][1].size if kinds[kind] else 1
+
+        top, bottom = ("prefmem", "mem") if align("mem") < align("prefmem") else \
+            ("mem", "prefmem")
+        top_base = (mem_end - total(top)) & ~(align(top) - 1)
+        bases = {"io": io_base, top: top_base,
+                 bottom: (top_base - total(bottom)) & ~(align(bottom) - 1),
+                 "high": mem64_base}
+        for kind, entries in kinds.items():
+            address = bases[kind]
+            for device, bar in entries:
+                address = (address + bar.size - 1) & ~(bar.size - 1)
+                device.set_bar_address(bar, address)
+                address += bar.size
+        for device in self.sorted_devices():
             if device.config[INTERRUPT_PIN]:
                 irq = self.route_intx(device.slot, device.config[INTERRUPT_PIN])
                 device.config[INTERRUPT_LINE] = irq if irq is not None else 0xFF

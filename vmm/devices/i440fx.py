@@ -60,8 +60,9 @@ class NullBarDevice:
 
 
 def slot_pirq(slot: int, pin: int) -> int:
-    """The PIIX swizzle: INTA of slot N uses PIRQ (N + pin - 1) mod 4."""
-    return (slot + pin - 1) & 3
+    """The PIIX swizzle as QEMU's piix3 and SeaBIOS have it: INTA of slot N uses
+    PIRQ (N - 1 + pin - 1) mod 4, so slot 1 starts at PIRQA."""
+    return (slot - 1 + pin - 1) & 3
 
 
 class PciConfigPorts:

@@ -5,12 +5,19 @@ The monitor sets a target size; the device asks the guest for
 inflate queue are discarded with MADV_DONTNEED, so the host's RSS really
 falls; pages on the deflate queue simply become the guest's again (they read
 back as zero). Contiguous page runs are discarded with one madvise each.
+
+The stats queue works as QEMU's: the driver keeps one buffer of statistics
+with the device; every ``guest-stats-polling-interval`` seconds the device
+hands it back, and the driver refills and returns it. With
+``free-page-reporting=on`` the driver reports free page ranges (device-writable
+buffers), which are discarded like inflated pages.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Callable
 
 from vmm.memory import GuestMemory, GuestMemoryError
@@ -20,29 +27,61 @@ log = logging.getLogger(__name__)
 
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
-INFLATE_Q, DEFLATE_Q = 0, 1
+INFLATE_Q, DEFLATE_Q, STATS_Q, REPORTING_Q = 0, 1, 2, 3
+
+F_STATS_VQ = 1 << 1
+F_DEFLATE_ON_OOM = 1 << 2
+F_PAGE_POISON = 1 << 4
+F_REPORTING = 1 << 5
 F_RING_INDIRECT_DESC = 1 << 28
 F_RING_EVENT_IDX = 1 << 29
+
+# Tags of struct virtio_balloon_stat, in order, with QEMU's QOM names.
+STAT_NAMES = ("stat-swap-in", "stat-swap-out", "stat-major-faults", "stat-minor-faults",
+              "stat-free-memory", "stat-total-memory", "stat-available-memory",
+              "stat-disk-caches", "stat-htlb-pgalloc", "stat-htlb-pgfail")
+STAT_UNSET = (1 << 64) - 1      # QEMU's -1 in a uint64: "the guest did not report it"
+STAT_ENTRY = struct.Struct("<HQ")
+MAX_POLL_INTERVAL = 0xFFFFFFFF
 
 
 class VirtioBalloon(VirtioDevice):
     device_type = 5
-    queue_sizes = (128, 128)
-    features = F_RING_INDIRECT_DESC | F_RING_EVENT_IDX
+    config_size = 16            # num_pages, actual, free_page_hint_cmd_id, poison_val
 
     def __init__(self, memory: GuestMemory, ram_size: int,
-                 on_actual_change: Callable[[int], None]) -> None:
+                 on_actual_change: Callable[[int], None],
+                 make_timer: Callable[[Callable[[], None]], object],
+                 deflate_on_oom: bool = False, free_page_reporting: bool = False,
+                 page_poison: bool = True, stats_interval: int = 0) -> None:
         super().__init__()
         self.memory = memory
         self.ram_size = ram_size
         self.on_actual_change = on_actual_change   # BALLOON_CHANGE, with the VM's new size
+        self.features = (F_STATS_VQ | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX
+                         | (F_DEFLATE_ON_OOM if deflate_on_oom else 0)
+                         | (F_PAGE_POISON if page_poison else 0)
+                         | (F_REPORTING if free_page_reporting else 0))
+        self.queue_sizes = (128, 128, 128) + ((32,) if free_page_reporting else ())
+        self.stats_timer = make_timer(self._stats_poll)
+        self.stats_interval = stats_interval
         self.num_pages = 0
         self.actual = 0
+        self.poison_val = 0
         self.discarded_pages = 0
+        self.reported_pages = 0
+        self._reset_stats()
 
     def reset(self) -> None:
         super().reset()
         self.actual = 0
+        self.poison_val = 0
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self.stats = [STAT_UNSET] * len(STAT_NAMES)
+        self.stats_last_update = 0
+        self.stats_held = None          # the driver's stats buffer, until the next poll
 
     # -- the monitor's side ------------------------------------------------------
     def set_target(self, target_bytes: int) -> None:
@@ -54,19 +93,50 @@ class VirtioBalloon(VirtioDevice):
     def actual_bytes(self) -> int:
         return self.ram_size - (self.actual << PAGE_SHIFT)
 
+    def guest_stats(self) -> dict:
+        """QOM `guest-stats`, in QEMU's shape."""
+        return {"stats": dict(zip(STAT_NAMES, self.stats)),
+                "last-update": self.stats_last_update}
+
+    def set_stats_interval(self, seconds: int) -> None:
+        """QOM `guest-stats-polling-interval`; raises ValueError with QEMU's text."""
+        if seconds < 0:
+            raise ValueError("timer value must be greater than zero")
+        if seconds > MAX_POLL_INTERVAL:
+            raise ValueError("timer value is too big")
+        self.stats_interval = seconds
+        if seconds == 0:
+            self.stats_timer.cancel()
+        else:
+            self.stats_timer.arm(seconds)
+
+    def live_properties(self) -> list[tuple]:
+        """(name, QOM type, getter, setter) for QOM, as QEMU's balloon has them."""
+        return [("guest-stats", "guest-stats", self.guest_stats, None),
+                ("guest-stats-polling-interval", "int", lambda: self.stats_interval,
+                 self.set_stats_interval)]
+
     # -- the guest's side ----------------------------------------------------------
     def config_bytes(self) -> bytes:
-        return struct.pack("<II", self.num_pages, self.actual)
+        return struct.pack("<IIII", self.num_pages, self.actual, 0, self.poison_val)
 
     def config_write(self, offset: int, size: int, value: int) -> None:
         if offset == 4 and size == 4:
             if value != self.actual:
                 self.actual = value
                 self.on_actual_change(self.actual_bytes())
+        elif offset == 12 and size == 4 and self.negotiated & F_PAGE_POISON:
+            self.poison_val = value
 
     def queue_notify(self, index: int) -> None:
-        if index not in (INFLATE_Q, DEFLATE_Q):
-            return
+        if index in (INFLATE_Q, DEFLATE_Q):
+            self._balloon_pages(index)
+        elif index == STATS_Q:
+            self._stats_received()
+        elif index == REPORTING_Q:
+            self._free_pages_reported()
+
+    def _balloon_pages(self, index: int) -> None:
         queue = self.transport.queue(index)
         while (chain := queue.pop()) is not None:
             data = chain.read_all()
@@ -76,6 +146,43 @@ class VirtioBalloon(VirtioDevice):
                 self._discard(pfns)
             queue.push(chain.head, 0)
         self.transport.interrupt_queue(index)
+
+    def _stats_received(self) -> None:
+        queue = self.transport.queue(STATS_Q)
+        while (chain := queue.pop()) is not None:
+            if self.stats_held is not None:     # a driver that broke the protocol
+                queue.push(self.stats_held.head, 0)
+                self.transport.interrupt_queue(STATS_Q)
+            data = chain.read_all()
+            for i in range(len(data) // STAT_ENTRY.size):
+                tag, value = STAT_ENTRY.unpack_from(data, i * STAT_ENTRY.size)
+                if tag < len(self.stats):
+                    self.stats[tag] = value
+            self.stats_last_update = int(time.time())
+            self.stats_held = chain
+        if self.stats_interval > 0:
+            self.stats_timer.arm(self.stats_interval)
+
+    def _stats_poll(self) -> None:
+        """The polling period is over: give the buffer back so the driver refills it."""
+        queue = self.transport.queue(STATS_Q) if self.transport is not None else None
+        if self.stats_held is None or queue is None:
+            if self.stats_interval > 0:
+                self.stats_timer.arm(self.stats_interval)
+            return
+        queue.push(self.stats_held.head, 0)
+        self.stats_held = None
+        self.transport.interrupt_queue(STATS_Q)
+
+    def _free_pages_reported(self) -> None:
+        queue = self.transport.queue(REPORTING_Q)
+        while (chain := queue.pop()) is not None:
+            # Discarded pages read back as zero: not while the guest poisons free pages.
+            if not self.poison_val:
+                for gpa, length in chain.writable_at:
+                    self._discard_range(gpa, length)
+            queue.push(chain.head, 0)
+        self.transport.interrupt_queue(REPORTING_Q)
 
     def _discard(self, pfns: tuple[int, ...]) -> None:
         """Gives the pages back to the host, one madvise per contiguous run."""
@@ -96,3 +203,15 @@ class VirtioBalloon(VirtioDevice):
             self.discarded_pages += count
         except GuestMemoryError:
             log.warning("balloon: guest offered pages outside RAM at pfn 0x%x", pfn)
+
+    def _discard_range(self, gpa: int, length: int) -> None:
+        """A reported free range: whole pages inside it go back to the host."""
+        start = (gpa + PAGE - 1) & ~(PAGE - 1)
+        end = (gpa + length) & ~(PAGE - 1)
+        if end <= start:
+            return
+        try:
+            self.memory.discard(start, end - start)
+            self.reported_pages += (end - start) >> PAGE_SHIFT
+        except GuestMemoryError:
+            log.warning("balloon: guest reported free memory outside RAM at 0x%x", gpa)

@@ -14,6 +14,7 @@ class VirtioDevice:
     device_type = 0
     queue_sizes: tuple[int, ...] = ()
     features = 0                      # offered, besides VIRTIO_F_VERSION_1
+    config_size = 0                   # bytes of device configuration (sizes legacy BAR0)
 
     def __init__(self) -> None:
         self.transport = None         # set by the transport that carries the device

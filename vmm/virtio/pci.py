@@ -1,20 +1,31 @@
-"""The virtio-pci transport, modern interface (virtio 1.x, section 4.1).
+"""The virtio-pci transport (virtio 1.x section 4.1), modern and legacy interfaces.
 
-BAR4 (64-bit, prefetchable, 16 KiB) holds four regions, each named by a
-vendor capability as QEMU lays them out: common configuration at 0x0000, ISR
-at 0x1000, device configuration at 0x2000 and notifications at 0x3000 (one
-4-byte slot per queue). Interrupts are INTx: the ISR register says why
-(bit 0 queue, bit 1 configuration) and reading it lowers the line.
-A guest that breaks the rules gets DEVICE_NEEDS_RESET, never an exception.
+Modern: BAR4 (64-bit, prefetchable, 16 KiB) holds four regions, each named by
+a vendor capability as QEMU lays them out: common configuration at 0x0000,
+ISR at 0x1000, device configuration at 0x2000 and notifications at 0x3000
+(one 4-byte slot per queue); a fifth capability (VIRTIO_PCI_CAP_PCI_CFG) is a
+window onto those regions through config space.
+
+Legacy (virtio 0.9.5, "transitional" devices): BAR0 is an I/O region with the
+old register block followed by the device configuration; queues are given as
+one page frame number with the legacy ring layout.
+
+QEMU's conventional-PCI default is transitional (both interfaces, PCI device
+id 0x1000 + n); ``disable-legacy=on`` gives the modern-only id 0x1040 + type,
+``disable-modern=on`` the legacy-only device. Interrupts are INTx: the ISR
+register says why (bit 0 queue, bit 1 configuration) and reading it lowers
+the line. A guest that breaks the rules gets DEVICE_NEEDS_RESET, never an
+exception.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+from functools import partial
 
 from vmm.memory import GuestMemory
-from vmm.pci import PciDevice
+from vmm.pci import UNMAPPED, Bar, PciDevice
 from vmm.virtio.device import VirtioDevice, read_le
 from vmm.virtio.queue import SplitQueue, VirtqueueError
 
@@ -25,6 +36,7 @@ COMMON, ISR, DEVICE_CFG, NOTIFY = 0x0000, 0x1000, 0x2000, 0x3000
 REGION_SIZE = 0x1000
 NOTIFY_MULTIPLIER = 4
 NO_VECTOR = 0xFFFF
+F_RING_EVENT_IDX = 1 << 29
 F_VERSION_1 = 1 << 32
 
 S_ACKNOWLEDGE, S_DRIVER, S_DRIVER_OK, S_FEATURES_OK = 1, 2, 4, 8
@@ -32,7 +44,12 @@ S_NEEDS_RESET, S_FAILED = 0x40, 0x80
 ISR_QUEUE, ISR_CONFIG = 1, 2
 
 CAP_VENDOR = 0x09
-CFG_COMMON, CFG_NOTIFY, CFG_ISR, CFG_DEVICE = 1, 2, 3, 4
+CFG_COMMON, CFG_NOTIFY, CFG_ISR, CFG_DEVICE, CFG_PCI = 1, 2, 3, 4, 5
+
+# Transitional PCI device ids by virtio device type (virtio 1.x, 4.1.2.1).
+TRANSITIONAL_IDS = {1: 0x1000, 2: 0x1001, 5: 0x1002, 3: 0x1003, 8: 0x1004, 4: 0x1005, 9: 0x1009}
+LEGACY_HEADER = 20              # the legacy register block before the device config
+LEGACY_PAGE = 4096              # legacy queue PFN unit and used-ring alignment
 
 
 class _QueueState:
@@ -45,23 +62,44 @@ class _QueueState:
 
 
 class VirtioPciDevice(PciDevice):
-    """Wraps a VirtioDevice; modern-only (QEMU's disable-legacy=on layout)."""
+    """Carries one VirtioDevice over PCI, with QEMU's layout and ids."""
 
-    def __init__(self, backend: VirtioDevice, memory: GuestMemory, class_code: int) -> None:
-        super().__init__(VIRTIO_VENDOR, 0x1040 + backend.device_type, class_code, revision=1,
-                         subsystem_vendor_id=VIRTIO_VENDOR, subsystem_id=0x1100,
+    def __init__(self, backend: VirtioDevice, memory: GuestMemory, class_code: int,
+                 legacy: bool = True, modern: bool = True) -> None:
+        if not (legacy or modern):
+            raise ValueError("device cannot work as neither modern nor legacy mode is enabled")
+        kind = backend.device_type
+        if legacy:
+            ids = dict(device_id=TRANSITIONAL_IDS[kind], revision=0, subsystem_id=kind)
+        else:
+            ids = dict(device_id=0x1040 + kind, revision=1, subsystem_id=0x1100)
+        super().__init__(VIRTIO_VENDOR, ids["device_id"], class_code, revision=ids["revision"],
+                         subsystem_vendor_id=VIRTIO_VENDOR, subsystem_id=ids["subsystem_id"],
                          interrupt_pin=1)
         self.backend = backend
         self.memory = memory
+        self.legacy, self.modern = legacy, modern
         backend.transport = self
-        self.add_bar(4, 4 * REGION_SIZE, "mem64", _Bar4(self), prefetchable=True)
-        for cfg_type, offset, length in ((CFG_COMMON, COMMON, REGION_SIZE),
-                                         (CFG_ISR, ISR, REGION_SIZE),
-                                         (CFG_DEVICE, DEVICE_CFG, REGION_SIZE)):
-            self.add_capability(CAP_VENDOR, struct.pack("<BBBBHII", 16, cfg_type, 4, 0, 0,
-                                                        offset, length))
-        self.add_capability(CAP_VENDOR, struct.pack("<BBBBHIII", 20, CFG_NOTIFY, 4, 0, 0,
-                                                    NOTIFY, REGION_SIZE, NOTIFY_MULTIPLIER))
+        self.pci_cfg_cap = 0
+        self.ioevents = None            # the machine's IoEvents, for in-kernel doorbells
+        self._doorbells: dict[int, list] = {}
+        if legacy:
+            size = 4
+            while size < LEGACY_HEADER + backend.config_size:
+                size *= 2
+            self.add_bar(0, size, "io", _LegacyBar(self))
+        if modern:
+            self.add_bar(4, 4 * REGION_SIZE, "mem64", _Bar4(self), prefetchable=True)
+            for cfg_type, offset, length in ((CFG_COMMON, COMMON, REGION_SIZE),
+                                             (CFG_ISR, ISR, REGION_SIZE),
+                                             (CFG_DEVICE, DEVICE_CFG, REGION_SIZE)):
+                self.add_capability(CAP_VENDOR, _vendor_cap(16, cfg_type, offset, length))
+            self.add_capability(CAP_VENDOR, _vendor_cap(20, CFG_NOTIFY, NOTIFY, REGION_SIZE)
+                                + struct.pack("<I", NOTIFY_MULTIPLIER))
+            # The config-space window: bar, offset and length say where, data moves.
+            body = _vendor_cap(20, CFG_PCI, 0, 0, bar=0) + bytes(4)
+            self.pci_cfg_cap = self.add_capability(CAP_VENDOR, body, wmask=bytes(
+                [0, 0, 0xFF, 0, 0, 0] + [0xFF] * 12))
         self.reset_transport()
 
     def reset_transport(self) -> None:
@@ -79,6 +117,10 @@ class VirtioPciDevice(PciDevice):
     def reset(self) -> None:
         super().reset()
         self.reset_transport()
+
+    @property
+    def offered_features(self) -> int:
+        return self.backend.features | (F_VERSION_1 if self.modern else 0)
 
     # -- what the device side calls -------------------------------------------
     def queue(self, index: int) -> SplitQueue | None:
@@ -104,18 +146,52 @@ class VirtioPciDevice(PciDevice):
         self.isr |= bit
         self.set_intx(1)
 
-    # -- BAR4 regions ----------------------------------------------------------
+    # -- registers both interfaces share ------------------------------------------
+    def _selected(self) -> _QueueState | None:
+        return self.queues[self.queue_select] if self.queue_select < len(self.queues) else None
+
+    def _enable_queue(self, q: _QueueState) -> None:
+        try:
+            q.queue = SplitQueue(self.memory, q.size, q.desc, q.driver, q.device,
+                                 event_idx=bool(self.driver_features & F_RING_EVENT_IDX))
+        except VirtqueueError as e:
+            self.guest_error(str(e))
+            return
+        q.enabled = True
+
+    def _set_status(self, value: int) -> None:
+        was_ready = self.device_status & S_DRIVER_OK
+        self.device_status = value | (self.device_status & S_NEEDS_RESET)
+        if value & S_DRIVER_OK and not was_ready:
+            # Drivers may queue buffers (and kick) before DRIVER_OK, as Linux's balloon
+            # does with its first stats buffer: they are taken now.
+            for index in range(len(self.queues)):
+                self.notify(index)
+
+    def notify(self, index: int) -> None:
+        if not self.device_status & S_DRIVER_OK or self.queue(index) is None:
+            return
+        try:
+            self.backend.queue_notify(index)
+        except VirtqueueError as e:
+            self.guest_error(str(e))
+
+    def isr_read(self) -> int:
+        value, self.isr = self.isr, 0
+        self.set_intx(0)
+        return value
+
+    # -- modern common configuration --------------------------------------------
     def _common_bytes(self) -> bytes:
         """struct virtio_pci_common_cfg as the driver sees it now."""
-        offered = self.backend.features | F_VERSION_1
-        q = self.queues[self.queue_select] if self.queue_select < len(self.queues) else None
+        q = self._selected()
 
         def half(value: int, select: int) -> int:
             return (value >> (32 * select)) & 0xFFFFFFFF if select < 2 else 0
 
         return struct.pack(
             "<IIIIHHBBHHHHHQQQ",
-            self.device_feature_select, half(offered, self.device_feature_select),
+            self.device_feature_select, half(self.offered_features, self.device_feature_select),
             self.driver_feature_select, half(self.driver_features, self.driver_feature_select),
             NO_VECTOR, len(self.queues), self.device_status, self.config_generation,
             self.queue_select, q.size if q else 0, NO_VECTOR, 1 if q and q.enabled else 0,
@@ -126,7 +202,7 @@ class VirtioPciDevice(PciDevice):
         return read_le(self._common_bytes(), offset, size)
 
     def common_write(self, offset: int, size: int, value: int) -> None:
-        q = self.queues[self.queue_select] if self.queue_select < len(self.queues) else None
+        q = self._selected()
         if offset == 0x00:
             self.device_feature_select = value
         elif offset == 0x08:
@@ -137,7 +213,7 @@ class VirtioPciDevice(PciDevice):
             self.driver_features = (self.driver_features & ~(0xFFFFFFFF << shift)) | \
                 ((value & 0xFFFFFFFF) << shift)
         elif offset == 0x14:
-            self._write_status(value & 0xFF)
+            self._write_modern_status(value & 0xFF)
         elif offset == 0x16:
             self.queue_select = value & 0xFFFF
         elif q is None or q.enabled and offset != 0x1C:
@@ -155,39 +231,112 @@ class VirtioPciDevice(PciDevice):
             mask = ((1 << (8 * size)) - 1) << shift
             setattr(q, field, (old & ~mask) | ((value << shift) & mask))
 
-    def _write_status(self, value: int) -> None:
+    def _write_modern_status(self, value: int) -> None:
         if value == 0:
             self.reset_transport()
             return
         if value & S_FEATURES_OK and not self.device_status & S_FEATURES_OK:
-            offered = self.backend.features | F_VERSION_1
+            offered = self.offered_features
             if self.driver_features & ~offered or not self.driver_features & F_VERSION_1:
                 value &= ~S_FEATURES_OK          # the driver asked for what we lack
             else:
                 self.backend.features_negotiated(self.driver_features)
-        self.device_status = value | (self.device_status & S_NEEDS_RESET)
+        self._set_status(value)
 
-    def _enable_queue(self, q: _QueueState) -> None:
-        try:
-            q.queue = SplitQueue(self.memory, q.size, q.desc, q.driver, q.device,
-                                 event_idx=bool(self.driver_features & (1 << 29)))
-        except VirtqueueError as e:
-            self.guest_error(str(e))
-            return
-        q.enabled = True
-
-    def notify(self, index: int) -> None:
-        if not self.device_status & S_DRIVER_OK or self.queue(index) is None:
-            return
-        try:
-            self.backend.queue_notify(index)
-        except VirtqueueError as e:
-            self.guest_error(str(e))
-
-    def isr_read(self) -> int:
-        value, self.isr = self.isr, 0
-        self.set_intx(0)
+    # -- legacy register block (BAR0) ----------------------------------------------
+    def legacy_read(self, offset: int, size: int) -> int:
+        if offset >= LEGACY_HEADER:
+            return self.backend.config_read(offset - LEGACY_HEADER, size)
+        q = self._selected()
+        header = struct.pack("<IIIHHHBB", self.backend.features & 0xFFFFFFFF,
+                             self.driver_features & 0xFFFFFFFF,
+                             q.desc // LEGACY_PAGE if q and q.enabled else 0,
+                             q.max_size if q else 0, self.queue_select, 0,
+                             self.device_status, 0)
+        value = read_le(header, offset, min(size, LEGACY_HEADER - offset))
+        if offset <= 0x13 < offset + size:
+            value |= self.isr_read() << (8 * (0x13 - offset))
         return value
+
+    def legacy_write(self, offset: int, size: int, value: int) -> None:
+        if offset >= LEGACY_HEADER:
+            self.backend.config_write(offset - LEGACY_HEADER, size, value)
+        elif offset == 0x04:
+            self.driver_features = value & self.backend.features & 0xFFFFFFFF
+            self.backend.features_negotiated(self.driver_features)
+        elif offset == 0x08:
+            self._legacy_queue_pfn(value & 0xFFFFFFFF)
+        elif offset == 0x0E:
+            self.queue_select = value & 0xFFFF
+        elif offset == 0x10:
+            self.notify(value & 0xFFFF)
+        elif offset == 0x12:
+            if value & 0xFF == 0:
+                self.reset_transport()
+            else:
+                self._set_status(value & 0xFF)
+
+    def _legacy_queue_pfn(self, pfn: int) -> None:
+        q = self._selected()
+        if q is None:
+            return
+        if pfn == 0:
+            q.enabled, q.queue = False, None
+            return
+        q.size = q.max_size
+        q.desc = pfn * LEGACY_PAGE
+        q.driver = q.desc + 16 * q.size
+        q.device = (q.driver + 6 + 2 * q.size + LEGACY_PAGE - 1) & ~(LEGACY_PAGE - 1)
+        self._enable_queue(q)
+
+    # -- doorbells as ioeventfds ----------------------------------------------------
+    def bar_moved(self, bar: Bar, address: int) -> None:
+        """Queue notifications at the BAR's new place go straight to an eventfd."""
+        for key in self._doorbells.pop(bar.index, []):
+            self.ioevents.remove(key)
+        if self.ioevents is None or address == UNMAPPED:
+            return
+        queues = range(len(self.backend.queue_sizes))
+        if bar.index == 4:
+            keys = [self.ioevents.add(address + NOTIFY + NOTIFY_MULTIPLIER * i, 2,
+                                      partial(self.notify, i)) for i in queues]
+        else:     # legacy: one port, the queue index is the value written
+            keys = [self.ioevents.add(address + 0x10, 2, partial(self.notify, i), pio=True,
+                                      datamatch=i) for i in queues]
+        self._doorbells[bar.index] = keys
+
+    # -- the VIRTIO_PCI_CAP_PCI_CFG window -------------------------------------------
+    def _cfg_window(self) -> tuple[int, int, int] | None:
+        cap = self.pci_cfg_cap
+        bar = self.config[cap + 4]
+        offset, length = struct.unpack_from("<II", self.config, cap + 8)
+        if bar != 4 or length not in (1, 2, 4) or offset % length or \
+                offset + length > 4 * REGION_SIZE:
+            return None
+        return offset, length, cap + 16
+
+    def config_read(self, offset: int, size: int) -> int:
+        data_at = self.pci_cfg_cap + 16 if self.modern else -1
+        if self.modern and offset < data_at + 4 and offset + size > data_at:
+            window = self._cfg_window()
+            if window is not None:
+                bar_offset, length, data = window
+                value = _Bar4(self).bus_read(bar_offset, length)
+                self.config[data:data + 4] = value.to_bytes(4, "little")
+        return super().config_read(offset, size)
+
+    def config_written(self, offset: int, size: int, value: int) -> None:
+        if self.modern and offset == self.pci_cfg_cap + 16:
+            window = self._cfg_window()
+            if window is not None:
+                bar_offset, length, data = window
+                raw = int.from_bytes(self.config[data:data + length], "little")
+                _Bar4(self).bus_write(bar_offset, length, raw)
+
+
+def _vendor_cap(cap_len: int, cfg_type: int, offset: int, length: int, bar: int = 4) -> bytes:
+    """struct virtio_pci_cap after its id and next bytes."""
+    return struct.pack("<BBBBHII", cap_len, cfg_type, bar, 0, 0, offset, length)
 
 
 class _Bar4:
@@ -216,3 +365,14 @@ class _Bar4:
             dev.backend.config_write(offset - DEVICE_CFG, size, value)
         elif offset >= NOTIFY:
             dev.notify((offset - NOTIFY) // NOTIFY_MULTIPLIER)
+
+
+class _LegacyBar:
+    def __init__(self, dev: VirtioPciDevice) -> None:
+        self.dev = dev
+
+    def bus_read(self, offset: int, size: int) -> int:
+        return self.dev.legacy_read(offset, size)
+
+    def bus_write(self, offset: int, size: int, value: int) -> None:
+        self.dev.legacy_write(offset, size, value)

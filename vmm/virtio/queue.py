@@ -38,6 +38,7 @@ class Chain:
     head: int
     readable: list[memoryview] = field(default_factory=list)
     writable: list[memoryview] = field(default_factory=list)
+    writable_at: list[tuple[int, int]] = field(default_factory=list)  # (gpa, length) of each
 
     @property
     def readable_len(self) -> int:
@@ -132,6 +133,7 @@ class SplitQueue:
             view = self._view(addr, length)
             if flags & DESC_F_WRITE:
                 chain.writable.append(view)
+                chain.writable_at.append((addr, length))
             elif chain.writable:
                 raise VirtqueueError("device-readable buffer after a writable one")
             else:

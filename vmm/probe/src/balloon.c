@@ -1,29 +1,63 @@
 /* virtio-balloon driver (virtio spec 5.5): follows the host's target by giving
  * pool pages back (inflateq) or taking them again (deflateq), a PFN array at a
- * time, and reports `actual`. The pool is RAM from 16 MiB up: what `touch` uses. */
+ * time, and reports `actual`. The pool is RAM from 16 MiB up: what `touch` uses.
+ * With VIRTIO_BALLOON_F_STATS_VQ it keeps one statistics buffer with the device
+ * and refills it each time the device hands it back, as Linux does; with
+ * VIRTIO_BALLOON_F_REPORTING, `report MIB` reports pool memory as free. */
 #include "virtio.h"
 
 #define BALLOON_TYPE 5
 #define CONFIG_VECTOR 0x50
 #define INFLATE_VECTOR 0x51
 #define DEFLATE_VECTOR 0x52
+#define STATS_VECTOR 0x53
+#define REPORT_VECTOR 0x54
 #define PFNS_PER_REQUEST 256
+#define F_STATS_VQ (1UL << 1)
+#define F_REPORTING (1UL << 5)
+#define STATS_Q 2
+#define REPORTING_Q 3
+/* struct virtio_balloon_stat tags */
+enum { S_SWAP_IN, S_SWAP_OUT, S_MAJFLT, S_MINFLT, S_MEMFREE, S_MEMTOT, S_AVAIL };
+#define NSTATS 7
 
 static struct virtio_dev dev;
-static struct virtqueue inflateq, deflateq;
+static struct virtqueue inflateq, deflateq, statsq, reportq;
+static struct { u16 tag; u64 val; } __attribute__((packed)) stats[NSTATS];
+static u32 stats_updates;
+static int stats_on, reporting_on;
 static int present;
 static u32 inflated;                 /* pool pages currently given to the host */
 static u32 pfns[PFNS_PER_REQUEST];
 
 u32 balloon_inflated(void) { return inflated; }
 
+/* What the statistics buffer says: a counter in minor faults shows each refill. */
+static void fill_stats(void)
+{
+    u64 free_bytes = (pool_pages() - inflated) << 12;
+    u64 values[NSTATS] = {0, 0, 0, ++stats_updates, free_bytes, ram_bytes, free_bytes};
+    for (int i = 0; i < NSTATS; i++) {
+        stats[i].tag = (u16)i;
+        stats[i].val = values[i];
+    }
+}
+
 void balloon_init(void)
 {
-    if (virtio_find(BALLOON_TYPE, &dev) || virtio_start(&dev, 0, CONFIG_VECTOR))
+    if (virtio_find(BALLOON_TYPE, &dev) ||
+        virtio_start(&dev, F_STATS_VQ | F_REPORTING, CONFIG_VECTOR))
         return;
     if (virtio_queue(&dev, &inflateq, 0, INFLATE_VECTOR) ||
         virtio_queue(&dev, &deflateq, 1, DEFLATE_VECTOR))
         return;
+    stats_on = (dev.features & F_STATS_VQ) && !virtio_queue(&dev, &statsq, STATS_Q, STATS_VECTOR);
+    reporting_on = (dev.features & F_REPORTING) &&
+                   !virtio_queue(&dev, &reportq, REPORTING_Q, REPORT_VECTOR);
+    if (stats_on) {                    /* the first buffer goes before DRIVER_OK, as Linux's */
+        fill_stats();
+        vq_add(&statsq, stats, sizeof(stats), 0);
+    }
     virtio_ready(&dev);
     present = 1;
     lapic_timer_start(TIMER_VECTOR, 10 * 1000 * 1000);
@@ -69,6 +103,10 @@ void balloon_poll(void)
 {
     if (!present)
         return;
+    if (stats_on && vq_take_used(&statsq, 0)) {   /* the host wants fresh numbers */
+        fill_stats();
+        vq_add(&statsq, stats, sizeof(stats), 0);
+    }
     if (adjust())
         printf("{\"event\": \"balloon\", \"target_pages\": %u, \"actual_pages\": %u}\n",
                target_pages(), inflated);
@@ -83,4 +121,34 @@ void cmd_balloon(const char *args)
     }
     printf("{\"present\": true, \"num_pages\": %u, \"actual\": %u, \"features\": \"0x%lx\"}\n",
            target_pages(), mmio_read32(dev.device + 4), dev.features);
+}
+
+void cmd_stats(const char *args)
+{
+    (void)args;
+    printf("{\"enabled\": %s, \"updates\": %u, \"free\": %lu, \"total\": %lu, "
+           "\"available\": %lu, \"minor_faults\": %lu}\n", stats_on ? "true" : "false",
+           stats_updates, stats[S_MEMFREE].val, stats[S_MEMTOT].val, stats[S_AVAIL].val,
+           stats[S_MINFLT].val);
+}
+
+/* Reports MIB MiB of the pool (after the inflated pages) as free, 1 MiB per buffer;
+ * the host may discard them, so they read back as zero. */
+void cmd_report(const char *args)
+{
+    u64 mib = 0;
+    if (!reporting_on || !parse_u64(&args, &mib)) {
+        printf("{\"error\": \"%s\"}\n", reporting_on ? "usage: report MIB"
+                                                          : "free page reporting not negotiated");
+        return;
+    }
+    u64 reported = 0;
+    for (u64 i = 0; i < mib && (inflated + (i + 1) * 256) <= pool_pages(); i++) {
+        u64 first = pool_page(inflated + i * 256), last = pool_page(inflated + i * 256 + 255);
+        if (last - first != 255 * 4096)
+            continue;                  /* not contiguous: across a hole in RAM */
+        vq_send_wait(&reportq, (void *)first, 1 << 20, 1);
+        reported++;
+    }
+    printf("{\"reported_mib\": %lu}\n", reported);
 }

@@ -22,7 +22,7 @@ struct hvm_memmap_entry {
 #define MAX_RAM_REGIONS 16
 static struct { u64 start, end; } ram[MAX_RAM_REGIONS];
 static int nram;
-static u64 ram_bytes;
+u64 ram_bytes;                      /* all RAM in the memory map */
 static const char *kernel_cmdline = "";
 static volatile u32 ap_alive[MAX_CPUS];
 
@@ -208,6 +208,8 @@ static void dispatch(const char *line)
     if (is(line, "irqs", &a)) { cmd_irqs(); return; }
     if (is(line, "virtio", &a)) { cmd_virtio(a); return; }
     if (is(line, "balloon", &a)) { cmd_balloon(a); return; }
+    if (is(line, "stats", &a)) { cmd_stats(a); return; }
+    if (is(line, "report", &a)) { cmd_report(a); return; }
     if (is(line, "echo", &a)) { printf("{\"echo\": \"%s\"}\n", skip_spaces(a)); return; }
     if (is(line, "crash", &a)) {
         printf("{\"crashing\": true}\n");

@@ -90,12 +90,15 @@ void delay_us(u64 us);
 /* main.c: the page pool (RAM from 16 MiB up) that touch and the balloon share */
 u64 pool_page(u64 index);
 u64 pool_pages(void);
+extern u64 ram_bytes;
 
 /* balloon.c */
 void balloon_init(void);
 void balloon_poll(void);
 u32 balloon_inflated(void);
 void cmd_balloon(const char *args);
+void cmd_stats(const char *args);
+void cmd_report(const char *args);
 
 /* serial.c: called each time the command loop wakes up */
 extern void (*idle_hook)(void);

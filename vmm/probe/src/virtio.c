@@ -170,7 +170,7 @@ void virtio_ready(struct virtio_dev *dev)
     mmio_write8(dev->common + STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
 }
 
-u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable)
+void vq_add(struct virtqueue *vq, void *buf, u32 len, int writable)
 {
     u16 d = vq->next_desc;
     vq->next_desc = (u16)((d + 1) % vq->size);
@@ -183,19 +183,32 @@ u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable)
     vq->avail->idx++;
     barrier();
     mmio_write16(vq->notify, vq->index);
+}
+
+int vq_take_used(struct virtqueue *vq, u32 *len)
+{
+    barrier();
+    if (*(volatile u16 *)&vq->used->idx == vq->last_used)
+        return 0;
+    if (len)
+        *len = vq->used->ring[vq->last_used % vq->size].len;
+    vq->last_used++;
+    return 1;
+}
+
+u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable)
+{
+    vq_add(vq, buf, len, writable);
     /* The device answers from its own thread: spin (native speed at CPL3, no exits)
      * before falling back to sleeping until an interrupt or timer tick. */
+    u32 written = 0;
     for (u32 spins = 0;; spins++) {
         u32 generation = irq_generation;
-        barrier();
-        if (*(volatile u16 *)&vq->used->idx != vq->last_used)
-            break;
+        if (vq_take_used(vq, &written))
+            return written;
         if (spins > 2000000)
             wait_for_irq(generation);
     }
-    u32 written = vq->used->ring[vq->last_used % vq->size].len;
-    vq->last_used++;
-    return written;
 }
 
 void cmd_virtio(const char *args)

@@ -34,6 +34,10 @@ int virtio_find(u16 type, struct virtio_dev *dev);
 int virtio_start(struct virtio_dev *dev, u64 wanted, u8 config_vector);
 int virtio_queue(struct virtio_dev *dev, struct virtqueue *vq, u16 index, u8 vector);
 void virtio_ready(struct virtio_dev *dev);
+/* Puts one buffer on the ring and kicks the device, without waiting. */
+void vq_add(struct virtqueue *vq, void *buf, u32 len, int writable);
+/* Takes one used buffer if the device returned one: 1 and its length, else 0. */
+int vq_take_used(struct virtqueue *vq, u32 *len);
 /* Sends one buffer (device-readable unless `writable`), waits until it is used. */
 u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable);
 void cmd_virtio(const char *args);

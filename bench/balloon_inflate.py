@@ -1,0 +1,128 @@
+"""Inflating and deflating the balloon by 800 MiB: kvmkit vs QEMU 7.2, same guest.
+
+    .venv/bin/python bench/balloon_inflate.py [--runs 3]
+
+A 1024 MiB probe guest touches 800 MiB; the monitor sets the balloon to
+224 MiB (QMP `balloon`), and the clock runs until the guest reports the last
+page handed over; then back to 1024 MiB. Also reports the process RSS before
+and after inflating. Prints medians per VMM and the kvmkit/QEMU ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+
+
+def kvmkit_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("kvmkit")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "qmp"]
+
+
+def probe() -> str:
+    from vmm.probe import elf_path
+    return str(elf_path())
+
+
+def rss_mib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+class Guest:
+    def __init__(self, argv: list[str], qmp_path: str) -> None:
+        self.proc = subprocess.Popen(
+            argv + ["-m", "1024", "-nodefaults", "-display", "none", "-serial", "stdio",
+                    "-device", "virtio-balloon-pci,id=balloon0", "-kernel", probe(),
+                    "-qmp", f"unix:{qmp_path},server=on,wait=off"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.wait_for('"ready"')
+        self.qmp = socket.socket(socket.AF_UNIX)
+        self.qmp.connect(qmp_path)
+        self.qmp_file = self.qmp.makefile("rb")
+        self.qmp_file.readline()
+        self.execute("qmp_capabilities")
+
+    def wait_for(self, marker: str) -> dict:
+        for line in self.proc.stdout:
+            if marker.encode() in line:
+                return json.loads(line)
+        raise RuntimeError("the guest went away")
+
+    def command(self, text: str) -> dict:
+        self.proc.stdin.write(text.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.wait_for("{")
+
+    def execute(self, name: str, **args) -> dict:
+        self.qmp.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
+        while True:
+            reply = json.loads(self.qmp_file.readline())
+            if "event" not in reply:
+                return reply
+
+    def balloon(self, mib: int) -> float:
+        start = time.perf_counter()
+        self.execute("balloon", value=mib * MiB)
+        self.wait_for('"event": "balloon"')
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def run_once(argv: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        guest = Guest(argv, os.path.join(tmp, "qmp.sock"))
+        try:
+            guest.command("touch 800 1")
+            before = rss_mib(guest.proc.pid)
+            inflate = guest.balloon(224)
+            after = rss_mib(guest.proc.pid)
+            deflate = guest.balloon(1024)
+            return {"inflate": inflate, "deflate": deflate, "rss_before": before,
+                    "rss_after": after}
+        finally:
+            guest.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    vmms = {"kvmkit": kvmkit_cmd()}
+    if shutil.which("qemu-system-x86_64"):
+        vmms["qemu"] = ["qemu-system-x86_64", "-accel", "kvm"]
+    results = {name: [run_once(argv) for _ in range(args.runs)] for name, argv in vmms.items()}
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    print(f"balloon 1024 -> 224 -> 1024 MiB after touching 800 MiB, {args.runs} runs each")
+    print(f"{'vmm':<8} {'inflate s':>10} {'deflate s':>10} {'RSS before':>11} {'RSS after':>10}")
+    for name in results:
+        print(f"{name:<8} {median(name, 'inflate'):>10.3f} {median(name, 'deflate'):>10.3f} "
+              f"{median(name, 'rss_before'):>8.0f} MiB {median(name, 'rss_after'):>6.0f} MiB")
+    if "qemu" in results:
+        for key in ("inflate", "deflate", "rss_after"):
+            ratio = median("kvmkit", key) / median("qemu", key)
+            print(f"ratio kvmkit/qemu {key} (median): {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
