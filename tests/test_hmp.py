@@ -156,6 +156,42 @@ def test_against_live_qemu_on_the_probe_guest(tmp_path):
             p.wait(10)
 
 
+def _qtree_pci_bus(text: str) -> list[str]:
+    """The PCI devices of `info qtree` (ISA children and sysbus devices left out)."""
+    lines = text.splitlines()
+    start = lines.index("    bus: pci.0")
+    out = []
+    for line in lines[start:]:
+        if line.startswith("  dev:"):
+            break
+        if not line.startswith("          "):       # deeper: the ISA bus's devices
+            out.append(line)
+    return out
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("balloon", ["id=b0", "id=b0,deflate-on-oom=on,free-page-reporting=on",
+                                     "disable-legacy=on"])
+def test_pci_devices_print_as_on_live_qemu(tmp_path, balloon):
+    """info pci and the PCI part of info qtree, running, with a virtio-balloon-pci:
+    ids, BAR placement (SeaBIOS's), IRQ routing and virtio properties as QEMU's."""
+    common = ["-m", "256", "-nodefaults", "-display", "none", "-kernel", probe_elf(),
+              "-device", f"virtio-balloon-pci,{balloon}"]
+    qemu = start([QEMU, "-accel", "kvm", *common], str(tmp_path / "q.sock"))
+    kvm = start(kvmkit_command() + common, str(tmp_path / "k.sock"))
+    try:
+        q, k = Qmp(str(tmp_path / "q.sock")), Qmp(str(tmp_path / "k.sock"))
+        time.sleep(1.0)                 # firmware has placed the BARs on both
+        assert k.hmp("info pci") == q.hmp("info pci")
+        ours, theirs = _qtree_pci_bus(k.hmp("info qtree")), _qtree_pci_bus(q.hmp("info qtree"))
+        smbus = [ln for ln in theirs if "i2c" in ln or "smbus" in ln or "address =" in ln]
+        assert ours == [ln for ln in theirs if ln not in smbus]
+    finally:
+        for p in (qemu, kvm):
+            p.terminate()
+            p.wait(10)
+
+
 @pytest.mark.reference
 @pytest.mark.parametrize("capture", ["05_monitor_stdio_pipe.json", "05b_monitor_unix_socket.json"])
 def test_readline_monitor_bytes_match_qemu(tmp_path, capture):

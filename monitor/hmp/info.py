@@ -140,22 +140,82 @@ async def info_hotpluggable_cpus(ctx: HmpContext, args: dict) -> str:
     return "".join(out)
 
 
-def _qtree_pci(device) -> list[str]:
+def _qtree_value(value) -> str:
+    """A property as `info qtree` prints it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value} (0x{value & 0xFFFFFFFFFFFFFFFF:x})"
+    return f'"{value}"'
+
+
+# Properties every QEMU PCI device shows after `addr` (PCIDevice's own).
+PCI_DEVICE_PROPS = (("romfile", ""), ("romsize", 0xFFFFFFFF), ("rombar", 1),
+                    ("multifunction", False), ("x-pcie-lnksta-dllla", True),
+                    ("x-pcie-extcap-init", True), ("failover_pair_id", ""), ("acpi-index", 0))
+# What a virtio-pci proxy shows before them, and its virtio device's common tail.
+VIRTIO_PCI_PROXY_PROPS = (
+    ("virtio-pci-bus-master-bug-migration", False), ("migrate-extra", True),
+    ("modern-pio-notify", False), ("x-disable-pcie", False), ("page-per-vq", False),
+    ("x-ignore-backend-features", False), ("ats", False), ("x-ats-page-aligned", True),
+    ("x-pcie-deverr-init", True), ("x-pcie-lnkctl-init", True), ("x-pcie-pm-init", True),
+    ("x-pcie-flr-init", True), ("aer", False))
+VIRTIO_DEVICE_PROPS = (
+    ("indirect_desc", True), ("event_idx", True), ("notify_on_empty", True),
+    ("any_layout", True), ("iommu_platform", False), ("packed", False),
+    ("queue_reset", True), ("use-started", True), ("use-disabled-flag", True),
+    ("x-disable-legacy-check", False))
+
+
+def _qtree_pci(device, instance=None) -> list[str]:
     klass = device.class_code >> 8
     name = CLASS_NAMES.get(klass, f"Class {klass:04x}")
     sub = int.from_bytes(device.config[0x2C:0x2E], "little"), \
         int.from_bytes(device.config[0x2E:0x30], "little")
-    lines = [f"addr = {device.slot:02x}.{device.function}",
-             f"multifunction = {'true' if device.config[0x0E] & 0x80 else 'false'}",
-             f"class {name}, addr 00:{device.slot:02x}.{device.function}, pci id "
-             f"{device.vendor_id:04x}:{device.device_id:04x} (sub {sub[0]:04x}:{sub[1]:04x})"]
+    props = instance.props if instance else {}
+    lines = []
+    virtio = getattr(device, "backend", None)
+    if virtio is not None:
+        lines += [f'disable-legacy = "{"off" if device.legacy else "on"}"',
+                  f"disable-modern = {_qtree_value(not device.modern)}"]
+        lines += [f"{key} = {_qtree_value(value)}" for key, value in VIRTIO_PCI_PROXY_PROPS]
+    lines.append(f"addr = {device.slot:02x}.{device.function}")
+    multifunction = bool(device.config[0x0E] & 0x80)
+    lines += [f"{key} = {_qtree_value(multifunction if key == 'multifunction' else value)}"
+              for key, value in PCI_DEVICE_PROPS]
+    lines.append(f"class {name}, addr 00:{device.slot:02x}.{device.function}, pci id "
+                 f"{device.vendor_id:04x}:{device.device_id:04x} (sub {sub[0]:04x}:{sub[1]:04x})")
     for bar in sorted(device.bars.values(), key=lambda b: b.index):
         addr = device.bar_address(bar)
         if addr:
             kind = "i/o" if bar.kind == "io" else "mem"
             lines.append(f"bar {bar.index}: {kind} at 0x{addr:x} [0x{addr + bar.size - 1:x}]")
+    if virtio is not None and instance is not None:
+        lines += ["bus: virtio-bus", "  type virtio-pci-bus",
+                  f'  dev: {instance.driver.removesuffix("-pci")}-device, id ""']
+        lines += [f"    {key} = {_qtree_value(value)}"
+                  for key, value in _virtio_device_props(instance.driver, props)]
     return lines
 
+
+def _virtio_device_props(driver: str, props: dict) -> list[tuple[str, object]]:
+    own: list[tuple[str, object]] = []
+    if driver == "virtio-balloon-pci":
+        own = [("deflate-on-oom", props["deflate-on-oom"]), ("free-page-hint", False),
+               ("page-poison", props["page-poison"]),
+               ("free-page-reporting", props["free-page-reporting"]),
+               ("qemu-4-0-config-size", False)]
+    return own + list(VIRTIO_DEVICE_PROPS)
+
+
+# The fixed properties and child buses of the chipset functions kvmkit models.
+PIIX_OWN_PROPS = {"PIIX4_PM": (
+    'gpio-out "smi-irq" 1', 'gpio-out "" 1',
+    "smb_io_base = 1792 (0x700)", "disable_s3 = 0 (0x0)", "disable_s4 = 0 (0x0)",
+    "s4_val = 2 (0x2)", "acpi-pci-hotplug-with-bridge-support = true",
+    "acpi-root-pci-hotplug = true", "memory-hotplug-support = true", "smm-compat = false",
+    "smm-enabled = false", "x-not-migrate-acpi-index = false")}
+PIIX_CHILD_BUSES = {"piix3-ide": ("bus: ide.1", "  type IDE", "bus: ide.0", "  type IDE")}
 
 PCI_TYPE_NAMES = {(0x8086, 0x1237): "i440FX", (0x8086, 0x7000): "PIIX3",
                   (0x8086, 0x7010): "piix3-ide", (0x8086, 0x7113): "PIIX4_PM"}
@@ -167,14 +227,19 @@ async def info_qtree(ctx: HmpContext, args: dict) -> str:
     out = ["bus: main-system-bus", "  type System",
            '  dev: kvm-ioapic, id ""', '    gpio-in "" 24', "    gsi_base = 0 (0x0)",
            "    mmio 00000000fec00000/0000000000001000",
-           '  dev: i440FX-pcihost, id ""', "    bus: pci.0", "      type PCI"]
+           '  dev: i440FX-pcihost, id ""', "    pci-hole64-size = 2147483648 (2 GiB)",
+           "    short_root_bus = 0 (0x0)", "    x-pci-hole64-fix = true",
+           "    x-config-reg-migration-enabled = true", "    bypass-iommu = false",
+           "    bus: pci.0", "      type PCI"]
     instances = {id(i.device): i for i in machine.device_instances}
     for device in reversed(machine.pci.sorted_devices()):
         instance = instances.get(id(device))
         type_name = instance.driver if instance else PCI_TYPE_NAMES.get(
             (device.vendor_id, device.device_id), "pci-device")
         out.append(f'      dev: {type_name}, id "{device.qdev_id}"')
-        out += ["        " + line for line in _qtree_pci(device)]
+        out += ["        " + line for line in PIIX_OWN_PROPS.get(type_name, ())]
+        out += ["        " + line for line in _qtree_pci(device, instance)]
+        out += ["        " + line for line in PIIX_CHILD_BUSES.get(type_name, ())]
         if (device.vendor_id, device.device_id) == (0x8086, 0x7000):
             out += ["        bus: isa.0", "          type ISA"]
             for isa in reversed(_isa_devices(machine)):
