@@ -35,9 +35,11 @@ DEFAULT_CONSOLE = "kvmkit-console.log"
 
 
 def default_arguments() -> list[str]:
-    """`kvmkit` alone: the probe guest, the HMP monitor here, the guest console in a file."""
+    """`kvmkit` alone: the probe guest with a balloon and a NIC (no back end yet: its
+    frames go nowhere), the HMP monitor here, the guest console in a file."""
     return ["-m", "256", "-nodefaults", "-serial", f"file:{DEFAULT_CONSOLE}",
-            "-monitor", "stdio", "-device", "isa-debug-exit"]
+            "-monitor", "stdio", "-device", "isa-debug-exit",
+            "-device", "virtio-balloon-pci,id=balloon0", "-device", "virtio-net-pci,id=net0"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.list_devices:
         print(device_help(), end="")
         return 0
-    if cfg.netdevs:
-        return error("-netdev: networking is not implemented yet")
     if cfg.logfile:
         try:
             logging.basicConfig(filename=cfg.logfile, level=logging.INFO)

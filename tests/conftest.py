@@ -53,9 +53,9 @@ def launch(tmp_path):
     """launch(args, vmm='kvmkit'|'qemu') -> Vmm, closed at the end of the test."""
     started = []
 
-    def _launch(args, vmm="kvmkit"):
+    def _launch(args, vmm="kvmkit", preexec_fn=None):
         start = start_kvmkit if vmm == "kvmkit" else start_qemu
-        proc = start(args, cwd=str(tmp_path))
+        proc = start(args, cwd=str(tmp_path), preexec_fn=preexec_fn)
         started.append(proc)
         return proc
 

@@ -41,10 +41,10 @@ class GuestError(AssertionError):
 class Vmm:
     """A VMM process whose stdout is the guest's COM1 and stdin its input."""
 
-    def __init__(self, argv: list[str], cwd: str | None = None) -> None:
+    def __init__(self, argv: list[str], cwd: str | None = None, preexec_fn=None) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, cwd=cwd)
+                                     stderr=subprocess.PIPE, cwd=cwd, preexec_fn=preexec_fn)
         self.lines: queue.Queue[bytes | None] = queue.Queue()
         self.stderr_chunks: list[bytes] = []
         self.transcript: list[str] = []
@@ -134,12 +134,12 @@ def machine_args(memory_mib: int = 256, cpus: int = 1, kernel: str | None = None
             "-kernel", kernel or probe_elf(), *(extra or [])]
 
 
-def start_kvmkit(args: list[str], cwd: str | None = None) -> Vmm:
-    return Vmm(kvmkit_command() + args, cwd=cwd)
+def start_kvmkit(args: list[str], cwd: str | None = None, preexec_fn=None) -> Vmm:
+    return Vmm(kvmkit_command() + args, cwd=cwd, preexec_fn=preexec_fn)
 
 
-def start_qemu(args: list[str], cwd: str | None = None) -> Vmm:
-    return Vmm([QEMU, "-accel", "kvm", *args], cwd=cwd)
+def start_qemu(args: list[str], cwd: str | None = None, preexec_fn=None) -> Vmm:
+    return Vmm([QEMU, "-accel", "kvm", *args], cwd=cwd, preexec_fn=preexec_fn)
 
 
 def kvm_usable() -> bool:
@@ -176,8 +176,8 @@ class QmpLine:
         self.events: list[dict] = []
         self.execute("qmp_capabilities")
 
-    def execute(self, name: str, **args) -> dict:
-        msg: dict = {"execute": name}
+    def execute(self, command: str, /, **args) -> dict:
+        msg: dict = {"execute": command}
         if args:
             msg["arguments"] = args
         self.sock.sendall(json.dumps(msg).encode() + b"\n")

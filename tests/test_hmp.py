@@ -170,19 +170,30 @@ def _qtree_pci_bus(text: str) -> list[str]:
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("balloon", ["id=b0", "id=b0,deflate-on-oom=on,free-page-reporting=on",
-                                     "disable-legacy=on"])
-def test_pci_devices_print_as_on_live_qemu(tmp_path, balloon):
-    """info pci and the PCI part of info qtree, running, with a virtio-balloon-pci:
-    ids, BAR placement (SeaBIOS's), IRQ routing and virtio properties as QEMU's."""
-    common = ["-m", "256", "-nodefaults", "-display", "none", "-kernel", probe_elf(),
-              "-device", f"virtio-balloon-pci,{balloon}"]
+@pytest.mark.parametrize("devices", [
+    ["virtio-balloon-pci,id=b0"],
+    ["virtio-balloon-pci,id=b0,deflate-on-oom=on,free-page-reporting=on"],
+    ["virtio-balloon-pci,disable-legacy=on"],
+    ["virtio-net-pci,id=n0", "virtio-net-pci,mac=52:54:00:00:00:07"]])
+def test_pci_devices_print_as_on_live_qemu(tmp_path, devices):
+    """info pci, info network and the PCI part of info qtree, running: ids, BAR
+    placement (SeaBIOS's), IRQ routing, MSI-X and ROM BARs, virtio properties."""
+    common = ["-m", "256", "-nodefaults", "-display", "none", "-kernel", probe_elf()]
+    for device in devices:
+        common += ["-device", device]
     qemu = start([QEMU, "-accel", "kvm", *common], str(tmp_path / "q.sock"))
     kvm = start(kvmkit_command() + common, str(tmp_path / "k.sock"))
     try:
         q, k = Qmp(str(tmp_path / "q.sock")), Qmp(str(tmp_path / "k.sock"))
-        time.sleep(1.0)                 # firmware has placed the BARs on both
-        assert k.hmp("info pci") == q.hmp("info pci")
+        # Wait until SeaBIOS has placed QEMU's BARs and is done with the option ROMs
+        # (it maps them while it runs them, and iPXE's take a while).
+        deadline = time.monotonic() + 20
+        while re.search(r"BAR[0-5]: .* at 0xf{16}|BAR6: 32 bit memory at 0x(?!f{16})",
+                        theirs := q.hmp("info pci")):
+            assert time.monotonic() < deadline, theirs
+            time.sleep(0.2)
+        assert k.hmp("info pci") == theirs
+        assert k.hmp("info network") == q.hmp("info network")
         ours, theirs = _qtree_pci_bus(k.hmp("info qtree")), _qtree_pci_bus(q.hmp("info qtree"))
         smbus = [ln for ln in theirs if "i2c" in ln or "smbus" in ln or "address =" in ln]
         assert ours == [ln for ln in theirs if ln not in smbus]

@@ -61,7 +61,7 @@ class MachineConfig:
     serials: list[str] = field(default_factory=list)      # chardev ids, COM1 first
     devices: list[DeviceSpec] = field(default_factory=list)
     monitors: list[MonitorSpec] = field(default_factory=list)
-    netdevs: list[dict[str, str]] = field(default_factory=list)
+    netdevs: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (origin, opts)
     pidfile: str | None = None
     daemonize: bool = False
     logfile: str | None = None
@@ -291,7 +291,7 @@ class _Parser:
 
     def opt_netdev(self, arg: str) -> None:
         opts = parse_opts(arg, implied="type")
-        self.cfg.netdevs.append(opts)
+        self.cfg.netdevs.append((f"-netdev {arg}", opts))
 
     def opt_nic(self, arg: str) -> None:
         raise self.fail("-nic is not supported yet: networking is not implemented")

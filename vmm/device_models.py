@@ -44,6 +44,12 @@ register(DeviceModel("virtio-balloon-pci", "pci", "virtio balloon", {
     "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False)}))
 
 
+register(DeviceModel("virtio-net-pci", "pci", "virtio network device", {
+    "addr": ("str", None), "bus": ("str", None), "netdev": ("str", None), "mac": ("str", None),
+    "vectors": ("int", 4), "romfile": ("str", "efi-virtio.rom"),
+    "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False)}))
+
+
 class DeviceError(ValueError):
     pass
 

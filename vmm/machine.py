@@ -49,9 +49,12 @@ from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
 from vmm.devices.rtc import Rtc
 from vmm.devices.serial import COM_PORTS, Serial16550
 from vmm.devices.virtio_balloon import VirtioBalloon
+from vmm.devices.virtio_net import VirtioNet
 from vmm.ioevents import IoEvents
 from vmm.kvm import Kvm, KvmError
 from vmm.memory import GuestMemory
+from vmm.msix import MsiRoutes
+from vmm.net.network import NetError, Network, Nic, parse_mac
 from vmm.pci import INTERRUPT_LINE, PciBus
 from vmm.qemuopts import OptsError, parse_bool, parse_int
 from vmm.timer import DeviceTimer
@@ -245,6 +248,16 @@ class Machine:
             serial_ids = ["serial0"]
         for chardev_id in serial_ids:
             self._add_serial(chardev_id or None, -1, -1, -1)
+        self.network = Network(self.lock, _inherited_fd,
+                               lambda name, data: self._from_vcpu(self.emit, name, data))
+        self._msi_routes: MsiRoutes | None = None
+        for origin, opts in self.cfg.netdevs:
+            try:
+                if "id" not in opts:
+                    raise NetError("Parameter 'id' is missing")
+                self.network.add_netdev(opts["id"], opts.get("type", ""), opts)
+            except NetError as e:
+                raise MachineError(f"{origin}: {e}") from None
         chardev_ids = set(self.chardevs)
         for spec in self.cfg.devices:
             try:
@@ -267,6 +280,8 @@ class Machine:
                                       props["irq"])
         elif driver == "virtio-balloon-pci":
             device = self._add_balloon(props)
+        elif driver == "virtio-net-pci":
+            device = self._add_virtio_net(props)
         elif driver == "isa-debug-exit":
             device = IsaDebugExit(self.request_exit)
             try:
@@ -298,6 +313,46 @@ class Machine:
         self.pci.plug(transport, self._pci_slot(props.get("addr")))
         self.balloon = balloon
         return transport
+
+    def _add_virtio_net(self, props: dict):
+        owner = "virtio-net-device"
+        mac = parse_mac(props["mac"]) if props.get("mac") else self.network.default_mac()
+        if mac is None:
+            raise DeviceError(f"Property '{owner}.mac' doesn't take value '{props['mac']}'")
+        props["mac"] = ":".join(f"{b:02x}" for b in mac)    # what QOM and qtree show
+        try:
+            backend = self.network.find_backend(props["netdev"], owner) \
+                if props.get("netdev") else None
+            name = self.network.nic_name(props.get("id"), "virtio-net-pci")
+            net = VirtioNet(mac, lambda: self.network.rx_filter_changed(name))
+            transport = VirtioPciDevice(net, self.memory, 0x020000,
+                                        legacy=props["disable-legacy"] != "on",
+                                        modern=not props["disable-modern"],
+                                        msix_vectors=props["vectors"],
+                                        msi_routes=self.msi_routes)
+        except (NetError, ValueError) as e:
+            raise DeviceError(str(e)) from None
+        transport.add_rom(0x40000)           # where QEMU has efi-virtio.rom
+        transport.qdev_id = props.get("id") or ""
+        transport.ioevents = self.ioevents
+        self.pci.plug(transport, self._pci_slot(props.get("addr")))
+        self.network.attach_nic(Nic(name, "virtio-net-pci", mac, net, backend,
+                                    path=self._new_device_path(props.get("id")) +
+                                    "/virtio-backend"))
+        return transport
+
+    def _new_device_path(self, qdev_id: str | None) -> str:
+        """The QOM path the device being added will have (see monitor/qom.py)."""
+        if qdev_id:
+            return f"/machine/peripheral/{qdev_id}"
+        anonymous = sum(1 for d in self.device_instances if not d.id)
+        return f"/machine/peripheral-anon/device[{anonymous}]"
+
+    @property
+    def msi_routes(self) -> MsiRoutes:
+        if self._msi_routes is None:
+            self._msi_routes = MsiRoutes(self.vm)
+        return self._msi_routes
 
     def device_timer(self, callback: Callable[[], None]) -> DeviceTimer:
         """A timer for a device: fires on the loop, under the machine lock."""
@@ -415,6 +470,7 @@ class Machine:
         self.exit_status = loop.create_future()
         for chardev in self.chardevs.values():
             chardev.start(loop)
+        self.network.start(loop)
         for runner in self.vcpus:
             runner.start()
 
@@ -582,6 +638,8 @@ class Machine:
             runner.stop()
         for chardev in self.chardevs.values():
             chardev.close()
+        if hasattr(self, "network"):
+            self.network.close()
         for runner in getattr(self, "vcpus", []):
             runner.vcpu.close()
         if hasattr(self, "vm"):
@@ -591,3 +649,13 @@ class Machine:
         if hasattr(self, "kvm"):
             self.kvm.close()
 
+
+
+def _inherited_fd(name: str) -> int:
+    """-netdev ...,fd=N on the command line: a descriptor the VMM was started with."""
+    try:
+        fd = int(name)
+        os.fstat(fd)
+        return fd
+    except (ValueError, OSError):
+        raise NetError(f"invalid file descriptor value '{name}'") from None

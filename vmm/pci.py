@@ -50,13 +50,19 @@ QEMU_SUBSYSTEM = 0x1100
 class Bar:
     index: int
     size: int
-    kind: str                      # "io", "mem32" or "mem64"
+    kind: str                      # "io", "mem32", "mem64" or "rom" (BAR6, at 0x30)
     prefetchable: bool
     device: object                 # bus device serving the BAR (bus_read/bus_write)
     mapped_at: int = UNMAPPED
 
     @property
+    def config_offset(self) -> int:
+        return ROM_ADDRESS if self.kind == "rom" else BAR0 + 4 * self.index
+
+    @property
     def flags(self) -> int:
+        if self.kind == "rom":
+            return 0
         if self.kind == "io":
             return BAR_IO
         return (BAR_MEM64 if self.kind == "mem64" else 0) | (BAR_PREFETCH if self.prefetchable
@@ -121,9 +127,11 @@ class PciDevice:
             raise ValueError("BAR size must be a power of two (>= 4 for I/O, 16 for memory)")
         bar = Bar(index, size, kind, prefetchable, device)
         self.bars[index] = bar
-        offset = BAR0 + 4 * index
+        offset = bar.config_offset
         struct.pack_into("<I", self.config, offset, bar.flags)
         mask = ~(size - 1) & (0xFFFFFFFC if kind == "io" else 0xFFFFFFF0)
+        if kind == "rom":
+            mask = (~(size - 1) & 0xFFFFF800) | 1     # address and the enable bit
         self._set_wmask(offset, 4, mask & 0xFFFFFFFF)
         if kind == "mem64":
             self._set_wmask(offset + 4, 4, (~(size - 1) >> 32) & 0xFFFFFFFF)
@@ -190,9 +198,16 @@ class PciDevice:
         """Hook: a BAR was mapped at `address` (UNMAPPED: taken away)."""
 
     # -- BARs --------------------------------------------------------------
+    def add_rom(self, size: int) -> Bar:
+        """An expansion ROM BAR with no image: firmware places it, nobody enables it
+        (as QEMU's option ROMs look to a guest booted without SeaBIOS running them)."""
+        return self.add_bar(6, size, "rom", None)
+
     def bar_address(self, bar: Bar) -> int:
-        offset = BAR0 + 4 * bar.index
+        offset = bar.config_offset
         low = struct.unpack_from("<I", self.config, offset)[0]
+        if bar.kind == "rom":
+            return low & 0xFFFFF800
         if bar.kind == "io":
             return low & 0xFFFFFFFC
         address = low & 0xFFFFFFF0
@@ -201,7 +216,7 @@ class PciDevice:
         return address
 
     def set_bar_address(self, bar: Bar, address: int) -> None:
-        offset = BAR0 + 4 * bar.index
+        offset = bar.config_offset
         struct.pack_into("<I", self.config, offset, (address & 0xFFFFFFFF) | bar.flags)
         if bar.kind == "mem64":
             struct.pack_into("<I", self.config, offset + 4, address >> 32)
@@ -209,6 +224,8 @@ class PciDevice:
     def update_mappings(self) -> None:
         """Maps each BAR where the guest put it, if its decode bit is on."""
         for bar in self.bars.values():
+            if bar.kind == "rom":
+                continue                 # no image to map
             enabled = self.command & (COMMAND_IO if bar.kind == "io" else COMMAND_MEMORY)
             address = self.bar_address(bar)
             limit = 0x10000 if bar.kind == "io" else 1 << 64
@@ -332,8 +349,10 @@ class PciBus:
         def align(kind: str) -> int:
             return kinds[kind][0][1].size if kinds[kind] else 1
 
-        top, bottom = ("prefmem", "mem") if align("mem") < align("prefmem") else \
-            ("mem", "prefmem")
+        # SeaBIOS's pci_bios_init_root_regions_mem: prefetchable on top, unless the
+        # plain region needs less alignment.
+        top, bottom = ("mem", "prefmem") if align("mem") < align("prefmem") else \
+            ("prefmem", "mem")
         top_base = (mem_end - total(top)) & ~(align(top) - 1)
         bases = {"io": io_base, top: top_base,
                  bottom: (top_base - total(bottom)) & ~(align(bottom) - 1),

@@ -46,11 +46,10 @@ def device_del(ctx, id):
 
 @command("set_link", args=[Member("name", STR), Member("up", BOOL)])
 def set_link(ctx, name, up):
-    links = getattr(ctx.machine, "net_clients", {})
-    client = links.get(name)
-    if client is None:
-        raise device_not_found(name)
-    client.set_link(up)
+    try:
+        ctx.machine.network.set_link(name, up)
+    except KeyError:
+        raise device_not_found(name) from None
 
 
 @command("qom-list-types", args=[Member("implements", STR, True),

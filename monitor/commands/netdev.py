@@ -1,16 +1,12 @@
-"""netdev_add / netdev_del: host network back ends.
-
-Until kvmkit's back ends land (user, tap, bridge: issue 7), a valid request
-gets QEMU's own answer for a back end a binary lacks.
-"""
+"""netdev_add / netdev_del (host network back ends, vmm/net/) and query-rx-filter."""
 
 from __future__ import annotations
 
 import re
 
 from monitor.errors import QmpError, device_not_found
-from monitor.registry import command
-from monitor.types import STR, Enum, Member
+from monitor.registry import REGISTRY, command
+from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
 
 NET_CLIENT_DRIVER = Enum("NetClientDriver", (
     "none", "nic", "user", "tap", "l2tpv3", "socket", "stream", "dgram", "vde", "bridge",
@@ -22,20 +18,59 @@ def valid_id(name: str) -> bool:
     return ID_PATTERN.fullmatch(name) is not None
 
 
+def _qemu_text(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
 @command("netdev_add", args=[Member("id", STR), Member("type", NET_CLIENT_DRIVER)],
          extra_args=True)
 def netdev_add(ctx, id, type, props):
+    from vmm.net.network import NetError
+
     if not valid_id(id):
         raise QmpError("Parameter 'id' expects an identifier")
-    add = getattr(ctx.machine, "add_netdev", None)
-    if add is None:
-        raise QmpError(f"network backend '{type}' is not compiled into this binary")
-    add(id, type, props)
+    opts = {key: _qemu_text(value) for key, value in props.items()}
+
+    def session_fd(name: str) -> int:
+        """fd=NAME: a descriptor passed with getfd (the back end takes it over)."""
+        if name.isdigit():
+            return int(name)
+        if name not in ctx.session.fds:
+            raise NetError(f"File descriptor named '{name}' has not been found")
+        return ctx.session.fds.pop(name)
+
+    try:
+        ctx.machine.network.add_netdev(id, type, {"id": id, "type": type, **opts},
+                                       fd_lookup=session_fd)
+    except NetError as e:
+        raise QmpError(str(e)) from None
 
 
 @command("netdev_del", args=[Member("id", STR)])
 def netdev_del(ctx, id):
-    remove = getattr(ctx.machine, "remove_netdev", None)
-    if remove is None:
-        raise device_not_found(id)
-    remove(id)
+    try:
+        ctx.machine.network.remove_netdev(id)
+    except KeyError:
+        raise device_not_found(id) from None
+
+
+RX_STATE = Enum("RxState", ("normal", "none", "all"))
+RX_FILTER_INFO = Struct("RxFilterInfo", (
+    Member("name", STR), Member("promiscuous", BOOL), Member("multicast", RX_STATE),
+    Member("unicast", RX_STATE), Member("vlan", RX_STATE), Member("broadcast-allowed", BOOL),
+    Member("multicast-overflow", BOOL), Member("unicast-overflow", BOOL),
+    Member("main-mac", STR), Member("vlan-table", ListOf(INT)),
+    Member("unicast-table", ListOf(STR)), Member("multicast-table", ListOf(STR))))
+REGISTRY.event("NIC_RX_FILTER_CHANGED", [Member("name", STR, True), Member("path", STR)])
+
+
+@command("query-rx-filter", args=[Member("name", STR, True)], returns=ListOf(RX_FILTER_INFO))
+def query_rx_filter(ctx, name=None):
+    try:
+        return ctx.machine.network.query_rx_filter(name)
+    except KeyError:
+        raise QmpError(f"invalid net client name: {name}") from None
+    except ValueError as e:
+        raise QmpError(str(e)) from None

@@ -38,6 +38,8 @@ def device_info(device) -> dict:
     regions = []
     for bar in sorted(device.bars.values(), key=lambda b: b.index):
         address = device.bar_address(bar)
+        if bar.kind == "rom" and not device.config[0x30] & 1:
+            address = 0                  # a ROM counts as mapped only once enabled
         region = {"bar": bar.index, "type": "io" if bar.kind == "io" else "memory",
                   "address": address if address else UNASSIGNED, "size": bar.size}
         if bar.kind != "io":

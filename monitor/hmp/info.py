@@ -68,8 +68,7 @@ async def info_block(ctx: HmpContext, args: dict) -> str:
 
 @hmp("network", "", "", "show the network state", info=True)
 async def info_network(ctx: HmpContext, args: dict) -> str:
-    show = getattr(ctx.machine, "network_lines", None)
-    return "".join(line + "\n" for line in show()) if show else ""
+    return "".join(line + "\n" for line in ctx.machine.network.lines())
 
 
 @hmp("pci", "", "", "show PCI info", info=True)
@@ -160,6 +159,10 @@ VIRTIO_PCI_PROXY_PROPS = (
     ("x-ignore-backend-features", False), ("ats", False), ("x-ats-page-aligned", True),
     ("x-pcie-deverr-init", True), ("x-pcie-lnkctl-init", True), ("x-pcie-pm-init", True),
     ("x-pcie-flr-init", True), ("aer", False))
+VIRTIO_NET_FEATURE_PROPS = (
+    "csum", "guest_csum", "gso", "guest_tso4", "guest_tso6", "guest_ecn", "guest_ufo",
+    "guest_announce", "host_tso4", "host_tso6", "host_ecn", "host_ufo", "mrg_rxbuf", "status",
+    "ctrl_vq", "ctrl_rx", "ctrl_vlan", "ctrl_rx_extra", "ctrl_mac_addr", "ctrl_guest_offloads")
 VIRTIO_DEVICE_PROPS = (
     ("indirect_desc", True), ("event_idx", True), ("notify_on_empty", True),
     ("any_layout", True), ("iommu_platform", False), ("packed", False),
@@ -178,18 +181,22 @@ def _qtree_pci(device, instance=None) -> list[str]:
     if virtio is not None:
         lines += [f'disable-legacy = "{"off" if device.legacy else "on"}"',
                   f"disable-modern = {_qtree_value(not device.modern)}"]
+        if device.msix is not None:
+            lines += ["ioeventfd = true", f"vectors = {_qtree_value(device.msix.vectors)}"]
         lines += [f"{key} = {_qtree_value(value)}" for key, value in VIRTIO_PCI_PROXY_PROPS]
     lines.append(f"addr = {device.slot:02x}.{device.function}")
-    multifunction = bool(device.config[0x0E] & 0x80)
-    lines += [f"{key} = {_qtree_value(multifunction if key == 'multifunction' else value)}"
-              for key, value in PCI_DEVICE_PROPS]
+    live = {"multifunction": bool(device.config[0x0E] & 0x80)}
+    rom = device.bars.get(6)
+    if rom is not None:
+        live.update(romfile=props.get("romfile", ""), romsize=rom.size)
+    lines += [f"{key} = {_qtree_value(live.get(key, value))}" for key, value in PCI_DEVICE_PROPS]
     lines.append(f"class {name}, addr 00:{device.slot:02x}.{device.function}, pci id "
                  f"{device.vendor_id:04x}:{device.device_id:04x} (sub {sub[0]:04x}:{sub[1]:04x})")
     for bar in sorted(device.bars.values(), key=lambda b: b.index):
-        addr = device.bar_address(bar)
-        if addr:
-            kind = "i/o" if bar.kind == "io" else "mem"
-            lines.append(f"bar {bar.index}: {kind} at 0x{addr:x} [0x{addr + bar.size - 1:x}]")
+        addr = bar.mapped_at         # QEMU prints where it is mapped, all-ones if nowhere
+        end = (addr + bar.size - 1) & 0xFFFFFFFFFFFFFFFF
+        kind = "i/o" if bar.kind == "io" else "mem"
+        lines.append(f"bar {bar.index}: {kind} at 0x{addr:x} [0x{end:x}]")
     if virtio is not None and instance is not None:
         lines += ["bus: virtio-bus", "  type virtio-pci-bus",
                   f'  dev: {instance.driver.removesuffix("-pci")}-device, id ""']
@@ -200,7 +207,15 @@ def _qtree_pci(device, instance=None) -> list[str]:
 
 def _virtio_device_props(driver: str, props: dict) -> list[tuple[str, object]]:
     own: list[tuple[str, object]] = []
-    if driver == "virtio-balloon-pci":
+    if driver == "virtio-net-pci":
+        own = [(name, True) for name in VIRTIO_NET_FEATURE_PROPS]
+        own += [("mq", False), ("rss", False), ("hash", False), ("guest_rsc_ext", False),
+                ("rsc_interval", 300000), ("mac", props["mac"]),
+                ("netdev", props.get("netdev") or ""), ("x-txtimer", 150000),
+                ("x-txburst", 256), ("tx", ""), ("rx_queue_size", 256),
+                ("tx_queue_size", 256), ("host_mtu", 0), ("x-mtu-bypass-backend", True),
+                ("speed", -1), ("duplex", ""), ("failover", False)]
+    elif driver == "virtio-balloon-pci":
         own = [("deflate-on-oom", props["deflate-on-oom"]), ("free-page-hint", False),
                ("page-poison", props["page-poison"]),
                ("free-page-reporting", props["free-page-reporting"]),

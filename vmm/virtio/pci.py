@@ -12,10 +12,11 @@ one page frame number with the legacy ring layout.
 
 QEMU's conventional-PCI default is transitional (both interfaces, PCI device
 id 0x1000 + n); ``disable-legacy=on`` gives the modern-only id 0x1040 + type,
-``disable-modern=on`` the legacy-only device. Interrupts are INTx: the ISR
-register says why (bit 0 queue, bit 1 configuration) and reading it lowers
-the line. A guest that breaks the rules gets DEVICE_NEEDS_RESET, never an
-exception.
+``disable-modern=on`` the legacy-only device. Interrupts are MSI-X vectors
+(BAR1) when the device has them and the driver enabled them, else INTx: the
+ISR register says why (bit 0 queue, bit 1 configuration) and reading it
+lowers the line. A guest that breaks the rules gets DEVICE_NEEDS_RESET, never
+an exception.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import struct
 from functools import partial
 
 from vmm.memory import GuestMemory
+from vmm.msix import MsiRoutes, Msix
 from vmm.pci import UNMAPPED, Bar, PciDevice
 from vmm.virtio.device import VirtioDevice, read_le
 from vmm.virtio.queue import SplitQueue, VirtqueueError
@@ -49,6 +51,8 @@ CFG_COMMON, CFG_NOTIFY, CFG_ISR, CFG_DEVICE, CFG_PCI = 1, 2, 3, 4, 5
 # Transitional PCI device ids by virtio device type (virtio 1.x, 4.1.2.1).
 TRANSITIONAL_IDS = {1: 0x1000, 2: 0x1001, 5: 0x1002, 3: 0x1003, 8: 0x1004, 4: 0x1005, 9: 0x1009}
 LEGACY_HEADER = 20              # the legacy register block before the device config
+LEGACY_MSIX_HEADER = 24         # ... with the two MSI-X vector registers, once enabled
+MSIX_BAR = 1
 LEGACY_PAGE = 4096              # legacy queue PFN unit and used-ring alignment
 
 
@@ -56,6 +60,7 @@ class _QueueState:
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self.size = max_size
+        self.vector = NO_VECTOR
         self.enabled = False
         self.desc = self.driver = self.device = 0
         self.queue: SplitQueue | None = None
@@ -65,7 +70,8 @@ class VirtioPciDevice(PciDevice):
     """Carries one VirtioDevice over PCI, with QEMU's layout and ids."""
 
     def __init__(self, backend: VirtioDevice, memory: GuestMemory, class_code: int,
-                 legacy: bool = True, modern: bool = True) -> None:
+                 legacy: bool = True, modern: bool = True, msix_vectors: int = 0,
+                 msi_routes: MsiRoutes | None = None) -> None:
         if not (legacy or modern):
             raise ValueError("device cannot work as neither modern nor legacy mode is enabled")
         kind = backend.device_type
@@ -83,11 +89,15 @@ class VirtioPciDevice(PciDevice):
         self.pci_cfg_cap = 0
         self.ioevents = None            # the machine's IoEvents, for in-kernel doorbells
         self._doorbells: dict[int, list] = {}
+        self.msix = Msix(msix_vectors, msi_routes) if msix_vectors else None
         if legacy:
             size = 4
-            while size < LEGACY_HEADER + backend.config_size:
+            while size < (LEGACY_MSIX_HEADER if self.msix else LEGACY_HEADER) + \
+                    backend.config_size:
                 size *= 2
             self.add_bar(0, size, "io", _LegacyBar(self))
+        if self.msix:
+            self.add_bar(MSIX_BAR, 0x1000, "mem32", self.msix)
         if modern:
             self.add_bar(4, 4 * REGION_SIZE, "mem64", _Bar4(self), prefetchable=True)
             for cfg_type, offset, length in ((CFG_COMMON, COMMON, REGION_SIZE),
@@ -100,6 +110,8 @@ class VirtioPciDevice(PciDevice):
             body = _vendor_cap(20, CFG_PCI, 0, 0, bar=0) + bytes(4)
             self.pci_cfg_cap = self.add_capability(CAP_VENDOR, body, wmask=bytes(
                 [0, 0, 0xFF, 0, 0, 0] + [0xFF] * 12))
+        if self.msix:
+            self.msix.add_to(self, MSIX_BAR)
         self.reset_transport()
 
     def reset_transport(self) -> None:
@@ -109,6 +121,7 @@ class VirtioPciDevice(PciDevice):
         self.driver_features = 0
         self.queue_select = 0
         self.config_generation = 0
+        self.config_vector = NO_VECTOR
         self.isr = 0
         self.queues = [_QueueState(size) for size in self.backend.queue_sizes]
         self.set_intx(0)
@@ -116,7 +129,18 @@ class VirtioPciDevice(PciDevice):
 
     def reset(self) -> None:
         super().reset()
+        if self.msix:
+            self.msix.reset()
+            self.config[self.msix.cap + 3] &= 0x3F       # MSI-X enable and mask off
         self.reset_transport()
+
+    @property
+    def msix_enabled(self) -> bool:
+        return self.msix is not None and self.msix.enabled
+
+    def _vector(self, value: int) -> int:
+        """A vector the driver asked for: NO_VECTOR if the device has no such vector."""
+        return value if self.msix is not None and value < self.msix.vectors else NO_VECTOR
 
     @property
     def offered_features(self) -> int:
@@ -129,12 +153,22 @@ class VirtioPciDevice(PciDevice):
 
     def interrupt_queue(self, index: int) -> None:
         queue = self.queue(index)
-        if queue is not None and queue.should_notify():
+        if queue is None or not queue.should_notify():
+            return
+        if self.msix_enabled:
+            if self.queues[index].vector != NO_VECTOR:
+                self.msix.notify(self.queues[index].vector)
+        else:
             self._raise(ISR_QUEUE)
 
     def config_changed(self) -> None:
         self.config_generation = (self.config_generation + 1) & 0xFF
-        if self.device_status & S_DRIVER_OK:
+        if not self.device_status & S_DRIVER_OK:
+            return
+        if self.msix_enabled:
+            if self.config_vector != NO_VECTOR:
+                self.msix.notify(self.config_vector)
+        else:
             self._raise(ISR_CONFIG)
 
     def guest_error(self, message: str) -> None:
@@ -193,8 +227,9 @@ class VirtioPciDevice(PciDevice):
             "<IIIIHHBBHHHHHQQQ",
             self.device_feature_select, half(self.offered_features, self.device_feature_select),
             self.driver_feature_select, half(self.driver_features, self.driver_feature_select),
-            NO_VECTOR, len(self.queues), self.device_status, self.config_generation,
-            self.queue_select, q.size if q else 0, NO_VECTOR, 1 if q and q.enabled else 0,
+            self.config_vector, len(self.queues), self.device_status, self.config_generation,
+            self.queue_select, q.size if q else 0, q.vector if q else NO_VECTOR,
+            1 if q and q.enabled else 0,
             self.queue_select if q else 0, q.desc if q else 0, q.driver if q else 0,
             q.device if q else 0)
 
@@ -212,10 +247,14 @@ class VirtioPciDevice(PciDevice):
             shift = 32 * self.driver_feature_select
             self.driver_features = (self.driver_features & ~(0xFFFFFFFF << shift)) | \
                 ((value & 0xFFFFFFFF) << shift)
+        elif offset == 0x10:
+            self.config_vector = self._vector(value & 0xFFFF)
         elif offset == 0x14:
             self._write_modern_status(value & 0xFF)
         elif offset == 0x16:
             self.queue_select = value & 0xFFFF
+        elif offset == 0x1A and q is not None:
+            q.vector = self._vector(value & 0xFFFF)
         elif q is None or q.enabled and offset != 0x1C:
             return
         elif offset == 0x18:
@@ -244,10 +283,17 @@ class VirtioPciDevice(PciDevice):
         self._set_status(value)
 
     # -- legacy register block (BAR0) ----------------------------------------------
+    @property
+    def _legacy_config_at(self) -> int:
+        return LEGACY_MSIX_HEADER if self.msix_enabled else LEGACY_HEADER
+
     def legacy_read(self, offset: int, size: int) -> int:
-        if offset >= LEGACY_HEADER:
-            return self.backend.config_read(offset - LEGACY_HEADER, size)
+        if offset >= self._legacy_config_at:
+            return self.backend.config_read(offset - self._legacy_config_at, size)
         q = self._selected()
+        if offset >= LEGACY_HEADER:         # the MSI-X vector registers
+            vectors = struct.pack("<HH", self.config_vector, q.vector if q else NO_VECTOR)
+            return read_le(vectors, offset - LEGACY_HEADER, size)
         header = struct.pack("<IIIHHHBB", self.backend.features & 0xFFFFFFFF,
                              self.driver_features & 0xFFFFFFFF,
                              q.desc // LEGACY_PAGE if q and q.enabled else 0,
@@ -259,8 +305,14 @@ class VirtioPciDevice(PciDevice):
         return value
 
     def legacy_write(self, offset: int, size: int, value: int) -> None:
-        if offset >= LEGACY_HEADER:
-            self.backend.config_write(offset - LEGACY_HEADER, size, value)
+        if offset >= self._legacy_config_at:
+            self.backend.config_write(offset - self._legacy_config_at, size, value)
+        elif offset == 0x14:
+            self.config_vector = self._vector(value & 0xFFFF)
+        elif offset == 0x16:
+            q = self._selected()
+            if q is not None:
+                q.vector = self._vector(value & 0xFFFF)
         elif offset == 0x04:
             self.driver_features = value & self.backend.features & 0xFFFFFFFF
             self.backend.features_negotiated(self.driver_features)
@@ -326,6 +378,8 @@ class VirtioPciDevice(PciDevice):
         return super().config_read(offset, size)
 
     def config_written(self, offset: int, size: int, value: int) -> None:
+        if self.msix:
+            self.msix.config_written()
         if self.modern and offset == self.pci_cfg_cap + 16:
             window = self._cfg_window()
             if window is not None:

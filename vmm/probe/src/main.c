@@ -210,6 +210,10 @@ static void dispatch(const char *line)
     if (is(line, "balloon", &a)) { cmd_balloon(a); return; }
     if (is(line, "stats", &a)) { cmd_stats(a); return; }
     if (is(line, "report", &a)) { cmd_report(a); return; }
+    if (is(line, "net", &a)) { cmd_net(a); return; }
+    if (is(line, "netsend", &a)) { cmd_netsend(a); return; }
+    if (is(line, "netrecv", &a)) { cmd_netrecv(a); return; }
+    if (is(line, "netrxmode", &a)) { cmd_netrxmode(a); return; }
     if (is(line, "echo", &a)) { printf("{\"echo\": \"%s\"}\n", skip_spaces(a)); return; }
     if (is(line, "crash", &a)) {
         printf("{\"crashing\": true}\n");
@@ -222,6 +226,13 @@ static void dispatch(const char *line)
     for (unsigned i = 0; i < sizeof(mmio) / sizeof(*mmio); i++)
         if (is(line, mmio[i], &a)) { cmd_mmio(mmio[i], a); return; }
     printf("{\"error\": \"unknown command\"}\n");
+}
+
+/* Whenever the command loop wakes: the drivers look at their devices. */
+static void devices_poll(void)
+{
+    balloon_poll();
+    net_poll();
 }
 
 void probe_main(unsigned cpu, unsigned start_info)
@@ -237,7 +248,8 @@ void probe_main(unsigned cpu, unsigned start_info)
     if (acpi.madt_cpus > 1)
         start_aps(acpi.madt_cpus);
     balloon_init();
-    idle_hook = balloon_poll;
+    net_init();
+    idle_hook = devices_poll;
     printf("{\"event\": \"ready\", \"cpus\": %u, \"memory_mib\": %lu}\n", cpus_online,
            ram_bytes >> 20);
     for (;;) {

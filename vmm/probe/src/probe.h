@@ -98,6 +98,13 @@ void balloon_poll(void);
 u32 balloon_inflated(void);
 void cmd_balloon(const char *args);
 void cmd_stats(const char *args);
+/* net.c */
+void net_init(void);
+void net_poll(void);
+void cmd_net(const char *args);
+void cmd_netsend(const char *args);
+void cmd_netrecv(const char *args);
+void cmd_netrxmode(const char *args);
 void cmd_report(const char *args);
 
 /* serial.c: called each time the command loop wakes up */

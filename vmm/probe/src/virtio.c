@@ -170,19 +170,30 @@ void virtio_ready(struct virtio_dev *dev)
     mmio_write8(dev->common + STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
 }
 
-void vq_add(struct virtqueue *vq, void *buf, u32 len, int writable)
+/* Makes the chain at descriptor `head` available and kicks the device. */
+static void vq_publish(struct virtqueue *vq, u16 head)
+{
+    vq->avail->ring[vq->avail->idx % vq->size] = head;
+    barrier();
+    vq->avail->idx++;
+    barrier();
+    mmio_write16(vq->notify, vq->index);
+}
+
+static u16 vq_desc(struct virtqueue *vq, void *buf, u32 len, u16 flags)
 {
     u16 d = vq->next_desc;
     vq->next_desc = (u16)((d + 1) % vq->size);
     vq->desc[d].addr = (u64)buf;
     vq->desc[d].len = len;
-    vq->desc[d].flags = writable ? 2 : 0;
-    vq->desc[d].next = 0;
-    vq->avail->ring[vq->avail->idx % vq->size] = d;
-    barrier();
-    vq->avail->idx++;
-    barrier();
-    mmio_write16(vq->notify, vq->index);
+    vq->desc[d].flags = flags;
+    vq->desc[d].next = vq->next_desc;
+    return d;
+}
+
+void vq_add(struct virtqueue *vq, void *buf, u32 len, int writable)
+{
+    vq_publish(vq, vq_desc(vq, buf, len, writable ? 2 : 0));
 }
 
 int vq_take_used(struct virtqueue *vq, u32 *len)
@@ -196,11 +207,10 @@ int vq_take_used(struct virtqueue *vq, u32 *len)
     return 1;
 }
 
-u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable)
+/* The device answers from its own thread: spin (native speed at CPL3, no exits)
+ * before falling back to sleeping until an interrupt or timer tick. */
+static u32 vq_wait_used(struct virtqueue *vq)
 {
-    vq_add(vq, buf, len, writable);
-    /* The device answers from its own thread: spin (native speed at CPL3, no exits)
-     * before falling back to sleeping until an interrupt or timer tick. */
     u32 written = 0;
     for (u32 spins = 0;; spins++) {
         u32 generation = irq_generation;
@@ -209,6 +219,20 @@ u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable)
         if (spins > 2000000)
             wait_for_irq(generation);
     }
+}
+
+u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable)
+{
+    vq_add(vq, buf, len, writable);
+    return vq_wait_used(vq);
+}
+
+u32 vq_request_wait(struct virtqueue *vq, void *out, u32 out_len, void *in, u32 in_len)
+{
+    u16 head = vq_desc(vq, out, out_len, 1);     /* NEXT: the reply follows */
+    vq_desc(vq, in, in_len, 2);                  /* WRITE */
+    vq_publish(vq, head);
+    return vq_wait_used(vq);
 }
 
 void cmd_virtio(const char *args)

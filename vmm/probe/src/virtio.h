@@ -38,6 +38,8 @@ void virtio_ready(struct virtio_dev *dev);
 void vq_add(struct virtqueue *vq, void *buf, u32 len, int writable);
 /* Takes one used buffer if the device returned one: 1 and its length, else 0. */
 int vq_take_used(struct virtqueue *vq, u32 *len);
+/* A device-readable request and a device-writable reply in one chain; waits for it. */
+u32 vq_request_wait(struct virtqueue *vq, void *out, u32 out_len, void *in, u32 in_len);
 /* Sends one buffer (device-readable unless `writable`), waits until it is used. */
 u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable);
 void cmd_virtio(const char *args);

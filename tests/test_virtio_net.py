@@ -1,0 +1,127 @@
+"""virtio-net against a driver in fake guest RAM: transmit, mergeable receive,
+the control queue (good and hostile requests), receive filtering, MSI-X."""
+
+from __future__ import annotations
+
+import struct
+
+from test_virtio_balloon import common, drive, modern_queue, offer
+
+from vmm.devices.virtio_net import VirtioNet
+from vmm.memory import GuestMemory
+from vmm.msix import Msix
+from vmm.virtio.pci import S_DRIVER_OK, S_FEATURES_OK, VirtioPciDevice
+
+MiB = 1 << 20
+MAC = bytes.fromhex("525400123456")
+QUEUES = {0: (0x10000, 0x11000, 0x12000), 1: (0x20000, 0x21000, 0x22000),
+          2: (0x30000, 0x31000, 0x32000)}
+
+
+class Backend:
+    def __init__(self):
+        self.sent, self.ready = [], 0
+
+    def send(self, frame):
+        self.sent.append(frame)
+
+    def receive_ready(self):
+        self.ready += 1
+
+
+def make(features=(1 << 32) | (1 << 15) | (1 << 5) | (1 << 16) | (1 << 17) | (1 << 18)):
+    mem = GuestMemory(4 * MiB)
+    net = VirtioNet(MAC)
+    dev = VirtioPciDevice(net, mem, 0x020000, msix_vectors=4)
+    net.backend = backend = Backend()
+    drive(dev, features)
+    for index, rings in QUEUES.items():
+        modern_queue(dev, index, *rings)
+    common(dev, 0x14, 1, 1 | 2 | S_FEATURES_OK | S_DRIVER_OK)
+    return mem, net, dev, backend
+
+
+def used(mem, queue):
+    _, _, ring = QUEUES[queue]
+    count = mem.read_u16(ring + 2)
+    return [struct.unpack("<II", mem.read(ring + 4 + 8 * i, 8)) for i in range(count)]
+
+
+def test_transmit_strips_the_header_and_drops_while_the_link_is_down():
+    mem, net, dev, backend = make()
+    desc, avail, _ = QUEUES[1]
+    mem.write(0x50000, bytes(12) + b"F" * 60)
+    offer(mem, desc, avail, 0, 0x50000, 72)
+    dev.notify(1)
+    assert backend.sent == [b"F" * 60] and used(mem, 1) == [(0, 0)]
+    net.set_link(False)
+    offer(mem, desc, avail, 1, 0x50000, 72)
+    dev.notify(1)
+    assert len(backend.sent) == 1 and len(used(mem, 1)) == 2
+
+
+def test_mergeable_receive_spans_buffers_and_counts_them():
+    mem, net, dev, _ = make()
+    desc, avail, _ = QUEUES[0]
+    for slot in range(3):
+        offer(mem, desc, avail, slot, 0x60000 + 0x1000 * slot, 64, writable=True)
+    frame = bytes(range(100))
+    assert net.receive(frame)
+    assert used(mem, 0) == [(0, 64), (1, 48)]             # 12 + 100 bytes over two buffers
+    assert struct.unpack_from("<H", mem.read(0x60000 + 10, 2))[0] == 2   # num_buffers
+    assert mem.read(0x60000 + 12, 52) + mem.read(0x61000, 48) == frame
+    assert net.receive(bytes(200)) and net.rx_dropped == 1  # no room: dropped, not stuck
+    assert used(mem, 0)[-1][1] == 0
+
+
+def test_control_queue_sets_rx_mode_and_mac_table_and_refuses_garbage():
+    mem, net, dev, _ = make()
+    desc, avail, _ = QUEUES[2]
+    requests = [bytes([0, 0, 0]),                                   # promiscuous off
+                bytes([1, 0]) + struct.pack("<I", 1) + bytes.fromhex("020000000009")
+                + struct.pack("<I", 0),                              # MAC table
+                bytes([9, 9]),                                       # unknown class
+                bytes([1, 0]) + struct.pack("<I", 1000)]             # table longer than sent
+    for slot, request in enumerate(requests):
+        base = 0x70000 + 0x100 * slot
+        mem.write(base, request)
+        mem.write(desc + 16 * (2 * slot), struct.pack("<QIHH", base, len(request), 1,
+                                                      2 * slot + 1))
+        mem.write(desc + 16 * (2 * slot + 1), struct.pack("<QIHH", base + 0x80, 1, 2, 0))
+        idx = mem.read_u16(avail + 2)
+        mem.write_u16(avail + 4 + 2 * idx, 2 * slot)
+        mem.write_u16(avail + 2, idx + 1)
+    dev.notify(2)
+    acks = [mem.read(0x70000 + 0x100 * slot + 0x80, 1)[0] for slot in range(4)]
+    assert acks == [0, 0, 1, 1]
+    assert not net.filter.promiscuous and net.filter.unicast == [bytes.fromhex("020000000009")]
+    assert net._accepts(b"\xff" * 6 + bytes(8))                      # broadcast
+    assert net._accepts(bytes.fromhex("020000000009") + bytes(8))    # in the table
+    assert net._accepts(MAC + bytes(8))                              # its own address
+    assert not net._accepts(bytes.fromhex("020000000001") + bytes(8))
+
+
+def test_queue_and_config_interrupts_use_msix_vectors_once_enabled():
+    mem, net, dev, _ = make()
+    msix: Msix = dev.msix
+    common(dev, 0x10, 2, 0)                     # config -> vector 0
+    common(dev, 0x16, 2, 1)
+    common(dev, 0x1A, 2, 2)                     # tx queue -> vector 2
+    common(dev, 0x1A, 2, 9)                     # no such vector: NO_VECTOR reads back
+    assert common(dev, 0x1A, 2) == 0xFFFF
+    common(dev, 0x1A, 2, 2)
+    dev.config_write(msix.cap + 2, 2, 0x8000)   # MSI-X enable
+    for n in range(4):                          # entries: unmasked, to the BSP
+        msix.bus_write(16 * n, 4, 0xFEE00000)
+        msix.bus_write(16 * n + 8, 4, 0x60 + n)
+        msix.bus_write(16 * n + 12, 4, 0)
+    net.set_link(False)
+    assert msix.fired == [0] and dev.isr == 0   # no INTx while MSI-X is on
+    msix.bus_write(16 * 2 + 12, 4, 1)           # mask vector 2
+    desc, avail, _ = QUEUES[1]
+    mem.write(0x50000, bytes(72))
+    offer(mem, desc, avail, 0, 0x50000, 72)
+    dev.notify(1)
+    assert msix.fired == [0] and msix.bus_read(0x800, 1) == 0b100   # pending
+    msix.bus_write(16 * 2 + 12, 4, 0)           # unmask: the pending vector fires
+    assert msix.fired == [0, 2] and msix.bus_read(0x800, 1) == 0

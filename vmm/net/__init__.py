@@ -1,0 +1,1 @@
+"""Host network back ends (tap, ...) and the clients table `info network` shows."""

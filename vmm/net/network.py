@@ -1,0 +1,198 @@
+"""The machine's network clients as QEMU keeps them: NICs, back ends, peers.
+
+Every -netdev / netdev_add makes a back end; every NIC (-device
+virtio-net-pci, ...) may take one as its peer. This table answers `info
+network`, `set_link` and `netdev_del`, and hands out QEMU's default MAC
+addresses (52:54:00:12:34:56 and up, the first unused).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vmm.net.tap import TapBackend, TapError
+
+NETDEV_TYPES = ("user", "tap", "bridge", "l2tpv3", "socket", "stream", "dgram", "vde",
+                "hubport", "netmap", "vhost-user", "vhost-vdpa")
+TAP_OPTIONS = {"id", "type", "ifname", "fd", "fds", "script", "downscript", "br", "helper",
+               "sndbuf", "vnet_hdr", "vhost", "vhostfd", "vhostfds", "vhostforce", "queues",
+               "poll-us"}
+DEFAULT_MAC_PREFIX = bytes([0x52, 0x54, 0x00, 0x12, 0x34])
+
+
+class NetError(ValueError):
+    pass
+
+
+@dataclass
+class Nic:
+    name: str
+    model: str
+    mac: bytes
+    device: object                    # the NIC model: set_link(up), receive(frame), ...
+    peer: object | None = None        # its back end
+    link_down: bool = False
+    path: str = ""                    # QOM path of the NIC's virtio/emulated part
+    rx_filter_notify: bool = True     # NIC_RX_FILTER_CHANGED armed (re-armed by a query)
+
+    def info(self) -> str:
+        mac = ":".join(f"{b:02x}" for b in self.mac)
+        return f"index=0,type=nic,model={self.model},macaddr={mac}"
+
+
+def parse_mac(text: str) -> bytes | None:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        return None
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        return None
+
+
+class Network:
+    def __init__(self, lock: threading.RLock, fd_lookup: Callable[[str], int],
+                 emit: Callable[[str, dict], None] = lambda name, data: None) -> None:
+        self.lock = lock
+        self.fd_lookup = fd_lookup          # fd=NAME/N -> an open fd (getfd or inherited)
+        self.emit = emit                    # a machine event, from any thread
+        self.order: list[str] = []          # every client name, in creation order
+        self.netdevs: dict[str, object] = {}
+        self.nics: dict[str, Nic] = {}
+        self.loop = None
+
+    # -- back ends --------------------------------------------------------------------
+    def add_netdev(self, netdev_id: str, kind: str, opts: dict,
+                   fd_lookup: Callable[[str], int] | None = None) -> None:
+        if netdev_id in self.netdevs or netdev_id in self.nics:
+            raise NetError(f"Duplicate ID '{netdev_id}' for netdev")
+        if kind not in NETDEV_TYPES:
+            raise NetError(f"Parameter 'type' does not accept value '{kind}'")
+        if kind != "tap":
+            raise NetError(f"network backend '{kind}' is not compiled into this binary")
+        unknown = sorted(set(opts) - TAP_OPTIONS)
+        if unknown:
+            raise NetError(f"Invalid parameter '{unknown[0]}'")
+        try:
+            backend = TapBackend.from_options(opts, self.lock, fd_lookup or self.fd_lookup)
+        except TapError as e:
+            raise NetError(e.strerror or str(e)) from None
+        self.netdevs[netdev_id] = backend
+        self.order.append(netdev_id)
+        if self.loop is not None:
+            backend.start(self.loop)
+
+    def remove_netdev(self, netdev_id: str) -> None:
+        backend = self.netdevs.pop(netdev_id, None)
+        if backend is None:
+            raise KeyError(netdev_id)
+        self.order.remove(netdev_id)
+        for nic in self.nics.values():
+            if nic.peer is backend:          # the NIC stays, with nobody at the other end
+                nic.peer = None
+                nic.device.backend = None
+        backend.close()
+
+    # -- NICs -------------------------------------------------------------------------
+    def default_mac(self) -> bytes:
+        used = {nic.mac for nic in self.nics.values()}
+        for index in range(256 - 0x56):
+            mac = DEFAULT_MAC_PREFIX + bytes([0x56 + index])
+            if mac not in used:
+                return mac
+        raise NetError("no free default MAC address")
+
+    def nic_name(self, qdev_id: str | None, model: str) -> str:
+        if qdev_id:
+            return qdev_id
+        count = sum(1 for nic in self.nics.values() if nic.model == model)
+        return f"{model}.{count}"
+
+    def find_backend(self, netdev_id: str, owner: str) -> object:
+        """The back end a new NIC names; QEMU's errors for missing or taken ones."""
+        backend = self.netdevs.get(netdev_id)
+        if backend is None:
+            raise NetError(f"Property '{owner}.netdev' can't find value '{netdev_id}'")
+        if any(nic.peer is backend for nic in self.nics.values()):
+            raise NetError(f"Property '{owner}.netdev' can't take value '{netdev_id}', "
+                           "it's in use")
+        return backend
+
+    def attach_nic(self, nic: Nic) -> None:
+        self.nics[nic.name] = nic
+        self.order.append(nic.name)
+        if nic.peer is not None:
+            nic.peer.nic = nic.device
+            nic.device.backend = nic.peer
+
+    def detach_nic(self, name: str) -> None:
+        nic = self.nics.pop(name, None)
+        if nic is None:
+            return
+        self.order.remove(name)
+        if nic.peer is not None:
+            nic.peer.nic = None
+
+    def rx_filter_changed(self, name: str) -> None:
+        """The guest changed a NIC's receive filter: one event until the next query,
+        as QEMU's rxfilter_notify."""
+        nic = self.nics.get(name)
+        if nic is not None and nic.rx_filter_notify:
+            nic.rx_filter_notify = False
+            self.emit("NIC_RX_FILTER_CHANGED", {"name": name, "path": nic.path})
+
+    def query_rx_filter(self, name: str | None) -> list[dict]:
+        """query-rx-filter; raises KeyError/ValueError with QEMU's cases."""
+        if name is not None and name not in self.nics:
+            if name in self.netdevs:
+                raise ValueError(f"net client({name}) isn't a NIC")
+            raise KeyError(name)
+        out = []
+        for nic_name in self.order:
+            nic = self.nics.get(nic_name)
+            if nic is None or (name is not None and nic_name != name):
+                continue
+            out.append(nic.device.rx_filter_info(nic_name))
+            nic.rx_filter_notify = True
+        return out
+
+    # -- the monitor's view -------------------------------------------------------------
+    def set_link(self, name: str, up: bool) -> None:
+        """QEMU's qmp_set_link: a NIC, or a back end whose NIC peer follows it."""
+        nic = self.nics.get(name)
+        backend = self.netdevs.get(name)
+        if nic is None and backend is None:
+            raise KeyError(name)
+        if backend is not None:
+            backend.link_down = not up
+            nic = next((n for n in self.nics.values() if n.peer is backend), None)
+        if nic is not None:
+            nic.link_down = not up
+            nic.device.set_link(up)
+
+    def lines(self) -> list[str]:
+        """`info network`: NICs with their peers, then unattached back ends."""
+        attached = {id(nic.peer) for nic in self.nics.values() if nic.peer is not None}
+        names = {id(backend): name for name, backend in self.netdevs.items()}
+        out = []
+        for name in self.order:
+            if name in self.nics:
+                nic = self.nics[name]
+                out.append(f"{name}: {nic.info()}")
+                if nic.peer is not None:
+                    out.append(f" \\ {names[id(nic.peer)]}: {nic.peer.info(0)}")
+            elif id(self.netdevs[name]) not in attached:
+                out.append(f"{name}: {self.netdevs[name].info(0)}")
+        return out
+
+    def start(self, loop) -> None:
+        self.loop = loop
+        for backend in self.netdevs.values():
+            backend.start(loop)
+
+    def close(self) -> None:
+        for backend in list(self.netdevs.values()):
+            backend.close()
+        self.netdevs.clear()
