@@ -67,9 +67,12 @@ class MsiRoutes:
 class Msix:
     """A device's MSI-X: call `add_to(device)` while declaring it, then `notify(n)`."""
 
+    pci_bar = True
+
     def __init__(self, vectors: int, routes: MsiRoutes | None,
-                 table_offset: int = 0, pba_offset: int = 0x800) -> None:
+                 table_offset: int = 0, pba_offset: int = 0x800, owner: str = "pci") -> None:
         self.vectors = vectors
+        self.mtree_name = f"{owner}-msix"
         self.routes = routes           # None: nothing is delivered (unit tests count instead)
         self.table_offset, self.pba_offset = table_offset, pba_offset
         self.table = bytearray(ENTRY_SIZE * vectors)
@@ -133,6 +136,10 @@ class Msix:
     def config_written(self) -> None:
         """The device's config space changed (enable or function mask bits)."""
         self._unmasked()
+
+    def mtree_children(self) -> list[tuple[int, int, str]]:
+        return [(self.table_offset, len(self.table), "msix-table"),
+                (self.pba_offset, len(self.pending), "msix-pba")]
 
     # -- the BAR region -------------------------------------------------------
     def bus_read(self, offset: int, size: int) -> int:

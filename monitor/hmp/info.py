@@ -293,23 +293,41 @@ async def info_mtree(ctx: HmpContext, args: dict) -> str:
     out = ["address-space: memory",
            "  0000000000000000-ffffffffffffffff (prio 0, i/o): system"]
     for region in machine.memory.regions:
-        name = "pc.ram" if region.gpa == 0 else "ram-above-4g"
-        out.append(f"    {region.gpa:016x}-{region.end - 1:016x} (prio 0, ram): {name}")
-    for start, end, device in machine.mmio.ranges():
-        out.append(f"    {start:016x}-{end - 1:016x} (prio 1, i/o): {_region_name(device)}")
-    out += ["", "address-space: I/O",
-            "  0000000000000000-000000000000ffff (prio 0, i/o): io"]
-    for start, end, device in machine.pio.ranges():
-        out.append(f"    {start:016x}-{end - 1:016x} (prio 0, i/o): {_region_name(device)}")
+        name = "ram-below-4g" if region.gpa == 0 else "ram-above-4g"
+        offset = region.gpa if region.gpa == 0 else machine.memory.regions[0].size
+        out.append(f"    {region.gpa:016x}-{region.end - 1:016x} (prio 0, ram): alias {name} "
+                   f"@pc.ram {offset:016x}-{offset + region.size - 1:016x}")
+    out.append("    0000000000000000-ffffffffffffffff (prio -1, i/o): pci")
+    bars = [r for r in machine.mmio.ranges() if getattr(r[2], "pci_bar", False)]
+    out += _mtree_regions(bars, "      ")
+    out += _mtree_regions([r for r in machine.mmio.ranges() if r not in bars], "    ")
+    out += ["    00000000fec00000-00000000fec00fff (prio 0, i/o): kvm-ioapic",
+            "    00000000fee00000-00000000feefffff (prio 4096, i/o): kvm-apic-msi",
+            "", "address-space: I/O", "  0000000000000000-000000000000ffff (prio 0, i/o): io"]
+    out += _mtree_regions(machine.pio.ranges(), "    ")
     return "".join(line + "\n" for line in out) + "\n"
 
 
+def _mtree_regions(ranges, indent: str) -> list[str]:
+    """Regions with QEMU's names and priorities (PCI BARs 1), their subregions below."""
+    out = []
+    for start, end, device in ranges:
+        if hasattr(device, "mtree_regions"):     # one bus device, several QEMU regions
+            out += [f"{indent}{start + o:016x}-{start + o + n - 1:016x} (prio {prio}, i/o): "
+                    f"{name}" for o, n, name, prio in device.mtree_regions]
+            continue
+        name = getattr(device, "mtree_name", None) or _region_name(device)
+        prio = 1 if getattr(device, "pci_bar", False) else 0
+        out.append(f"{indent}{start:016x}-{end - 1:016x} (prio {prio}, i/o): {name}")
+        for offset, size, child in getattr(device, "mtree_children", list)():
+            out.append(f"{indent}  {start + offset:016x}-{start + offset + size - 1:016x} "
+                       f"(prio 0, i/o): {child}")
+    return out
+
+
 def _region_name(device) -> str:
-    names = {"Serial16550": "serial", "Rtc": "rtc", "IsaDebugExit": "isa-debug-exit",
-             "PciConfigPorts": "pci-conf-idx", "NullBarDevice": "piix-bmdma-container"}
+    names = {"Serial16550": "serial", "Rtc": "rtc", "IsaDebugExit": "isa-debug-exit"}
     kind = type(device).__name__
     if kind == "_Port":
         return "i8042-data" if device.base == 0x60 else "i8042-cmd"
-    if kind == "_Block":
-        return "acpi-evt" if device.bus_read.__name__ == "pm_read" else "acpi-gpe0"
     return names.get(kind, kind.lower())

@@ -121,11 +121,19 @@ class AcpiPm(PciDevice):
         self._update_sci()
 
     def io_blocks(self) -> list[tuple[int, int, object]]:
-        return [(PM_BASE, PM_LEN, _Block(self.pm_read, self.pm_write)),
-                (GPE0_BASE, GPE0_LEN, _Block(self.gpe_read, self.gpe_write))]
+        pm_parts = [(0, 4, "acpi-evt"), (4, 2, "acpi-cnt"), (8, 4, "acpi-tmr")]
+        return [(PM_BASE, PM_LEN, _Block(self.pm_read, self.pm_write, "piix4-pm", pm_parts)),
+                (GPE0_BASE, GPE0_LEN, _Block(self.gpe_read, self.gpe_write, "acpi-gpe0"))]
 
 
 class _Block:
-    def __init__(self, read, write) -> None:
+    """An I/O block of the PM function, named as QEMU's memory regions (info mtree)."""
+
+    def __init__(self, read, write, name: str, parts: list | None = None) -> None:
         self.bus_read = read
         self.bus_write = write
+        self.mtree_name = name
+        self._parts = parts or []
+
+    def mtree_children(self) -> list[tuple[int, int, str]]:
+        return self._parts

@@ -50,7 +50,14 @@ class Piix3Ide(PciDevice):
 
 
 class NullBarDevice:
-    """What a BAR maps when no register behind it is emulated."""
+    """What a BAR maps when no register behind it is emulated (the IDE function's
+    bus-master BAR, named in info mtree as QEMU's)."""
+
+    pci_bar = True
+    mtree_name = "piix-bmdma-container"
+
+    def mtree_children(self) -> list[tuple[int, int, str]]:
+        return [(0, 4, "piix-bmdma"), (4, 4, "bmdma"), (8, 4, "piix-bmdma"), (12, 4, "bmdma")]
 
     def bus_read(self, offset: int, size: int) -> int:
         return (1 << (8 * size)) - 1
@@ -67,6 +74,10 @@ def slot_pirq(slot: int, pin: int) -> int:
 
 class PciConfigPorts:
     """Ports 0xCF8-0xCFF: config address/data and the PIIX3 reset control register."""
+
+    # info mtree: QEMU has three regions here (the reset register on top).
+    mtree_regions = [(0, 4, "pci-conf-idx", 0), (1, 1, "piix3-reset-control", 1),
+                     (4, 4, "pci-conf-data", 0)]
 
     def __init__(self, bus: PciBus, request_reset: Callable[[], None]) -> None:
         self.bus = bus

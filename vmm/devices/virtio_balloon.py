@@ -46,6 +46,7 @@ MAX_POLL_INTERVAL = 0xFFFFFFFF
 
 
 class VirtioBalloon(VirtioDevice):
+    name = "virtio-balloon"
     device_type = 5
     config_size = 16            # num_pages, actual, free_page_hint_cmd_id, poison_val
 

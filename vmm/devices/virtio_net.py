@@ -62,6 +62,7 @@ class RxFilter:
 
 
 class VirtioNet(VirtioDevice):
+    name = "virtio-net"
     device_type = 1
     config_size = 8                     # mac, status
     queue_sizes = (256, 256, 64)

@@ -11,6 +11,7 @@ def read_le(raw: bytes, offset: int, size: int) -> int:
 
 
 class VirtioDevice:
+    name = "virtio"                   # QEMU's type name without "-device" (memory regions)
     device_type = 0
     queue_sizes: tuple[int, ...] = ()
     features = 0                      # offered, besides VIRTIO_F_VERSION_1

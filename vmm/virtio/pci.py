@@ -89,7 +89,8 @@ class VirtioPciDevice(PciDevice):
         self.pci_cfg_cap = 0
         self.ioevents = None            # the machine's IoEvents, for in-kernel doorbells
         self._doorbells: dict[int, list] = {}
-        self.msix = Msix(msix_vectors, msi_routes) if msix_vectors else None
+        self.msix = Msix(msix_vectors, msi_routes, owner=f"{backend.name}-pci") \
+            if msix_vectors else None
         if legacy:
             size = 4
             while size < (LEGACY_MSIX_HEADER if self.msix else LEGACY_HEADER) + \
@@ -394,8 +395,17 @@ def _vendor_cap(cap_len: int, cfg_type: int, offset: int, length: int, bar: int 
 
 
 class _Bar4:
+    mtree_name = "virtio-pci"
+    pci_bar = True
+
     def __init__(self, dev: VirtioPciDevice) -> None:
         self.dev = dev
+
+    def mtree_children(self) -> list[tuple[int, int, str]]:
+        name = self.dev.backend.name
+        return [(offset, REGION_SIZE, f"virtio-pci-{part}-{name}")
+                for offset, part in ((COMMON, "common"), (ISR, "isr"), (DEVICE_CFG, "device"),
+                                     (NOTIFY, "notify"))]
 
     def bus_read(self, offset: int, size: int) -> int:
         dev = self.dev
@@ -422,6 +432,9 @@ class _Bar4:
 
 
 class _LegacyBar:
+    mtree_name = "virtio-pci"
+    pci_bar = True
+
     def __init__(self, dev: VirtioPciDevice) -> None:
         self.dev = dev
 
