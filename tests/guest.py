@@ -146,13 +146,13 @@ def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def start_with_qmp(argv: list[str], *sockets: str) -> subprocess.Popen:
+def start_with_qmp(argv: list[str], *sockets: str, preexec_fn=None) -> subprocess.Popen:
     """Starts a VMM with a QMP server on each unix socket path; returns once they exist."""
     extra = []
     for path in sockets:
         extra += ["-qmp", f"unix:{path},server=on,wait=off"]
     proc = subprocess.Popen(argv + extra, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=preexec_fn)
     deadline = time.monotonic() + 30
     while not all(os.path.exists(p) for p in sockets):
         if proc.poll() is not None or time.monotonic() > deadline:

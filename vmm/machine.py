@@ -257,7 +257,8 @@ class Machine:
                     raise NetError("Parameter 'id' is missing")
                 self.network.add_netdev(opts["id"], opts.get("type", ""), opts)
             except NetError as e:
-                raise MachineError(f"{origin}: {e}") from None
+                suffix = " for netdev" if str(e).startswith("Duplicate ID") else ""
+                raise MachineError(f"{origin}: {e}{suffix}") from None
         chardev_ids = set(self.chardevs)
         for spec in self.cfg.devices:
             try:

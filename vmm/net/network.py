@@ -19,6 +19,7 @@ NETDEV_TYPES = ("user", "tap", "bridge", "l2tpv3", "socket", "stream", "dgram", 
 TAP_OPTIONS = {"id", "type", "ifname", "fd", "fds", "script", "downscript", "br", "helper",
                "sndbuf", "vnet_hdr", "vhost", "vhostfd", "vhostfds", "vhostforce", "queues",
                "poll-us"}
+BRIDGE_OPTIONS = {"id", "type", "br", "helper"}
 DEFAULT_MAC_PREFIX = bytes([0x52, 0x54, 0x00, 0x12, 0x34])
 
 
@@ -66,17 +67,20 @@ class Network:
     # -- back ends --------------------------------------------------------------------
     def add_netdev(self, netdev_id: str, kind: str, opts: dict,
                    fd_lookup: Callable[[str], int] | None = None) -> None:
-        if netdev_id in self.netdevs or netdev_id in self.nics:
-            raise NetError(f"Duplicate ID '{netdev_id}' for netdev")
+        if netdev_id in self.netdevs:
+            raise NetError(f"Duplicate ID '{netdev_id}'")    # -netdev adds " for netdev"
         if kind not in NETDEV_TYPES:
             raise NetError(f"Parameter 'type' does not accept value '{kind}'")
-        if kind != "tap":
+        if kind not in ("tap", "bridge"):
             raise NetError(f"network backend '{kind}' is not compiled into this binary")
-        unknown = sorted(set(opts) - TAP_OPTIONS)
+        unknown = sorted(set(opts) - (TAP_OPTIONS if kind == "tap" else BRIDGE_OPTIONS))
         if unknown:
             raise NetError(f"Invalid parameter '{unknown[0]}'")
         try:
-            backend = TapBackend.from_options(opts, self.lock, fd_lookup or self.fd_lookup)
+            if kind == "bridge":
+                backend = TapBackend.on_bridge(opts, self.lock)
+            else:
+                backend = TapBackend.from_options(opts, self.lock, fd_lookup or self.fd_lookup)
         except TapError as e:
             raise NetError(e.strerror or str(e)) from None
         self.netdevs[netdev_id] = backend

@@ -27,6 +27,7 @@ IFF_NO_PI = 0x1000
 MAX_FRAME = 65536
 DEFAULT_SCRIPT = "/etc/qemu-ifup"
 DEFAULT_DOWNSCRIPT = "/etc/qemu-ifdown"
+BRIDGE_HELPER = "/usr/lib/qemu/qemu-bridge-helper"   # named in info network as QEMU does
 
 
 class TapError(OSError):
@@ -70,6 +71,7 @@ class TapBackend:
         self.reading = False
         self.link_down = False
         self.sent = self.received = 0
+        self.bridge: str | None = None
 
     @classmethod
     def from_options(cls, opts: dict, lock: threading.RLock,
@@ -85,6 +87,28 @@ class TapBackend:
         backend._run_script(script)
         return backend
 
+    @classmethod
+    def on_bridge(cls, opts: dict, lock: threading.RLock) -> TapBackend:
+        """-netdev bridge,br=NAME: a new tap, enslaved to the bridge and up (pyroute2;
+        QEMU asks its setuid helper to do the same)."""
+        from pyroute2 import IPRoute
+
+        bridge = opts.get("br", "br0")
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=bridge)
+            if not found:
+                raise TapError(0, f"bridge '{bridge}' does not exist")
+            fd, ifname = open_tap("")
+            try:
+                tap = ipr.link_lookup(ifname=ifname)[0]
+                ipr.link("set", index=tap, master=found[0], state="up")
+            except Exception as e:
+                os.close(fd)
+                raise TapError(0, f"could not add {ifname} to bridge '{bridge}': {e}") from None
+        backend = cls(fd, ifname, None, None, lock)
+        backend.bridge = bridge
+        return backend
+
     def _run_script(self, script: str | None) -> None:
         if not script or script == "no" or not os.path.exists(script):
             return
@@ -95,6 +119,8 @@ class TapBackend:
 
     def info(self, index: int) -> str:
         """Its `info network` text, as QEMU's (net/tap.c)."""
+        if self.bridge is not None:
+            return f"index={index},type=tap,helper={BRIDGE_HELPER},br={self.bridge}"
         if self.script is None:
             return f"index={index},type=tap,fd={self.fd}"
         return (f"index={index},type=tap,ifname={self.ifname},script={self.script},"
