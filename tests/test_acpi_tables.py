@@ -102,3 +102,41 @@ def test_aml_names_integers_and_eisa_id():
     assert aml.eisa_id("PNP0A03") == b"\x0c\x41\xd0\x0a\x03"
     with pytest.raises(ValueError):
         aml.name_string("lower")
+
+
+HOTPLUG_TEST_SSDT = r"""
+DefinitionBlock ("", "SSDT", 2, "KVMKIT", "PCIHPTST", 1)
+{
+    External (\_SB.PCI0.PCIU, FieldUnitObj)
+    External (\_SB.PCI0.PCID, FieldUnitObj)
+    Method (\TSET, 2, NotSerialized)
+    {
+        \_SB.PCI0.PCIU = Arg0
+        \_SB.PCI0.PCID = Arg1
+    }
+}
+"""
+
+
+def test_acpiexec_runs_the_pci_hotplug_methods(iasl, tables, tmp_path):
+    """acpiexec (acpica-tools) loads the DSDT and a test SSDT that sets the up/down
+    registers (its simulated I/O space keeps what is written): the GPE handler
+    notifies Device Check for the up slot and Eject Request for the down slot, and
+    _EJ0 writes the slot's bit to B0EJ, as QEMU's hotplug AML does."""
+    dsdt = tmp_path / "dsdt.aml"
+    dsdt.write_bytes(tables["DSDT"][1])
+    (tmp_path / "tset.asl").write_text(HOTPLUG_TEST_SSDT)
+    subprocess.run(["iasl", "tset.asl"], cwd=tmp_path, check=True, capture_output=True,
+                   timeout=60)
+    commands = ("evaluate \\TSET 0x4 0x20; evaluate \\_GPE._E01; "
+                "evaluate \\_SB.PCI0.S28._SUN; evaluate \\_SB.PCI0.S18._EJ0 1; "
+                "evaluate \\_SB.PCI0.B0EJ")
+    result = subprocess.run(["acpiexec", "-b", commands, "dsdt.aml", "tset.aml"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "System Notify on [S10_]" in out and "Value 0x01 (Device Check)" in out
+    assert "System Notify on [S28_]" in out and "Value 0x03 (Eject Request)" in out
+    assert out.count("System Notify") == 2
+    values = [line.split("=")[1].strip() for line in out.splitlines() if "[Integer] =" in line]
+    assert values == ["0000000000000005", "0000000000000008"]   # _SUN of S28, B0EJ = 1 << 3

@@ -33,6 +33,7 @@ from vmm.chardev import (
 )
 from vmm.config import ChardevSpec, MachineConfig
 from vmm.device_models import DeviceError, validate
+from vmm.devices.acpi_pcihp import PCIHP_BASE, PCIHP_LEN, PciHotplug
 from vmm.devices.acpi_pm import SCI_IRQ, AcpiPm
 from vmm.devices.debug_exit import IsaDebugExit
 from vmm.devices.i440fx import (
@@ -237,6 +238,8 @@ class Machine:
         self.pci.plug(self.pm, 1, 3)
         for base, length, block in self.pm.io_blocks():
             self.pio.map(base, length, block)
+        self.pcihp = PciHotplug(self.pm.raise_gpe, self._eject_slot, self._hotpluggable_in)
+        self.pio.map(PCIHP_BASE, PCIHP_LEN, self.pcihp)
         self.pio.map(CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN,
                      PciConfigPorts(self.pci, self.request_guest_reset))
 
@@ -359,6 +362,50 @@ class Machine:
         """A timer for a device: fires on the loop, under the machine lock."""
         return DeviceTimer(lambda: self.loop, self.lock, callback)
 
+    # -- PCI hotplug (ACPI, vmm/devices/acpi_pcihp.py) -----------------------
+    def hotplug_device(self, driver: str, options: dict[str, str]) -> None:
+        """device_add of a PCI device: plugged now, announced to the guest by GPE."""
+        with self.lock:
+            props = validate(driver, options, set(self.chardevs))
+            self._add_device(driver, props)
+            instance = self.device_instances[-1]
+            instance.hotplugged = True
+            if not self._firmware_pending:       # before boot, firmware will find it
+                self.pcihp.plugged(instance.device.slot)
+
+    def request_unplug(self, instance: DeviceInstance) -> None:
+        """device_del: the guest is asked; its eject (or the next reset) removes it."""
+        with self.lock:
+            self.pcihp.unplug_requested(instance.device.slot)
+
+    def _hotpluggable_in(self, slot: int) -> bool:
+        return any(getattr(i.device, "slot", -1) == slot for i in self.device_instances)
+
+    def _eject_slot(self, slot: int) -> None:
+        """The guest ejected `slot` (or a reset completes its unplug): remove it."""
+        for instance in [i for i in self.device_instances
+                         if getattr(i.device, "slot", -1) == slot]:
+            path = self._device_path(instance)
+            device = instance.device
+            self.pci.unplug(device)
+            self.device_instances.remove(instance)
+            backend = getattr(device, "backend", None)
+            if backend is self.balloon:
+                self.balloon = None
+            for name, nic in list(self.network.nics.items()):
+                if nic.device is backend:
+                    self.network.detach_nic(name)
+            if backend is not None:           # QEMU deletes the virtio child first
+                self._from_vcpu(self.emit, "DEVICE_DELETED", {"path": f"{path}/virtio-backend"})
+            data = {"device": instance.id, "path": path} if instance.id else {"path": path}
+            self._from_vcpu(self.emit, "DEVICE_DELETED", data)
+
+    def _device_path(self, instance: DeviceInstance) -> str:
+        if instance.id:
+            return f"/machine/peripheral/{instance.id}"
+        anonymous = [i for i in self.device_instances if not i.id]
+        return f"/machine/peripheral-anon/device[{anonymous.index(instance)}]"
+
     def _pci_slot(self, addr: str | None) -> int | None:
         if addr is None:
             return None
@@ -424,6 +471,9 @@ class Machine:
         """Devices and vCPUs to their power-on state, and the kernel loaded."""
         from vmm._kvm import lib
         with self.lock:
+            for slot in self.pcihp.pending_unplugs():    # unplugs never acknowledged
+                self._eject_slot(slot)
+            self.pcihp.reset()
             for serial in self.serials:
                 serial.uart.reset()
             self.i8042.reset()

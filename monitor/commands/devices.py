@@ -29,7 +29,17 @@ def device_add(ctx, driver, props, bus=None, id=None):
     hotplug = getattr(ctx.machine, "hotplug_device", None)
     if model.bus != "pci" or hotplug is None:
         raise QmpError(f"Bus '{model.bus}.0' does not support hotplugging")
-    hotplug(driver, {**{k: str(v) for k, v in props.items()}, **({"id": id} if id else {})})
+    options = {k: _qemu_text(v) for k, v in props.items()}
+    try:
+        hotplug(driver, {**options, **({"id": id} if id else {})})
+    except ValueError as e:
+        raise QmpError(str(e)) from None
+
+
+def _qemu_text(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 @command("device_del", args=[Member("id", STR)])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from vmm.boot import aml
 from vmm.boot.layout import ACPI_END, ACPI_START
+from vmm.devices.acpi_pcihp import PCIHP_BASE
 from vmm.devices.acpi_pm import GPE0_BASE, GPE0_LEN, PM_BASE, SCI_IRQ
 from vmm.devices.i440fx import FIRMWARE_PIRQ_IRQS, slot_pirq
 from vmm.memory import GuestMemory
@@ -112,6 +113,57 @@ def pci_routing_table() -> bytes:
     return aml.name("_PRT", aml.package(*entries))
 
 
+HOTPLUG_SLOTS = range(2, 32)    # the root bus slots QEMU's i440fx lets you hot-plug
+
+
+def slot_device_name(slot: int) -> str:
+    return f"S{slot << 3:02X}"   # QEMU's names: S + devfn in hex (slot 2 is S10)
+
+
+def pci_hotplug_aml() -> bytes:
+    """What QEMU's DSDT has for ACPI PCI hotplug on the root bus: the register block
+    (vmm/devices/acpi_pcihp.py), a device per slot with _SUN and _EJ0, PCNT to
+    notify the OS of the up/down bitmaps, and the GPE handler _E01 that calls it."""
+    dvnt = [aml.if_(aml.and_(aml.arg(0), aml.integer(1 << slot)),
+                    aml.notify(slot_device_name(slot), aml.arg(1)))
+            for slot in HOTPLUG_SLOTS]
+    slots = [aml.device(slot_device_name(slot),
+                        aml.name("_ADR", aml.integer(slot << 16)),
+                        aml.name("_SUN", aml.integer(slot)),
+                        aml.method("_EJ0", 1, aml.call("PCEJ", aml.ref("BSEL"),
+                                                       aml.ref("_SUN"))))
+             for slot in HOTPLUG_SLOTS]
+    pci0 = aml.scope(
+        "\\_SB.PCI0",
+        aml.name("BSEL", aml.integer(0)),
+        aml.operation_region("PCST", aml.SYSTEM_IO, PCIHP_BASE, 0x08),
+        aml.field("PCST", aml.DWORD_ACC_WRITE_ZEROS, ("PCIU", 32), ("PCID", 32)),
+        aml.operation_region("SEJ", aml.SYSTEM_IO, PCIHP_BASE + 0x08, 0x04),
+        aml.field("SEJ", aml.DWORD_ACC_WRITE_ZEROS, ("B0EJ", 32)),
+        aml.operation_region("BNMR", aml.SYSTEM_IO, PCIHP_BASE + 0x10, 0x04),
+        aml.field("BNMR", aml.DWORD_ACC_WRITE_ZEROS, ("BNUM", 32)),
+        aml.mutex("BLCK"),
+        aml.method("PCEJ", 2,
+                   aml.acquire("BLCK"),
+                   aml.store(aml.arg(0), aml.ref("BNUM")),
+                   aml.store(aml.shift_left(aml.integer(1), aml.arg(1)), aml.ref("B0EJ")),
+                   aml.release("BLCK"),
+                   aml.return_(aml.integer(0))),
+        aml.method("DVNT", 2, *dvnt),
+        aml.method("PCNT", 0,
+                   aml.store(aml.integer(0), aml.ref("BNUM")),
+                   aml.call("DVNT", aml.ref("PCIU"), aml.integer(1)),    # device check
+                   aml.call("DVNT", aml.ref("PCID"), aml.integer(3))),   # eject request
+        *slots)
+    gpe = aml.scope("\\_GPE",
+                    aml.name("_HID", aml.string("ACPI0006")),
+                    aml.method("_E01", 0,
+                               aml.acquire("\\_SB.PCI0.BLCK"),
+                               aml.call("\\_SB.PCI0.PCNT"),
+                               aml.release("\\_SB.PCI0.BLCK")))
+    return pci0 + gpe
+
+
 def dsdt_body(low_ram_end: int) -> bytes:
     pci_crs = aml.resource_template(
         aml.word_bus_number(0x00, 0xFF),
@@ -147,6 +199,7 @@ def dsdt_body(low_ram_end: int) -> bytes:
                              pci_routing_table(),
                              aml.device("ISA", aml.name("_ADR", aml.integer(0x00010000)),
                                         *isa_devices)))
+        + pci_hotplug_aml()
         + aml.name("\\_S5", aml.package(aml.integer(0), aml.integer(0), aml.integer(0),
                                         aml.integer(0)))
     )

@@ -182,3 +182,78 @@ def qword_memory(first: int, last: int, cacheable: bool = True) -> bytes:
 
 def terms(items: Iterable[bytes]) -> bytes:
     return b"".join(items)
+
+
+# -- code: operation regions, fields and the few operators hotplug needs ---------
+SYSTEM_IO = 0x01
+DWORD_ACC_WRITE_ZEROS = 0x43     # DWordAcc, NoLock, WriteAsZeros
+
+
+def operation_region(path: str, space: int, offset: int, length: int) -> bytes:
+    return bytes([EXT_OP, 0x80]) + name_string(path) + bytes([space]) + integer(offset) + \
+        integer(length)
+
+
+def field(region: str, flags: int, *units: tuple[str, int]) -> bytes:
+    """Field(region, flags) { NAME, bits, ... }; a name of '' is a reserved gap."""
+    body = name_string(region) + bytes([flags])
+    for unit, bits in units:
+        body += (b"\x00" if not unit else _name_seg(unit)) + _field_length(bits)
+    return _with_pkg(bytes([EXT_OP, 0x81]), body)
+
+
+def _field_length(bits: int) -> bytes:
+    """A FieldElement's bit count is a PkgLength-style value (without counting itself)."""
+    if bits < 0x40:
+        return bytes([bits])
+    return bytes([0x40 | (bits & 0x0F), bits >> 4])
+
+
+def mutex(path: str, sync_level: int = 0) -> bytes:
+    return bytes([EXT_OP, 0x01]) + name_string(path) + bytes([sync_level])
+
+
+def acquire(path: str, timeout: int = 0xFFFF) -> bytes:
+    return bytes([EXT_OP, 0x23]) + name_string(path) + struct.pack("<H", timeout)
+
+
+def release(path: str) -> bytes:
+    return bytes([EXT_OP, 0x27]) + name_string(path)
+
+
+def arg(n: int) -> bytes:
+    return bytes([0x68 + n])
+
+
+def local(n: int) -> bytes:
+    return bytes([0x60 + n])
+
+
+def ref(path: str) -> bytes:
+    """A named object used as a value."""
+    return name_string(path)
+
+
+def store(value: bytes, target: bytes) -> bytes:
+    return bytes([0x70]) + value + target
+
+
+def shift_left(value: bytes, count: bytes) -> bytes:
+    return bytes([0x79]) + value + count + b"\x00"          # no target
+
+
+def and_(a: bytes, b: bytes) -> bytes:
+    return bytes([0x7B]) + a + b + b"\x00"
+
+
+def if_(predicate: bytes, *body: bytes) -> bytes:
+    return _with_pkg(bytes([0xA0]), predicate + b"".join(body))
+
+
+def notify(path: str, value: bytes) -> bytes:
+    return bytes([0x86]) + name_string(path) + value
+
+
+def call(path: str, *args: bytes) -> bytes:
+    """A method invocation: its name, then its arguments."""
+    return name_string(path) + b"".join(args)

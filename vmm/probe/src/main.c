@@ -214,6 +214,7 @@ static void dispatch(const char *line)
     if (is(line, "netsend", &a)) { cmd_netsend(a); return; }
     if (is(line, "netrecv", &a)) { cmd_netrecv(a); return; }
     if (is(line, "netrxmode", &a)) { cmd_netrxmode(a); return; }
+    if (is(line, "hotplug", &a)) { cmd_hotplug(a); return; }
     if (is(line, "echo", &a)) { printf("{\"echo\": \"%s\"}\n", skip_spaces(a)); return; }
     if (is(line, "crash", &a)) {
         printf("{\"crashing\": true}\n");
@@ -233,6 +234,7 @@ static void devices_poll(void)
 {
     balloon_poll();
     net_poll();
+    hotplug_poll();
 }
 
 void probe_main(unsigned cpu, unsigned start_info)
@@ -249,6 +251,7 @@ void probe_main(unsigned cpu, unsigned start_info)
         start_aps(acpi.madt_cpus);
     balloon_init();
     net_init();
+    hotplug_init();
     idle_hook = devices_poll;
     printf("{\"event\": \"ready\", \"cpus\": %u, \"memory_mib\": %lu}\n", cpus_online,
            ram_bytes >> 20);

@@ -34,6 +34,8 @@ static int read_link(void)
 
 void net_init(void)
 {
+    if (present)
+        return;
     if (virtio_find(NET_TYPE, &dev) ||
         virtio_start(&dev, F_MAC | F_STATUS | F_CTRL_VQ | F_CTRL_RX, CONFIG_VECTOR))
         return;
@@ -54,6 +56,13 @@ void net_init(void)
 static void print_mac(const u8 *m)
 {
     printf("\"%02x:%02x:%02x:%02x:%02x:%02x\"", m[0], m[1], m[2], m[3], m[4], m[5]);
+}
+
+/* The NIC in `slot` is being ejected: forget it. */
+void net_forget(unsigned slot)
+{
+    if (present && dev.slot == slot)
+        present = link_known = 0;
 }
 
 /* Called when the command loop wakes: a link change is an event line. */

@@ -105,6 +105,11 @@ void cmd_net(const char *args);
 void cmd_netsend(const char *args);
 void cmd_netrecv(const char *args);
 void cmd_netrxmode(const char *args);
+void net_forget(unsigned slot);
+/* hotplug.c */
+void hotplug_init(void);
+void hotplug_poll(void);
+void cmd_hotplug(const char *args);
 void cmd_report(const char *args);
 
 /* serial.c: called each time the command loop wakes up */

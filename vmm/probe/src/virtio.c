@@ -28,7 +28,7 @@
 #define S_FEATURES_OK 8
 #define S_FAILED 128
 
-#define MAX_RINGS 8
+#define MAX_RINGS 16
 static u8 rings[MAX_RINGS][4096 * 2] __attribute__((aligned(4096)));
 static int rings_used;
 
