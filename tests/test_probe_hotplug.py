@@ -36,19 +36,20 @@ def start(launch, tmp_path, vmm_kind, netns):  # noqa: F811
     return vm, Qmp(sock_path)
 
 
+@pytest.mark.parametrize("model", ["virtio-net-pci", "e1000"])
 def test_hot_added_nic_works_and_device_del_ends_in_device_deleted(
-        launch, tmp_path, vmm_kind, netns):  # noqa: F811
+        launch, tmp_path, vmm_kind, netns, model):  # noqa: F811
     vm, qmp = start(launch, tmp_path, vmm_kind, netns)
     assert vm.command("net") == {"present": False}
     assert qmp.hmp("info network") == TAP + "\r\n"
-    assert qmp.execute("device_add", driver="virtio-net-pci", netdev="n1", id="hot0") == \
-        {"return": {}}
+    assert qmp.execute("device_add", driver=model, netdev="n1", id="hot0") == {"return": {}}
     added = vm.wait_event("pci-added", timeout=10)
-    assert (added["vendor"], added["device"]) == ("1af4", "1000")
+    assert (added["vendor"], added["device"]) == \
+        (("1af4", "1000") if model == "virtio-net-pci" else ("8086", "100e"))
     nic = vm.command("net")
     assert nic["present"] and nic["mac"] == "52:54:00:12:34:56"
     assert qmp.hmp("info network") == (
-        "hot0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:12:34:56\r\n"
+        f"hot0: index=0,type=nic,model={model},macaddr=52:54:00:12:34:56\r\n"
         " \\ " + TAP + "\r\n")
     host = packet_socket(netns, "kk1")
     assert vm.command("netsend 020000000001 0x88b5 hot-plugged") == {"sent": 60}
@@ -58,9 +59,10 @@ def test_hot_added_nic_works_and_device_del_ends_in_device_deleted(
     assert qmp.execute("device_del", id="hot0") == {"return": {}}
     assert vm.wait_event("pci-removal-requested", timeout=10)["slot"] == added["slot"]
     assert vm.wait_event("pci-ejected", timeout=10)["slot"] == added["slot"]
-    deleted = wait_for_events(qmp, "DEVICE_DELETED", 2)
-    assert [e["data"] for e in deleted] == [
-        {"path": "/machine/peripheral/hot0/virtio-backend"},
+    virtio_child = [{"path": "/machine/peripheral/hot0/virtio-backend"}] \
+        if model == "virtio-net-pci" else []
+    deleted = wait_for_events(qmp, "DEVICE_DELETED", len(virtio_child) + 1)
+    assert [e["data"] for e in deleted] == virtio_child + [
         {"device": "hot0", "path": "/machine/peripheral/hot0"}]
     assert qmp.hmp("info network") == TAP + "\r\n"
     assert vm.command("net") == {"present": False}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 
+from fakes import FakeNetdev
 from test_virtio_balloon import common, drive, modern_queue, offer
 
 from vmm.devices.virtio_net import VirtioNet
@@ -18,22 +19,12 @@ QUEUES = {0: (0x10000, 0x11000, 0x12000), 1: (0x20000, 0x21000, 0x22000),
           2: (0x30000, 0x31000, 0x32000)}
 
 
-class Backend:
-    def __init__(self):
-        self.sent, self.ready = [], 0
-
-    def send(self, frame):
-        self.sent.append(frame)
-
-    def receive_ready(self):
-        self.ready += 1
-
 
 def make(features=(1 << 32) | (1 << 15) | (1 << 5) | (1 << 16) | (1 << 17) | (1 << 18)):
     mem = GuestMemory(4 * MiB)
     net = VirtioNet(MAC)
     dev = VirtioPciDevice(net, mem, 0x020000, msix_vectors=4)
-    net.backend = backend = Backend()
+    net.netdev = backend = FakeNetdev()
     drive(dev, features)
     for index, rings in QUEUES.items():
         modern_queue(dev, index, *rings)

@@ -50,6 +50,12 @@ register(DeviceModel("virtio-net-pci", "pci", "virtio network device", {
     "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False)}))
 
 
+register(DeviceModel("e1000", "pci", "Intel Gigabit Ethernet", {
+    "addr": ("str", None), "bus": ("str", None), "netdev": ("str", None), "mac": ("str", None),
+    "romfile": ("str", "efi-e1000.rom"), "autonegotiation": ("bool", True),
+    "mitigation": ("bool", True)}))
+
+
 class DeviceError(ValueError):
     pass
 

@@ -36,6 +36,7 @@ from vmm.device_models import DeviceError, validate
 from vmm.devices.acpi_pcihp import PCIHP_BASE, PCIHP_LEN, PciHotplug
 from vmm.devices.acpi_pm import SCI_IRQ, AcpiPm
 from vmm.devices.debug_exit import IsaDebugExit
+from vmm.devices.e1000 import E1000
 from vmm.devices.i440fx import (
     CONFIG_ADDRESS_PORT,
     CONFIG_PORTS_LEN,
@@ -286,6 +287,8 @@ class Machine:
             device = self._add_balloon(props)
         elif driver == "virtio-net-pci":
             device = self._add_virtio_net(props)
+        elif driver == "e1000":
+            device = self._add_e1000(props)
         elif driver == "isa-debug-exit":
             device = IsaDebugExit(self.request_exit)
             try:
@@ -319,7 +322,27 @@ class Machine:
         return transport
 
     def _add_virtio_net(self, props: dict):
-        owner = "virtio-net-device"
+        def make(mac: bytes, name: str):
+            net = VirtioNet(mac, lambda: self.network.rx_filter_changed(name))
+            transport = VirtioPciDevice(net, self.memory, 0x020000,
+                                        legacy=props["disable-legacy"] != "on",
+                                        modern=not props["disable-modern"],
+                                        msix_vectors=props["vectors"],
+                                        msi_routes=self.msi_routes)
+            transport.add_rom(0x40000)           # where QEMU has efi-virtio.rom
+            transport.ioevents = self.ioevents
+            return transport, net
+        return self._add_nic("virtio-net-pci", "virtio-net-device", props, make,
+                             path_suffix="/virtio-backend")
+
+    def _add_e1000(self, props: dict):
+        def make(mac: bytes, name: str):
+            nic = E1000(self.memory, mac)
+            return nic, nic
+        return self._add_nic("e1000", "e1000", props, make)
+
+    def _add_nic(self, model: str, owner: str, props: dict, make, path_suffix: str = ""):
+        """A NIC: its MAC (QEMU's default if none), its back end, its PCI function."""
         mac = parse_mac(props["mac"]) if props.get("mac") else self.network.default_mac()
         if mac is None:
             raise DeviceError(f"Property '{owner}.mac' doesn't take value '{props['mac']}'")
@@ -327,23 +350,15 @@ class Machine:
         try:
             backend = self.network.find_backend(props["netdev"], owner) \
                 if props.get("netdev") else None
-            name = self.network.nic_name(props.get("id"), "virtio-net-pci")
-            net = VirtioNet(mac, lambda: self.network.rx_filter_changed(name))
-            transport = VirtioPciDevice(net, self.memory, 0x020000,
-                                        legacy=props["disable-legacy"] != "on",
-                                        modern=not props["disable-modern"],
-                                        msix_vectors=props["vectors"],
-                                        msi_routes=self.msi_routes)
+            name = self.network.nic_name(props.get("id"), model)
+            pci_device, nic = make(mac, name)
         except (NetError, ValueError) as e:
             raise DeviceError(str(e)) from None
-        transport.add_rom(0x40000)           # where QEMU has efi-virtio.rom
-        transport.qdev_id = props.get("id") or ""
-        transport.ioevents = self.ioevents
-        self.pci.plug(transport, self._pci_slot(props.get("addr")))
-        self.network.attach_nic(Nic(name, "virtio-net-pci", mac, net, backend,
-                                    path=self._new_device_path(props.get("id")) +
-                                    "/virtio-backend"))
-        return transport
+        pci_device.qdev_id = props.get("id") or ""
+        self.pci.plug(pci_device, self._pci_slot(props.get("addr")))
+        self.network.attach_nic(Nic(name, model, mac, nic, backend,
+                                    path=self._new_device_path(props.get("id")) + path_suffix))
+        return pci_device
 
     def _new_device_path(self, qdev_id: str | None) -> str:
         """The QOM path the device being added will have (see monitor/qom.py)."""
@@ -389,13 +404,13 @@ class Machine:
             device = instance.device
             self.pci.unplug(device)
             self.device_instances.remove(instance)
-            backend = getattr(device, "backend", None)
+            backend = getattr(device, "backend", None)      # a virtio device, if it is one
             if backend is self.balloon:
                 self.balloon = None
             for name, nic in list(self.network.nics.items()):
-                if nic.device is backend:
+                if nic.device is backend or nic.device is device:
                     self.network.detach_nic(name)
-            if backend is not None:           # QEMU deletes the virtio child first
+            if isinstance(device, VirtioPciDevice):   # QEMU deletes the virtio child first
                 self._from_vcpu(self.emit, "DEVICE_DELETED", {"path": f"{path}/virtio-backend"})
             data = {"device": instance.id, "path": path} if instance.id else {"path": path}
             self._from_vcpu(self.emit, "DEVICE_DELETED", data)

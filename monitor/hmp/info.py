@@ -178,6 +178,11 @@ def _qtree_pci(device, instance=None) -> list[str]:
     props = instance.props if instance else {}
     lines = []
     virtio = getattr(device, "backend", None)
+    if instance is not None and instance.driver == "e1000":
+        lines += [f"{key} = {_qtree_value(value)}" for key, value in (
+            ("mac", props["mac"]), ("netdev", props.get("netdev") or ""),
+            ("autonegotiation", props["autonegotiation"]), ("mitigation", props["mitigation"]),
+            ("extra_mac_registers", True), ("migrate_tso_props", True), ("init-vet", True))]
     if virtio is not None:
         lines += [f'disable-legacy = "{"off" if device.legacy else "on"}"',
                   f"disable-modern = {_qtree_value(not device.modern)}"]

@@ -74,7 +74,7 @@ class VirtioNet(VirtioDevice):
         super().__init__()
         self.perm_mac = mac
         self.on_rx_filter_changed = on_rx_filter_changed
-        self.backend = None             # has send(frame); set when a netdev is attached
+        self.netdev = None             # has send(frame); set when a netdev is attached
         self.link_up = True
         self.reset()
 
@@ -100,8 +100,8 @@ class VirtioNet(VirtioDevice):
             self.link_up = up
             if self.transport is not None:
                 self.transport.config_changed()
-            if self.backend is not None:
-                self.backend.receive_ready()
+            if self.netdev is not None:
+                self.netdev.receive_ready()
 
     def rx_filter_info(self, name: str) -> dict:
         """query-rx-filter's RxFilterInfo, as QEMU's virtio-net fills it (its tables
@@ -141,15 +141,15 @@ class VirtioNet(VirtioDevice):
             self._transmit()
         elif index == CTRL_Q:
             self._control()
-        elif index == RX_Q and self.backend is not None:
-            self.backend.receive_ready()
+        elif index == RX_Q and self.netdev is not None:
+            self.netdev.receive_ready()
 
     def _transmit(self) -> None:
         queue = self.transport.queue(TX_Q)
         while (chain := queue.pop()) is not None:
             frame = chain.read_all()[self.header_size:]
-            if self.link_up and self.backend is not None and frame:
-                self.backend.send(frame)
+            if self.link_up and self.netdev is not None and frame:
+                self.netdev.send(frame)
                 self.tx_frames += 1
             queue.push(chain.head, 0)
         self.transport.interrupt_queue(TX_Q)

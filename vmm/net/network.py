@@ -96,7 +96,7 @@ class Network:
         for nic in self.nics.values():
             if nic.peer is backend:          # the NIC stays, with nobody at the other end
                 nic.peer = None
-                nic.device.backend = None
+                nic.device.netdev = None
         backend.close()
 
     # -- NICs -------------------------------------------------------------------------
@@ -129,7 +129,7 @@ class Network:
         self.order.append(nic.name)
         if nic.peer is not None:
             nic.peer.nic = nic.device
-            nic.device.backend = nic.peer
+            nic.device.netdev = nic.peer
 
     def detach_nic(self, name: str) -> None:
         nic = self.nics.pop(name, None)
@@ -157,6 +157,10 @@ class Network:
         for nic_name in self.order:
             nic = self.nics.get(nic_name)
             if nic is None or (name is not None and nic_name != name):
+                continue
+            if not hasattr(nic.device, "rx_filter_info"):
+                if name is not None:
+                    raise ValueError(f"net client({name}) doesn't support rx-filter querying")
                 continue
             out.append(nic.device.rx_filter_info(nic_name))
             nic.rx_filter_notify = True

@@ -1,0 +1,17 @@
+"""Stand-ins for the parts around a device model in unit tests."""
+
+from __future__ import annotations
+
+
+class FakeNetdev:
+    """A network back end that keeps what the NIC sends and counts receive_ready()."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.ready = 0
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+
+    def receive_ready(self) -> None:
+        self.ready += 1

@@ -1,0 +1,30 @@
+/* What the network commands (net.c) need from a NIC driver. */
+#ifndef NIC_H
+#define NIC_H
+#include "probe.h"
+
+struct nic {
+    const char *model;
+    unsigned slot;
+    u8 mac[6];
+    int (*link)(void);                       /* 1 if the link is up */
+    void (*send)(const u8 *frame, u32 len);  /* waits until the device took it */
+    int (*poll)(u8 **frame, u32 *len);       /* 1 and the next received frame, if any */
+    void (*recycle)(u8 *frame);              /* gives a received buffer back */
+    void (*info)(void);                      /* driver-specific JSON members */
+};
+
+/* A driver's probe fills nic->mac, then hands over its operations; returns 1. */
+static inline int nic_attach(struct nic *nic, const struct nic *ops, unsigned slot)
+{
+    u8 mac[6];
+    memcpy(mac, nic->mac, 6);
+    *nic = *ops;
+    memcpy(nic->mac, mac, 6);
+    nic->slot = slot;
+    return 1;
+}
+
+int virtio_net_probe(struct nic *nic);
+int e1000_probe(struct nic *nic);
+#endif
