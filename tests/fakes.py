@@ -15,3 +15,12 @@ class FakeNetdev:
 
     def receive_ready(self) -> None:
         self.ready += 1
+
+
+def wire_nic(nic) -> tuple[FakeNetdev, list[int]]:
+    """Gives a NIC model a fake back end and records its INTx levels."""
+    netdev = FakeNetdev()
+    nic.netdev = netdev
+    irqs: list[int] = []
+    nic.set_intx = irqs.append
+    return netdev, irqs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from fakes import FakeNetdev
+from fakes import wire_nic
 
 from vmm.devices.e1000 import (
     E1000,
@@ -33,10 +33,8 @@ MAC = bytes.fromhex("525400123457")
 def make():
     mem = GuestMemory(4 << 20)
     nic = E1000(mem, MAC)
-    nic.netdev = backend = FakeNetdev()
-    irqs = []
-    nic.set_intx = lambda level: irqs.append(level)
-    return mem, nic, backend, irqs
+    netdev, irqs = wire_nic(nic)
+    return mem, nic, netdev, irqs
 
 
 def eeprom(nic, word):

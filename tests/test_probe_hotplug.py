@@ -36,7 +36,7 @@ def start(launch, tmp_path, vmm_kind, netns):  # noqa: F811
     return vm, Qmp(sock_path)
 
 
-@pytest.mark.parametrize("model", ["virtio-net-pci", "e1000"])
+@pytest.mark.parametrize("model", ["virtio-net-pci", "e1000", "rtl8139"])
 def test_hot_added_nic_works_and_device_del_ends_in_device_deleted(
         launch, tmp_path, vmm_kind, netns, model):  # noqa: F811
     vm, qmp = start(launch, tmp_path, vmm_kind, netns)
@@ -44,8 +44,9 @@ def test_hot_added_nic_works_and_device_del_ends_in_device_deleted(
     assert qmp.hmp("info network") == TAP + "\r\n"
     assert qmp.execute("device_add", driver=model, netdev="n1", id="hot0") == {"return": {}}
     added = vm.wait_event("pci-added", timeout=10)
-    assert (added["vendor"], added["device"]) == \
-        (("1af4", "1000") if model == "virtio-net-pci" else ("8086", "100e"))
+    assert (added["vendor"], added["device"]) == {
+        "virtio-net-pci": ("1af4", "1000"), "e1000": ("8086", "100e"),
+        "rtl8139": ("10ec", "8139")}[model]
     nic = vm.command("net")
     assert nic["present"] and nic["mac"] == "52:54:00:12:34:56"
     assert qmp.hmp("info network") == (

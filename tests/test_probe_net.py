@@ -74,7 +74,7 @@ def guest_receives(vm, text: str, tries: int = 20) -> dict | None:
     return None
 
 
-@pytest.mark.parametrize("model", ["virtio-net-pci", "e1000"])
+@pytest.mark.parametrize("model", ["virtio-net-pci", "e1000", "rtl8139"])
 def test_frames_cross_a_tap_both_ways_and_set_link_cuts_them(launch, tmp_path, vmm_kind,
                                                              netns, model):
     sock_path = str(tmp_path / "qmp.sock")
@@ -93,8 +93,10 @@ def test_frames_cross_a_tap_both_ways_and_set_link_cuts_them(launch, tmp_path, v
     virtio = model == "virtio-net-pci"
     if virtio:
         assert nic["model"] == "virtio-net" and nic["msix"] == 4
-    else:
+    elif model == "e1000":
         assert nic["model"] == "e1000" and nic["eeprom_sum"] == "0xbaba"
+    else:
+        assert nic["model"] == "rtl8139"
     host = packet_socket(netns, "kk0")
     host_mac = bytes.fromhex("020000000001")
     guest_mac = bytes.fromhex(GUEST_MAC.replace(":", ""))

@@ -56,6 +56,11 @@ register(DeviceModel("e1000", "pci", "Intel Gigabit Ethernet", {
     "mitigation": ("bool", True)}))
 
 
+register(DeviceModel("rtl8139", "pci", "Realtek RTL8139 Fast Ethernet", {
+    "addr": ("str", None), "bus": ("str", None), "netdev": ("str", None), "mac": ("str", None),
+    "romfile": ("str", "efi-rtl8139.rom")}))
+
+
 class DeviceError(ValueError):
     pass
 

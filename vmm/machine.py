@@ -49,6 +49,7 @@ from vmm.devices.i440fx import (
 )
 from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
 from vmm.devices.rtc import Rtc
+from vmm.devices.rtl8139 import Rtl8139
 from vmm.devices.serial import COM_PORTS, Serial16550
 from vmm.devices.virtio_balloon import VirtioBalloon
 from vmm.devices.virtio_net import VirtioNet
@@ -289,6 +290,8 @@ class Machine:
             device = self._add_virtio_net(props)
         elif driver == "e1000":
             device = self._add_e1000(props)
+        elif driver == "rtl8139":
+            device = self._add_rtl8139(props)
         elif driver == "isa-debug-exit":
             device = IsaDebugExit(self.request_exit)
             try:
@@ -340,6 +343,12 @@ class Machine:
             nic = E1000(self.memory, mac)
             return nic, nic
         return self._add_nic("e1000", "e1000", props, make)
+
+    def _add_rtl8139(self, props: dict):
+        def make(mac: bytes, name: str):
+            nic = Rtl8139(self.memory, mac)
+            return nic, nic
+        return self._add_nic("rtl8139", "rtl8139", props, make)
 
     def _add_nic(self, model: str, owner: str, props: dict, make, path_suffix: str = ""):
         """A NIC: its MAC (QEMU's default if none), its back end, its PCI function."""

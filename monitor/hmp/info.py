@@ -178,9 +178,10 @@ def _qtree_pci(device, instance=None) -> list[str]:
     props = instance.props if instance else {}
     lines = []
     virtio = getattr(device, "backend", None)
+    if instance is not None and instance.driver in ("e1000", "rtl8139"):
+        lines += [f'mac = "{props["mac"]}"', f'netdev = "{props.get("netdev") or ""}"']
     if instance is not None and instance.driver == "e1000":
         lines += [f"{key} = {_qtree_value(value)}" for key, value in (
-            ("mac", props["mac"]), ("netdev", props.get("netdev") or ""),
             ("autonegotiation", props["autonegotiation"]), ("mitigation", props["mitigation"]),
             ("extra_mac_registers", True), ("migrate_tso_props", True), ("init-vet", True))]
     if virtio is not None:

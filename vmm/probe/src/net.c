@@ -1,5 +1,5 @@
-/* The network commands, on whichever NIC the guest found (virtio-net first, else
- * an e1000): `net` (model, MAC, link), `netsend DSTMAC TYPE TEXT`, `netrecv [MS]`,
+/* The network commands, on whichever NIC the guest found (virtio-net first, then
+ * e1000, then rtl8139): `net` (model, MAC, link), `netsend DSTMAC TYPE TEXT`, `netrecv [MS]`,
  * and a `link` event line when the link changes. */
 #include "nic.h"
 
@@ -16,7 +16,7 @@ void net_init(void)
     if (present)
         return;
     memset(&nic, 0, sizeof(nic));
-    present = virtio_net_probe(&nic) || e1000_probe(&nic);
+    present = virtio_net_probe(&nic) || e1000_probe(&nic) || rtl8139_probe(&nic);
     if (present)
         link_up = nic.link();
 }

@@ -27,4 +27,5 @@ static inline int nic_attach(struct nic *nic, const struct nic *ops, unsigned sl
 
 int virtio_net_probe(struct nic *nic);
 int e1000_probe(struct nic *nic);
+int rtl8139_probe(struct nic *nic);
 #endif

@@ -1,0 +1,238 @@
+"""Realtek RTL8139 Fast Ethernet, normal mode (as Linux's 8139too drives it),
+with QEMU's ids and BARs (RTL8139 datasheet).
+
+Registers are the same in BAR0 (256 bytes of I/O) and BAR1 (256 bytes of
+memory). Transmit: four slots, each an address (TSAD) and a status/size word
+(TSD); writing TSD with OWN clear sends TSAD's bytes. Receive: one ring buffer
+at RBSTART (8, 16, 32 or 64 KiB plus slack when WRAP is set); each frame is
+stored behind a 4-byte header (status, length with CRC) and its CRC, 4-byte
+aligned; the driver moves CAPR behind what it has read. C+ mode (8139cp's
+descriptor rings) is not modelled. Guest addresses go through GuestMemory.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import zlib
+
+from vmm.memory import GuestMemory, GuestMemoryError
+from vmm.pci import PciDevice
+
+log = logging.getLogger(__name__)
+
+IDR, MAR, TSD, TSAD, RBSTART = 0x00, 0x08, 0x10, 0x20, 0x30
+CR, CAPR, CBR, IMR, ISR, TCR, RCR = 0x37, 0x38, 0x3A, 0x3C, 0x3E, 0x40, 0x44
+MPC, CFG9346, CONFIG0, CONFIG1, MSR, CONFIG3, CONFIG4 = 0x4C, 0x50, 0x51, 0x52, 0x58, 0x59, 0x5A
+BMCR, BMSR, ANAR, ANLPAR = 0x62, 0x64, 0x66, 0x68
+
+CR_RST, CR_RE, CR_TE, CR_BUFE = 0x10, 0x08, 0x04, 0x01
+ISR_ROK, ISR_TOK, ISR_RXOVW, ISR_LINK = 0x01, 0x04, 0x10, 0x20
+TSD_OWN, TSD_TOK = 1 << 13, 1 << 15
+RCR_AAP, RCR_APM, RCR_AM, RCR_AB, RCR_WRAP = 0x01, 0x02, 0x04, 0x08, 0x80
+MSR_LINKB = 0x04                   # set when the link is DOWN
+BMSR_LINK = 0x04
+RX_OK, RX_BROADCAST, RX_PHYSICAL, RX_MULTICAST = 0x0001, 0x2000, 0x4000, 0x8000
+TCR_VERSION = 0x7400_0000          # "RTL-8139C+" hardware revision, as QEMU reports
+
+
+class Rtl8139(PciDevice):
+    name = "rtl8139"
+
+    def __init__(self, memory: GuestMemory, mac: bytes) -> None:
+        super().__init__(0x10EC, 0x8139, 0x020000, revision=0x20, interrupt_pin=1)
+        self.memory = memory
+        self.mac = mac
+        self.netdev = None               # send(frame), receive_ready()
+        self.link_up = True
+        self.add_bar(0, 0x100, "io", _Registers(self, "rtl8139"))
+        # QEMU's memory BAR is an alias of the I/O region, and info mtree says so.
+        self.add_bar(1, 0x100, "mem32", _Registers(
+            self, "alias rtl8139-mem @rtl8139 0000000000000000-00000000000000ff"))
+        self.add_rom(0x40000)            # where QEMU has efi-rtl8139.rom
+        self.reset_registers()
+
+    def reset(self) -> None:
+        super().reset()
+        self.reset_registers()
+
+    def reset_registers(self) -> None:
+        self.regs = bytearray(0x100)
+        self.regs[IDR:IDR + 6] = self.mac
+        self.regs[CR] = CR_BUFE
+        struct.pack_into("<I", self.regs, TCR, TCR_VERSION)
+        struct.pack_into("<H", self.regs, CAPR, 0xFFF0)
+        for n in range(4):
+            struct.pack_into("<I", self.regs, TSD + 4 * n, TSD_OWN)
+        self.regs[CONFIG1] = 0x0C
+        struct.pack_into("<H", self.regs, BMCR, 0x1000)        # autonegotiation on
+        struct.pack_into("<H", self.regs, ANAR, 0x05E1)
+        struct.pack_into("<H", self.regs, ANLPAR, 0x05E1)
+        self.rx_offset = 0               # where the next frame goes in the ring
+        self._set_link_registers()
+        self._update_irq()
+
+    def _set_link_registers(self) -> None:
+        self.regs[MSR] = 0 if self.link_up else MSR_LINKB
+        struct.pack_into("<H", self.regs, BMSR, 0x782D if self.link_up else 0x7809)
+
+    def _u16(self, offset: int) -> int:
+        return struct.unpack_from("<H", self.regs, offset)[0]
+
+    def _u32(self, offset: int) -> int:
+        return struct.unpack_from("<I", self.regs, offset)[0]
+
+    # -- the monitor's side ------------------------------------------------------------
+    def set_link(self, up: bool) -> None:
+        if up != self.link_up:
+            self.link_up = up
+            self._set_link_registers()
+            self._interrupt(ISR_LINK)
+            if up and self.netdev is not None:
+                self.netdev.receive_ready()
+
+    # -- register access ---------------------------------------------------------------
+    def read(self, offset: int, size: int) -> int:
+        if offset == CR:
+            self._update_bufe()
+        return int.from_bytes(self.regs[offset:offset + size], "little")
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        data = value.to_bytes(size, "little")
+        for i, byte in enumerate(data):
+            self._write_byte(offset + i, byte)
+        if TSD <= offset < TSD + 16 and offset % 4 + size == 4:
+            self._transmit((offset - TSD) // 4)
+        if offset <= ISR + 1 < offset + size or offset <= IMR + 1 < offset + size:
+            self._update_irq()
+
+    def _write_byte(self, offset: int, byte: int) -> None:
+        if offset == CR:
+            if byte & CR_RST:
+                self.reset_registers()
+                return
+            self.regs[CR] = (byte & (CR_RE | CR_TE)) | (self.regs[CR] & CR_BUFE)
+            if byte & CR_RE and self.netdev is not None:
+                self.netdev.receive_ready()
+        elif offset in (ISR, ISR + 1):         # write 1 to clear
+            self.regs[offset] &= ~byte & 0xFF
+        elif offset in (CAPR, CAPR + 1):
+            self.regs[offset] = byte
+            if offset == CAPR + 1 and self.netdev is not None:
+                self.netdev.receive_ready()
+        elif offset in (CBR, CBR + 1, MSR, BMSR, BMSR + 1) or MPC <= offset < MPC + 4:
+            pass                                 # read-only
+        elif TSD <= offset < TSD + 16:
+            if offset % 4 == 1:                  # writing the size clears OWN and TOK
+                byte &= ~((TSD_OWN | TSD_TOK) >> 8) & 0xFF
+            self.regs[offset] = byte
+        else:
+            self.regs[offset] = byte
+
+    def _interrupt(self, cause: int) -> None:
+        struct.pack_into("<H", self.regs, ISR, self._u16(ISR) | cause)
+        self._update_irq()
+
+    def _update_irq(self) -> None:
+        self.set_intx(1 if self._u16(ISR) & self._u16(IMR) else 0)
+
+    # -- transmit ------------------------------------------------------------------------
+    def _transmit(self, slot: int) -> None:
+        status = self._u32(TSD + 4 * slot)
+        if not self.regs[CR] & CR_TE or status & TSD_OWN:
+            return
+        size = status & 0x1FFF
+        try:
+            frame = self.memory.read(self._u32(TSAD + 4 * slot), size)
+        except GuestMemoryError as e:
+            log.warning("rtl8139: transmit buffer outside guest RAM: %s", e)
+            frame = b""
+        if frame and self.link_up and self.netdev is not None:
+            self.netdev.send(frame)
+        struct.pack_into("<I", self.regs, TSD + 4 * slot, status | TSD_OWN | TSD_TOK)
+        self._interrupt(ISR_TOK)
+
+    # -- receive -------------------------------------------------------------------------
+    def _ring_size(self) -> int:
+        return 8192 << ((self._u32(RCR) >> 11) & 3)
+
+    def _free_space(self) -> int:
+        size = self._ring_size()
+        read_at = (self._u16(CAPR) + 16) % 0x10000 % size
+        if read_at == self.rx_offset:                # nothing unread: all of it
+            return size
+        return (read_at - self.rx_offset) % size
+
+    def _update_bufe(self) -> None:
+        size = self._ring_size()
+        empty = (self._u16(CAPR) + 16) % 0x10000 % size == self.rx_offset
+        self.regs[CR] = (self.regs[CR] & ~CR_BUFE) | (CR_BUFE if empty else 0)
+
+    def can_receive(self) -> bool:
+        if not self.link_up:
+            return True                              # taken, to be dropped
+        return bool(self.regs[CR] & CR_RE) and self._free_space() > 1536 + 8
+
+    def receive(self, frame: bytes) -> bool:
+        if not self.link_up:
+            return True
+        kind = self._accepts(frame)
+        if kind is None:
+            return True
+        if not self.can_receive():
+            return False
+        data = frame if len(frame) >= 60 else frame.ljust(60, b"\0")
+        body = data + struct.pack("<I", zlib.crc32(data))
+        header = struct.pack("<HH", RX_OK | kind, len(body))
+        self._ring_write(header + body)
+        self.rx_offset = (self.rx_offset + len(header) + len(body) + 3) & ~3
+        self.rx_offset %= self._ring_size()
+        struct.pack_into("<H", self.regs, CBR, self.rx_offset)
+        self._update_bufe()
+        self._interrupt(ISR_ROK)
+        return True
+
+    def _ring_write(self, record: bytes) -> None:
+        base, size = self._u32(RBSTART), self._ring_size()
+        try:
+            if self.regs[RCR] & RCR_WRAP or self.rx_offset + len(record) <= size:
+                self.memory.write(base + self.rx_offset, record)   # WRAP: past the end
+            else:
+                first = size - self.rx_offset
+                self.memory.write(base + self.rx_offset, record[:first])
+                self.memory.write(base, record[first:])
+        except GuestMemoryError as e:
+            log.warning("rtl8139: receive buffer outside guest RAM: %s", e)
+
+    def _accepts(self, frame: bytes) -> int | None:
+        """The receive status bit for an accepted frame (RCR's filters), else None."""
+        if len(frame) < 6:
+            return None
+        rcr = self._u32(RCR)
+        dest = frame[:6]
+        if dest == b"\xff" * 6:
+            return RX_BROADCAST if rcr & (RCR_AB | RCR_AAP) else None
+        if dest[0] & 1:
+            # The hash filter is simplified: any bit set in MAR takes every multicast.
+            if rcr & RCR_AAP or (rcr & RCR_AM and any(self.regs[MAR:MAR + 8])):
+                return RX_MULTICAST
+            return None
+        if rcr & RCR_AAP or (rcr & RCR_APM and dest == bytes(self.regs[IDR:IDR + 6])):
+            return RX_PHYSICAL
+        return None
+
+
+class _Registers:
+    """The register file, as BAR0 (I/O) and BAR1 (memory) both show it."""
+
+    pci_bar = True
+
+    def __init__(self, dev: Rtl8139, mtree_name: str) -> None:
+        self.dev = dev
+        self.mtree_name = mtree_name
+
+    def bus_read(self, offset: int, size: int) -> int:
+        return self.dev.read(offset, size)
+
+    def bus_write(self, offset: int, size: int, value: int) -> None:
+        self.dev.write(offset, size, value)
