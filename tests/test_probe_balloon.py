@@ -107,3 +107,19 @@ def test_balloon_change_events_are_rate_limited_as_qemus(launch, tmp_path, vmm_k
     assert [e["data"]["actual"] for e in changes] == [200 * MiB, 100 * MiB]
     stamp = [e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6 for e in changes]
     assert stamp[1] - stamp[0] < 1.0    # the delayed event keeps the time it happened
+
+
+def test_legacy_interface_of_the_transitional_balloon(launch, tmp_path, vmm_kind):
+    """The probe drives the balloon through the legacy (virtio 0.9.5) I/O BAR:
+    features, a page-frame-number ring, num_pages from the legacy config, one
+    page inflated and discarded, `actual` written back."""
+    vm, qmp = start_balloon_guest(launch, tmp_path, vmm_kind, 256)
+    qmp.hmp("balloon 200")
+    vm.wait_event("balloon")
+    got = vm.command("legacy")
+    assert got["queue_size"] == 128 and got["used"] == 1
+    assert got["num_pages"] == 56 * 256          # the target survives the device reset
+    assert got["page_after"] == 0                # the inflated page was discarded
+    # STATS_VQ, PAGE_POISON, the ring features, and the legacy-only bits 24, 27, 30
+    assert got["host_features"] == "0x79000012"
+    assert qmp.hmp("info balloon") == "balloon: actual=255\r\n"

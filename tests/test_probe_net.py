@@ -253,3 +253,27 @@ def test_bridge_back_end_enslaves_a_new_tap(launch, tmp_path, netns):
     host.close()
     assert launch(machine_args(extra=["-netdev", "bridge,id=b1,br=nosuchbr"]), "kvmkit",
                   preexec_fn=in_netns(netns)).wait_exit(20) == 1
+
+
+@pytest.mark.parametrize("nic, expected", [
+    ("tap,ifname=kk9,script=no,downscript=no,model=virtio-net-pci",
+     r"virtio-net-pci\.0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:12:34:56\r\n"
+     r" \\ #net0\d\d: index=0,type=tap,ifname=kk9,script=no,downscript=no\r\n"),
+    ("tap,id=foo,ifname=kk9,script=no,downscript=no,mac=52:54:00:aa:bb:cc,model=rtl8139",
+     r"rtl8139\.0: index=0,type=nic,model=rtl8139,macaddr=52:54:00:aa:bb:cc\r\n"
+     r" \\ foo: index=0,type=tap,ifname=kk9,script=no,downscript=no\r\n"),
+    ("tap,ifname=kk9,script=no,downscript=no",          # QEMU's pc default model: e1000
+     r"e1000\.0: index=0,type=nic,model=e1000,macaddr=52:54:00:12:34:56\r\n"
+     r" \\ #net0\d\d: index=0,type=tap,ifname=kk9,script=no,downscript=no\r\n")])
+def test_nic_option_makes_a_back_end_and_its_nic(tmp_path, vmm_kind, netns, nic, expected):
+    import re
+
+    argv = (kvmkit_command() if vmm_kind == "kvmkit" else [QEMU, "-accel", "kvm"]) + [
+        "-nodefaults", "-display", "none", "-S", "-m", "64", "-nic", nic]
+    sock_path = str(tmp_path / "qmp.sock")
+    proc = start_with_qmp(argv, sock_path, preexec_fn=in_netns(netns))
+    try:
+        assert re.fullmatch(expected, Qmp(sock_path).hmp("info network"))
+    finally:
+        proc.kill()
+        proc.wait(10)

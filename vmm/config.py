@@ -6,6 +6,7 @@ Every user error raises ConfigError whose text is QEMU's (``-m foo: Parameter
 
 from __future__ import annotations
 
+import random
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
@@ -89,6 +90,7 @@ class _Parser:
         self.cfg = MachineConfig()
         self.serial_count = 0
         self.auto_chardev = 0
+        self._nic_count = 0             # -nic back ends without an id: QEMU's "#netNxx"
         self.opt = ""
         self.arg = ""
 
@@ -294,7 +296,19 @@ class _Parser:
         self.cfg.netdevs.append((f"-netdev {arg}", opts))
 
     def opt_nic(self, arg: str) -> None:
-        raise self.fail("-nic is not supported yet: networking is not implemented")
+        """-nic TYPE[,id=..][,model=..][,mac=..][,back-end options]: a back end and a
+        NIC for it in one option, as QEMU's net_param_nic (default model e1000)."""
+        opts = parse_opts(arg, implied="type")
+        if opts.get("type") == "none":
+            return
+        netdev_id = opts.pop("id", None) or f"#net{self._nic_count}{random.randrange(100):02d}"
+        self._nic_count += 1
+        model = opts.pop("model", "e1000")
+        nic = {"netdev": netdev_id}
+        if "mac" in opts:
+            nic["mac"] = opts.pop("mac")
+        self.cfg.netdevs.append((f"-nic {arg}", {**opts, "id": netdev_id}))
+        self.cfg.devices.append(DeviceSpec(model, nic, f"-nic {arg}"))
 
     def opt_net(self, arg: str) -> None:
         raise self.fail("-net is not supported yet: networking is not implemented")

@@ -80,6 +80,9 @@ class TapBackend:
             fd = fd_lookup(opts["fd"])
             os.set_blocking(fd, False)
             return cls(fd, tap_name(fd), None, None, lock)
+        if opts.get("vhost") in ("on", "true", "yes") and not os.path.exists("/dev/vhost-net"):
+            # QEMU warns and goes on without vhost unless vhostforce=on.
+            log.warning("warning: tap: open vhost char device failed: No such file or directory")
         fd, ifname = open_tap(opts.get("ifname", ""))
         script = opts.get("script", DEFAULT_SCRIPT)
         downscript = opts.get("downscript", DEFAULT_DOWNSCRIPT)

@@ -15,8 +15,19 @@ COM1:
     echo TEXT               echo
     crash                   run an instruction the emulator lacks (int3 at CPL0)
     exit CODE [PORT]        write CODE to isa-debug-exit (port 0x501 by default)
+    virtio                  virtio devices found: type, offered features, queues, MSI-X
+    balloon                 the balloon driver: target, actual, negotiated features
+    stats                   what the balloon's statistics buffer last said
+    report MIB              report MIB MiB of free memory (free page reporting)
+    net                     the NIC found (virtio-net, e1000 or rtl8139): MAC, link
+    netsend DSTMAC TYPE TEXT   send one frame; netrecv [MS]: the next frame received
+    netrxmode promisc|allmulti 0|1   virtio-net rx mode through the control queue
+    hotplug [manual|auto]   ACPI PCI hotplug state; manual leaves removals unanswered
+    legacy                  drive the balloon through the legacy (0.9.5) I/O interface
 
-At boot it prints ``{"event": "ready", "cpus": N, "memory_mib": M}``.
+At boot it prints ``{"event": "ready", "cpus": N, "memory_mib": M}``; later
+events: ``balloon`` (inflated or deflated), ``link`` (up or down),
+``pci-added``, ``pci-removal-requested`` and ``pci-ejected``.
 """
 
 from __future__ import annotations

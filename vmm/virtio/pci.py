@@ -54,6 +54,9 @@ LEGACY_HEADER = 20              # the legacy register block before the device co
 LEGACY_MSIX_HEADER = 24         # ... with the two MSI-X vector registers, once enabled
 MSIX_BAR = 1
 LEGACY_PAGE = 4096              # legacy queue PFN unit and used-ring alignment
+# What QEMU adds for legacy drivers: NOTIFY_ON_EMPTY, ANY_LAYOUT, and BAD_FEATURE
+# (which no correct driver acks).
+LEGACY_ONLY_FEATURES = (1 << 24) | (1 << 27) | (1 << 30)
 
 
 class _QueueState:
@@ -295,7 +298,8 @@ class VirtioPciDevice(PciDevice):
         if offset >= LEGACY_HEADER:         # the MSI-X vector registers
             vectors = struct.pack("<HH", self.config_vector, q.vector if q else NO_VECTOR)
             return read_le(vectors, offset - LEGACY_HEADER, size)
-        header = struct.pack("<IIIHHHBB", self.backend.features & 0xFFFFFFFF,
+        header = struct.pack("<IIIHHHBB",
+                             (self.backend.features | LEGACY_ONLY_FEATURES) & 0xFFFFFFFF,
                              self.driver_features & 0xFFFFFFFF,
                              q.desc // LEGACY_PAGE if q and q.enabled else 0,
                              q.max_size if q else 0, self.queue_select, 0,

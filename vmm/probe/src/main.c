@@ -215,6 +215,7 @@ static void dispatch(const char *line)
     if (is(line, "netrecv", &a)) { cmd_netrecv(a); return; }
     if (is(line, "netrxmode", &a)) { cmd_netrxmode(a); return; }
     if (is(line, "hotplug", &a)) { cmd_hotplug(a); return; }
+    if (is(line, "legacy", &a)) { cmd_legacy(a); return; }
     if (is(line, "echo", &a)) { printf("{\"echo\": \"%s\"}\n", skip_spaces(a)); return; }
     if (is(line, "crash", &a)) {
         printf("{\"crashing\": true}\n");

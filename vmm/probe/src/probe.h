@@ -110,6 +110,8 @@ void net_forget(unsigned slot);
 void hotplug_init(void);
 void hotplug_poll(void);
 void cmd_hotplug(const char *args);
+/* legacy.c */
+void cmd_legacy(const char *args);
 void cmd_report(const char *args);
 
 /* serial.c: called each time the command loop wakes up */
