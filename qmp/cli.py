@@ -35,11 +35,12 @@ DEFAULT_CONSOLE = "kvmkit-console.log"
 
 
 def default_arguments() -> list[str]:
-    """`kvmkit` alone: the probe guest with a balloon and a NIC (no back end yet: its
-    frames go nowhere), the HMP monitor here, the guest console in a file."""
+    """`kvmkit` alone: the probe guest with a balloon and a NIC on user networking
+    (QEMU's default network), the HMP monitor here, the guest console in a file."""
     return ["-m", "256", "-nodefaults", "-serial", f"file:{DEFAULT_CONSOLE}",
             "-monitor", "stdio", "-device", "isa-debug-exit",
-            "-device", "virtio-balloon-pci,id=balloon0", "-device", "virtio-net-pci,id=net0"]
+            "-device", "virtio-balloon-pci,id=balloon0",
+            "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,id=net0"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -277,3 +277,34 @@ def test_nic_option_makes_a_back_end_and_its_nic(tmp_path, vmm_kind, netns, nic,
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("model", ["virtio-net-pci", "e1000"])
+def test_user_networking_gives_dhcp_and_forwards_a_host_port(launch, tmp_path, vmm_kind,
+                                                              model):
+    """-netdev user (libslirp, as QEMU): the probe guest's DHCP client gets
+    10.0.2.15, and a UDP hostfwd rule carries a datagram to the guest and its echo
+    back to the host."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    sock_path = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(extra=[
+        "-netdev", f"user,id=u0,hostfwd=udp:127.0.0.1:{port}-:7",
+        "-device", f"{model},netdev=u0,id=net0",
+        "-qmp", f"unix:{sock_path},server=on,wait=off"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    assert Qmp(sock_path).hmp("info network") == (
+        f"net0: index=0,type=nic,model={model},macaddr={GUEST_MAC}\r\n"
+        " \\ u0: index=0,type=user,net=10.0.2.0,restrict=off\r\n")
+    assert vm.command("dhcp", timeout=30) == {
+        "ip": "10.0.2.15", "server": "10.0.2.2", "router": "10.0.2.2", "dns": "10.0.2.3"}
+    vm.send("udpecho 7 10000\n")
+    host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    host.settimeout(5)
+    host.sendto(b"through-hostfwd", ("127.0.0.1", port))
+    assert host.recvfrom(2048)[0] == b"through-hostfwd"
+    answer = vm.read_json(timeout=10)
+    assert answer["data"] == "through-hostfwd" and answer["from"] == "10.0.2.2"
+    host.close()

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vmm.net.slirp import SlirpError, UserBackend
 from vmm.net.tap import TapBackend, TapError
 
 NETDEV_TYPES = ("user", "tap", "bridge", "l2tpv3", "socket", "stream", "dgram", "vde",
@@ -20,6 +21,9 @@ TAP_OPTIONS = {"id", "type", "ifname", "fd", "fds", "script", "downscript", "br"
                "sndbuf", "vnet_hdr", "vhost", "vhostfd", "vhostfds", "vhostforce", "queues",
                "poll-us"}
 BRIDGE_OPTIONS = {"id", "type", "br", "helper"}
+USER_OPTIONS = {"id", "type", "net", "host", "dhcpstart", "dns", "hostfwd", "restrict",
+                "ipv4", "ipv6", "hostname", "domainname", "tftp", "bootfile", "smb",
+                "dnssearch", "guestfwd"}
 DEFAULT_MAC_PREFIX = bytes([0x52, 0x54, 0x00, 0x12, 0x34])
 
 
@@ -71,17 +75,20 @@ class Network:
             raise NetError(f"Duplicate ID '{netdev_id}'")    # -netdev adds " for netdev"
         if kind not in NETDEV_TYPES:
             raise NetError(f"Parameter 'type' does not accept value '{kind}'")
-        if kind not in ("tap", "bridge"):
+        if kind not in ("tap", "bridge", "user"):
             raise NetError(f"network backend '{kind}' is not compiled into this binary")
-        unknown = sorted(set(opts) - (TAP_OPTIONS if kind == "tap" else BRIDGE_OPTIONS))
+        known = {"tap": TAP_OPTIONS, "bridge": BRIDGE_OPTIONS, "user": USER_OPTIONS}[kind]
+        unknown = sorted(set(opts) - known)
         if unknown:
             raise NetError(f"Invalid parameter '{unknown[0]}'")
         try:
-            if kind == "bridge":
+            if kind == "user":
+                backend = UserBackend(opts, self.lock)
+            elif kind == "bridge":
                 backend = TapBackend.on_bridge(opts, self.lock)
             else:
                 backend = TapBackend.from_options(opts, self.lock, fd_lookup or self.fd_lookup)
-        except TapError as e:
+        except (TapError, SlirpError) as e:
             raise NetError(e.strerror or str(e)) from None
         self.netdevs[netdev_id] = backend
         self.order.append(netdev_id)

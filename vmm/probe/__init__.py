@@ -24,6 +24,8 @@ COM1:
     netrxmode promisc|allmulti 0|1   virtio-net rx mode through the control queue
     hotplug [manual|auto]   ACPI PCI hotplug state; manual leaves removals unanswered
     legacy                  drive the balloon through the legacy (0.9.5) I/O interface
+    dhcp                    get an IPv4 address by DHCP on the NIC
+    udpecho PORT [MS]       answer one UDP datagram to PORT with its own payload
 
 At boot it prints ``{"event": "ready", "cpus": N, "memory_mib": M}``; later
 events: ``balloon`` (inflated or deflated), ``link`` (up or down),

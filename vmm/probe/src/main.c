@@ -216,6 +216,8 @@ static void dispatch(const char *line)
     if (is(line, "netrxmode", &a)) { cmd_netrxmode(a); return; }
     if (is(line, "hotplug", &a)) { cmd_hotplug(a); return; }
     if (is(line, "legacy", &a)) { cmd_legacy(a); return; }
+    if (is(line, "dhcp", &a)) { cmd_dhcp(a); return; }
+    if (is(line, "udpecho", &a)) { cmd_udpecho(a); return; }
     if (is(line, "echo", &a)) { printf("{\"echo\": \"%s\"}\n", skip_spaces(a)); return; }
     if (is(line, "crash", &a)) {
         printf("{\"crashing\": true}\n");

@@ -21,6 +21,13 @@ void net_init(void)
         link_up = nic.link();
 }
 
+/* For other protocols (dhcp.c): the NIC's frames, without JSON. */
+int net_present(void) { return present; }
+const u8 *net_mac(void) { return nic.mac; }
+void net_send_frame(const u8 *f, u32 len) { nic.send(f, len < 60 ? 60 : len); }
+int net_poll_frame(u8 **f, u32 *len) { return nic.poll(f, len); }
+void net_recycle(u8 *f) { nic.recycle(f); }
+
 /* The NIC in `slot` is being ejected: forget it. */
 void net_forget(unsigned slot)
 {

@@ -25,6 +25,13 @@ static inline int nic_attach(struct nic *nic, const struct nic *ops, unsigned sl
     return 1;
 }
 
+/* net.c, for protocols on top of the NIC (dhcp.c) */
+int net_present(void);
+const u8 *net_mac(void);
+void net_send_frame(const u8 *frame, u32 len);
+int net_poll_frame(u8 **frame, u32 *len);
+void net_recycle(u8 *frame);
+
 int virtio_net_probe(struct nic *nic);
 int e1000_probe(struct nic *nic);
 int rtl8139_probe(struct nic *nic);

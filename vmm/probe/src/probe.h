@@ -112,6 +112,9 @@ void hotplug_poll(void);
 void cmd_hotplug(const char *args);
 /* legacy.c */
 void cmd_legacy(const char *args);
+/* dhcp.c */
+void cmd_dhcp(const char *args);
+void cmd_udpecho(const char *args);
 void cmd_report(const char *args);
 
 /* serial.c: called each time the command loop wakes up */
