@@ -95,3 +95,27 @@ def test_receive_fills_descriptors_and_filters():
     nic.set_link(False)
     assert nic.receive(MAC + bytes(54)) and nic.read(RDH) == 2   # dropped while down
     assert nic.read(ICR) & 0x4                              # link status change
+
+
+def test_checksum_offload_from_a_context_descriptor():
+    """The context descriptor gives the ranges; the data descriptor's POPTS asks for
+    the IP header and UDP checksums; the card fills them in."""
+    mem, nic, backend, _ = make()
+    nic.write(TDBAL, 0x10000)
+    nic.write(TDLEN, 128)
+    nic.write(TCTL, 2)
+    ip = bytearray(bytes.fromhex("450000200000000040110000") + bytes([10, 0, 2, 15, 10, 0, 2, 2]))
+    udp = bytearray(struct.pack(">HHHH", 1000, 7, 12, 0) + b"ping")
+    frame = b"\xff" * 6 + MAC + b"\x08\x00" + bytes(ip) + bytes(udp)
+    mem.write(0x20000, frame)
+    # context: IPCSS 14, IPCSO 24, IPCSE 33, TUCSS 34, TUCSO 40, TUCSE 0 (to the end)
+    mem.write(0x10000, struct.pack("<BBHBBHIBBH", 14, 24, 33, 34, 40, 0, 0x20 << 24, 0, 0, 0))
+    mem.write(0x10010, struct.pack("<QIBBH", 0x20000, len(frame) | (1 << 20) | (0x29 << 24),
+                                   0, 0x03, 0))          # data: EOP|DEXT, POPTS IXSM|TXSM
+    nic.write(TDT, 2)
+    [sent] = backend.sent
+    header = sent[14:34]
+    assert sum(struct.unpack(">10H", header)) % 0xFFFF == 0          # a valid IP checksum
+    assert sent[40:42] != b"\0\0"
+    data = sent[34:]
+    assert sum(struct.unpack(f">{len(data) // 2}H", data)) % 0xFFFF == 0

@@ -264,12 +264,17 @@ def test_bridge_back_end_enslaves_a_new_tap(launch, tmp_path, netns):
      r" \\ foo: index=0,type=tap,ifname=kk9,script=no,downscript=no\r\n"),
     ("tap,ifname=kk9,script=no,downscript=no",          # QEMU's pc default model: e1000
      r"e1000\.0: index=0,type=nic,model=e1000,macaddr=52:54:00:12:34:56\r\n"
-     r" \\ #net0\d\d: index=0,type=tap,ifname=kk9,script=no,downscript=no\r\n")])
+     r" \\ #net0\d\d: index=0,type=tap,ifname=kk9,script=no,downscript=no\r\n"),
+    (["-net", "nic,model=e1000", "-net", "tap,ifname=kk9,script=no,downscript=no"],
+     r"hub 0\r\n \\ hub0port1: #net1\d\d: index=0,type=tap,ifname=kk9,script=no,"
+     r"downscript=no\r\n \\ hub0port0: e1000\.0: index=0,type=nic,model=e1000,"
+     r"macaddr=52:54:00:12:34:56\r\n")])
 def test_nic_option_makes_a_back_end_and_its_nic(tmp_path, vmm_kind, netns, nic, expected):
     import re
 
     argv = (kvmkit_command() if vmm_kind == "kvmkit" else [QEMU, "-accel", "kvm"]) + [
-        "-nodefaults", "-display", "none", "-S", "-m", "64", "-nic", nic]
+        "-nodefaults", "-display", "none", "-S", "-m", "64",
+        *(nic if isinstance(nic, list) else ["-nic", nic])]
     sock_path = str(tmp_path / "qmp.sock")
     proc = start_with_qmp(argv, sock_path, preexec_fn=in_netns(netns))
     try:
@@ -308,3 +313,13 @@ def test_user_networking_gives_dhcp_and_forwards_a_host_port(launch, tmp_path, v
     answer = vm.read_json(timeout=10)
     assert answer["data"] == "through-hostfwd" and answer["from"] == "10.0.2.2"
     host.close()
+
+
+def test_legacy_net_options_meet_on_hub_0(launch, vmm_kind):
+    """-net nic and -net user without netdev= are joined by hub 0, as in QEMU: the
+    guest's DHCP goes through the hub to libslirp."""
+    vm = launch(machine_args(extra=["-net", "nic,model=rtl8139,macaddr=52:54:00:12:34:99",
+                                    "-net", "user"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    assert vm.command("net")["mac"] == "52:54:00:12:34:99"
+    assert vm.command("dhcp", timeout=30)["ip"] == "10.0.2.15"

@@ -90,7 +90,8 @@ class _Parser:
         self.cfg = MachineConfig()
         self.serial_count = 0
         self.auto_chardev = 0
-        self._nic_count = 0             # -nic back ends without an id: QEMU's "#netNxx"
+        self._nic_count = 0             # back ends without an id: QEMU's "#netNxx"
+        self._hub_ports = 0             # -net: ports of hub 0, in command-line order
         self.opt = ""
         self.arg = ""
 
@@ -301,8 +302,7 @@ class _Parser:
         opts = parse_opts(arg, implied="type")
         if opts.get("type") == "none":
             return
-        netdev_id = opts.pop("id", None) or f"#net{self._nic_count}{random.randrange(100):02d}"
-        self._nic_count += 1
+        netdev_id = opts.pop("id", None) or self._auto_netdev_id()
         model = opts.pop("model", "e1000")
         nic = {"netdev": netdev_id}
         if "mac" in opts:
@@ -311,7 +311,30 @@ class _Parser:
         self.cfg.devices.append(DeviceSpec(model, nic, f"-nic {arg}"))
 
     def opt_net(self, arg: str) -> None:
-        raise self.fail("-net is not supported yet: networking is not implemented")
+        """-net nic[,model=][,macaddr=][,netdev=] and -net TYPE,...: the legacy form,
+        where NICs and back ends without a netdev meet on hub 0."""
+        opts = parse_opts(arg, implied="type")
+        kind = opts.pop("type", "")
+        if kind == "none":
+            return
+        if kind == "nic":
+            self._auto_netdev_id()            # QEMU names every -net, NICs too
+            nic = {"netdev": opts.get("netdev") or f"#hub0:{self._hub_ports}"}
+            self._hub_ports += not opts.get("netdev")
+            if "macaddr" in opts:
+                nic["mac"] = opts["macaddr"]
+            self.cfg.devices.append(DeviceSpec(opts.get("model", "e1000"), nic, f"-net {arg}"))
+            return
+        netdev_id = opts.pop("id", None) or opts.pop("name", None) or self._auto_netdev_id()
+        self.cfg.netdevs.append((f"-net {arg}", {**opts, "type": kind, "id": netdev_id,
+                                                 "#hubport": str(self._hub_ports)}))
+        self._hub_ports += 1
+
+    def _auto_netdev_id(self) -> str:
+        """QEMU's generated ids: '#net', a counter, two random digits."""
+        name = f"#net{self._nic_count}{random.randrange(100):02d}"
+        self._nic_count += 1
+        return name
 
     def opt_boot(self, arg: str) -> None:
         pass  # no firmware, so boot order means nothing here

@@ -260,7 +260,10 @@ class Machine:
             try:
                 if "id" not in opts:
                     raise NetError("Parameter 'id' is missing")
+                hub_port = opts.pop("#hubport", None)      # -net TYPE: on the hub
                 self.network.add_netdev(opts["id"], opts.get("type", ""), opts)
+                if hub_port is not None:
+                    self.network.connect_to_hub(opts["id"], int(hub_port))
             except NetError as e:
                 suffix = " for netdev" if str(e).startswith("Duplicate ID") else ""
                 raise MachineError(f"{origin}: {e}{suffix}") from None
@@ -357,8 +360,9 @@ class Machine:
             raise DeviceError(f"Property '{owner}.mac' doesn't take value '{props['mac']}'")
         props["mac"] = ":".join(f"{b:02x}" for b in mac)    # what QOM and qtree show
         try:
-            backend = self.network.find_backend(props["netdev"], owner) \
-                if props.get("netdev") else None
+            netdev = props.get("netdev")
+            backend = (self.network.hub_port(netdev) or
+                       self.network.find_backend(netdev, owner)) if netdev else None
             name = self.network.nic_name(props.get("id"), model)
             pci_device, nic = make(mac, name)
         except (NetError, ValueError) as e:

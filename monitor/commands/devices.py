@@ -57,7 +57,8 @@ def device_del(ctx, id):
 @command("set_link", args=[Member("name", STR), Member("up", BOOL)])
 def set_link(ctx, name, up):
     try:
-        ctx.machine.network.set_link(name, up)
+        with ctx.machine.lock:    # the vCPUs see the link and its interrupt together
+            ctx.machine.network.set_link(name, up)
     except KeyError:
         raise device_not_found(name) from None
 

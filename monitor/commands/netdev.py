@@ -42,8 +42,9 @@ def netdev_add(ctx, id, type, props):
         return ctx.session.fds.pop(name)
 
     try:
-        ctx.machine.network.add_netdev(id, type, {"id": id, "type": type, **opts},
-                                       fd_lookup=session_fd)
+        with ctx.machine.lock:
+            ctx.machine.network.add_netdev(id, type, {"id": id, "type": type, **opts},
+                                           fd_lookup=session_fd)
     except NetError as e:
         raise QmpError(str(e)) from None
 
@@ -51,7 +52,8 @@ def netdev_add(ctx, id, type, props):
 @command("netdev_del", args=[Member("id", STR)])
 def netdev_del(ctx, id):
     try:
-        ctx.machine.network.remove_netdev(id)
+        with ctx.machine.lock:
+            ctx.machine.network.remove_netdev(id)
     except KeyError:
         raise device_not_found(id) from None
 
@@ -69,7 +71,8 @@ REGISTRY.event("NIC_RX_FILTER_CHANGED", [Member("name", STR, True), Member("path
 @command("query-rx-filter", args=[Member("name", STR, True)], returns=ListOf(RX_FILTER_INFO))
 def query_rx_filter(ctx, name=None):
     try:
-        return ctx.machine.network.query_rx_filter(name)
+        with ctx.machine.lock:
+            return ctx.machine.network.query_rx_filter(name)
     except KeyError:
         raise QmpError(f"invalid net client name: {name}") from None
     except ValueError as e:

@@ -6,7 +6,8 @@ BAR0 (128 KiB) holds the registers; BAR1 (64 bytes of I/O) reaches them through
 IOADDR/IODATA. The MAC comes from a 64-word EEPROM (read through EERD or the
 EECD bit-bang port) whose checksum makes the words sum to 0xBABA. Transmit and
 receive use descriptor rings in guest memory (legacy descriptors, and the
-extended data descriptors a driver uses with a context descriptor; no TSO).
+extended data descriptors a driver uses with a context descriptor, whose IP and
+TCP/UDP checksum offloads are computed; TCP segmentation offload is not).
 Interrupt causes accumulate in ICR, masked by IMS, on INTx; reading ICR clears
 it. All guest-given ring addresses go through GuestMemory, so a hostile ring
 can only fail its own frames.
@@ -40,7 +41,8 @@ ICR_INT_ASSERTED = 1 << 31
 RCTL_EN, RCTL_UPE, RCTL_MPE, RCTL_BAM, RCTL_SECRC = 1 << 1, 1 << 3, 1 << 4, 1 << 15, 1 << 26
 RCTL_MO_SHIFT = 12
 TCTL_EN = 1 << 1
-TXD_EOP, TXD_IFCS, TXD_RS, TXD_DEXT = 0x01, 0x02, 0x08, 0x20
+TXD_EOP, TXD_IFCS, TXD_IC, TXD_RS, TXD_DEXT = 0x01, 0x02, 0x04, 0x08, 0x20
+TXD_POPTS_IXSM, TXD_POPTS_TXSM = 0x01, 0x02
 DESC_DD, RXD_EOP = 0x01, 0x02
 RAH_AV = 1 << 31
 MAX_FRAME = 16384
@@ -99,6 +101,10 @@ class E1000(PciDevice):
         self.regs[RA] = int.from_bytes(self.mac[:4], "little")
         self.regs[RA + 4] = int.from_bytes(self.mac[4:6], "little") | RAH_AV
         self.phy = dict(PHY_REGS)
+        self.tx_frame = bytearray()      # a frame being gathered across descriptors
+        self.tx_context = (0, 0, 0, 0, 0, 0)  # IPCSS, IPCSO, IPCSE, TUCSS, TUCSO, TUCSE
+        self.tx_offloads = (False, False)
+        self.tx_legacy_sum: tuple[int, int] | None = None
         self._set_status_link()
         self._intx_from_icr()
 
@@ -208,27 +214,12 @@ class E1000(PciDevice):
             return
         head = self.regs.get(TDH, 0) % count
         tail = self.regs.get(TDT, 0) % count
-        frame = bytearray()
         done = 0
         try:
             while head != tail and done < count:
-                addr, length, _cso, cmd, status, _css, _special = struct.unpack(
-                    "<QHBBBBH", self.memory.read(base + 16 * head, 16))
-                # Extended descriptors keep their type (0 context, 1 data) and a 20-bit
-                # length in the dword at +8; a context descriptor carries no data.
-                typed = struct.unpack("<I", self.memory.read(base + 16 * head + 8, 4))[0]
-                is_context = cmd & TXD_DEXT and (typed >> 20) & 0xF == 0
-                if not is_context:
-                    if cmd & TXD_DEXT:
-                        length = typed & 0xFFFFF
-                    if len(frame) + length > MAX_FRAME:
-                        frame.clear()                # an oversized frame is dropped
-                    else:
-                        frame += self.memory.read(addr, length)
-                    if cmd & TXD_EOP:
-                        self._send(bytes(frame))
-                        frame.clear()
-                if cmd & TXD_RS:                     # report status: descriptor done
+                self._transmit_descriptor(self.memory.read(base + 16 * head, 16))
+                if self.memory.read(base + 16 * head + 11, 1)[0] & TXD_RS:
+                    status = self.memory.read(base + 16 * head + 12, 1)[0]
                     self.memory.write(base + 16 * head + 12, bytes([status | DESC_DD]))
                 head = (head + 1) % count
                 done += 1
@@ -236,6 +227,46 @@ class E1000(PciDevice):
             log.warning("e1000: transmit ring outside guest RAM: %s", e)
         self.regs[TDH] = head
         self._interrupt(ICR_TXDW | ICR_TXQE)
+
+    def _transmit_descriptor(self, desc: bytes) -> None:
+        """One descriptor: legacy, or extended context (checksum offsets) or data."""
+        addr, length, cso, cmd, _status, css, _special = struct.unpack("<QHBBBBH", desc)
+        typed = struct.unpack_from("<I", desc, 8)[0]
+        if cmd & TXD_DEXT and (typed >> 20) & 0xF == 0:        # context descriptor
+            self.tx_context = struct.unpack_from("<BBHBBH", desc, 0)
+            return
+        if cmd & TXD_DEXT:                                     # data descriptor
+            length = typed & 0xFFFFF
+            popts = desc[13]
+            self.tx_offloads = (popts & TXD_POPTS_IXSM, popts & TXD_POPTS_TXSM)
+        else:                                                  # legacy: CSO/CSS, IC
+            self.tx_offloads = (False, False)
+            self.tx_legacy_sum = (css, cso) if cmd & TXD_IC else None
+        if len(self.tx_frame) + length > MAX_FRAME:
+            self.tx_frame.clear()                              # oversized: dropped
+            return
+        self.tx_frame += self.memory.read(addr, length)
+        if cmd & TXD_EOP:
+            frame = self.tx_frame
+            self._insert_checksums(frame, cmd & TXD_DEXT)
+            self._send(bytes(frame))
+            self.tx_frame = bytearray()
+
+    def _insert_checksums(self, frame: bytearray, extended: bool) -> None:
+        """What the driver asked the card to compute: the IP header checksum (IXSM)
+        and the TCP/UDP one (TXSM), over the context's ranges; the driver has put
+        the pseudo-header sum in the TCP/UDP field already."""
+        if not extended:
+            if self.tx_legacy_sum is not None:
+                start, where = self.tx_legacy_sum
+                _put_checksum(frame, start, len(frame) - 1, where)
+            return
+        ipcss, ipcso, ipcse, tucss, tucso, tucse = self.tx_context
+        ip_sum, l4_sum = self.tx_offloads
+        if ip_sum:
+            _put_checksum(frame, ipcss, ipcse or len(frame) - 1, ipcso)
+        if l4_sum:
+            _put_checksum(frame, tucss, tucse or len(frame) - 1, tucso)
 
     def _send(self, frame: bytes) -> None:
         if frame and self.link_up and self.netdev is not None:
@@ -302,6 +333,19 @@ class E1000(PciDevice):
                                           + (high & 0xFFFF).to_bytes(2, "little")):
                 return True
         return False
+
+
+def _put_checksum(frame: bytearray, start: int, end: int, where: int) -> None:
+    """The Internet checksum of frame[start..end] (inclusive), stored at `where`."""
+    if not 0 <= start <= end < len(frame) or where + 2 > len(frame):
+        return                                     # offsets the frame cannot hold
+    data = bytes(frame[start:end + 1])
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f">{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    frame[where:where + 2] = struct.pack(">H", ~total & 0xFFFF)
 
 
 def _rx_buffer_size(rctl: int) -> int:

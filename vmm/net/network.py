@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vmm.net.hub import Hub, HubPort
 from vmm.net.slirp import SlirpError, UserBackend
 from vmm.net.tap import TapBackend, TapError
 
@@ -66,7 +67,26 @@ class Network:
         self.order: list[str] = []          # every client name, in creation order
         self.netdevs: dict[str, object] = {}
         self.nics: dict[str, Nic] = {}
+        self.hubs: dict[int, Hub] = {}
         self.loop = None
+
+    # -- the legacy -net hub ------------------------------------------------------------
+    def hub(self, hub_id: int = 0) -> Hub:
+        return self.hubs.setdefault(hub_id, Hub(hub_id))
+
+    def connect_to_hub(self, netdev_id: str, port_index: int, hub_id: int = 0) -> None:
+        """-net TYPE: the back end just added goes on a port of the hub."""
+        backend = self.netdevs[netdev_id]
+        port = self.hub(hub_id).port(port_index)
+        port.peer, port.peer_name = backend, netdev_id
+        backend.nic = port
+
+    def hub_port(self, reference: str) -> HubPort | None:
+        """-net nic's netdev reference "#hubH:P" (no user id has a '#'), else None."""
+        if not reference.startswith("#hub"):
+            return None
+        hub_id, index = reference[4:].split(":")
+        return self.hub(int(hub_id)).port(int(index))
 
     # -- back ends --------------------------------------------------------------------
     def add_netdev(self, netdev_id: str, kind: str, opts: dict,
@@ -134,7 +154,11 @@ class Network:
     def attach_nic(self, nic: Nic) -> None:
         self.nics[nic.name] = nic
         self.order.append(nic.name)
-        if nic.peer is not None:
+        if isinstance(nic.peer, HubPort):
+            nic.peer.peer, nic.peer.peer_name, nic.peer.peer_is_nic = \
+                nic.device, nic.name, True
+            nic.device.netdev = nic.peer
+        elif nic.peer is not None:
             nic.peer.nic = nic.device
             nic.device.netdev = nic.peer
 
@@ -143,7 +167,9 @@ class Network:
         if nic is None:
             return
         self.order.remove(name)
-        if nic.peer is not None:
+        if isinstance(nic.peer, HubPort):
+            nic.peer.peer = None
+        elif nic.peer is not None:
             nic.peer.nic = None
 
     def rx_filter_changed(self, name: str) -> None:
@@ -188,11 +214,18 @@ class Network:
             nic.device.set_link(up)
 
     def lines(self) -> list[str]:
-        """`info network`: NICs with their peers, then unattached back ends."""
+        """`info network`: hubs with their ports, NICs with their peers, then
+        unattached back ends (what sits on a hub is shown there only)."""
         attached = {id(nic.peer) for nic in self.nics.values() if nic.peer is not None}
         names = {id(backend): name for name, backend in self.netdevs.items()}
         out = []
+        for hub in self.hubs.values():
+            out += hub.lines(self._port_peer_info)
+        on_hubs = {id(port.peer) for hub in self.hubs.values() for port in hub.ports}
         for name in self.order:
+            client = self.nics.get(name) or self.netdevs.get(name)
+            if id(getattr(client, "device", client)) in on_hubs:
+                continue
             if name in self.nics:
                 nic = self.nics[name]
                 out.append(f"{name}: {nic.info()}")
@@ -201,6 +234,11 @@ class Network:
             elif id(self.netdevs[name]) not in attached:
                 out.append(f"{name}: {self.netdevs[name].info(0)}")
         return out
+
+    def _port_peer_info(self, port: HubPort) -> str:
+        if port.peer_is_nic:
+            return self.nics[port.peer_name].info()
+        return port.peer.info(0)
 
     def start(self, loop) -> None:
         self.loop = loop
