@@ -370,15 +370,17 @@ class Machine:
         pci_device.qdev_id = props.get("id") or ""
         self.pci.plug(pci_device, self._pci_slot(props.get("addr")))
         self.network.attach_nic(Nic(name, model, mac, nic, backend,
-                                    path=self._new_device_path(props.get("id")) + path_suffix))
+                                    path=self._device_path(props.get("id")) + path_suffix))
         return pci_device
 
-    def _new_device_path(self, qdev_id: str | None) -> str:
-        """The QOM path the device being added will have (see monitor/qom.py)."""
+    def _device_path(self, qdev_id: str | None, position: int | None = None) -> str:
+        """The QOM path (see monitor/qom.py) of device_instances[position], or of the
+        device being added when position is None."""
         if qdev_id:
             return f"/machine/peripheral/{qdev_id}"
-        anonymous = sum(1 for d in self.device_instances if not d.id)
-        return f"/machine/peripheral-anon/device[{anonymous}]"
+        earlier = self.device_instances if position is None else \
+            self.device_instances[:position]
+        return f"/machine/peripheral-anon/device[{sum(1 for d in earlier if not d.id)}]"
 
     @property
     def msi_routes(self) -> MsiRoutes:
@@ -413,7 +415,7 @@ class Machine:
         """The guest ejected `slot` (or a reset completes its unplug): remove it."""
         for instance in [i for i in self.device_instances
                          if getattr(i.device, "slot", -1) == slot]:
-            path = self._device_path(instance)
+            path = self._device_path(instance.id, self.device_instances.index(instance))
             device = instance.device
             self.pci.unplug(device)
             self.device_instances.remove(instance)
@@ -427,12 +429,6 @@ class Machine:
                 self._from_vcpu(self.emit, "DEVICE_DELETED", {"path": f"{path}/virtio-backend"})
             data = {"device": instance.id, "path": path} if instance.id else {"path": path}
             self._from_vcpu(self.emit, "DEVICE_DELETED", data)
-
-    def _device_path(self, instance: DeviceInstance) -> str:
-        if instance.id:
-            return f"/machine/peripheral/{instance.id}"
-        anonymous = [i for i in self.device_instances if not i.id]
-        return f"/machine/peripheral-anon/device[{anonymous.index(instance)}]"
 
     def _pci_slot(self, addr: str | None) -> int | None:
         if addr is None:
