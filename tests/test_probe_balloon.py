@@ -131,3 +131,34 @@ def test_legacy_interface_of_the_transitional_balloon(launch, tmp_path, vmm_kind
     # STATS_VQ, PAGE_POISON, the ring features, and the legacy-only bits 24, 27, 30
     assert got["host_features"] == "0x79000012"
     assert qmp.hmp("info balloon") == "balloon: actual=255\r\n"
+
+
+def test_a_qemu_qmp_client_sees_balloon_change_and_guest_stats(launch, tmp_path, vmm_kind):
+    """What a QEMU user's script does: qemu.qmp's QMPClient sets the balloon, gets
+    BALLOON_CHANGE events, and reads guest-stats that match the guest's own numbers."""
+    import asyncio
+
+    from qemu.qmp import QMPClient
+
+    sock = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(memory_mib=256, extra=[
+        "-device", "virtio-balloon-pci,id=balloon0,guest-stats-polling-interval=1",
+        "-qmp", f"unix:{sock},server=on,wait=off"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+
+    async def scenario():
+        client = QMPClient("balloon-test")
+        await client.connect(sock)
+        with client.listener("BALLOON_CHANGE") as listener:
+            await client.execute("balloon", {"value": 192 * MiB})
+            event = await asyncio.wait_for(listener.get(), 20)
+        stats = await client.execute("qom-get", {"path": "/machine/peripheral/balloon0",
+                                                 "property": "guest-stats"})
+        await client.disconnect()
+        return event, stats
+
+    event, stats = asyncio.run(scenario())
+    assert event["data"] == {"actual": 192 * MiB}
+    guest = vm.command("stats")
+    assert stats["stats"]["stat-total-memory"] == guest["total"]
+    assert stats["last-update"] > 0

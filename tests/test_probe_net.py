@@ -323,3 +323,25 @@ def test_legacy_net_options_meet_on_hub_0(launch, vmm_kind):
     vm.wait_event("ready", timeout=60)
     assert vm.command("net")["mac"] == "52:54:00:12:34:99"
     assert vm.command("dhcp", timeout=30)["ip"] == "10.0.2.15"
+
+
+@pytest.mark.parametrize("devices, message", [
+    (["virtio-balloon-pci,addr=2", "e1000,addr=2,id=x"],
+     "-device e1000,addr=2,id=x: PCI: slot 2 function 0 not available for e1000, in use by "
+     "virtio-balloon-pci,id=(null)"),
+    (["virtio-balloon-pci,addr=zz"],
+     "-device virtio-balloon-pci,addr=zz: Property 'virtio-balloon-pci.addr' doesn't take "
+     "value 'zz'"),
+    (["virtio-balloon-pci,addr=0x20"],
+     "-device virtio-balloon-pci,addr=0x20: Property 'virtio-balloon-pci.addr' doesn't take "
+     "value '0x20'"),
+    (["rtl8139,bus=pci.1"], "-device rtl8139,bus=pci.1: Bus 'pci.1' not found")])
+def test_pci_placement_errors_as_qemus(vmm_kind, devices, message):
+    argv = (kvmkit_command() if vmm_kind == "kvmkit" else [QEMU, "-accel", "kvm"]) + [
+        "-nodefaults", "-display", "none", "-S", "-m", "64"]
+    for device in devices:
+        argv += ["-device", device]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=20,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(message)

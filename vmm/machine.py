@@ -323,7 +323,7 @@ class Machine:
             raise DeviceError(str(e)) from None
         transport.qdev_id = props.get("id") or ""
         transport.ioevents = self.ioevents
-        self.pci.plug(transport, self._pci_slot(props.get("addr")))
+        self._plug_pci(transport, "virtio-balloon-pci", props)
         self.balloon = balloon
         return transport
 
@@ -368,7 +368,7 @@ class Machine:
         except (NetError, ValueError) as e:
             raise DeviceError(str(e)) from None
         pci_device.qdev_id = props.get("id") or ""
-        self.pci.plug(pci_device, self._pci_slot(props.get("addr")))
+        self._plug_pci(pci_device, model, props)
         self.network.attach_nic(Nic(name, model, mac, nic, backend,
                                     path=self._device_path(props.get("id")) + path_suffix))
         return pci_device
@@ -430,13 +430,31 @@ class Machine:
             data = {"device": instance.id, "path": path} if instance.id else {"path": path}
             self._from_vcpu(self.emit, "DEVICE_DELETED", data)
 
-    def _pci_slot(self, addr: str | None) -> int | None:
-        if addr is None:
-            return None
+    def _plug_pci(self, device, driver: str, props: dict) -> None:
+        """Puts a PCI function where bus=/addr= say (QEMU's texts), or in a free slot."""
+        if props.get("bus") not in (None, "pci.0"):
+            raise DeviceError(f"Bus '{props['bus']}' not found")
+        slot, function = None, 0
+        if props.get("addr") is not None:
+            text = props["addr"]
+            try:
+                slot_text, _, function_text = text.partition(".")
+                slot = int(slot_text, 16)
+                function = int(function_text, 16) if function_text else 0
+            except ValueError:
+                slot = -1
+            if not (0 <= slot < 32 and 0 <= function < 8):
+                raise DeviceError(f"Property '{driver}.addr' doesn't take value '{text}'")
+        if slot is not None and self.pci.find(slot, function) is not None:
+            taken = next((i for i in self.device_instances
+                          if i.device is self.pci.find(slot, function)), None)
+            owner = f"{taken.driver},id={taken.id or '(null)'}" if taken else "a chipset function"
+            raise DeviceError(f"PCI: slot {slot} function {function} not available for "
+                              f"{driver}, in use by {owner}")
         try:
-            return int(addr.split(".")[0], 16)
-        except ValueError:
-            raise DeviceError("Parameter 'addr' expects a PCI device address") from None
+            self.pci.plug(device, slot, function)
+        except ValueError as e:
+            raise DeviceError(str(e)) from None
 
     def _balloon_changed(self, actual: int) -> None:
         """The guest updated `actual` (on a vCPU thread): BALLOON_CHANGE on the loop."""
