@@ -175,7 +175,8 @@ def _qtree_pci_bus(text: str) -> list[str]:
     ["virtio-balloon-pci,id=b0,deflate-on-oom=on,free-page-reporting=on"],
     ["virtio-balloon-pci,disable-legacy=on"],
     ["virtio-net-pci,id=n0", "virtio-net-pci,mac=52:54:00:00:00:07"],
-    ["e1000,id=e0", "virtio-balloon-pci,id=b0"], ["rtl8139,id=r0"]])
+    ["e1000,id=e0", "virtio-balloon-pci,id=b0"], ["rtl8139,id=r0"],
+    ["virtio-rng-pci,id=rng0"]])
 def test_pci_devices_print_as_on_live_qemu(tmp_path, devices):
     """info pci, info network and the PCI part of info qtree, running: ids, BAR
     placement (SeaBIOS's), IRQ routing, MSI-X and ROM BARs, virtio properties."""

@@ -61,6 +61,12 @@ register(DeviceModel("rtl8139", "pci", "Realtek RTL8139 Fast Ethernet", {
     "romfile": ("str", "efi-rtl8139.rom")}))
 
 
+register(DeviceModel("virtio-rng-pci", "pci", "virtio entropy source", {
+    "addr": ("str", None), "bus": ("str", None), "vectors": ("int", 2),
+    "max-bytes": ("int", (1 << 63) - 1), "period": ("int", 65536), "rng": ("str", None),
+    "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False)}))
+
+
 class DeviceError(ValueError):
     pass
 

@@ -53,6 +53,7 @@ from vmm.devices.rtl8139 import Rtl8139
 from vmm.devices.serial import COM_PORTS, Serial16550
 from vmm.devices.virtio_balloon import VirtioBalloon
 from vmm.devices.virtio_net import VirtioNet
+from vmm.devices.virtio_rng import VirtioRng
 from vmm.ioevents import IoEvents
 from vmm.kvm import Kvm, KvmError
 from vmm.memory import GuestMemory
@@ -293,6 +294,8 @@ class Machine:
             device = self._add_virtio_net(props)
         elif driver == "e1000":
             device = self._add_e1000(props)
+        elif driver == "virtio-rng-pci":
+            device = self._add_virtio_rng(props)
         elif driver == "rtl8139":
             device = self._add_rtl8139(props)
         elif driver == "isa-debug-exit":
@@ -340,6 +343,21 @@ class Machine:
             return transport, net
         return self._add_nic("virtio-net-pci", "virtio-net-device", props, make,
                              path_suffix="/virtio-backend")
+
+    def _add_virtio_rng(self, props: dict):
+        rng = VirtioRng(props["max-bytes"], props["period"])
+        try:
+            transport = VirtioPciDevice(rng, self.memory, 0x00FF00,
+                                        legacy=props["disable-legacy"] != "on",
+                                        modern=not props["disable-modern"],
+                                        msix_vectors=props["vectors"],
+                                        msi_routes=self.msi_routes)
+        except ValueError as e:
+            raise DeviceError(str(e)) from None
+        transport.qdev_id = props.get("id") or ""
+        transport.ioevents = self.ioevents
+        self._plug_pci(transport, "virtio-rng-pci", props)
+        return transport
 
     def _add_e1000(self, props: dict):
         def make(mac: bytes, name: str):

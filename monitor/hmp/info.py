@@ -221,6 +221,8 @@ def _virtio_device_props(driver: str, props: dict) -> list[tuple[str, object]]:
                 ("x-txburst", 256), ("tx", ""), ("rx_queue_size", 256),
                 ("tx_queue_size", 256), ("host_mtu", 0), ("x-mtu-bypass-backend", True),
                 ("speed", -1), ("duplex", ""), ("failover", False)]
+    elif driver == "virtio-rng-pci":
+        own = [("max-bytes", props["max-bytes"]), ("period", props["period"])]
     elif driver == "virtio-balloon-pci":
         own = [("deflate-on-oom", props["deflate-on-oom"]), ("free-page-hint", False),
                ("page-poison", props["page-poison"]),

@@ -26,6 +26,7 @@ COM1:
     legacy                  drive the balloon through the legacy (0.9.5) I/O interface
     dhcp                    get an IPv4 address by DHCP on the NIC
     udpecho PORT [MS]       answer one UDP datagram to PORT with its own payload
+    rng [N]                 N bytes from virtio-rng: how many came, how varied
 
 At boot it prints ``{"event": "ready", "cpus": N, "memory_mib": M}``; later
 events: ``balloon`` (inflated or deflated), ``link`` (up or down),
