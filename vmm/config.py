@@ -63,6 +63,7 @@ class MachineConfig:
     devices: list[DeviceSpec] = field(default_factory=list)
     monitors: list[MonitorSpec] = field(default_factory=list)
     netdevs: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (origin, opts)
+    drives: dict[str, dict[str, str]] = field(default_factory=dict)         # id -> options
     pidfile: str | None = None
     daemonize: bool = False
     logfile: str | None = None
@@ -81,7 +82,7 @@ OPTIONS: dict[str, bool] = {
     "no-reboot": False, "no-shutdown": False, "pidfile": True, "daemonize": False,
     "D": True, "d": True, "version": False, "h": False, "help": False, "qmp": True,
     "qmp-pretty": True, "monitor": True, "mon": True, "netdev": True, "nic": True, "net": True,
-    "no-user-config": False, "boot": True,
+    "no-user-config": False, "boot": True, "drive": True,
 }
 
 
@@ -309,6 +310,22 @@ class _Parser:
             nic["mac"] = opts.pop("mac")
         self.cfg.netdevs.append((f"-nic {arg}", {**opts, "id": netdev_id}))
         self.cfg.devices.append(DeviceSpec(model, nic, f"-nic {arg}"))
+
+    def opt_drive(self, arg: str) -> None:
+        """-drive file=F,format=raw,if=none,id=ID[,readonly=on]: a block back end for
+        -device virtio-blk-pci,drive=ID (only raw files, only if=none)."""
+        opts = parse_opts(arg, implied="file")
+        if opts.get("if", "ide") != "none":
+            raise self.fail(f"machine type does not support if={opts.get('if', 'ide')},"
+                            "bus=0,unit=0")
+        if opts.get("format", "raw") != "raw":
+            raise self.fail(f"Unknown driver '{opts['format']}'")
+        if "file" not in opts:
+            raise self.fail("A block device must be specified for \"file\"")
+        drive_id = opts.get("id") or f"drive{len(self.cfg.drives)}"
+        if drive_id in self.cfg.drives:
+            raise self.fail(f"Duplicate ID '{drive_id}' for drive")
+        self.cfg.drives[drive_id] = opts
 
     def opt_net(self, arg: str) -> None:
         """-net nic[,model=][,macaddr=][,netdev=] and -net TYPE,...: the legacy form,

@@ -67,6 +67,12 @@ register(DeviceModel("virtio-rng-pci", "pci", "virtio entropy source", {
     "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False)}))
 
 
+register(DeviceModel("virtio-blk-pci", "pci", "Virtio block device", {
+    "addr": ("str", None), "bus": ("str", None), "drive": ("str", None),
+    "serial": ("str", None), "vectors": ("int", 2),
+    "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False)}))
+
+
 class DeviceError(ValueError):
     pass
 

@@ -52,6 +52,7 @@ from vmm.devices.rtc import Rtc
 from vmm.devices.rtl8139 import Rtl8139
 from vmm.devices.serial import COM_PORTS, Serial16550
 from vmm.devices.virtio_balloon import VirtioBalloon
+from vmm.devices.virtio_blk import VirtioBlk
 from vmm.devices.virtio_net import VirtioNet
 from vmm.devices.virtio_rng import VirtioRng
 from vmm.ioevents import IoEvents
@@ -296,6 +297,8 @@ class Machine:
             device = self._add_e1000(props)
         elif driver == "virtio-rng-pci":
             device = self._add_virtio_rng(props)
+        elif driver == "virtio-blk-pci":
+            device = self._add_virtio_blk(props)
         elif driver == "rtl8139":
             device = self._add_rtl8139(props)
         elif driver == "isa-debug-exit":
@@ -309,6 +312,20 @@ class Machine:
             raise DeviceError(f"'{driver}' is not a valid device model name")
         self.device_instances.append(DeviceInstance(driver, props.get("id"), props, device))
 
+    def _virtio_pci(self, backend, class_code: int, props: dict, vectors: int = 0):
+        """A virtio device on its PCI transport, wired as the others (not yet placed)."""
+        try:
+            transport = VirtioPciDevice(backend, self.memory, class_code,
+                                        legacy=props["disable-legacy"] != "on",
+                                        modern=not props["disable-modern"],
+                                        msix_vectors=vectors,
+                                        msi_routes=self.msi_routes if vectors else None)
+        except ValueError as e:
+            raise DeviceError(str(e)) from None
+        transport.qdev_id = props.get("id") or ""
+        transport.ioevents = self.ioevents
+        return transport
+
     def _add_balloon(self, props: dict):
         if self.balloon is not None:
             raise DeviceError("There is already a balloon device")
@@ -319,13 +336,9 @@ class Machine:
             page_poison=props["page-poison"])
         try:
             balloon.set_stats_interval(props["guest-stats-polling-interval"])
-            transport = VirtioPciDevice(balloon, self.memory, 0x00FF00,
-                                        legacy=props["disable-legacy"] != "on",
-                                        modern=not props["disable-modern"])
         except ValueError as e:
             raise DeviceError(str(e)) from None
-        transport.qdev_id = props.get("id") or ""
-        transport.ioevents = self.ioevents
+        transport = self._virtio_pci(balloon, 0x00FF00, props)
         self._plug_pci(transport, "virtio-balloon-pci", props)
         self.balloon = balloon
         return transport
@@ -333,29 +346,30 @@ class Machine:
     def _add_virtio_net(self, props: dict):
         def make(mac: bytes, name: str):
             net = VirtioNet(mac, lambda: self.network.rx_filter_changed(name))
-            transport = VirtioPciDevice(net, self.memory, 0x020000,
-                                        legacy=props["disable-legacy"] != "on",
-                                        modern=not props["disable-modern"],
-                                        msix_vectors=props["vectors"],
-                                        msi_routes=self.msi_routes)
+            transport = self._virtio_pci(net, 0x020000, props, props["vectors"])
             transport.add_rom(0x40000)           # where QEMU has efi-virtio.rom
-            transport.ioevents = self.ioevents
             return transport, net
         return self._add_nic("virtio-net-pci", "virtio-net-device", props, make,
                              path_suffix="/virtio-backend")
 
+    def _add_virtio_blk(self, props: dict):
+        drive = self.cfg.drives.get(props.get("drive") or "")
+        if drive is None:
+            raise DeviceError("Parameter 'drive' is missing" if not props.get("drive") else
+                              f"Property 'virtio-blk-pci.drive' can't find value "
+                              f"'{props['drive']}'")
+        try:
+            blk = VirtioBlk(drive["file"], drive.get("readonly") in ("on", "true", "yes"),
+                            props.get("serial") or "")
+        except OSError as e:
+            raise DeviceError(f"Could not open '{drive['file']}': {e.strerror}") from None
+        transport = self._virtio_pci(blk, 0x010000, props, props["vectors"])
+        self._plug_pci(transport, "virtio-blk-pci", props)
+        return transport
+
     def _add_virtio_rng(self, props: dict):
         rng = VirtioRng(props["max-bytes"], props["period"])
-        try:
-            transport = VirtioPciDevice(rng, self.memory, 0x00FF00,
-                                        legacy=props["disable-legacy"] != "on",
-                                        modern=not props["disable-modern"],
-                                        msix_vectors=props["vectors"],
-                                        msi_routes=self.msi_routes)
-        except ValueError as e:
-            raise DeviceError(str(e)) from None
-        transport.qdev_id = props.get("id") or ""
-        transport.ioevents = self.ioevents
+        transport = self._virtio_pci(rng, 0x00FF00, props, props["vectors"])
         self._plug_pci(transport, "virtio-rng-pci", props)
         return transport
 

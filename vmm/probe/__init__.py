@@ -27,6 +27,7 @@ COM1:
     dhcp                    get an IPv4 address by DHCP on the NIC
     udpecho PORT [MS]       answer one UDP datagram to PORT with its own payload
     rng [N]                 N bytes from virtio-rng: how many came, how varied
+    blk [read S | write S TEXT | flush]   virtio-blk: capacity, one-sector I/O, flush
 
 At boot it prints ``{"event": "ready", "cpus": N, "memory_mib": M}``; later
 events: ``balloon`` (inflated or deflated), ``link`` (up or down),

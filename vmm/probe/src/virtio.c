@@ -229,8 +229,17 @@ u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable)
 
 u32 vq_request_wait(struct virtqueue *vq, void *out, u32 out_len, void *in, u32 in_len)
 {
-    u16 head = vq_desc(vq, out, out_len, 1);     /* NEXT: the reply follows */
-    vq_desc(vq, in, in_len, 2);                  /* WRITE */
+    void *bufs[2] = {out, in};
+    u32 lens[2] = {out_len, in_len};
+    int writable[2] = {0, 1};
+    return vq_chain_wait(vq, 2, bufs, lens, writable);
+}
+
+u32 vq_chain_wait(struct virtqueue *vq, int n, void **bufs, u32 *lens, const int *writable)
+{
+    u16 head = vq->next_desc;
+    for (int i = 0; i < n; i++)
+        vq_desc(vq, bufs[i], lens[i], (u16)((writable[i] ? 2 : 0) | (i + 1 < n ? 1 : 0)));
     vq_publish(vq, head);
     return vq_wait_used(vq);
 }

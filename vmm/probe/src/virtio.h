@@ -40,6 +40,8 @@ void vq_add(struct virtqueue *vq, void *buf, u32 len, int writable);
 int vq_take_used(struct virtqueue *vq, u32 *len);
 /* A device-readable request and a device-writable reply in one chain; waits for it. */
 u32 vq_request_wait(struct virtqueue *vq, void *out, u32 out_len, void *in, u32 in_len);
+/* A chain of n buffers (device-writable where writable[i]); waits for it. */
+u32 vq_chain_wait(struct virtqueue *vq, int n, void **bufs, u32 *lens, const int *writable);
 /* Sends one buffer (device-readable unless `writable`), waits until it is used. */
 u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable);
 void cmd_virtio(const char *args);
