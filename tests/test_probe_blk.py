@@ -4,6 +4,7 @@ host then reads, flush, and a read past the end."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -48,6 +49,13 @@ def test_info_pci_shows_the_disk_as_qemu_does(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert k.hmp("info pci") == theirs
+        node = re.compile(r"#block\d+")           # a generated name with random digits
+        assert node.sub("#block", k.hmp("info block")) == \
+            node.sub("#block", q.hmp("info block"))
+        ours_q, theirs_q = k.execute("query-block"), q.execute("query-block")
+        for reply in (ours_q, theirs_q):
+            reply["return"][0]["inserted"]["node-name"] = "#block"
+        assert ours_q == theirs_q
     finally:
         for proc in procs:
             proc.kill()

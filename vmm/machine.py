@@ -55,6 +55,7 @@ from vmm.devices.virtio_balloon import VirtioBalloon
 from vmm.devices.virtio_blk import VirtioBlk
 from vmm.devices.virtio_net import VirtioNet
 from vmm.devices.virtio_rng import VirtioRng
+from vmm.drives import drives_from_config
 from vmm.ioevents import IoEvents
 from vmm.kvm import Kvm, KvmError
 from vmm.memory import GuestMemory
@@ -255,6 +256,7 @@ class Machine:
             serial_ids = ["serial0"]
         for chardev_id in serial_ids:
             self._add_serial(chardev_id or None, -1, -1, -1)
+        self.drives = drives_from_config(self.cfg.drives)
         self.network = Network(self.lock, _inherited_fd,
                                lambda name, data: self._from_vcpu(self.emit, name, data))
         self._msi_routes: MsiRoutes | None = None
@@ -353,18 +355,21 @@ class Machine:
                              path_suffix="/virtio-backend")
 
     def _add_virtio_blk(self, props: dict):
-        drive = self.cfg.drives.get(props.get("drive") or "")
+        drive = self.drives.get(props.get("drive") or "")
         if drive is None:
             raise DeviceError("Parameter 'drive' is missing" if not props.get("drive") else
                               f"Property 'virtio-blk-pci.drive' can't find value "
                               f"'{props['drive']}'")
+        if drive.attached_to:
+            raise DeviceError(f"Property 'virtio-blk-pci.drive' can't take value "
+                              f"'{drive.drive_id}', it's in use")
         try:
-            blk = VirtioBlk(drive["file"], drive.get("readonly") in ("on", "true", "yes"),
-                            props.get("serial") or "")
+            blk = VirtioBlk(drive.path, drive.read_only, props.get("serial") or "")
         except OSError as e:
-            raise DeviceError(f"Could not open '{drive['file']}': {e.strerror}") from None
+            raise DeviceError(f"Could not open '{drive.path}': {e.strerror}") from None
         transport = self._virtio_pci(blk, 0x010000, props, props["vectors"])
         self._plug_pci(transport, "virtio-blk-pci", props)
+        drive.attached_to = self._device_path(props.get("id")) + "/virtio-backend"
         return transport
 
     def _add_virtio_rng(self, props: dict):

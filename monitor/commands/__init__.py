@@ -2,6 +2,7 @@
 
 from monitor.commands import (  # noqa: F401
     balloon,
+    block,
     core,
     devices,
     fds,

@@ -63,7 +63,18 @@ async def info_balloon(ctx: HmpContext, args: dict) -> str:
      "show info of one block device or all block devices (-n: show named nodes; "
      "-v: show details)", info=True)
 async def info_block(ctx: HmpContext, args: dict) -> str:
-    return ""   # kvmkit has no block devices yet
+    entries = []
+    for drive in await ctx.call("query-block"):
+        if args.get("device") not in (None, drive["device"]):
+            continue
+        image = drive["inserted"]
+        lines = [f"{drive['device']} ({image['node-name']}): {image['file']} ({image['drv']}"
+                 f"{', read-only' if image['ro'] else ''})"]
+        if "qdev" in drive:
+            lines.append(f"    Attached to:      {drive['qdev']}")
+        lines.append("    Cache mode:       writeback")
+        entries.append("".join(line + "\n" for line in lines))
+    return "\n".join(entries)
 
 
 @hmp("network", "", "", "show the network state", info=True)

@@ -1,0 +1,32 @@
+"""-drive images (raw files) as the machine keeps them for devices and query-block."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+
+@dataclass
+class Drive:
+    drive_id: str
+    path: str
+    read_only: bool
+    node_name: str                   # QEMU's generated "#block" node name
+    attached_to: str = ""            # QOM path of the device using it
+
+    @property
+    def size(self) -> int:
+        return os.stat(self.path).st_size
+
+    def allocated(self) -> int:
+        return os.stat(self.path).st_blocks * 512
+
+
+def drives_from_config(drives: dict[str, dict[str, str]]) -> dict[str, Drive]:
+    out = {}
+    for counter, (drive_id, opts) in enumerate(drives.items()):
+        out[drive_id] = Drive(drive_id, opts["file"],
+                              opts.get("readonly") in ("on", "true", "yes"),
+                              f"#block{counter}{random.randrange(100):02d}")
+    return out
