@@ -73,6 +73,14 @@ register(DeviceModel("virtio-blk-pci", "pci", "Virtio block device", {
     "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False)}))
 
 
+register(DeviceModel("virtio-serial-pci", "pci", "virtio serial (console) bus", {
+    "addr": ("str", None), "bus": ("str", None), "vectors": ("int", 2),
+    "max_ports": ("int", 31), "disable-legacy": ("OnOffAuto", "auto"),
+    "disable-modern": ("bool", False)}))
+register(DeviceModel("virtconsole", "virtio-serial", "virtio console port", {
+    "chardev": ("chardev", None), "nr": ("int", 0), "name": ("str", "")}))
+
+
 class DeviceError(ValueError):
     pass
 

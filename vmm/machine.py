@@ -53,6 +53,7 @@ from vmm.devices.rtl8139 import Rtl8139
 from vmm.devices.serial import COM_PORTS, Serial16550
 from vmm.devices.virtio_balloon import VirtioBalloon
 from vmm.devices.virtio_blk import VirtioBlk
+from vmm.devices.virtio_console import VirtioConsole
 from vmm.devices.virtio_net import VirtioNet
 from vmm.devices.virtio_rng import VirtioRng
 from vmm.drives import drives_from_config
@@ -301,6 +302,10 @@ class Machine:
             device = self._add_virtio_rng(props)
         elif driver == "virtio-blk-pci":
             device = self._add_virtio_blk(props)
+        elif driver == "virtio-serial-pci":
+            device = self._add_virtio_serial(props)
+        elif driver == "virtconsole":
+            device = self._add_virtconsole(props)
         elif driver == "rtl8139":
             device = self._add_rtl8139(props)
         elif driver == "isa-debug-exit":
@@ -371,6 +376,32 @@ class Machine:
         self._plug_pci(transport, "virtio-blk-pci", props)
         drive.attached_to = self._device_path(props.get("id")) + "/virtio-backend"
         return transport
+
+    def _add_virtio_serial(self, props: dict):
+        console = VirtioConsole(props["max_ports"])
+        transport = self._virtio_pci(console, 0x078000, props, props["vectors"])
+        self._plug_pci(transport, "virtio-serial-pci", props)
+        return transport
+
+    def _add_virtconsole(self, props: dict):
+        """The console port (nr 0) of the first virtio-serial bus."""
+        bus = next((i.device.backend for i in self.device_instances
+                    if i.driver == "virtio-serial-pci"), None)
+        if bus is None:
+            raise DeviceError("No 'virtio-serial-bus' bus found for device 'virtconsole'")
+        if bus.output is not None:
+            raise DeviceError("virtio-serial-bus: A port already exists at id 0")
+        chardev = self.chardevs.get(props.get("chardev") or "")
+        if chardev is not None:
+            bus.output = chardev.write
+            chardev.attach(lambda data: self._locked(bus.receive, data))
+        else:
+            bus.output = lambda data: None
+        return bus
+
+    def _locked(self, func: Callable, *args) -> None:
+        with self.lock:
+            func(*args)
 
     def _add_virtio_rng(self, props: dict):
         rng = VirtioRng(props["max-bytes"], props["period"])

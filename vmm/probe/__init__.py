@@ -28,6 +28,7 @@ COM1:
     udpecho PORT [MS]       answer one UDP datagram to PORT with its own payload
     rng [N]                 N bytes from virtio-rng: how many came, how varied
     blk [read S | write S TEXT | flush]   virtio-blk: capacity, one-sector I/O, flush
+    console [write TEXT | read [MS]]      virtio-console port 0
 
 At boot it prints ``{"event": "ready", "cpus": N, "memory_mib": M}``; later
 events: ``balloon`` (inflated or deflated), ``link`` (up or down),

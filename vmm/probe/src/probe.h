@@ -112,6 +112,8 @@ void hotplug_poll(void);
 void cmd_hotplug(const char *args);
 /* legacy.c */
 void cmd_legacy(const char *args);
+/* console.c */
+void cmd_console(const char *args);
 /* blk.c */
 void cmd_blk(const char *args);
 /* rng.c */
