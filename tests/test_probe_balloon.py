@@ -162,3 +162,19 @@ def test_a_qemu_qmp_client_sees_balloon_change_and_guest_stats(launch, tmp_path,
     guest = vm.command("stats")
     assert stats["stats"]["stat-total-memory"] == guest["total"]
     assert stats["last-update"] > 0
+
+
+def test_config_change_arrives_as_intx_through_the_ioapic(launch, tmp_path, vmm_kind):
+    """QEMU's balloon has no MSI-X: its config change raises INTx, level-triggered,
+    through the PIIX PIRQ routing and the IOAPIC; the guest reads the ISR (which
+    lowers the line), then EOIs, and the interrupt does not come back."""
+    vm, qmp = start_balloon_guest(launch, tmp_path, vmm_kind, 256)
+    routed = vm.command("balloon intx")
+    assert routed["irq"] in (10, 11) and routed["vector"] == 0xE0
+    qmp.hmp("balloon 200")
+    event = vm.wait_event("balloon-intx", timeout=20)
+    assert event["isr"] & 2                       # the configuration changed
+    vm.wait_event("balloon", timeout=20)          # the driver followed the new target
+    time.sleep(0.5)
+    counts = vm.command("irqs")["counts"]
+    assert 1 <= counts[str(0xE0)] <= 20           # acknowledged: no storm (it was 10000+)

@@ -16,7 +16,8 @@ COM1:
     crash                   run an instruction the emulator lacks (int3 at CPL0)
     exit CODE [PORT]        write CODE to isa-debug-exit (port 0x501 by default)
     virtio                  virtio devices found: type, offered features, queues, MSI-X
-    balloon                 the balloon driver: target, actual, negotiated features
+    balloon [intx]          the balloon driver: target, actual, features; `intx` takes
+                            its config changes as level-triggered INTx via the IOAPIC
     stats                   what the balloon's statistics buffer last said
     report MIB              report MIB MiB of free memory (free page reporting)
     net                     the NIC found (virtio-net, e1000 or rtl8139): MAC, link

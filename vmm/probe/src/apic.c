@@ -34,7 +34,21 @@ void ioapic_mask(unsigned pin)
     ioapic_write(0x10 + 2 * pin, 1 << 16);
 }
 
+/* Level-triggered INTx on `pin` as `vector` (0xe0 and up): the interrupt stub masks
+ * the pin when it fires; intx_done() unmasks it once the device is acknowledged. */
+void intx_route(unsigned pin, unsigned vector)
+{
+    intx_pin[vector - 0xe0] = (u8)pin;
+    ioapic_route(pin, vector, 0, 1, 0);
+}
+
+void intx_done(unsigned vector)
+{
+    ioapic_route(intx_pin[vector - 0xe0], vector, 0, 1, 0);
+}
+
 /* A periodic local APIC timer (KVM's APIC timer counts nanoseconds at divide-by-1). */
+
 void lapic_timer_start(unsigned vector, u32 period_ns)
 {
     mmio_write32(LAPIC_BASE + 0x3e0, 0xb);            /* divide by 1 */

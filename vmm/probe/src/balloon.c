@@ -27,6 +27,8 @@ static struct { u16 tag; u64 val; } __attribute__((packed)) stats[NSTATS];
 static u32 stats_updates;
 static int stats_on, reporting_on;
 static int present;
+static int intx_on;                  /* config changes come as INTx (`balloon intx`) */
+static u32 intx_seen;
 static u32 inflated;                 /* pool pages currently given to the host */
 static u32 pfns[PFNS_PER_REQUEST];
 
@@ -103,6 +105,15 @@ void balloon_poll(void)
 {
     if (!present)
         return;
+    if (intx_on && irq_count[INTX_VECTOR] != intx_seen) {
+        /* Reading the ISR acknowledges the device (its INTx line drops); then the
+         * pin the interrupt stub masked can be opened again. */
+        intx_seen = irq_count[INTX_VECTOR];
+        u8 isr = mmio_read8(dev.isr);
+        intx_done(INTX_VECTOR);
+        printf("{\"event\": \"balloon-intx\", \"isr\": %u, \"count\": %u}\n", isr,
+               intx_seen);
+    }
     if (stats_on && vq_take_used(&statsq, 0)) {   /* the host wants fresh numbers */
         fill_stats();
         vq_add(&statsq, stats, sizeof(stats), 0);
@@ -120,9 +131,18 @@ void balloon_stop(void)
 
 void cmd_balloon(const char *args)
 {
-    (void)args;
     if (!present) {
         printf("{\"present\": false}\n");
+        return;
+    }
+    if (!strncmp(skip_spaces(args), "intx", 4)) {
+        /* INTx through the IOAPIC: the pin is the IRQ the firmware put in the
+         * interrupt line register, level-triggered, active high (as the MADT says) */
+        unsigned irq = pci_read32(0, dev.slot, 0, 0x3c) & 0xff;
+        intx_seen = irq_count[INTX_VECTOR];
+        intx_on = 1;
+        intx_route(irq, INTX_VECTOR);
+        printf("{\"irq\": %u, \"vector\": %u}\n", irq, INTX_VECTOR);
         return;
     }
     printf("{\"present\": true, \"num_pages\": %u, \"actual\": %u, \"features\": \"0x%lx\"}\n",

@@ -66,6 +66,10 @@ size_t serial_readline(char *buf, size_t size);
 void lapic_enable(void);
 void ioapic_route(unsigned pin, unsigned vector, unsigned apic_id, int level, int active_low);
 void ioapic_mask(unsigned pin);
+void intx_route(unsigned pin, unsigned vector);
+void intx_done(unsigned vector);
+extern u8 intx_pin[32];
+#define INTX_VECTOR 0xe0           /* level-triggered: masked until the driver is done */
 void start_aps(unsigned expected);
 void lapic_timer_start(unsigned vector, u32 period_ns);
 

@@ -17,6 +17,7 @@
 #define KCODE32         0x30
 #define TSS_SEL0        0x38
 #define LAPIC_EOI       0xfee000b0
+#define IOAPIC_BASE     0xfec00000
 #define TRAMPOLINE      0x8000
 
 /* ---- the PVH note: QEMU and kvmkit both find the 32-bit entry here ---- */
@@ -71,6 +72,8 @@ cpus_online:      .long 1
 irq_generation:   .long 0
         .align 8
 irq_count:        .fill 256, 4, 0
+        .globl intx_pin
+intx_pin:         .fill 32, 1, 0            /* IOAPIC pin of each INTx vector 0xe0.. */
 
         .section .bss
         .align 4096
@@ -245,10 +248,22 @@ isr_common:
         je gp_fault
         cmpq $32, %rax
         jb exception
-        /* a device interrupt: count it, bump the generation, EOI */
+        /* a device interrupt: count it, bump the generation, EOI. A level-triggered
+         * INTx (vectors 0xe0 and up) has its IOAPIC pin masked first: its line stays
+         * high until the CPL3 driver acknowledges the device and unmasks the pin. */
         lock incl irq_count(,%rax,4)
         lock incl irq_generation
-        movl $LAPIC_EOI, %ebx
+        cmpq $0xe0, %rax
+        jb 1f
+        pushq %rcx
+        movzbl intx_pin-0xe0(%rax), %ebx
+        leal 0x10(%rbx,%rbx), %ebx              /* redirection entry: 0x10 + 2 * pin */
+        movl $IOAPIC_BASE, %ecx
+        movl %ebx, (%rcx)                       /* IOREGSEL */
+        leal 0x18000(%rax), %ebx                /* the vector, level, masked */
+        movl %ebx, 0x10(%rcx)                   /* IOWIN */
+        popq %rcx
+1:      movl $LAPIC_EOI, %ebx
         movl $0, (%rbx)
 isr_return:
         popq %rbx
