@@ -2,11 +2,15 @@
  * what the DSDT's _E01/PCNT and _EJ0/PCEJ methods do: when GPE0 bit 1 is set, read
  * the up and down slot bitmaps, give new devices their BARs (the firmware is long
  * gone) and start their driver, and eject what the host wants removed by writing
- * the slot to B0EJ. The GPE is polled from the command loop: this guest takes no
- * level-triggered SCI. `hotplug manual` leaves removal requests unanswered. */
+ * the slot to B0EJ. The GPE arrives as the SCI (IRQ 9, level-triggered, through
+ * the IOAPIC as INTx vector 0xe1); clearing the GPE status lowers it.
+ * `hotplug manual` leaves removal requests unanswered. */
 #include "probe.h"
 
 #define GPE0_STS 0xafe0
+#define GPE0_EN 0xafe2
+#define SCI_IRQ 9
+#define SCI_VECTOR 0xe1
 #define PCIHP_UP 0xae00
 #define PCIHP_DOWN 0xae04
 #define PCIHP_EJECT 0xae08
@@ -14,14 +18,17 @@
 #define GPE_PCIHP 2
 
 static int present, manual;
+static u32 sci_seen;
 static u64 mmio_next = 0xe0000000UL;   /* hot-added BARs go here, far from firmware's */
 static u32 io_next = 0xd000;
 
 void hotplug_init(void)
 {
     present = inl(PCIHP_RMV) != 0xffffffffu;
-    if (present)
-        lapic_timer_start(TIMER_VECTOR, 10 * 1000 * 1000);
+    if (!present)
+        return;
+    intx_route(SCI_IRQ, SCI_VECTOR);
+    outw(GPE0_EN, inw(GPE0_EN) | GPE_PCIHP);          /* hotplug events raise the SCI */
 }
 
 /* Sizes and places each BAR of a new function, then turns decoding on. */
@@ -65,9 +72,14 @@ static void assign_bars(unsigned slot)
 
 void hotplug_poll(void)
 {
-    if (!present || !(inw(GPE0_STS) & GPE_PCIHP))
+    if (!present || irq_count[SCI_VECTOR] == sci_seen)
         return;
-    outw(GPE0_STS, GPE_PCIHP);                             /* acknowledge the event */
+    sci_seen = irq_count[SCI_VECTOR];
+    int pending = inw(GPE0_STS) & GPE_PCIHP;
+    outw(GPE0_STS, GPE_PCIHP);                             /* acknowledge: SCI drops */
+    intx_done(SCI_VECTOR);
+    if (!pending)
+        return;
     u32 up = inl(PCIHP_UP), down = inl(PCIHP_DOWN);
     for (unsigned slot = 0; slot < 32; slot++) {
         if (up & (1u << slot)) {
@@ -96,6 +108,7 @@ void cmd_hotplug(const char *args)
         manual = 1;
     else if (!strncmp(p, "auto", 4))
         manual = 0;
-    printf("{\"present\": %s, \"removable\": \"0x%x\", \"manual\": %s}\n",
-           present ? "true" : "false", present ? inl(PCIHP_RMV) : 0, manual ? "true" : "false");
+    printf("{\"present\": %s, \"removable\": \"0x%x\", \"manual\": %s, \"scis\": %u}\n",
+           present ? "true" : "false", present ? inl(PCIHP_RMV) : 0, manual ? "true" : "false",
+           irq_count[SCI_VECTOR]);
 }
