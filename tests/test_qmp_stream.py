@@ -86,11 +86,15 @@ def test_encoder_matches_qemu():
     assert qdict_order(["major", "minor", "micro"]) == ["micro", "minor", "major"]
 
 
+# QEMU's parser refuses Unicode noncharacters (U+FDD0..U+FDEF, U+xFFFE, U+xFFFF):
+# values holding them cannot round-trip, in QEMU or here, so they are not drawn.
+qemu_chars = st.characters(blacklist_categories=("Cs",)).filter(
+    lambda c: not (0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE))
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(qemu_chars, max_size=20),
     lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    | st.dictionaries(st.text(qemu_chars, max_size=8), children, max_size=4),
     max_leaves=20)
 
 

@@ -62,7 +62,6 @@ void balloon_init(void)
     }
     virtio_ready(&dev);
     present = 1;
-    lapic_timer_start(TIMER_VECTOR, 10 * 1000 * 1000);
 }
 
 static u32 target_pages(void) { return mmio_read32(dev.device + 0); }
@@ -97,10 +96,9 @@ static int adjust(void)
     return 1;
 }
 
-/* Called whenever the command loop wakes up (serial input, or the 10 ms timer the
- * balloon starts): the host's target is compared with what is inflated. Config
- * interrupts need not be taken: QEMU's balloon has no MSI-X, and its INTx is level-
- * triggered, which this guest's minimal CPL0 stubs do not acknowledge. */
+/* Called whenever the command loop wakes up (serial input, the 10 ms tick, or the
+ * balloon's INTx after `balloon intx`): the host's target is compared with what is
+ * inflated. QEMU's balloon has no MSI-X, so config changes are INTx or polling. */
 void balloon_poll(void)
 {
     if (!present)

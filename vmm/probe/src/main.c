@@ -255,6 +255,9 @@ void probe_main(unsigned cpu, unsigned start_info)
     serial_route_irq();
     if (acpi.madt_cpus > 1)
         start_aps(acpi.madt_cpus);
+    /* A 10 ms tick: nothing that waits for an interrupt waits forever (a device
+     * may have fewer MSI-X vectors than queues, or a NIC be polled). */
+    lapic_timer_start(TIMER_VECTOR, 10 * 1000 * 1000);
     balloon_init();
     net_init();
     hotplug_init();

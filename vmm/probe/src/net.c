@@ -17,11 +17,8 @@ void net_init(void)
         return;
     memset(&nic, 0, sizeof(nic));
     present = virtio_net_probe(&nic) || e1000_probe(&nic) || rtl8139_probe(&nic);
-    if (present) {
+    if (present)
         link_up = nic.link();
-        /* e1000 and rtl8139 run without interrupts here: a tick to notice the link */
-        lapic_timer_start(TIMER_VECTOR, 10 * 1000 * 1000);
-    }
 }
 
 /* For other protocols (dhcp.c): the NIC's frames, without JSON. */

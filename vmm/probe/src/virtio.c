@@ -157,8 +157,11 @@ int virtio_queue(struct virtio_dev *dev, struct virtqueue *vq, u16 index, u8 vec
     mmio_write64(c + Q_DRIVER, (u64)vq->avail);
     mmio_write64(c + Q_DEVICE, (u64)vq->used);
     if (dev->msix_cap) {
-        msix_route(dev, 1 + index, vector);
-        mmio_write16(c + Q_MSIX, 1 + index);
+        /* Entry 0 is the config vector; queues past the table share its last entry
+         * (virtio-rng and virtio-serial have 2 vectors, not one per queue). */
+        unsigned entry = 1u + index < dev->msix_size ? 1u + index : dev->msix_size - 1;
+        msix_route(dev, entry, vector);
+        mmio_write16(c + Q_MSIX, (u16)entry);
     }
     vq->notify = dev->notify_base + (u64)mmio_read16(c + Q_NOTIFY_OFF) * dev->notify_mult;
     mmio_write16(c + Q_ENABLE, 1);
