@@ -148,3 +148,10 @@ def check_members(members: tuple[Member, ...] | list[Member], values: dict,
         if key not in known:
             raise QmpError(f"Parameter '{prefix}{key}' is unexpected")
     return out
+
+
+def option_text(value) -> str:
+    """A QMP argument as the option text QEMU's -device/-netdev parsers take."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)

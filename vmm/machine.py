@@ -284,6 +284,16 @@ class Machine:
         spec = next((c for c in self.cfg.chardevs if c.id == chardev_id), None)
         return spec.backend if spec else None
 
+    @property
+    def _builders(self) -> dict[str, Callable[[dict], object]]:
+        """The -device models built from their properties alone."""
+        return {"virtio-balloon-pci": self._add_balloon, "virtio-net-pci": self._add_virtio_net,
+                "virtio-rng-pci": self._add_virtio_rng, "virtio-blk-pci": self._add_virtio_blk,
+                "virtio-serial-pci": self._add_virtio_serial,
+                "virtconsole": self._add_virtconsole,
+                "e1000": lambda props: self._add_emulated_nic("e1000", E1000, props),
+                "rtl8139": lambda props: self._add_emulated_nic("rtl8139", Rtl8139, props)}
+
     def _add_device(self, driver: str, props: dict) -> None:
         if props.get("id") is not None and any(d.id == props["id"]
                                                for d in self.device_instances):
@@ -292,22 +302,8 @@ class Machine:
         if driver == "isa-serial":
             device = self._add_serial(props["chardev"], props["index"], props["iobase"],
                                       props["irq"])
-        elif driver == "virtio-balloon-pci":
-            device = self._add_balloon(props)
-        elif driver == "virtio-net-pci":
-            device = self._add_virtio_net(props)
-        elif driver == "e1000":
-            device = self._add_e1000(props)
-        elif driver == "virtio-rng-pci":
-            device = self._add_virtio_rng(props)
-        elif driver == "virtio-blk-pci":
-            device = self._add_virtio_blk(props)
-        elif driver == "virtio-serial-pci":
-            device = self._add_virtio_serial(props)
-        elif driver == "virtconsole":
-            device = self._add_virtconsole(props)
-        elif driver == "rtl8139":
-            device = self._add_rtl8139(props)
+        elif driver in self._builders:
+            device = self._builders[driver](props)
         elif driver == "isa-debug-exit":
             device = IsaDebugExit(self.request_exit)
             try:
@@ -409,17 +405,12 @@ class Machine:
         self._plug_pci(transport, "virtio-rng-pci", props)
         return transport
 
-    def _add_e1000(self, props: dict):
+    def _add_emulated_nic(self, model: str, cls, props: dict):
+        """e1000 or rtl8139: the PCI function is the NIC itself."""
         def make(mac: bytes, name: str):
-            nic = E1000(self.memory, mac)
+            nic = cls(self.memory, mac)
             return nic, nic
-        return self._add_nic("e1000", "e1000", props, make)
-
-    def _add_rtl8139(self, props: dict):
-        def make(mac: bytes, name: str):
-            nic = Rtl8139(self.memory, mac)
-            return nic, nic
-        return self._add_nic("rtl8139", "rtl8139", props, make)
+        return self._add_nic(model, model, props, make)
 
     def _add_nic(self, model: str, owner: str, props: dict, make, path_suffix: str = ""):
         """A NIC: its MAC (QEMU's default if none), its back end, its PCI function."""

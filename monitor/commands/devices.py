@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import REGISTRY, command
-from monitor.types import BOOL, STR, ListOf, Member, Struct
+from monitor.types import BOOL, STR, ListOf, Member, Struct, option_text
 
 REGISTRY.event("DEVICE_DELETED", [Member("device", STR, True), Member("path", STR)])
 
@@ -29,17 +29,12 @@ def device_add(ctx, driver, props, bus=None, id=None):
     hotplug = getattr(ctx.machine, "hotplug_device", None)
     if model.bus != "pci" or hotplug is None:
         raise QmpError(f"Bus '{model.bus}.0' does not support hotplugging")
-    options = {k: _qemu_text(v) for k, v in props.items()}
+    options = {k: option_text(v) for k, v in props.items()}
     try:
         hotplug(driver, {**options, **({"id": id} if id else {})})
     except ValueError as e:
         raise QmpError(str(e)) from None
 
-
-def _qemu_text(value) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
 
 
 @command("device_del", args=[Member("id", STR)])

@@ -6,7 +6,7 @@ import re
 
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import REGISTRY, command
-from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
+from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct, option_text
 
 NET_CLIENT_DRIVER = Enum("NetClientDriver", (
     "none", "nic", "user", "tap", "l2tpv3", "socket", "stream", "dgram", "vde", "bridge",
@@ -18,11 +18,6 @@ def valid_id(name: str) -> bool:
     return ID_PATTERN.fullmatch(name) is not None
 
 
-def _qemu_text(value) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
 
 @command("netdev_add", args=[Member("id", STR), Member("type", NET_CLIENT_DRIVER)],
          extra_args=True)
@@ -31,7 +26,7 @@ def netdev_add(ctx, id, type, props):
 
     if not valid_id(id):
         raise QmpError("Parameter 'id' expects an identifier")
-    opts = {key: _qemu_text(value) for key, value in props.items()}
+    opts = {key: option_text(value) for key, value in props.items()}
 
     def session_fd(name: str) -> int:
         """fd=NAME: a descriptor passed with getfd (the back end takes it over)."""

@@ -24,6 +24,8 @@ import time
 
 from cffi import FFI
 
+from vmm.timer import DeviceTimer
+
 log = logging.getLogger(__name__)
 
 _ffi = FFI()
@@ -174,24 +176,20 @@ class UserBackend:
 
         def timer_new(cb, cb_opaque, _opaque):
             handle = _ffi.new("int *")            # a unique pointer for this timer
-            self._timers[int(_ffi.cast("uintptr_t", handle))] = (handle, cb, cb_opaque, None)
+            fire = (lambda: cb(cb_opaque) if self._running else None)
+            self._timers[int(_ffi.cast("uintptr_t", handle))] = (
+                handle, DeviceTimer(lambda: self.loop, self.lock, fire))
             return handle
 
         def timer_free(timer, _opaque):
             entry = self._timers.pop(int(_ffi.cast("uintptr_t", timer)), None)
-            if entry is not None and entry[3] is not None:
-                entry[3].cancel()
+            if entry is not None:
+                entry[1].cancel()
 
         def timer_mod(timer, expire_ms, _opaque):
-            key = int(_ffi.cast("uintptr_t", timer))
-            entry = self._timers.get(key)
-            if entry is None or self.loop is None:
-                return
-            if entry[3] is not None:
-                entry[3].cancel()
-            delay = max(0.0, expire_ms / 1000 - time.monotonic())
-            handle = _DeferredTimer(self.loop, delay, self._fire_timer, key)
-            self._timers[key] = (*entry[:3], handle)
+            entry = self._timers.get(int(_ffi.cast("uintptr_t", timer)))
+            if entry is not None:           # expire_ms is on clock_get_ns's clock
+                entry[1].arm(max(0.0, expire_ms / 1000 - time.monotonic()))
 
         def register_poll_fd(_fd, _opaque):
             pass
@@ -214,12 +212,6 @@ class UserBackend:
         for name, func in funcs.items():
             setattr(table, name, func)
         return {"table": table, **funcs}
-
-    def _fire_timer(self, key: int) -> None:
-        with self.lock:
-            entry = self._timers.get(key)
-            if entry is not None and self._running:
-                entry[1](entry[2])
 
     # -- the monitor's and the NIC's side ----------------------------------------------
     def add_hostfwd(self, rule: str) -> None:
@@ -298,9 +290,8 @@ class UserBackend:
             self._wake()
         self._thread.join(2)
         with self.lock:
-            for entry in self._timers.values():
-                if entry[3] is not None:
-                    entry[3].cancel()
+            for _handle, timer in self._timers.values():
+                timer.cancel()
             _library().slirp_cleanup(self.slirp)
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -313,17 +304,3 @@ def _slirp_events(revents: int) -> int:
             (POLL_ERR if revents & select.POLLERR else 0) |
             (POLL_HUP if revents & select.POLLHUP else 0))
 
-
-class _DeferredTimer:
-    """A loop timer armed from any thread; cancel() works before or after it is set."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float, func, *args) -> None:
-        self.cancelled = False
-        loop.call_soon_threadsafe(self._arm, loop, delay, func, args)
-
-    def _arm(self, loop, delay, func, args) -> None:
-        if not self.cancelled:
-            loop.call_later(delay, lambda: None if self.cancelled else func(*args))
-
-    def cancel(self) -> None:
-        self.cancelled = True
