@@ -75,3 +75,17 @@ def vmm_kind(request):
 
 
 __all__ = ["machine_args"]
+
+
+@pytest.fixture
+def netns():
+    """A network namespace of the test's own, removed at the end."""
+    import uuid
+
+    pyroute2 = pytest.importorskip("pyroute2")
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs root and /dev/net/tun for network namespaces and taps")
+    name = f"kvmkit-{uuid.uuid4().hex[:8]}"
+    pyroute2.netns.create(name)
+    yield name
+    pyroute2.netns.remove(name)

@@ -10,7 +10,7 @@ import time
 import pytest
 from guest import QmpLine as Qmp
 from guest import machine_args
-from test_probe_net import in_netns, netns, packet_socket  # noqa: F401  (netns: a fixture)
+from netns import in_netns, packet_socket
 
 pytestmark = pytest.mark.kvm
 TAP = "n1: index=0,type=tap,ifname=kk1,script=no,downscript=no"

@@ -12,51 +12,14 @@ import os
 import socket
 import struct
 import subprocess
-import uuid
 
 import pytest
 from guest import QEMU, kvmkit_command, machine_args, start_with_qmp
 from guest import QmpLine as Qmp
+from netns import ETH_TYPE, in_netns, packet_socket
 
 pytestmark = pytest.mark.kvm
-ETH_TYPE = 0x88B5                 # IEEE "local experimental": nothing else on the wire uses it
 GUEST_MAC = "52:54:00:12:34:56"
-
-
-@pytest.fixture
-def netns():
-    pyroute2 = pytest.importorskip("pyroute2")
-    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
-        pytest.skip("needs root and /dev/net/tun for network namespaces and taps")
-    name = f"kvmkit-{uuid.uuid4().hex[:8]}"
-    pyroute2.netns.create(name)
-    yield name
-    pyroute2.netns.remove(name)
-
-
-def in_netns(name):
-    """A preexec_fn: the VMM starts inside the namespace, so its tap is made there."""
-    def enter():
-        from pyroute2 import netns
-        netns.setns(name)
-    return enter
-
-
-def packet_socket(ns: str, ifname: str) -> socket.socket:
-    """An AF_PACKET socket on the tap, opened from inside the namespace."""
-    from pyroute2 import NetNS, netns
-
-    with NetNS(ns) as ipr:
-        index = ipr.link_lookup(ifname=ifname)[0]
-        ipr.link("set", index=index, state="up")
-    netns.pushns(ns)
-    try:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_TYPE))
-        sock.bind((ifname, ETH_TYPE))
-    finally:
-        netns.popns()
-    sock.settimeout(5)
-    return sock
 
 
 def frame(dst: bytes, src: bytes, text: str) -> bytes:

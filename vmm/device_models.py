@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vmm.devices.virtio_net import FEATURE_PROPERTIES as NET_FEATURES
 from vmm.qemuopts import OptsError, parse_bool, parse_int, parse_size
 
 
@@ -46,8 +47,11 @@ register(DeviceModel("virtio-balloon-pci", "pci", "virtio balloon", {
 
 register(DeviceModel("virtio-net-pci", "pci", "virtio network device", {
     "addr": ("str", None), "bus": ("str", None), "netdev": ("str", None), "mac": ("str", None),
-    "vectors": ("int", 4), "romfile": ("str", "efi-virtio.rom"),
-    "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False)}))
+    # QEMU's default: 2 per queue pair of the back end, and 2 more
+    "vectors": ("int", None), "romfile": ("str", "efi-virtio.rom"),
+    "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False),
+    "gso": ("bool", True),
+    **{name: ("bool", default) for name, (_, default) in NET_FEATURES.items()}}))
 
 
 register(DeviceModel("e1000", "pci", "Intel Gigabit Ethernet", {

@@ -279,6 +279,8 @@ class Machine:
                 self._add_device(spec.driver, props)
             except DeviceError as e:
                 raise MachineError(f"{spec.origin}: {e}") from None
+        for warning in self.network.unpeered_warnings():
+            log.warning(warning)
 
     def cfg_chardev_backend(self, chardev_id: str) -> str | None:
         spec = next((c for c in self.cfg.chardevs if c.id == chardev_id), None)
@@ -347,8 +349,11 @@ class Machine:
         return transport
 
     def _add_virtio_net(self, props: dict):
-        def make(mac: bytes, name: str):
-            net = VirtioNet(mac, lambda: self.network.rx_filter_changed(name))
+        def make(mac: bytes, name: str, backend):
+            pairs = len(getattr(backend, "queues", ())) or 1     # a tap's queues=N
+            if props["vectors"] is None:
+                props["vectors"] = 2 * pairs + 2
+            net = VirtioNet(mac, lambda: self.network.rx_filter_changed(name), pairs, props)
             transport = self._virtio_pci(net, 0x020000, props, props["vectors"])
             transport.add_rom(0x40000)           # where QEMU has efi-virtio.rom
             return transport, net
@@ -407,7 +412,7 @@ class Machine:
 
     def _add_emulated_nic(self, model: str, cls, props: dict):
         """e1000 or rtl8139: the PCI function is the NIC itself."""
-        def make(mac: bytes, name: str):
+        def make(mac: bytes, name: str, backend):
             nic = cls(self.memory, mac)
             return nic, nic
         return self._add_nic(model, model, props, make)
@@ -423,7 +428,7 @@ class Machine:
             backend = (self.network.hub_port(netdev) or
                        self.network.find_backend(netdev, owner)) if netdev else None
             name = self.network.nic_name(props.get("id"), model)
-            pci_device, nic = make(mac, name)
+            pci_device, nic = make(mac, name, backend)
         except (NetError, ValueError) as e:
             raise DeviceError(str(e)) from None
         pci_device.qdev_id = props.get("id") or ""

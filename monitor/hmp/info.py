@@ -225,9 +225,9 @@ def _qtree_pci(device, instance=None) -> list[str]:
 def _virtio_device_props(driver: str, props: dict) -> list[tuple[str, object]]:
     own: list[tuple[str, object]] = []
     if driver == "virtio-net-pci":
-        own = [(name, True) for name in VIRTIO_NET_FEATURE_PROPS]
-        own += [("mq", False), ("rss", False), ("hash", False), ("guest_rsc_ext", False),
-                ("rsc_interval", 300000), ("mac", props["mac"]),
+        own = [(name, props.get(name, True)) for name in VIRTIO_NET_FEATURE_PROPS]
+        own += [("mq", props.get("mq", False)), ("rss", False), ("hash", False),
+                ("guest_rsc_ext", False), ("rsc_interval", 300000), ("mac", props["mac"]),
                 ("netdev", props.get("netdev") or ""), ("x-txtimer", 150000),
                 ("x-txburst", 256), ("tx", ""), ("rx_queue_size", 256),
                 ("tx_queue_size", 256), ("host_mtu", 0), ("x-mtu-bypass-backend", True),
@@ -239,7 +239,7 @@ def _virtio_device_props(driver: str, props: dict) -> list[tuple[str, object]]:
                ("page-poison", props["page-poison"]),
                ("free-page-reporting", props["free-page-reporting"]),
                ("qemu-4-0-config-size", False)]
-    return own + list(VIRTIO_DEVICE_PROPS)
+    return own + [(key, props.get(key, value)) for key, value in VIRTIO_DEVICE_PROPS]
 
 
 # The fixed properties and child buses of the chipset functions kvmkit models.

@@ -1,13 +1,21 @@
 """virtio-net (virtio spec 5.1): frames between the guest and a network back end.
 
-Queues as QEMU's single-pair device: receiveq 0, transmitq 1, controlq 2.
-Every buffer starts with a struct virtio_net_hdr (12 bytes with
-VIRTIO_F_VERSION_1 or MRG_RXBUF, else 10); with MRG_RXBUF a received frame may
-span several receive buffers, `num_buffers` saying how many. The control
-queue takes QEMU's commands (rx mode, MAC table and address, VLAN filter,
-announce acknowledgement, guest offloads) and keeps the state that
-query-rx-filter reports. With no back end, or the link down, transmitted
-frames are dropped and nothing is received, as with QEMU.
+Queues as QEMU's device: receiveq/transmitq pairs (0/1, 2/3, ...), then the
+control queue. Until the driver negotiates VIRTIO_NET_F_MQ there is one pair
+(three queues), as QEMU shows; with MQ (``mq=on`` on a ``queues=N`` tap) there
+are N pairs, the driver picks how many to use through the control queue, and
+pair i uses tap queue i. Every buffer starts with a struct virtio_net_hdr (12
+bytes with VIRTIO_F_VERSION_1 or MRG_RXBUF, else 10); with MRG_RXBUF a
+received frame may span several receive buffers, `num_buffers` saying how
+many. When the back end is a tap with IFF_VNET_HDR the header goes to and
+comes from the kernel as it is: that is how checksum and segmentation
+offloads work (the device then offers QEMU's CSUM, GSO and GUEST_* bits, and
+the guest's GUEST_* choices set the tap's offloads); other back ends get bare
+frames and no offloads are offered. The control queue takes QEMU's commands
+(rx mode, MAC table and address, VLAN filter, announce acknowledgement, queue
+pairs, guest offloads) and keeps the state that query-rx-filter reports. With
+no back end, or the link down, transmitted frames are dropped and nothing is
+received, as with QEMU.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ from vmm.virtio.queue import Chain
 
 log = logging.getLogger(__name__)
 
-RX_Q, TX_Q, CTRL_Q = 0, 1, 2
-
+F_CSUM = 1 << 0
+F_GUEST_CSUM = 1 << 1
 F_CTRL_GUEST_OFFLOADS = 1 << 2
 F_MAC = 1 << 5
+F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_GUEST_UFO = 1 << 7, 1 << 8, 1 << 9, 1 << 10
+F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_HOST_UFO = 1 << 11, 1 << 12, 1 << 13, 1 << 14
 F_MRG_RXBUF = 1 << 15
 F_STATUS = 1 << 16
 F_CTRL_VQ = 1 << 17
@@ -33,15 +43,35 @@ F_CTRL_RX = 1 << 18
 F_CTRL_VLAN = 1 << 19
 F_CTRL_RX_EXTRA = 1 << 20
 F_GUEST_ANNOUNCE = 1 << 21
+F_MQ = 1 << 22
 F_CTRL_MAC_ADDR = 1 << 23
 F_RING_INDIRECT_DESC = 1 << 28
 F_RING_EVENT_IDX = 1 << 29
 F_VERSION_1 = 1 << 32
 
+# Offered only when the back end passes virtio_net_hdr through (a vnet_hdr tap).
+GUEST_OFFLOADS = F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN | F_GUEST_UFO
+VNET_HDR_FEATURES = F_CSUM | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_ECN | F_HOST_UFO | GUEST_OFFLOADS
+# QEMU's virtio-net-pci properties that switch a feature bit, with their defaults.
+FEATURE_PROPERTIES = {
+    "csum": (F_CSUM, True), "guest_csum": (F_GUEST_CSUM, True),
+    "guest_tso4": (F_GUEST_TSO4, True), "guest_tso6": (F_GUEST_TSO6, True),
+    "guest_ecn": (F_GUEST_ECN, True), "guest_ufo": (F_GUEST_UFO, True),
+    "host_tso4": (F_HOST_TSO4, True), "host_tso6": (F_HOST_TSO6, True),
+    "host_ecn": (F_HOST_ECN, True), "host_ufo": (F_HOST_UFO, True),
+    "mrg_rxbuf": (F_MRG_RXBUF, True), "status": (F_STATUS, True),
+    "ctrl_vq": (F_CTRL_VQ, True), "ctrl_rx": (F_CTRL_RX, True),
+    "ctrl_vlan": (F_CTRL_VLAN, True), "ctrl_rx_extra": (F_CTRL_RX_EXTRA, True),
+    "ctrl_mac_addr": (F_CTRL_MAC_ADDR, True),
+    "ctrl_guest_offloads": (F_CTRL_GUEST_OFFLOADS, True),
+    "guest_announce": (F_GUEST_ANNOUNCE, True), "mq": (F_MQ, False),
+    "indirect_desc": (F_RING_INDIRECT_DESC, True), "event_idx": (F_RING_EVENT_IDX, True)}
+
 S_LINK_UP, S_ANNOUNCE = 1, 2
 ACK_OK, ACK_ERR = 0, 1
 MAX_VLAN = 4096
 MAC_TABLE_ENTRIES = 64          # QEMU's MAC_TABLE_ENTRIES
+RX_QUEUE_SIZE, TX_QUEUE_SIZE, CTRL_QUEUE_SIZE = 256, 256, 64
 
 
 @dataclass
@@ -64,17 +94,23 @@ class RxFilter:
 class VirtioNet(VirtioDevice):
     name = "virtio-net"
     device_type = 1
-    config_size = 8                     # mac, status
-    queue_sizes = (256, 256, 64)
-    features = (F_CTRL_GUEST_OFFLOADS | F_MAC | F_MRG_RXBUF | F_STATUS | F_CTRL_VQ | F_CTRL_RX
-                | F_CTRL_VLAN | F_CTRL_RX_EXTRA | F_GUEST_ANNOUNCE | F_CTRL_MAC_ADDR
-                | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX)
 
-    def __init__(self, mac: bytes, on_rx_filter_changed: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, mac: bytes, on_rx_filter_changed: Callable[[], None] = lambda: None,
+                 queue_pairs: int = 1, properties: dict | None = None) -> None:
         super().__init__()
         self.perm_mac = mac
         self.on_rx_filter_changed = on_rx_filter_changed
-        self.netdev = None             # has send(frame); set when a netdev is attached
+        self.max_pairs = max(queue_pairs, 1)
+        props = properties or {}
+        self.base_features = 0
+        for name, (bit, default) in FEATURE_PROPERTIES.items():
+            if props.get(name, default):
+                self.base_features |= bit
+        self.base_features |= F_MAC
+        # mac and status, then max_virtqueue_pairs when MQ is offered (QEMU's sizes)
+        self.config_size = 10 if self.base_features & F_MQ else 8
+        self.vnet_peer = False         # fixed when the first back end is attached
+        self._netdev = None            # has send(frame); set when a netdev is attached
         self.link_up = True
         self.reset()
 
@@ -84,11 +120,69 @@ class VirtioNet(VirtioDevice):
         self.filter = RxFilter()
         self.guest_offloads = 0
         self.announce = False
+        self.pairs = 1                 # queue pairs the transport has (3 queues until MQ)
+        self.active_pairs = 1          # those the driver uses
         self.tx_frames = self.rx_frames = self.rx_dropped = 0
+        self._apply_to_tap()
+
+    # -- the back end --------------------------------------------------------------
+    @property
+    def netdev(self):
+        return self._netdev
+
+    @netdev.setter
+    def netdev(self, backend) -> None:
+        if backend is not None and self._netdev is None and not self.vnet_peer:
+            # As QEMU at realize: a vnet_hdr tap makes the offload features offered.
+            self.vnet_peer = bool(getattr(backend, "has_vnet_hdr", False))
+        self._netdev = backend
+        self._apply_to_tap()
+
+    @property
+    def passes_header(self) -> bool:
+        """Whether frames to and from the back end keep their virtio_net_hdr."""
+        return self.vnet_peer and getattr(self._netdev, "has_vnet_hdr", False)
+
+    def _apply_to_tap(self) -> None:
+        """The tap's header length, offloads and attached queues, from what the driver
+        negotiated (QEMU's virtio_net_apply_guest_offloads and set_queue_pairs)."""
+        tap = self._netdev
+        if tap is None or not hasattr(tap, "set_offload"):
+            return
+        if self.passes_header:
+            tap.use_vnet_hdr(self.header_size)
+            o = self.guest_offloads
+            tap.set_offload(bool(o & F_GUEST_CSUM), bool(o & F_GUEST_TSO4),
+                            bool(o & F_GUEST_TSO6), bool(o & F_GUEST_ECN),
+                            bool(o & F_GUEST_UFO))
+        for index in range(1, self.max_pairs):
+            tap.set_queue_enabled(index, index < self.active_pairs)
+
+    @property
+    def features(self) -> int:
+        return self.base_features if self.vnet_peer else self.base_features & ~VNET_HDR_FEATURES
 
     def features_negotiated(self, features: int) -> None:
         super().features_negotiated(features)
         self.filter.vlans = set() if features & F_CTRL_VLAN else set(range(MAX_VLAN))
+        self.guest_offloads = features & GUEST_OFFLOADS
+        self.pairs = self.max_pairs if features & F_MQ else 1
+        if self.transport is not None:
+            self.transport.resize_queues()
+        self._apply_to_tap()
+
+    @property
+    def queue_sizes(self) -> tuple[int, ...]:
+        return (RX_QUEUE_SIZE, TX_QUEUE_SIZE) * self.pairs + (CTRL_QUEUE_SIZE,)
+
+    @property
+    def max_queues(self) -> int:
+        """Queues the transport may have to ring doorbells for (every pair, control)."""
+        return 2 * self.max_pairs + 1
+
+    @property
+    def ctrl_queue(self) -> int:
+        return 2 * self.pairs
 
     @property
     def header_size(self) -> int:
@@ -126,7 +220,7 @@ class VirtioNet(VirtioDevice):
     # -- configuration -------------------------------------------------------------
     def config_bytes(self) -> bytes:
         status = (S_LINK_UP if self.link_up else 0) | (S_ANNOUNCE if self.announce else 0)
-        return self.mac + struct.pack("<H", status)
+        return (self.mac + struct.pack("<HH", status, self.max_pairs))[:self.config_size]
 
     def config_write(self, offset: int, size: int, value: int) -> None:
         # Legacy drivers without CTRL_MAC_ADDR set the MAC by writing the config.
@@ -137,46 +231,61 @@ class VirtioNet(VirtioDevice):
 
     # -- queues --------------------------------------------------------------------
     def queue_notify(self, index: int) -> None:
-        if index == TX_Q:
-            self._transmit()
-        elif index == CTRL_Q:
+        if index == self.ctrl_queue:
             self._control()
-        elif index == RX_Q and self.netdev is not None:
+        elif index % 2:
+            self._transmit(index // 2)
+        elif self.netdev is not None:
             self.netdev.receive_ready()
 
-    def _transmit(self) -> None:
-        queue = self.transport.queue(TX_Q)
+    def queue_port(self, pair: int) -> _PairPort:
+        """What tap queue `pair` delivers to: that pair's receive queue."""
+        return _PairPort(self, pair)
+
+    def _transmit(self, pair: int) -> None:
+        queue = self.transport.queue(2 * pair + 1)
+        if queue is None:
+            return
+        send = self.link_up and self.netdev is not None and pair < self.active_pairs
+        whole = self.passes_header
         while (chain := queue.pop()) is not None:
-            frame = chain.read_all()[self.header_size:]
-            if self.link_up and self.netdev is not None and frame:
-                self.netdev.send(frame)
+            if send and chain.readable_len > self.header_size:
+                if whole:               # the guest's header and buffers, as they are
+                    self.netdev.send_iov(chain.readable, pair)
+                else:
+                    self.netdev.send(chain.read_all()[self.header_size:])
                 self.tx_frames += 1
             queue.push(chain.head, 0)
-        self.transport.interrupt_queue(TX_Q)
+        self.transport.interrupt_queue(2 * pair + 1)
 
-    def can_receive(self) -> bool:
+    def can_receive(self, pair: int = 0) -> bool:
         """Whether a frame can be taken now (with the link down it is, to be dropped)."""
         if not self.link_up:
             return True
-        queue = self.transport.queue(RX_Q) if self.transport is not None else None
+        queue = self.transport.queue(2 * pair) if self.transport is not None else None
         return queue is not None and queue.pending() > 0 and \
             self.transport.device_status & 4 != 0
 
-    def receive(self, frame: bytes) -> bool:
-        """A frame from the back end; False when the guest has no room (try later)."""
+    def receive(self, frame: bytes, pair: int = 0) -> bool:
+        """A frame from the back end (with its virtio_net_hdr when the back end passes
+        headers); False when the guest has no room (try later)."""
         if not self.link_up:
             return True                 # dropped, as on a cable that is unplugged
-        if not self._accepts(frame):
+        if self.passes_header:
+            data, start = frame, self.header_size
+        else:
+            data, start = bytes(self.header_size) + frame, self.header_size
+        if not self._accepts(data[start:start + 16]):
             return True
-        if not self.can_receive():
+        if not self.can_receive(pair):
             return False
-        queue = self.transport.queue(RX_Q)
-        used = self._fill_rx(queue, bytes(self.header_size) + frame)
+        queue = self.transport.queue(2 * pair)
+        used = self._fill_rx(queue, data)
         if used is None:
             self.rx_dropped += 1
             return True
         self.rx_frames += 1
-        self.transport.interrupt_queue(RX_Q)
+        self.transport.interrupt_queue(2 * pair)
         return True
 
     def _fill_rx(self, queue, data: bytes) -> int | None:
@@ -223,14 +332,17 @@ class VirtioNet(VirtioDevice):
 
     # -- the control queue -----------------------------------------------------------
     def _control(self) -> None:
-        queue = self.transport.queue(CTRL_Q)
+        index = self.ctrl_queue
+        queue = self.transport.queue(index)
+        if queue is None:
+            return
         while (chain := queue.pop()) is not None:
             request = chain.read_all()
             ack = self._command(request[0], request[1], request[2:]) if len(request) >= 2 \
                 else ACK_ERR
             written = chain.write(bytes([ack]))
             queue.push(chain.head, written)
-        self.transport.interrupt_queue(CTRL_Q)
+        self.transport.interrupt_queue(index)
 
     def _command(self, klass: int, cmd: int, data: bytes) -> int:
         f = self.filter
@@ -261,8 +373,19 @@ class VirtioNet(VirtioDevice):
         elif klass == 3 and cmd == 0:                            # ANNOUNCE_ACK
             self.announce = False
             return ACK_OK
+        elif klass == 4 and cmd == 0 and len(data) == 2:         # MQ_VQ_PAIRS_SET
+            pairs = int.from_bytes(data, "little")
+            if not self.negotiated & F_MQ or not 1 <= pairs <= self.max_pairs:
+                return ACK_ERR
+            self.active_pairs = pairs
+            self._apply_to_tap()
+            return ACK_OK
         elif klass == 5 and cmd == 0 and len(data) == 8:         # GUEST_OFFLOADS_SET
-            self.guest_offloads = int.from_bytes(data, "little")
+            offloads = int.from_bytes(data, "little")
+            if offloads & ~(self.negotiated & GUEST_OFFLOADS):
+                return ACK_ERR                       # only what was negotiated
+            self.guest_offloads = offloads
+            self._apply_to_tap()
             return ACK_OK
         else:
             return ACK_ERR
@@ -285,3 +408,16 @@ def _write_at(chain: Chain, offset: int, data: bytes) -> None:
 
 def _mac_text(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
+
+
+class _PairPort:
+    """Receive queue of pair `pair`, as the tap queue of the same number sees it."""
+
+    def __init__(self, net: VirtioNet, pair: int) -> None:
+        self.net, self.pair = net, pair
+
+    def can_receive(self) -> bool:
+        return self.net.can_receive(self.pair)
+
+    def receive(self, frame: bytes) -> bool:
+        return self.net.receive(frame, self.pair)

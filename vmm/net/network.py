@@ -228,12 +228,32 @@ class Network:
                 continue
             if name in self.nics:
                 nic = self.nics[name]
-                out.append(f"{name}: {nic.info()}")
-                if nic.peer is not None:
-                    out.append(f" \\ {names[id(nic.peer)]}: {nic.peer.info(0)}")
+                # A multiqueue NIC is a client per queue, as in QEMU, where only the
+                # first has its model and MAC in its text.
+                for index in range(self._queues_of(nic)):
+                    out.append(f"{name}: {nic.info()}" if index == 0 else
+                               f"{name}: index={index},type=nic,")
+                    if nic.peer is not None:
+                        out.append(f" \\ {names[id(nic.peer)]}: {nic.peer.info(index)}")
             elif id(self.netdevs[name]) not in attached:
-                out.append(f"{name}: {self.netdevs[name].info(0)}")
+                backend = self.netdevs[name]
+                out += [f"{name}: {backend.info(0)}"] * len(getattr(backend, "queues", [0]))
         return out
+
+    @staticmethod
+    def _queues_of(nic: Nic) -> int:
+        if nic.peer is None or not hasattr(nic.device, "queue_port"):
+            return 1
+        return len(getattr(nic.peer, "queues", [0]))
+
+    def unpeered_warnings(self) -> list[str]:
+        """QEMU's start-up warning for each back end (queue) that no NIC uses."""
+        attached = {id(nic.peer) for nic in self.nics.values()}
+        on_hubs = {id(port.peer) for hub in self.hubs.values() for port in hub.ports}
+        return [f"warning: netdev {name} has no peer"
+                for name, backend in self.netdevs.items()
+                if id(backend) not in attached and id(backend) not in on_hubs
+                for _ in getattr(backend, "queues", [0])]
 
     def _port_peer_info(self, port: HubPort) -> str:
         if port.peer_is_nic:

@@ -1,10 +1,19 @@
 """-netdev tap: frames to and from a Linux tap interface.
 
 The interface is opened through /dev/net/tun (TUNSETIFF, IFF_TAP|IFF_NO_PI),
-created by that if it does not exist, or handed over as an open fd (``fd=N``,
-how libvirt passes taps). Reads happen on the machine's loop; while the guest
-has no receive buffers the fd is not read at all, so the kernel queues (and
-at worst drops) rather than kvmkit, as with QEMU.
+created by that if it does not exist, or handed over as open fds (``fd=N``,
+``fds=A:B``, how libvirt passes taps). As QEMU does, kvmkit asks for
+IFF_VNET_HDR when the kernel has it (``vnet_hdr=off`` declines): every frame
+then carries a struct virtio_net_hdr, through which virtio-net passes checksum
+and segmentation offloads straight to the kernel. NICs that know nothing of
+that header (e1000, rtl8139, the hub) get it stripped and zero-filled here.
+``queues=N`` opens N queues (IFF_MULTI_QUEUE), one per virtio-net queue pair;
+queues the guest does not use are detached so that the kernel does not steer
+frames to them.
+
+Reads happen on the machine's loop; while the guest has no receive buffers a
+queue's fd is not read at all, so the kernel queues (and at worst drops)
+rather than kvmkit, as with QEMU.
 """
 
 from __future__ import annotations
@@ -22,9 +31,19 @@ log = logging.getLogger(__name__)
 
 TUNSETIFF = 0x400454CA
 TUNGETIFF = 0x800454D2
+TUNGETFEATURES = 0x800454CF
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+TUNSETQUEUE = 0x400454D9
 IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_ATTACH_QUEUE, IFF_DETACH_QUEUE = 0x0200, 0x0400
 IFF_NO_PI = 0x1000
-MAX_FRAME = 65536
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO = 0x01, 0x02, 0x04, 0x08, 0x10
+VNET_HDR_LEN = 10                 # the kernel's default: struct virtio_net_hdr
+MAX_FRAME = 65536 + 256           # a 64 KiB GSO frame and its header
+MAX_QUEUES = 1024                 # QEMU's MAX_TAP_QUEUES
 DEFAULT_SCRIPT = "/etc/qemu-ifup"
 DEFAULT_DOWNSCRIPT = "/etc/qemu-ifdown"
 BRIDGE_HELPER = "/usr/lib/qemu/qemu-bridge-helper"   # named in info network as QEMU does
@@ -34,15 +53,30 @@ class TapError(OSError):
     pass
 
 
-def open_tap(ifname: str) -> tuple[int, str]:
+def _tun_features() -> int:
+    """What this kernel's tun driver offers (IFF_VNET_HDR, IFF_MULTI_QUEUE, ...)."""
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        return struct.unpack("I", fcntl.ioctl(fd, TUNGETFEATURES, bytes(4)))[0]
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def open_tap(ifname: str, vnet_hdr: bool = False, multi_queue: bool = False) -> tuple[int, str]:
     """Opens (creating if needed) tap `ifname` ('' lets the kernel name it)."""
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise TapError(e.errno, f"could not open /dev/net/tun: {e.strerror}") from None
-    request = struct.pack("16sH", ifname.encode(), IFF_TAP | IFF_NO_PI)
+    flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0) | \
+        (IFF_MULTI_QUEUE if multi_queue else 0)
     try:
-        answer = fcntl.ioctl(fd, TUNSETIFF, request)
+        answer = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), flags))
     except OSError as e:
         os.close(fd)
         raise TapError(e.errno, f"could not configure /dev/net/tun ({ifname}): "
@@ -50,43 +84,97 @@ def open_tap(ifname: str) -> tuple[int, str]:
     return fd, answer[:16].rstrip(b"\0").decode()
 
 
-def tap_name(fd: int) -> str:
+def _tap_ifreq(fd: int) -> tuple[str, int]:
     try:
-        return fcntl.ioctl(fd, TUNGETIFF, bytes(18))[:16].rstrip(b"\0").decode()
+        name, flags = struct.unpack_from("16sH", fcntl.ioctl(fd, TUNGETIFF, bytes(18)))
+        return name.rstrip(b"\0").decode(), flags
     except OSError:
-        return ""
+        return "", 0
+
+
+def tap_name(fd: int) -> str:
+    return _tap_ifreq(fd)[0]
+
+
+def _wants(opts: dict, name: str) -> bool | None:
+    value = opts.get(name)
+    return None if value is None else value in ("on", "true", "yes", "1")
+
+
+class _Queue:
+    """One tap queue: its fd, whether the loop reads it, and the NIC side it feeds."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.reading = False
+        self.port = None                 # has receive(frame) -> bool and can_receive()
 
 
 class TapBackend:
     kind = "tap"
 
-    def __init__(self, fd: int, ifname: str, script: str | None, downscript: str | None,
-                 lock: threading.RLock) -> None:
-        self.fd = fd
+    def __init__(self, fds: list[int], ifname: str, script: str | None,
+                 downscript: str | None, lock: threading.RLock, vnet_hdr: bool = False) -> None:
+        self.queues = [_Queue(fd) for fd in fds]
         self.ifname = ifname
         self.script, self.downscript = script, downscript
         self.lock = lock
-        self.nic = None                  # has receive(frame) -> bool
+        self.has_vnet_hdr = vnet_hdr
+        self.header_len = VNET_HDR_LEN if vnet_hdr else 0   # what the kernel reads and writes
+        self.nic_uses_header = False     # the NIC reads and writes that header itself
+        self._nic = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.reading = False
         self.link_down = False
         self.sent = self.received = 0
         self.bridge: str | None = None
+        if vnet_hdr:
+            self.set_offload()
+
+    @property
+    def fd(self) -> int:
+        return self.queues[0].fd
 
     @classmethod
     def from_options(cls, opts: dict, lock: threading.RLock,
                      fd_lookup: Callable[[str], int]) -> TapBackend:
-        if "fd" in opts:
-            fd = fd_lookup(opts["fd"])
-            os.set_blocking(fd, False)
-            return cls(fd, tap_name(fd), None, None, lock)
+        vnet_wanted = _wants(opts, "vnet_hdr")
+        if "fd" in opts or "fds" in opts:
+            if {"ifname", "script", "downscript", "vnet_hdr", "helper", "queues"} & set(opts):
+                raise TapError(0, "ifname=, script=, downscript=, vnet_hdr=, helper=, "
+                                  "queues=, fds=, and vhostfds= are invalid with fd=")
+            fds = [fd_lookup(name) for name in
+                   (opts["fds"].split(":") if "fds" in opts else [opts["fd"]])]
+            for fd in fds:
+                os.set_blocking(fd, False)
+            name, flags = _tap_ifreq(fds[0])
+            return cls(fds, name, None, None, lock, vnet_hdr=bool(flags & IFF_VNET_HDR))
         if opts.get("vhost") in ("on", "true", "yes") and not os.path.exists("/dev/vhost-net"):
             # QEMU warns and goes on without vhost unless vhostforce=on.
             log.warning("warning: tap: open vhost char device failed: No such file or directory")
-        fd, ifname = open_tap(opts.get("ifname", ""))
+        try:
+            queues = int(opts.get("queues", "1"), 0)
+        except ValueError:
+            raise TapError(0, "Parameter 'queues' expects uint32_t") from None
+        if not 1 <= queues <= MAX_QUEUES:
+            raise TapError(0, f"queues={queues} must be between 1 and {MAX_QUEUES}")
+        features = _tun_features()
+        vnet_hdr = vnet_wanted is not False and bool(features & IFF_VNET_HDR)
+        if vnet_wanted and not vnet_hdr:
+            raise TapError(0, "vnet_hdr=1 requested, but no kernel support for "
+                              "IFF_VNET_HDR available")
+        fds: list[int] = []
+        ifname = opts.get("ifname", "")
+        try:
+            for _ in range(queues):
+                fd, ifname = open_tap(ifname, vnet_hdr, multi_queue=queues > 1)
+                fds.append(fd)
+        except TapError:
+            for fd in fds:
+                os.close(fd)
+            raise
         script = opts.get("script", DEFAULT_SCRIPT)
         downscript = opts.get("downscript", DEFAULT_DOWNSCRIPT)
-        backend = cls(fd, ifname, script, downscript, lock)
+        backend = cls(fds, ifname, script, downscript, lock, vnet_hdr)
         backend._run_script(script)
         return backend
 
@@ -101,14 +189,15 @@ class TapBackend:
             found = ipr.link_lookup(ifname=bridge)
             if not found:
                 raise TapError(0, f"bridge '{bridge}' does not exist")
-            fd, ifname = open_tap("")
+            vnet_hdr = bool(_tun_features() & IFF_VNET_HDR)
+            fd, ifname = open_tap("", vnet_hdr)
             try:
                 tap = ipr.link_lookup(ifname=ifname)[0]
                 ipr.link("set", index=tap, master=found[0], state="up")
             except Exception as e:
                 os.close(fd)
                 raise TapError(0, f"could not add {ifname} to bridge '{bridge}': {e}") from None
-        backend = cls(fd, ifname, None, None, lock)
+        backend = cls([fd], ifname, None, None, lock, vnet_hdr)
         backend.bridge = bridge
         return backend
 
@@ -125,67 +214,133 @@ class TapBackend:
         if self.bridge is not None:
             return f"index={index},type=tap,helper={BRIDGE_HELPER},br={self.bridge}"
         if self.script is None:
-            return f"index={index},type=tap,fd={self.fd}"
+            return f"index={index},type=tap,fd={self.queues[index].fd}"
         return (f"index={index},type=tap,ifname={self.ifname},script={self.script},"
                 f"downscript={self.downscript}")
+
+    # -- the NIC's side ----------------------------------------------------------------
+    @property
+    def nic(self):
+        return self._nic
+
+    @nic.setter
+    def nic(self, nic) -> None:
+        """Queue 0 feeds the NIC; further queues feed its queue_port(i), if it has any."""
+        self._nic = nic
+        self.nic_uses_header = False
+        for index, queue in enumerate(self.queues):
+            if index == 0 or nic is None:
+                queue.port = nic
+            else:
+                port_of = getattr(nic, "queue_port", None)
+                queue.port = port_of(index) if port_of else None
+
+    def use_vnet_hdr(self, length: int) -> None:
+        """The NIC (virtio-net) reads and writes headers of `length` bytes itself."""
+        if not self.has_vnet_hdr:
+            return
+        if length != self.header_len:
+            for queue in self.queues:
+                fcntl.ioctl(queue.fd, TUNSETVNETHDRSZ, struct.pack("i", length))
+            self.header_len = length
+        self.nic_uses_header = True
+
+    def set_offload(self, csum: bool = False, tso4: bool = False, tso6: bool = False,
+                    ecn: bool = False, ufo: bool = False) -> None:
+        """Which offloads the kernel may leave to the guest in frames it delivers."""
+        if not self.has_vnet_hdr:
+            return
+        flags = (TUN_F_CSUM if csum else 0) | (TUN_F_TSO4 if tso4 else 0) | \
+            (TUN_F_TSO6 if tso6 else 0) | (TUN_F_TSO_ECN if ecn else 0)
+        for queue in self.queues:
+            try:
+                fcntl.ioctl(queue.fd, TUNSETOFFLOAD, flags | (TUN_F_UFO if ufo else 0))
+            except OSError:         # kernels without UFO: the rest, as QEMU retries
+                try:
+                    fcntl.ioctl(queue.fd, TUNSETOFFLOAD, flags)
+                except OSError as e:
+                    log.warning("tap %s: TUNSETOFFLOAD failed: %s", self.ifname, e.strerror)
+
+    def set_queue_enabled(self, index: int, enabled: bool) -> None:
+        """Attaches or detaches one queue of a multiqueue tap (the guest's queue pairs)."""
+        if len(self.queues) < 2 or index >= len(self.queues):
+            return
+        flag = IFF_ATTACH_QUEUE if enabled else IFF_DETACH_QUEUE
+        try:
+            fcntl.ioctl(self.queues[index].fd, TUNSETQUEUE, struct.pack("16sH", b"", flag))
+        except OSError as e:
+            if e.errno != 22:      # EINVAL: already in that state
+                log.warning("tap %s: queue %d: %s", self.ifname, index, e.strerror)
 
     # -- frames ---------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._want_reading(True)
+        self.receive_ready()
 
     def send(self, frame: bytes) -> None:
+        """A plain frame from a NIC that has no use for the vnet header."""
+        if self.header_len and not self.nic_uses_header:
+            self.send_iov([bytes(self.header_len), frame])
+        else:
+            self.send_iov([frame])
+
+    def send_iov(self, parts: list, queue: int = 0) -> None:
+        """A frame in pieces (virtio-net: the guest's header and buffers, zero-copy)."""
         if self.link_down:
             return
         try:
-            os.write(self.fd, frame)
+            os.writev(self.queues[queue].fd if queue < len(self.queues) else self.fd, parts)
             self.sent += 1
-        except (BlockingIOError, OSError) as e:
+        except OSError as e:
             log.debug("tap %s: frame dropped: %s", self.ifname, e)
 
     def receive_ready(self) -> None:
-        """The guest gave receive buffers: read the tap again."""
-        self._want_reading(True)
+        """The guest gave receive buffers: read the tap's queues again."""
+        for queue in self.queues:
+            self._want_reading(queue, True)
 
-    def _want_reading(self, on: bool) -> None:
-        if self.loop is None or on == self.reading:
+    def _want_reading(self, queue: _Queue, on: bool) -> None:
+        if self.loop is None or on == queue.reading:
             return
-        self.reading = on
+        queue.reading = on
         if on:
-            self.loop.call_soon_threadsafe(self._add_reader)
+            self.loop.call_soon_threadsafe(self._add_reader, queue)
         else:
-            self.loop.call_soon_threadsafe(self.loop.remove_reader, self.fd)
+            self.loop.call_soon_threadsafe(self.loop.remove_reader, queue.fd)
 
-    def _add_reader(self) -> None:
-        if self.reading:
-            self.loop.add_reader(self.fd, self._readable)
+    def _add_reader(self, queue: _Queue) -> None:
+        if queue.reading:
+            self.loop.add_reader(queue.fd, self._readable, queue)
 
-    def _readable(self) -> None:
+    def _readable(self, queue: _Queue) -> None:
+        strip = self.header_len if not self.nic_uses_header else 0
         with self.lock:
             for _ in range(64):            # a bounded batch, then let the loop breathe
-                if self.nic is None or not self.nic.can_receive():
-                    self._want_reading(False)
+                port = queue.port
+                if port is None or not port.can_receive():
+                    self._want_reading(queue, False)
                     return
                 try:
-                    frame = os.read(self.fd, MAX_FRAME)
+                    frame = os.read(queue.fd, MAX_FRAME)
                 except BlockingIOError:
                     return
                 except OSError as e:
                     log.warning("tap %s: read failed: %s", self.ifname, e)
-                    self._want_reading(False)
+                    self._want_reading(queue, False)
                     return
                 self.received += 1
-                if not self.link_down:
-                    self.nic.receive(frame)
+                if not self.link_down and len(frame) > strip:
+                    port.receive(frame[strip:] if strip else frame)
 
     def close(self) -> None:
-        if self.loop is not None and self.reading:
+        for queue in self.queues:
+            if self.loop is not None and queue.reading:
+                try:
+                    self.loop.remove_reader(queue.fd)
+                except (RuntimeError, ValueError):
+                    pass
             try:
-                self.loop.remove_reader(self.fd)
-            except (RuntimeError, ValueError):
+                os.close(queue.fd)
+            except OSError:
                 pass
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
         self._run_script(self.downscript)

@@ -23,6 +23,12 @@ COM1:
     net                     the NIC found (virtio-net, e1000 or rtl8139): MAC, link
     netsend DSTMAC TYPE TEXT   send one frame; netrecv [MS]: the next frame received
     netrxmode promisc|allmulti 0|1   virtio-net rx mode through the control queue
+    netoffload on|off       virtio-net: renegotiate with checksum/TSO offloads both
+                            ways and mergeable buffers (netrecv then shows the header)
+    netmq PAIRS [TXPAIR]    virtio-net: renegotiate with MQ, use PAIRS queue pairs,
+                            send on TXPAIR
+    nettcp DSTMAC LEN [MSS]   one TCP/IPv4 frame, checksum (and with MSS, TSO) by the card
+    netblast COUNT DSTMAC LEN [MSS]   COUNT such frames as fast as the card takes them
     hotplug [manual|auto]   ACPI PCI hotplug state; manual leaves removals unanswered
     legacy                  drive the balloon through the legacy (0.9.5) I/O interface
     dhcp                    get an IPv4 address by DHCP on the NIC

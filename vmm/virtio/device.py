@@ -13,13 +13,18 @@ def read_le(raw: bytes, offset: int, size: int) -> int:
 class VirtioDevice:
     name = "virtio"                   # QEMU's type name without "-device" (memory regions)
     device_type = 0
-    queue_sizes: tuple[int, ...] = ()
+    queue_sizes: tuple[int, ...] = ()   # a property where the count changes (virtio-net MQ)
     features = 0                      # offered, besides VIRTIO_F_VERSION_1
     config_size = 0                   # bytes of device configuration (sizes legacy BAR0)
 
     def __init__(self) -> None:
         self.transport = None         # set by the transport that carries the device
         self.negotiated = 0
+
+    @property
+    def max_queues(self) -> int:
+        """The most queues the device can have (each gets a doorbell)."""
+        return len(self.queue_sizes)
 
     def reset(self) -> None:
         self.negotiated = 0

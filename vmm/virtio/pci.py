@@ -127,9 +127,16 @@ class VirtioPciDevice(PciDevice):
         self.config_generation = 0
         self.config_vector = NO_VECTOR
         self.isr = 0
-        self.queues = [_QueueState(size) for size in self.backend.queue_sizes]
         self.set_intx(0)
         self.backend.reset()
+        self.queues = [_QueueState(size) for size in self.backend.queue_sizes]
+
+    def resize_queues(self) -> None:
+        """The device now has len(backend.queue_sizes) queues (virtio-net with MQ):
+        those it keeps stay as they are."""
+        sizes = self.backend.queue_sizes
+        del self.queues[len(sizes):]
+        self.queues += [_QueueState(size) for size in sizes[len(self.queues):]]
 
     def reset(self) -> None:
         super().reset()
@@ -353,7 +360,7 @@ class VirtioPciDevice(PciDevice):
             self.ioevents.remove(key)
         if self.ioevents is None or address == UNMAPPED:
             return
-        queues = range(len(self.backend.queue_sizes))
+        queues = range(self.backend.max_queues)
         if bar.index == 4:
             keys = [self.ioevents.add(address + NOTIFY + NOTIFY_MULTIPLIER * i, 2,
                                       partial(self.notify, i)) for i in queues]

@@ -214,6 +214,10 @@ static void dispatch(const char *line)
     if (is(line, "netsend", &a)) { cmd_netsend(a); return; }
     if (is(line, "netrecv", &a)) { cmd_netrecv(a); return; }
     if (is(line, "netrxmode", &a)) { cmd_netrxmode(a); return; }
+    if (is(line, "netoffload", &a)) { cmd_netoffload(a); return; }
+    if (is(line, "netmq", &a)) { cmd_netmq(a); return; }
+    if (is(line, "nettcp", &a)) { cmd_nettcp(a); return; }
+    if (is(line, "netblast", &a)) { cmd_netblast(a); return; }
     if (is(line, "hotplug", &a)) { cmd_hotplug(a); return; }
     if (is(line, "legacy", &a)) { cmd_legacy(a); return; }
     if (is(line, "dhcp", &a)) { cmd_dhcp(a); return; }

@@ -23,6 +23,7 @@ void net_init(void)
 
 /* For other protocols (dhcp.c): the NIC's frames, without JSON. */
 int net_present(void) { return present; }
+const struct nic *net_nic(void) { return &nic; }
 const u8 *net_mac(void) { return nic.mac; }
 void net_send_frame(const u8 *f, u32 len) { nic.send(f, len < 60 ? 60 : len); }
 int net_poll_frame(u8 **f, u32 *len) { return nic.poll(f, len); }
@@ -137,6 +138,9 @@ void cmd_netrecv(const char *args)
     for (u32 i = 14; i < len && i < 14 + 64; i++)
         if (f[i] >= 0x20 && f[i] < 0x7f && f[i] != '"' && f[i] != '\\')
             printf("%c", f[i]);
-    printf("\"}\n");
+    printf("\"");
+    if (nic.rx_meta)
+        nic.rx_meta();
+    printf("}\n");
     nic.recycle(f);
 }

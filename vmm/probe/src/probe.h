@@ -109,6 +109,10 @@ void cmd_net(const char *args);
 void cmd_netsend(const char *args);
 void cmd_netrecv(const char *args);
 void cmd_netrxmode(const char *args);
+void cmd_netoffload(const char *args);
+void cmd_netmq(const char *args);
+void cmd_nettcp(const char *args);
+void cmd_netblast(const char *args);
 void net_forget(unsigned slot);
 /* hotplug.c */
 void hotplug_init(void);

@@ -82,6 +82,7 @@ int rtl8139_probe(struct nic *nic)
     outb(io + CR, 0x0c);                                   /* RE, TE */
     rx_cur = 0;
     tx_slot = 0;
-    static const struct nic ops = {"rtl8139", 0, {0}, link, send, poll, recycle, info};
+    static const struct nic ops = {"rtl8139", 0, {0}, link, send, poll, recycle, info,
+                                   0, 0, 0};
     return nic_attach(nic, &ops, slot);
 }

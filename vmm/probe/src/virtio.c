@@ -28,7 +28,7 @@
 #define S_FEATURES_OK 8
 #define S_FAILED 128
 
-#define MAX_RINGS 16
+#define MAX_RINGS 24
 static u8 rings[MAX_RINGS][4096 * 2] __attribute__((aligned(4096)));
 static int rings_used;
 
@@ -144,7 +144,8 @@ int virtio_queue(struct virtio_dev *dev, struct virtqueue *vq, u16 index, u8 vec
     if (size > VQ_MAX)
         size = VQ_MAX;
     mmio_write16(c + Q_SIZE, size);
-    u8 *ring = rings[rings_used++];
+    /* A queue set up again (a driver renegotiating) keeps its ring memory. */
+    u8 *ring = vq->desc ? (u8 *)vq->desc : rings[rings_used++];
     memset(ring, 0, sizeof(rings[0]));
     memset(vq, 0, sizeof(*vq));
     vq->index = index;
@@ -173,14 +174,22 @@ void virtio_ready(struct virtio_dev *dev)
     mmio_write8(dev->common + STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
 }
 
-/* Makes the chain at descriptor `head` available and kicks the device. */
-static void vq_publish(struct virtqueue *vq, u16 head)
+/* Makes the chain at descriptor `head` available, without a kick. */
+static void vq_post_chain(struct virtqueue *vq, u16 head)
 {
     vq->avail->ring[vq->avail->idx % vq->size] = head;
     barrier();
     vq->avail->idx++;
     barrier();
-    mmio_write16(vq->notify, vq->index);
+}
+
+void vq_kick(struct virtqueue *vq) { mmio_write16(vq->notify, vq->index); }
+
+/* Makes the chain at descriptor `head` available and kicks the device. */
+static void vq_publish(struct virtqueue *vq, u16 head)
+{
+    vq_post_chain(vq, head);
+    vq_kick(vq);
 }
 
 static u16 vq_desc(struct virtqueue *vq, void *buf, u32 len, u16 flags)
@@ -197,6 +206,11 @@ static u16 vq_desc(struct virtqueue *vq, void *buf, u32 len, u16 flags)
 void vq_add(struct virtqueue *vq, void *buf, u32 len, int writable)
 {
     vq_publish(vq, vq_desc(vq, buf, len, writable ? 2 : 0));
+}
+
+void vq_post(struct virtqueue *vq, void *buf, u32 len, int writable)
+{
+    vq_post_chain(vq, vq_desc(vq, buf, len, writable ? 2 : 0));
 }
 
 int vq_take_used(struct virtqueue *vq, u32 *len)

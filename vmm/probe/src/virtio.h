@@ -36,6 +36,9 @@ int virtio_queue(struct virtio_dev *dev, struct virtqueue *vq, u16 index, u8 vec
 void virtio_ready(struct virtio_dev *dev);
 /* Puts one buffer on the ring and kicks the device, without waiting. */
 void vq_add(struct virtqueue *vq, void *buf, u32 len, int writable);
+/* The same without the kick; vq_kick then tells the device about all posted. */
+void vq_post(struct virtqueue *vq, void *buf, u32 len, int writable);
+void vq_kick(struct virtqueue *vq);
 /* Takes one used buffer if the device returned one: 1 and its length, else 0. */
 int vq_take_used(struct virtqueue *vq, u32 *len);
 /* A device-readable request and a device-writable reply in one chain; waits for it. */
