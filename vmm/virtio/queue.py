@@ -25,7 +25,6 @@ DESC_SIZE = 16
 MAX_QUEUE_SIZE = 32768
 
 _desc = struct.Struct("<QIHH")
-_u16 = struct.Struct("<H")
 _used_elem = struct.Struct("<II")
 
 
@@ -80,6 +79,12 @@ class SplitQueue:
             self.desc = mem.view(desc, DESC_SIZE * size)
             self.avail = mem.view(avail, 6 + 2 * size)
             self.used = mem.view(used, 6 + 8 * size)
+            # The rings' 16-bit fields as 16-bit items: each access is one load or store,
+            # as the driver's are (struct.pack_into zeroes its target first, and a
+            # byte-wise read can tear, so a spinning driver could see a used index of 0
+            # and the device an available index 256 ahead). x86 is little-endian.
+            self.avail16 = self.avail.cast("H")
+            self.used16 = self.used.cast("H")
         except GuestMemoryError as e:
             raise VirtqueueError(f"ring outside guest RAM: {e}") from None
         self.last_avail = 0
@@ -88,7 +93,7 @@ class SplitQueue:
 
     # -- the driver's side, read -----------------------------------------------
     def avail_idx(self) -> int:
-        return _u16.unpack_from(self.avail, 2)[0]
+        return self.avail16[1]
 
     def pending(self) -> int:
         pending = (self.avail_idx() - self.last_avail) & 0xFFFF
@@ -102,10 +107,10 @@ class SplitQueue:
         if not self.pending():
             return None
         slot = self.last_avail % self.size
-        head = _u16.unpack_from(self.avail, 4 + 2 * slot)[0]
+        head = self.avail16[2 + slot]
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         if self.event_idx:   # tell the driver where we are (avail_event, in the used ring)
-            _u16.pack_into(self.used, 4 + 8 * self.size, self.last_avail)
+            self.used16[2 + 4 * self.size] = self.last_avail
         return self._walk(head)
 
     def _walk(self, head: int) -> Chain:
@@ -156,7 +161,7 @@ class SplitQueue:
         slot = self.used_idx % self.size
         _used_elem.pack_into(self.used, 4 + 8 * slot, head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        _u16.pack_into(self.used, 2, self.used_idx)
+        self.used16[1] = self.used_idx
 
     def should_notify(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the last one."""
@@ -164,14 +169,14 @@ class SplitQueue:
         if old == new:
             return False
         if self.event_idx:
-            used_event = _u16.unpack_from(self.avail, 4 + 2 * self.size)[0]
+            used_event = self.avail16[2 + self.size]
             notify = need_event(used_event, new, old)
         else:
-            notify = not _u16.unpack_from(self.avail, 0)[0] & AVAIL_F_NO_INTERRUPT
+            notify = not self.avail16[0] & AVAIL_F_NO_INTERRUPT
         self.signalled_used = new
         return notify
 
     def set_notifications(self, enabled: bool) -> None:
         """Tells the driver whether we want kicks (VIRTQ_USED_F_NO_NOTIFY)."""
         if not self.event_idx:
-            _u16.pack_into(self.used, 0, 0 if enabled else USED_F_NO_NOTIFY)
+            self.used16[0] = 0 if enabled else USED_F_NO_NOTIFY
