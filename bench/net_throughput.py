@@ -1,0 +1,134 @@
+"""Guest-to-host throughput through a tap: kvmkit vs QEMU 7.2 (userspace
+virtio-net, no vhost), on the same probe guest, in one run.
+
+    .venv/bin/python bench/net_throughput.py [--runs 3] [--frames 20000] [--gso-frames 2000]
+
+Needs root (it makes a network namespace with `ip netns`, where each VMM's tap
+lives). The guest negotiates checksum and TSO offloads, then sends TCP/IPv4
+frames as fast as the device takes them (`netblast`): 1514-byte frames, and
+64 KiB GSO frames that go to the kernel whole, through the tap's vnet header.
+Packets and bytes are counted by the host kernel on the tap (its rx counters),
+over the wall time the command took. Prints medians per VMM and the
+kvmkit/QEMU ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+TAP = "kkbench0"
+CASES = {"1514-byte frames": (1460, 0), "64 KiB GSO frames": (65000, 1448)}
+
+
+def kvmkit_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("kvmkit")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "qmp"]
+
+
+def probe() -> str:
+    from vmm.probe import elf_path
+    return str(elf_path())
+
+
+class Guest:
+    def __init__(self, argv: list[str], netns: str) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, *argv, "-m", "256", "-nodefaults",
+             "-display", "none", "-serial", "stdio", "-kernel", probe(),
+             "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
+             "-device", "virtio-net-pci,netdev=n0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.wait_for('"ready"')
+
+    def wait_for(self, marker: str) -> dict:
+        for line in self.proc.stdout:
+            if marker.encode() in line:
+                return json.loads(line)
+        raise RuntimeError("the guest went away")
+
+    def command(self, text: str) -> dict:
+        self.proc.stdin.write(text.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.wait_for("{")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def tap_counters(netns: str) -> tuple[int, int]:
+    from pyroute2 import NetNS
+
+    with NetNS(netns) as ipr:
+        index = ipr.link_lookup(ifname=TAP)[0]
+        stats = ipr.get_links(index)[0].get_attr("IFLA_STATS64")
+    return stats["rx_packets"], stats["rx_bytes"]
+
+
+def run_once(argv: list[str], netns: str, counts: dict[str, int]) -> dict:
+    from pyroute2 import NetNS
+
+    guest = Guest(argv, netns)
+    try:
+        with NetNS(netns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname=TAP)[0], state="up")
+        guest.command("netoffload on")
+        out = {}
+        for case, (payload, mss) in CASES.items():
+            packets0, bytes0 = tap_counters(netns)
+            start = time.perf_counter()
+            answer = guest.command(f"netblast {counts[case]} 020000000001 {payload} {mss}")
+            elapsed = time.perf_counter() - start
+            packets1, bytes1 = tap_counters(netns)
+            if "error" in answer or packets1 - packets0 < counts[case]:
+                raise RuntimeError(f"{case}: {answer}, {packets1 - packets0} arrived")
+            out[case] = ((packets1 - packets0) / elapsed, (bytes1 - bytes0) * 8 / elapsed / 1e9)
+        return out
+    finally:
+        guest.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=20000)
+    parser.add_argument("--gso-frames", type=int, default=2000)
+    args = parser.parse_args()
+    counts = {"1514-byte frames": args.frames, "64 KiB GSO frames": args.gso_frames}
+    vmms = {"kvmkit": kvmkit_cmd()}
+    if shutil.which("qemu-system-x86_64"):
+        vmms["qemu"] = ["qemu-system-x86_64", "-accel", "kvm"]
+    netns = f"kkbench-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        results = {name: [run_once(argv, netns, counts) for _ in range(args.runs)]
+                   for name, argv in vmms.items()}
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns])
+
+    def median(name: str, case: str, field: int) -> float:
+        return statistics.median(r[case][field] for r in results[name])
+
+    print(f"guest to host tap, virtio-net with offloads, {args.runs} runs each (medians)")
+    print(f"{'case':<20} {'vmm':<8} {'packets/s':>11} {'Gbit/s':>8}")
+    for case in CASES:
+        for name in results:
+            print(f"{case:<20} {name:<8} {median(name, case, 0):>11.0f} "
+                  f"{median(name, case, 1):>8.2f}")
+        if "qemu" in results:
+            print(f"{case:<20} {'ratio':<8} "
+                  f"{median('kvmkit', case, 0) / median('qemu', case, 0):>10.2f}x "
+                  f"{median('kvmkit', case, 1) / median('qemu', case, 1):>7.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
