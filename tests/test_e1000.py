@@ -119,3 +119,23 @@ def test_checksum_offload_from_a_context_descriptor():
     assert sent[40:42] != b"\0\0"
     data = sent[34:]
     assert sum(struct.unpack(f">{len(data) // 2}H", data)) % 0xFFFF == 0
+
+
+def test_tso_contexts_that_do_not_fit_drop_the_frame():
+    """A TSO context with no MSS, or a header longer than the frame, or checksum
+    offsets past the header: the frame is dropped, nothing raises, the ring goes on."""
+    mem, nic, backend, _ = make()
+    nic.write(TDBAL, 0x10000)
+    nic.write(TDLEN, 256)
+    nic.write(TCTL, 2)
+    mem.write(0x20000, bytes(200))
+    slot = 0
+    for mss, hdr_len, tucso in ((0, 54, 50), (100, 250, 50), (100, 54, 200)):
+        # context: TUCMD TCP|IP|TSE|DEXT, HDRLEN, MSS
+        mem.write(0x10000 + 16 * slot, struct.pack("<BBHBBHIBBH", 14, 24, 33, 34, tucso, 0,
+                                                   146 | (0x27 << 24), 0, hdr_len, mss))
+        mem.write(0x10010 + 16 * slot, struct.pack("<QIBBH", 0x20000, 200 | (1 << 20) |
+                                                   (0x2D << 24), 0, 0x03, 0))   # EOP|TSE|RS
+        slot += 2
+    nic.write(TDT, slot)
+    assert backend.sent == [] and nic.read(TDH) == slot

@@ -7,7 +7,9 @@ IOADDR/IODATA. The MAC comes from a 64-word EEPROM (read through EERD or the
 EECD bit-bang port) whose checksum makes the words sum to 0xBABA. Transmit and
 receive use descriptor rings in guest memory (legacy descriptors, and the
 extended data descriptors a driver uses with a context descriptor, whose IP and
-TCP/UDP checksum offloads are computed; TCP segmentation offload is not).
+TCP/UDP checksum offloads are computed, and TCP segmentation: a frame sent with
+TSE is cut into MSS-sized segments, each with its own IP length and id, TCP
+sequence number and checksums, as Linux's e1000 driver expects).
 Interrupt causes accumulate in ICR, masked by IMS, on INTx; reading ICR clears
 it. All guest-given ring addresses go through GuestMemory, so a hostile ring
 can only fail its own frames.
@@ -41,11 +43,13 @@ ICR_INT_ASSERTED = 1 << 31
 RCTL_EN, RCTL_UPE, RCTL_MPE, RCTL_BAM, RCTL_SECRC = 1 << 1, 1 << 3, 1 << 4, 1 << 15, 1 << 26
 RCTL_MO_SHIFT = 12
 TCTL_EN = 1 << 1
-TXD_EOP, TXD_IFCS, TXD_IC, TXD_RS, TXD_DEXT = 0x01, 0x02, 0x04, 0x08, 0x20
+TXD_EOP, TXD_IFCS, TXD_IC, TXD_TSE, TXD_RS, TXD_DEXT = 0x01, 0x02, 0x04, 0x04, 0x08, 0x20
+TUCMD_TCP, TUCMD_IP = 0x01, 0x02           # a context's TCP (else UDP) and IPv4 (else IPv6)
 TXD_POPTS_IXSM, TXD_POPTS_TXSM = 0x01, 0x02
 DESC_DD, RXD_EOP = 0x01, 0x02
 RAH_AV = 1 << 31
 MAX_FRAME = 16384
+MAX_TSO_FRAME = 0x40000                    # a TSO frame before segmentation
 
 EEPROM_WORDS = 64
 EEPROM_CHECKSUM = 0xBABA
@@ -103,6 +107,8 @@ class E1000(PciDevice):
         self.phy = dict(PHY_REGS)
         self.tx_frame = bytearray()      # a frame being gathered across descriptors
         self.tx_context = (0, 0, 0, 0, 0, 0)  # IPCSS, IPCSO, IPCSE, TUCSS, TUCSO, TUCSE
+        self.tx_tso = (0, 0, 0)              # the context's TUCMD, HDRLEN, MSS
+        self.tx_segment = False              # the frame being gathered uses TSO
         self.tx_offloads = (False, False)
         self.tx_legacy_sum: tuple[int, int] | None = None
         self._set_status_link()
@@ -234,23 +240,63 @@ class E1000(PciDevice):
         typed = struct.unpack_from("<I", desc, 8)[0]
         if cmd & TXD_DEXT and (typed >> 20) & 0xF == 0:        # context descriptor
             self.tx_context = struct.unpack_from("<BBHBBH", desc, 0)
+            self.tx_tso = (cmd, desc[13], struct.unpack_from("<H", desc, 14)[0])
             return
         if cmd & TXD_DEXT:                                     # data descriptor
             length = typed & 0xFFFFF
             popts = desc[13]
             self.tx_offloads = (popts & TXD_POPTS_IXSM, popts & TXD_POPTS_TXSM)
+            self.tx_segment = bool(cmd & TXD_TSE)
         else:                                                  # legacy: CSO/CSS, IC
             self.tx_offloads = (False, False)
             self.tx_legacy_sum = (css, cso) if cmd & TXD_IC else None
-        if len(self.tx_frame) + length > MAX_FRAME:
+            self.tx_segment = False
+        limit = MAX_TSO_FRAME if self.tx_segment else MAX_FRAME
+        if len(self.tx_frame) + length > limit:
             self.tx_frame.clear()                              # oversized: dropped
             return
         self.tx_frame += self.memory.read(addr, length)
         if cmd & TXD_EOP:
-            frame = self.tx_frame
-            self._insert_checksums(frame, cmd & TXD_DEXT)
-            self._send(bytes(frame))
+            frames = self._segments(self.tx_frame) if self.tx_segment else [self.tx_frame]
+            for frame in frames:
+                self._insert_checksums(frame, cmd & TXD_DEXT)
+                self._send(bytes(frame))
             self.tx_frame = bytearray()
+
+    def _segments(self, frame: bytearray) -> list[bytearray]:
+        """TCP segmentation (datasheet 3.5): the header (HDRLEN bytes) before every
+        MSS bytes of payload, with the IP length and id, the TCP sequence number and
+        flags (PSH and FIN on the last segment only) and the pseudo-header length
+        (the driver's sum has none) adjusted per segment."""
+        tucmd, hdr_len, mss = self.tx_tso
+        ipcss, _, _, tucss, tucso, _ = self.tx_context
+        if mss == 0 or not 0 < hdr_len <= len(frame) or ipcss + 6 > hdr_len or \
+                tucss + 14 > hdr_len or tucso + 2 > hdr_len:
+            log.warning("e1000: TSO context does not fit the frame; dropped")
+            return []
+        header, payload = frame[:hdr_len], memoryview(frame)[hdr_len:]
+        ip_id = int.from_bytes(header[ipcss + 4:ipcss + 6], "big")
+        seq = int.from_bytes(header[tucss + 4:tucss + 8], "big")
+        out = []
+        for index, offset in enumerate(range(0, max(len(payload), 1), mss)):
+            segment = header + payload[offset:offset + mss]
+            last = offset + mss >= len(payload)
+            if tucmd & TUCMD_IP:
+                segment[ipcss + 2:ipcss + 4] = (len(segment) - ipcss).to_bytes(2, "big")
+                segment[ipcss + 4:ipcss + 6] = ((ip_id + index) & 0xFFFF).to_bytes(2, "big")
+            else:                                      # IPv6: payload length
+                segment[ipcss + 4:ipcss + 6] = (len(segment) - ipcss - 40).to_bytes(2, "big")
+            if tucmd & TUCMD_TCP:
+                segment[tucss + 4:tucss + 8] = ((seq + offset) & 0xFFFFFFFF).to_bytes(4, "big")
+                if not last:
+                    segment[tucss + 13] &= ~0x09                  # PSH, FIN
+            else:                                      # UDP: its length
+                segment[tucss + 4:tucss + 6] = (len(segment) - tucss).to_bytes(2, "big")
+            pseudo = int.from_bytes(segment[tucso:tucso + 2], "big") + len(segment) - tucss
+            pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+            segment[tucso:tucso + 2] = pseudo.to_bytes(2, "big")
+            out.append(segment)
+        return out
 
     def _insert_checksums(self, frame: bytearray, extended: bool) -> None:
         """What the driver asked the card to compute: the IP header checksum (IXSM)
