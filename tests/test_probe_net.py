@@ -308,3 +308,16 @@ def test_pci_placement_errors_as_qemus(vmm_kind, devices, message):
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith(message)
+
+
+def test_user_networking_options_set_the_guests_network(launch, vmm_kind):
+    """net=, host=, dhcpstart= and dns= as QEMU's: the guest's DHCP lease says them,
+    and info network shows the network."""
+    vm = launch(machine_args(extra=[
+        "-netdev", "user,id=u0,net=192.168.76.0/24,host=192.168.76.1,"
+                   "dhcpstart=192.168.76.50,dns=192.168.76.53",
+        "-device", "e1000,netdev=u0"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    assert vm.command("dhcp", timeout=30) == {
+        "ip": "192.168.76.50", "server": "192.168.76.1", "router": "192.168.76.1",
+        "dns": "192.168.76.53"}

@@ -222,3 +222,56 @@ def recv_ours(sock) -> bytes:
         if frame[:6] == HOST_MAC:
             return frame
     raise AssertionError("the guest's frame never reached the host")
+
+
+def ether_crc(data: bytes) -> int:
+    """Linux's ether_crc (the big-endian Ethernet CRC): its top 6 bits pick the bit
+    of rtl8139's 64-bit multicast filter."""
+    crc = 0xFFFFFFFF
+    for octet in data:
+        for _ in range(8):
+            crc = ((crc << 1) & 0xFFFFFFFF) ^ (0x04C11DB7 if (crc >> 31) ^ (octet & 1) else 0)
+            octet >>= 1
+    return crc
+
+
+@pytest.mark.parametrize("cplus", [False, True], ids=["normal", "cplus"])
+def test_rtl8139_modes_offloads_and_multicast_hash(launch, vmm_kind, netns, cplus):
+    """rtl8139 as 8139too (normal mode) and 8139cp (C+ mode: descriptor rings,
+    checksum and large-send offloads) drive it; in both, the multicast filter is
+    the exact 64-bit hash: a group whose bit is set passes, one whose bit is not
+    does not."""
+    vm = launch(machine_args(extra=["-netdev", TAP, "-device", "rtl8139,netdev=n0"]),
+                vmm_kind, preexec_fn=in_netns(netns))
+    vm.wait_event("ready", timeout=60)
+    if cplus:
+        assert vm.command("netcplus") == {"cpcmd": "0x2b"}
+        assert vm.command("net")["cplus"] is True
+    host = packet_socket(netns, "kk0", ETH_P_IP)
+    assert vm.command("nettcp 020000000001 300")["checksum"] == ("card" if cplus else "software")
+    assert check_tcp_segment(recv_ours(host))[1:3] == (1000, 0x18)
+    if cplus:      # large send: 1460-byte segments (QEMU cuts at the MTU, as the MSS here)
+        assert vm.command("nettcp 020000000001 3000 1460")["checksum"] == "card"
+        segments = [check_tcp_segment(recv_ours(host)) for _ in range(3)]
+        # PSH stays on the last segment, as the datasheet's card and e1000 do; QEMU
+        # 7.2's rtl8139 clears it in a header it reuses, and so loses it there too.
+        last_flags = 0x10 if vmm_kind == "qemu" else 0x18
+        assert [(s[1], s[2], len(s[3])) for s in segments] == [
+            (1000, 0x10, 1460), (2460, 0x10, 1460), (3920, last_flags, 80)]
+        assert b"".join(s[3] for s in segments) == bytes(ord("a") + i % 26 for i in range(3000))
+
+    joined, other = bytes.fromhex("01005e000001"), bytes.fromhex("01005e000002")
+    assert ether_crc(joined) >> 26 != ether_crc(other) >> 26
+    assert vm.command("netmcast 01005e000001") == {"bit": ether_crc(joined) >> 26}
+    for group in (other, joined):
+        host.send(tcp_frame(group, HOST_MAC, b"to-group-" + group[-1:].hex().encode()))
+    [got] = guest_frames(vm, 1)
+    assert got["dst"] == "01:00:5e:00:00:01"
+    if cplus:      # first and last fragment, multicast, length with the CRC
+        assert got["opts1"] == f"0x{(1 << 29) | (1 << 28) | (1 << 26) | (got['len'] + 4):x}"
+    assert guest_frames(vm, 1) == []                  # the other group never came
+    host.send(tcp_frame(GUEST_MAC, HOST_MAC, b"unicast"))
+    [got] = guest_frames(vm, 1)
+    if cplus:      # physical address match
+        assert got["opts1"] == f"0x{(1 << 29) | (1 << 28) | (1 << 25) | (got['len'] + 4):x}"
+    host.close()

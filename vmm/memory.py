@@ -9,7 +9,6 @@ wholly inside one RAM region.
 from __future__ import annotations
 
 import mmap
-import struct
 from dataclasses import dataclass
 
 PCI_HOLE_START = 0xC000_0000
@@ -91,23 +90,26 @@ class GuestMemory:
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
         self.view(gpa, length)[:] = bytes([byte]) * length
 
+    # Fixed-size accesses are one load or store each (a view cast to that size), so a
+    # vCPU never sees half of a value a device is writing: struct.pack_into would
+    # zero the field first, and byte-wise reads can tear. x86 is little-endian.
     def read_u16(self, gpa: int) -> int:
-        return struct.unpack_from("<H", self.view(gpa, 2))[0]
+        return self.view(gpa, 2).cast("H")[0]
 
     def read_u32(self, gpa: int) -> int:
-        return struct.unpack_from("<I", self.view(gpa, 4))[0]
+        return self.view(gpa, 4).cast("I")[0]
 
     def read_u64(self, gpa: int) -> int:
-        return struct.unpack_from("<Q", self.view(gpa, 8))[0]
+        return self.view(gpa, 8).cast("Q")[0]
 
     def write_u16(self, gpa: int, value: int) -> None:
-        struct.pack_into("<H", self.view(gpa, 2), 0, value)
+        self.view(gpa, 2).cast("H")[0] = value
 
     def write_u32(self, gpa: int, value: int) -> None:
-        struct.pack_into("<I", self.view(gpa, 4), 0, value)
+        self.view(gpa, 4).cast("I")[0] = value
 
     def write_u64(self, gpa: int, value: int) -> None:
-        struct.pack_into("<Q", self.view(gpa, 8), 0, value)
+        self.view(gpa, 8).cast("Q")[0] = value
 
     def discard(self, gpa: int, length: int) -> None:
         """Give the pages back to the host (they read as zero afterwards)."""

@@ -21,6 +21,7 @@ import logging
 import struct
 
 from vmm.memory import GuestMemory, GuestMemoryError
+from vmm.net.offload import put_checksum, tcp_segments
 from vmm.pci import PciDevice
 
 log = logging.getLogger(__name__)
@@ -264,39 +265,21 @@ class E1000(PciDevice):
             self.tx_frame = bytearray()
 
     def _segments(self, frame: bytearray) -> list[bytearray]:
-        """TCP segmentation (datasheet 3.5): the header (HDRLEN bytes) before every
-        MSS bytes of payload, with the IP length and id, the TCP sequence number and
-        flags (PSH and FIN on the last segment only) and the pseudo-header length
-        (the driver's sum has none) adjusted per segment."""
+        """TCP segmentation (datasheet 3.5) over the context's offsets; the driver's
+        TCP/UDP sum has no length in it, so each segment's is added."""
         tucmd, hdr_len, mss = self.tx_tso
         ipcss, _, _, tucss, tucso, _ = self.tx_context
-        if mss == 0 or not 0 < hdr_len <= len(frame) or ipcss + 6 > hdr_len or \
-                tucss + 14 > hdr_len or tucso + 2 > hdr_len:
+        segments = None if tucso + 2 > hdr_len else tcp_segments(
+            frame, ipcss, tucss, hdr_len, mss, ipv4=bool(tucmd & TUCMD_IP),
+            tcp=bool(tucmd & TUCMD_TCP))
+        if segments is None:
             log.warning("e1000: TSO context does not fit the frame; dropped")
             return []
-        header, payload = frame[:hdr_len], memoryview(frame)[hdr_len:]
-        ip_id = int.from_bytes(header[ipcss + 4:ipcss + 6], "big")
-        seq = int.from_bytes(header[tucss + 4:tucss + 8], "big")
-        out = []
-        for index, offset in enumerate(range(0, max(len(payload), 1), mss)):
-            segment = header + payload[offset:offset + mss]
-            last = offset + mss >= len(payload)
-            if tucmd & TUCMD_IP:
-                segment[ipcss + 2:ipcss + 4] = (len(segment) - ipcss).to_bytes(2, "big")
-                segment[ipcss + 4:ipcss + 6] = ((ip_id + index) & 0xFFFF).to_bytes(2, "big")
-            else:                                      # IPv6: payload length
-                segment[ipcss + 4:ipcss + 6] = (len(segment) - ipcss - 40).to_bytes(2, "big")
-            if tucmd & TUCMD_TCP:
-                segment[tucss + 4:tucss + 8] = ((seq + offset) & 0xFFFFFFFF).to_bytes(4, "big")
-                if not last:
-                    segment[tucss + 13] &= ~0x09                  # PSH, FIN
-            else:                                      # UDP: its length
-                segment[tucss + 4:tucss + 6] = (len(segment) - tucss).to_bytes(2, "big")
+        for segment in segments:
             pseudo = int.from_bytes(segment[tucso:tucso + 2], "big") + len(segment) - tucss
             pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
             segment[tucso:tucso + 2] = pseudo.to_bytes(2, "big")
-            out.append(segment)
-        return out
+        return segments
 
     def _insert_checksums(self, frame: bytearray, extended: bool) -> None:
         """What the driver asked the card to compute: the IP header checksum (IXSM)
@@ -305,14 +288,14 @@ class E1000(PciDevice):
         if not extended:
             if self.tx_legacy_sum is not None:
                 start, where = self.tx_legacy_sum
-                _put_checksum(frame, start, len(frame) - 1, where)
+                put_checksum(frame, start, len(frame) - 1, where)
             return
         ipcss, ipcso, ipcse, tucss, tucso, tucse = self.tx_context
         ip_sum, l4_sum = self.tx_offloads
         if ip_sum:
-            _put_checksum(frame, ipcss, ipcse or len(frame) - 1, ipcso)
+            put_checksum(frame, ipcss, ipcse or len(frame) - 1, ipcso)
         if l4_sum:
-            _put_checksum(frame, tucss, tucse or len(frame) - 1, tucso)
+            put_checksum(frame, tucss, tucse or len(frame) - 1, tucso)
 
     def _send(self, frame: bytes) -> None:
         if frame and self.link_up and self.netdev is not None:
@@ -379,19 +362,6 @@ class E1000(PciDevice):
                                           + (high & 0xFFFF).to_bytes(2, "little")):
                 return True
         return False
-
-
-def _put_checksum(frame: bytearray, start: int, end: int, where: int) -> None:
-    """The Internet checksum of frame[start..end] (inclusive), stored at `where`."""
-    if not 0 <= start <= end < len(frame) or where + 2 > len(frame):
-        return                                     # offsets the frame cannot hold
-    data = bytes(frame[start:end + 1])
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f">{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    frame[where:where + 2] = struct.pack(">H", ~total & 0xFFFF)
 
 
 def _rx_buffer_size(rctl: int) -> int:

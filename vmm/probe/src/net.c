@@ -24,6 +24,9 @@ void net_init(void)
 /* For other protocols (dhcp.c): the NIC's frames, without JSON. */
 int net_present(void) { return present; }
 const struct nic *net_nic(void) { return &nic; }
+
+/* A driver switching modes (rtl8139 to C+) hands over new operations. */
+void net_replace_ops(const struct nic *ops) { nic_attach(&nic, ops, nic.slot); }
 const u8 *net_mac(void) { return nic.mac; }
 void net_send_frame(const u8 *f, u32 len) { nic.send(f, len < 60 ? 60 : len); }
 int net_poll_frame(u8 **f, u32 *len) { return nic.poll(f, len); }

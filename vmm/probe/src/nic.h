@@ -35,6 +35,7 @@ static inline int nic_attach(struct nic *nic, const struct nic *ops, unsigned sl
 /* net.c, for protocols on top of the NIC (dhcp.c) */
 int net_present(void);
 const struct nic *net_nic(void);
+void net_replace_ops(const struct nic *ops);
 const u8 *net_mac(void);
 void net_send_frame(const u8 *frame, u32 len);
 int net_poll_frame(u8 **frame, u32 *len);
