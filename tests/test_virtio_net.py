@@ -116,3 +116,28 @@ def test_queue_and_config_interrupts_use_msix_vectors_once_enabled():
     assert msix.fired == [0] and msix.bus_read(0x800, 1) == 0b100   # pending
     msix.bus_write(16 * 2 + 12, 4, 0)           # unmask: the pending vector fires
     assert msix.fired == [0, 2] and msix.bus_read(0x800, 1) == 0
+
+
+def test_queue_reset_takes_one_queue_back_to_its_defaults():
+    """VIRTIO_F_RING_RESET (offered, as by QEMU 7.2): queue_reset=1 disables the
+    selected queue and reads 1 until the driver enables it again; the other
+    queues go on."""
+    mem, net, dev, backend = make(features=(1 << 32) | (1 << 40))
+    common(dev, 0x16, 2, 1)                              # the transmit queue
+    assert (common(dev, 0x1C, 2), common(dev, 0x3A, 2)) == (1, 0)
+    common(dev, 0x3A, 2, 1)
+    assert (common(dev, 0x1C, 2), common(dev, 0x3A, 2), common(dev, 0x18, 2)) == (0, 1, 256)
+    assert dev.queue(1) is None and dev.queue(0) is not None
+    modern_queue(dev, 1, *QUEUES[1])                     # set up again and enabled
+    assert (common(dev, 0x1C, 2), common(dev, 0x3A, 2)) == (1, 0)
+    desc, avail, _ = QUEUES[1]
+    offer(mem, desc, avail, 0, 0x40000, 12 + 60)
+    dev.notify(1)
+    assert len(backend.sent) == 1
+
+
+def test_queue_reset_needs_the_feature():
+    _, _, dev, _ = make()                                # RING_RESET not negotiated
+    common(dev, 0x16, 2, 1)
+    common(dev, 0x3A, 2, 1)
+    assert (common(dev, 0x1C, 2), common(dev, 0x3A, 2)) == (1, 0)

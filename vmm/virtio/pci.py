@@ -40,6 +40,7 @@ NOTIFY_MULTIPLIER = 4
 NO_VECTOR = 0xFFFF
 F_RING_EVENT_IDX = 1 << 29
 F_VERSION_1 = 1 << 32
+F_RING_RESET = 1 << 40           # per-queue reset through queue_reset (virtio 1.2)
 
 S_ACKNOWLEDGE, S_DRIVER, S_DRIVER_OK, S_FEATURES_OK = 1, 2, 4, 8
 S_NEEDS_RESET, S_FAILED = 0x40, 0x80
@@ -65,6 +66,7 @@ class _QueueState:
         self.size = max_size
         self.vector = NO_VECTOR
         self.enabled = False
+        self.reset = False              # reset by the driver, until it enables it again
         self.desc = self.driver = self.device = 0
         self.queue: SplitQueue | None = None
 
@@ -155,7 +157,8 @@ class VirtioPciDevice(PciDevice):
 
     @property
     def offered_features(self) -> int:
-        return self.backend.features | (F_VERSION_1 if self.modern else 0)
+        """QEMU 7.2 offers RING_RESET on every modern virtio-pci device."""
+        return self.backend.features | (F_VERSION_1 | F_RING_RESET if self.modern else 0)
 
     # -- what the device side calls -------------------------------------------
     def queue(self, index: int) -> SplitQueue | None:
@@ -204,6 +207,13 @@ class VirtioPciDevice(PciDevice):
             return
         q.enabled = True
 
+    def _reset_queue(self, index: int) -> None:
+        """queue_reset: the queue goes back to its defaults, disabled, and says so
+        until the driver enables it again (virtio 1.2, 4.1.4.3.2)."""
+        fresh = _QueueState(self.queues[index].max_size)
+        fresh.reset = True
+        self.queues[index] = fresh
+
     def _set_status(self, value: int) -> None:
         was_ready = self.device_status & S_DRIVER_OK
         self.device_status = value | (self.device_status & S_NEEDS_RESET)
@@ -235,14 +245,14 @@ class VirtioPciDevice(PciDevice):
             return (value >> (32 * select)) & 0xFFFFFFFF if select < 2 else 0
 
         return struct.pack(
-            "<IIIIHHBBHHHHHQQQ",
+            "<IIIIHHBBHHHHHQQQHH",
             self.device_feature_select, half(self.offered_features, self.device_feature_select),
             self.driver_feature_select, half(self.driver_features, self.driver_feature_select),
             self.config_vector, len(self.queues), self.device_status, self.config_generation,
             self.queue_select, q.size if q else 0, q.vector if q else NO_VECTOR,
             1 if q and q.enabled else 0,
             self.queue_select if q else 0, q.desc if q else 0, q.driver if q else 0,
-            q.device if q else 0)
+            q.device if q else 0, 0, 1 if q and q.reset else 0)   # notify_data, queue_reset
 
     def common_read(self, offset: int, size: int) -> int:
         return read_le(self._common_bytes(), offset, size)
@@ -266,6 +276,9 @@ class VirtioPciDevice(PciDevice):
             self.queue_select = value & 0xFFFF
         elif offset == 0x1A and q is not None:
             q.vector = self._vector(value & 0xFFFF)
+        elif offset == 0x3A and q is not None:
+            if value & 1 and self.driver_features & F_RING_RESET:
+                self._reset_queue(self.queue_select)
         elif q is None or q.enabled and offset != 0x1C:
             return
         elif offset == 0x18:
@@ -273,6 +286,7 @@ class VirtioPciDevice(PciDevice):
                 q.size = value
         elif offset == 0x1C:
             if value & 1 and not q.enabled:
+                q.reset = False
                 self._enable_queue(q)
         elif 0x20 <= offset < 0x38:
             field = ("desc", "driver", "device")[(offset - 0x20) // 8]
