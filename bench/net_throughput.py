@@ -1,7 +1,7 @@
 """Guest-to-host throughput through a tap: kvmkit vs QEMU 7.2 (userspace
 virtio-net, no vhost), on the same probe guest, in one run.
 
-    .venv/bin/python bench/net_throughput.py [--runs 3] [--frames 20000] [--gso-frames 2000]
+    .venv/bin/python bench/net_throughput.py [--runs 3] [--frames 100000] [--gso-frames 10000]
 
 Needs root (it makes a network namespace with `ip netns`, where each VMM's tap
 lives). The guest negotiates checksum and TSO offloads, then sends TCP/IPv4
@@ -99,8 +99,8 @@ def run_once(argv: list[str], netns: str, counts: dict[str, int]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--frames", type=int, default=20000)
-    parser.add_argument("--gso-frames", type=int, default=2000)
+    parser.add_argument("--frames", type=int, default=100000)
+    parser.add_argument("--gso-frames", type=int, default=10000)
     args = parser.parse_args()
     counts = {"1514-byte frames": args.frames, "64 KiB GSO frames": args.gso_frames}
     vmms = {"kvmkit": kvmkit_cmd()}

@@ -125,7 +125,6 @@ class TapBackend:
         self._nic = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.link_down = False
-        self.sent = self.received = 0
         self.bridge: str | None = None
         if vnet_hdr:
             self.set_offload()
@@ -286,13 +285,20 @@ class TapBackend:
 
     def send_iov(self, parts: list, queue: int = 0) -> None:
         """A frame in pieces (virtio-net: the guest's header and buffers, zero-copy)."""
-        if self.link_down:
+        fd = self.tx_fd(queue)
+        if fd < 0:
             return
         try:
-            os.writev(self.queues[queue].fd if queue < len(self.queues) else self.fd, parts)
-            self.sent += 1
+            os.writev(fd, parts)
         except OSError as e:
             log.debug("tap %s: frame dropped: %s", self.ifname, e)
+
+    def tx_fd(self, queue: int = 0) -> int:
+        """Where a NIC queue's frames go (virtio-net writes there itself); -1 while the
+        link is down."""
+        if self.link_down:
+            return -1
+        return self.queues[queue].fd if queue < len(self.queues) else self.fd
 
     def receive_ready(self) -> None:
         """The guest gave receive buffers: read the tap's queues again."""
@@ -328,7 +334,6 @@ class TapBackend:
                     log.warning("tap %s: read failed: %s", self.ifname, e)
                     self._want_reading(queue, False)
                     return
-                self.received += 1
                 if not self.link_down and len(frame) > strip:
                     port.receive(frame[strip:] if strip else frame)
 

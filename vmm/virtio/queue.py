@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 
 from vmm.memory import GuestMemory, GuestMemoryError
 
+try:                              # the C fast path (vmm/virtio/_ring_build.py)
+    from vmm.virtio._ring import ffi as _ffi
+    from vmm.virtio._ring import lib as _lib
+except ImportError:               # a source tree that was not built: Python does it all
+    _ffi = _lib = None
+
 DESC_F_NEXT = 1
 DESC_F_WRITE = 2
 DESC_F_INDIRECT = 4
@@ -30,6 +36,19 @@ _used_elem = struct.Struct("<II")
 
 class VirtqueueError(Exception):
     """The guest broke the virtqueue rules; the device must need a reset."""
+
+
+# What the C path's error codes mean (the same rules _walk and pending() enforce).
+_RING_ERRORS = {} if _lib is None else {
+    _lib.RING_ERR_HEAD: "chain head beyond the table",
+    _lib.RING_ERR_LOOP: "descriptor chain loops or is longer than its table",
+    _lib.RING_ERR_NESTED: "nested indirect descriptor table",
+    _lib.RING_ERR_INDIRECT_NEXT: "indirect descriptor with NEXT set",
+    _lib.RING_ERR_INDIRECT_SIZE: "indirect table of a bad size",
+    _lib.RING_ERR_OUTSIDE: "buffer outside guest RAM",
+    _lib.RING_ERR_ORDER: "device-readable buffer after a writable one",
+    _lib.RING_ERR_NEXT: "next descriptor beyond the table",
+    _lib.RING_ERR_AHEAD: "available index ran more than a queue ahead"}
 
 
 @dataclass
@@ -90,6 +109,7 @@ class SplitQueue:
         self.last_avail = 0
         self.used_idx = 0
         self.signalled_used = 0     # used index at the last interrupt we sent
+        self._c_ring = None         # the C path's view of this queue, made on first use
 
     # -- the driver's side, read -----------------------------------------------
     def avail_idx(self) -> int:
@@ -154,6 +174,42 @@ class SplitQueue:
             return self.mem.view(addr, length)
         except GuestMemoryError as e:
             raise VirtqueueError(f"buffer outside guest RAM: {e}") from None
+
+    # -- the C fast path -----------------------------------------------------------
+    def drain_to_fd(self, fd: int, min_len: int) -> int | None:
+        """Takes every available chain: writes each whose readable part is longer than
+        min_len to fd (none when fd < 0) and returns it used with length 0, in C and
+        with _walk's checks. Returns the frames written; None if C is not built."""
+        if _lib is None:
+            return None
+        ring = self._c_ring or self._make_c_ring()
+        ring.last_avail, ring.used_idx = self.last_avail, self.used_idx
+        sent = _ffi.new("uint64_t *")
+        batch = 4 * self.size
+        while True:
+            taken = _lib.ring_drain_to_fd(ring, fd, min_len, batch, sent)
+            self.last_avail, self.used_idx = ring.last_avail, ring.used_idx
+            if taken < 0:
+                raise VirtqueueError(_RING_ERRORS[taken])
+            if taken < batch:
+                return sent[0]
+
+    def _make_c_ring(self):
+        regions = _ffi.new("struct ram_region[]", len(self.mem.regions))
+        keep = [regions]               # what the C struct points into must stay alive
+        for region, c_region in zip(self.mem.regions, regions):
+            host = _ffi.from_buffer(region.view, require_writable=True)
+            keep.append(host)
+            c_region.gpa, c_region.size, c_region.host = region.gpa, region.size, host
+        ring = _ffi.new("struct split_ring *")
+        for name in ("desc", "avail", "used"):
+            view = _ffi.from_buffer(getattr(self, name), require_writable=True)
+            keep.append(view)
+            setattr(ring, name, view)
+        ring.size, ring.event_idx = self.size, int(self.event_idx)
+        ring.ram, ring.nram = regions, len(self.mem.regions)
+        self._c_ring, self._c_keep = ring, keep
+        return ring
 
     # -- the device's side, written ----------------------------------------------
     def push(self, head: int, written: int) -> None:
