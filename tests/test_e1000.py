@@ -139,3 +139,11 @@ def test_tso_contexts_that_do_not_fit_drop_the_frame():
         slot += 2
     nic.write(TDT, slot)
     assert backend.sent == [] and nic.read(TDH) == slot
+
+
+def test_phy_reset_and_autoneg_restart_bits_clear_themselves():
+    """As QEMU's e1000 (and the PHY): a driver that polls for them finishes."""
+    _, nic, _, _ = make()
+    nic.write(0x20, (1 << 26) | (0 << 16) | 0x9340)       # MDIC write PHY_CTRL: reset, restart
+    nic.write(0x20, (2 << 26) | (0 << 16))                 # MDIC read PHY_CTRL
+    assert nic.read(0x20) & 0xFFFF == 0x1140     # autoneg, full duplex, 1000 Mb/s kept

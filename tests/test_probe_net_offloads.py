@@ -275,3 +275,28 @@ def test_rtl8139_modes_offloads_and_multicast_hash(launch, vmm_kind, netns, cplu
     if cplus:      # physical address match
         assert got["opts1"] == f"0x{(1 << 29) | (1 << 28) | (1 << 25) | (got['len'] + 4):x}"
     host.close()
+
+
+def test_a_multiqueue_tap_under_e1000(launch, tmp_path, vmm_kind, netns):
+    """e1000 has one queue; on a queues=2 tap it is a client per tap queue, named as
+    QEMU names them. The tap steers flows over both queues: kvmkit gives every
+    one to the card, where QEMU 7.2 loses those that land on the second queue (13
+    of 24 arrived in one run), so that part is checked on kvmkit only."""
+    sock_path = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(extra=[
+        "-netdev", TAP + ",queues=2", "-device", "e1000,netdev=n0",
+        "-qmp", f"unix:{sock_path},server=on,wait=off"]), vmm_kind,
+        preexec_fn=in_netns(netns))
+    vm.wait_event("ready", timeout=60)
+    assert Qmp(sock_path).hmp("info network") == (
+        "e1000.0: index=0,type=nic,model=e1000,macaddr=52:54:00:12:34:56\r\n"
+        " \\ n0: index=0,type=tap,ifname=kk0,script=no,downscript=no\r\n"
+        "e1000.1: index=1,type=nic,\r\n"
+        " \\ n0: index=1,type=tap,ifname=kk0,script=no,downscript=no\r\n")
+    if vmm_kind == "qemu":
+        return
+    host = packet_socket(netns, "kk0", ETH_P_IP)
+    for port in range(24):
+        host.send(tcp_frame(GUEST_MAC, HOST_MAC, b"flow", sport=30000 + port, proto=17))
+    assert len(guest_frames(vm, 24)) == 24
+    host.close()

@@ -427,13 +427,14 @@ class Machine:
             netdev = props.get("netdev")
             backend = (self.network.hub_port(netdev) or
                        self.network.find_backend(netdev, owner)) if netdev else None
-            name = self.network.nic_name(props.get("id"), model)
+            queue_names = self.network.nic_names(props.get("id"), model, backend)
+            name = queue_names[0]
             pci_device, nic = make(mac, name, backend)
         except (NetError, ValueError) as e:
             raise DeviceError(str(e)) from None
         pci_device.qdev_id = props.get("id") or ""
         self._plug_pci(pci_device, model, props)
-        self.network.attach_nic(Nic(name, model, mac, nic, backend,
+        self.network.attach_nic(Nic(name, model, mac, nic, backend, queue_names=queue_names,
                                     path=self._device_path(props.get("id")) + path_suffix))
         return pci_device
 

@@ -39,6 +39,7 @@ CTRL_RST, CTRL_SLU = 1 << 26, 1 << 6
 STATUS_FD, STATUS_LU, STATUS_SPEED_1000 = 1, 2, 2 << 6
 EERD_START, EERD_DONE = 1, 1 << 4
 MDIC_READ, MDIC_READY = 2 << 26, 1 << 28
+PHY_CTRL_RESET, PHY_CTRL_RESTART_AUTONEG = 0x8000, 0x0200
 ICR_TXDW, ICR_TXQE, ICR_LSC, ICR_RXDMT0, ICR_RXO, ICR_RXT0 = 0x1, 0x2, 0x4, 0x10, 0x40, 0x80
 ICR_INT_ASSERTED = 1 << 31
 RCTL_EN, RCTL_UPE, RCTL_MPE, RCTL_BAM, RCTL_SECRC = 1 << 1, 1 << 3, 1 << 4, 1 << 15, 1 << 26
@@ -164,6 +165,9 @@ class E1000(PciDevice):
             reg = (value >> 16) & 0x1F
             if value & MDIC_READ:
                 value = (value & ~0xFFFF) | self.phy.get(reg, 0)
+            elif reg == 0x00:           # control: reset and restart-autoneg self-clear
+                self.phy[reg] = value & ~(PHY_CTRL_RESET | PHY_CTRL_RESTART_AUTONEG | 0x3F) \
+                    & 0xFFFF
             elif reg != 0x01:           # writes; status is read-only
                 self.phy[reg] = value & 0xFFFF
             self.regs[MDIC] = value | MDIC_READY

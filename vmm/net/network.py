@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vmm.net.hub import Hub, HubPort
 from vmm.net.slirp import SlirpError, UserBackend
@@ -42,6 +42,7 @@ class Nic:
     link_down: bool = False
     path: str = ""                    # QOM path of the NIC's virtio/emulated part
     rx_filter_notify: bool = True     # NIC_RX_FILTER_CHANGED armed (re-armed by a query)
+    queue_names: list[str] = field(default_factory=list)   # a name per queue (see nic_names)
 
     def info(self) -> str:
         mac = ":".join(f"{b:02x}" for b in self.mac)
@@ -135,11 +136,15 @@ class Network:
                 return mac
         raise NetError("no free default MAC address")
 
-    def nic_name(self, qdev_id: str | None, model: str) -> str:
+    def nic_names(self, qdev_id: str | None, model: str, backend: object | None) -> list[str]:
+        """QEMU's names for a new NIC's clients, one per queue of its back end (a
+        multiqueue tap): its id for each, else the next free "model.N" for each, N
+        counting every client of that model so far."""
+        queues = 1 if isinstance(backend, HubPort) else len(getattr(backend, "queues", [0]))
         if qdev_id:
-            return qdev_id
-        count = sum(1 for nic in self.nics.values() if nic.model == model)
-        return f"{model}.{count}"
+            return [qdev_id] * queues
+        count = sum(len(nic.queue_names) for nic in self.nics.values() if nic.model == model)
+        return [f"{model}.{count + index}" for index in range(queues)]
 
     def find_backend(self, netdev_id: str, owner: str) -> object:
         """The back end a new NIC names; QEMU's errors for missing or taken ones."""
@@ -230,21 +235,15 @@ class Network:
                 nic = self.nics[name]
                 # A multiqueue NIC is a client per queue, as in QEMU, where only the
                 # first has its model and MAC in its text.
-                for index in range(self._queues_of(nic)):
-                    out.append(f"{name}: {nic.info()}" if index == 0 else
-                               f"{name}: index={index},type=nic,")
+                for index, queue_name in enumerate(nic.queue_names or [name]):
+                    out.append(f"{queue_name}: {nic.info()}" if index == 0 else
+                               f"{queue_name}: index={index},type=nic,")
                     if nic.peer is not None:
                         out.append(f" \\ {names[id(nic.peer)]}: {nic.peer.info(index)}")
             elif id(self.netdevs[name]) not in attached:
                 backend = self.netdevs[name]
                 out += [f"{name}: {backend.info(0)}"] * len(getattr(backend, "queues", [0]))
         return out
-
-    @staticmethod
-    def _queues_of(nic: Nic) -> int:
-        if nic.peer is None or not hasattr(nic.device, "queue_port"):
-            return 1
-        return len(getattr(nic.peer, "queues", [0]))
 
     def unpeered_warnings(self) -> list[str]:
         """QEMU's start-up warning for each back end (queue) that no NIC uses."""

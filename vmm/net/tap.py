@@ -224,15 +224,13 @@ class TapBackend:
 
     @nic.setter
     def nic(self, nic) -> None:
-        """Queue 0 feeds the NIC; further queues feed its queue_port(i), if it has any."""
+        """Queue 0 feeds the NIC; further queues feed its queue_port(i) where it has
+        queues of its own (virtio-net), else the NIC too, as QEMU's NIC queues do."""
         self._nic = nic
         self.nic_uses_header = False
+        port_of = getattr(nic, "queue_port", None)
         for index, queue in enumerate(self.queues):
-            if index == 0 or nic is None:
-                queue.port = nic
-            else:
-                port_of = getattr(nic, "queue_port", None)
-                queue.port = port_of(index) if port_of else None
+            queue.port = port_of(index) if port_of and index else nic
 
     def use_vnet_hdr(self, length: int) -> None:
         """The NIC (virtio-net) reads and writes headers of `length` bytes itself."""
