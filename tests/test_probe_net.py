@@ -321,3 +321,36 @@ def test_user_networking_options_set_the_guests_network(launch, vmm_kind):
     assert vm.command("dhcp", timeout=30) == {
         "ip": "192.168.76.50", "server": "192.168.76.1", "router": "192.168.76.1",
         "dns": "192.168.76.53"}
+
+
+def test_inherited_multiqueue_tap_fds(vmm_kind, netns):
+    """-netdev tap,fds=A:B, as libvirt hands over a multiqueue tap: a queue per fd,
+    each shown by its fd in info network, as QEMU shows them."""
+    from pyroute2 import netns as ns_tools
+
+    ns_tools.pushns(netns)
+    try:
+        fds = []
+        for _ in range(2):     # IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
+            fd = os.open("/dev/net/tun", os.O_RDWR)
+            fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"kkq0", 0x5102))
+            fds.append(fd)
+    finally:
+        ns_tools.popns()
+    argv = (kvmkit_command() if vmm_kind == "kvmkit" else [QEMU, "-accel", "kvm"]) + [
+        "-nodefaults", "-display", "none", "-S", "-m", "64",
+        "-netdev", f"tap,id=n0,fds={fds[0]}:{fds[1]}",
+        "-device", "virtio-net-pci,netdev=n0,mq=on,id=net0", "-monitor", "stdio"]
+    try:
+        proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        out, _ = proc.communicate(b"info network\nquit\n", timeout=30)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    lines = [line for line in out.decode(errors="replace").replace("\r", "").split("\n")
+             if "index=" in line]
+    assert lines == [
+        "net0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:12:34:56",
+        f" \\ n0: index=0,type=tap,fd={fds[0]}", "net0: index=1,type=nic,",
+        f" \\ n0: index=1,type=tap,fd={fds[1]}"]
