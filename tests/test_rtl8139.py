@@ -124,3 +124,15 @@ def test_multicast_hash_is_exact():
     assert nic.rx_offset == before                           # not accepted
     nic.receive(group + bytes(54))
     assert nic.rx_offset != before
+
+
+def test_cplus_frame_longer_than_64k_is_dropped_whole():
+    mem, nic, netdev, _ = make()
+    cplus(mem, nic)
+    fs, ls, own = 1 << 29, 1 << 28, 1 << 31
+    mem.write(0x31000, struct.pack("<IIQ", own | fs | 0xFFFF, 0, 0x100000))
+    mem.write(0x31010, struct.pack("<IIQ", own | 0xFFFF, 0, 0x100000))
+    mem.write(0x31020, struct.pack("<IIQ", own | ls | 60, 0, 0x100000))
+    mem.write(0x31030, struct.pack("<IIQ", own | fs | ls | 60, 0, 0x100000))   # the next one
+    nic.write(0xD9, 1, 0x40)
+    assert [len(f) for f in netdev.sent] == [60]

@@ -91,7 +91,8 @@ class Rtl8139(PciDevice):
         struct.pack_into("<H", self.regs, ANLPAR, 0x05E1)
         self.rx_offset = 0               # where the next frame goes in the ring
         self.cp_rx = self.cp_tx = 0      # C+: the next receive and transmit descriptor
-        self.cp_frame = bytearray()      # C+: a frame being gathered over descriptors
+        # C+: the frame being gathered over descriptors (None: one too long, dropped)
+        self.cp_frame: bytearray | None = bytearray()
         self._set_link_registers()
         self._update_irq()
 
@@ -211,15 +212,16 @@ class Rtl8139(PciDevice):
                 if opts1 & DESC_FS:
                     self.cp_frame = bytearray()
                 size = opts1 & CP_TX_SIZE_MASK
-                if len(self.cp_frame) + size <= CP_MAX_FRAME:
+                if self.cp_frame is not None and len(self.cp_frame) + size <= CP_MAX_FRAME:
                     self.cp_frame += self.memory.read(self.memory.read_u64(at + 8), size)
                 else:
-                    self.cp_frame = bytearray(CP_MAX_FRAME + 1)    # too long: dropped
+                    self.cp_frame = None          # too long: dropped up to its last fragment
                 self.memory.write_u32(at, opts1 & ~DESC_OWN)
                 self.cp_tx = self._next(self.cp_tx, opts1)
                 if opts1 & DESC_LS:
-                    for frame in self._cp_offloads(self.cp_frame, opts1):
-                        self._send(bytes(frame))
+                    if self.cp_frame is not None:
+                        for frame in self._cp_offloads(self.cp_frame, opts1):
+                            self._send(bytes(frame))
                     self.cp_frame = bytearray()
                     sent += 1
         except GuestMemoryError as e:
@@ -230,8 +232,6 @@ class Rtl8139(PciDevice):
     def _cp_offloads(self, frame: bytearray, opts1: int) -> list[bytearray]:
         """IPv4 only, as QEMU: large send cuts TCP at the MSS; otherwise the asked-for
         IP, TCP or UDP checksums. Anything else goes out as the driver built it."""
-        if len(frame) > CP_MAX_FRAME:
-            return []
         if frame[12:14] != b"\x08\x00" or len(frame) < 34:
             return [frame]
         if opts1 & TX_LGSEN:

@@ -237,8 +237,13 @@ class TapBackend:
         if not self.has_vnet_hdr:
             return
         if length != self.header_len:
-            for queue in self.queues:
-                fcntl.ioctl(queue.fd, TUNSETVNETHDRSZ, struct.pack("i", length))
+            try:
+                for queue in self.queues:
+                    fcntl.ioctl(queue.fd, TUNSETVNETHDRSZ, struct.pack("i", length))
+            except OSError as e:       # the kernel keeps the length it had
+                log.warning("tap %s: TUNSETVNETHDRSZ %d failed: %s", self.ifname, length,
+                            e.strerror)
+                return
             self.header_len = length
         self.nic_uses_header = True
 
