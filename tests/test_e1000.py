@@ -147,3 +147,40 @@ def test_phy_reset_and_autoneg_restart_bits_clear_themselves():
     nic.write(0x20, (1 << 26) | (0 << 16) | 0x9340)       # MDIC write PHY_CTRL: reset, restart
     nic.write(0x20, (2 << 26) | (0 << 16))                 # MDIC read PHY_CTRL
     assert nic.read(0x20) & 0xFFFF == 0x1140     # autoneg, full duplex, 1000 Mb/s kept
+
+
+def microwire_read(nic, first: int, count: int) -> list[int]:
+    """Linux's e1000_read_eeprom on an 82540: the EECD pins, bit by bit. One READ
+    command, then `count` words shifted in one after the other (sequential read)."""
+    sk, cs, di, do = 1, 2, 4, 8
+    eecd = nic.read(0x10) & ~(di | sk)
+    nic.write(0x10, eecd | cs)
+    eecd |= cs
+
+    def clock(value: int) -> None:
+        nic.write(0x10, value | sk)
+        nic.write(0x10, value)
+
+    for bit in [1, 1, 0] + [(first >> i) & 1 for i in range(5, -1, -1)]:
+        eecd = eecd | di if bit else eecd & ~di
+        nic.write(0x10, eecd)
+        clock(eecd)
+    eecd &= ~di
+    words = []
+    for _ in range(count):
+        word = 0
+        for _ in range(16):
+            nic.write(0x10, eecd | sk)
+            word = word << 1 | (1 if nic.read(0x10) & do else 0)
+            nic.write(0x10, eecd)
+        words.append(word)
+    nic.write(0x10, eecd & ~cs)
+    return words
+
+
+def test_eeprom_through_the_microwire_pins():
+    _, nic, _, _ = make()
+    assert nic.read(0x10) & 0x180 == 0x180                  # present, granted
+    assert b"".join(struct.pack("<H", w) for w in microwire_read(nic, 0, 3)) == MAC
+    assert microwire_read(nic, 0x3E, 2) == [eeprom(nic, 0x3E), eeprom(nic, 0x3F)]
+    assert sum(microwire_read(nic, 0, 64)) & 0xFFFF == 0xBABA

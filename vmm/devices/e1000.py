@@ -3,8 +3,9 @@ driver uses it (Intel's "PCI/PCI-X Family of Gigabit Ethernet Controllers
 Software Developer's Manual").
 
 BAR0 (128 KiB) holds the registers; BAR1 (64 bytes of I/O) reaches them through
-IOADDR/IODATA. The MAC comes from a 64-word EEPROM (read through EERD or the
-EECD bit-bang port) whose checksum makes the words sum to 0xBABA. Transmit and
+IOADDR/IODATA. The MAC comes from a 64-word EEPROM (read through EERD, or
+bit by bit through EECD's Microwire pins as Linux does on this chip) whose
+checksum makes the words sum to 0xBABA. Transmit and
 receive use descriptor rings in guest memory (legacy descriptors, and the
 extended data descriptors a driver uses with a context descriptor, whose IP and
 TCP/UDP checksum offloads are computed, and TCP segmentation: a frame sent with
@@ -38,6 +39,10 @@ STATS_START, STATS_END = 0x4000, 0x4100        # statistics: clear on read
 CTRL_RST, CTRL_SLU = 1 << 26, 1 << 6
 STATUS_FD, STATUS_LU, STATUS_SPEED_1000 = 1, 2, 2 << 6
 EERD_START, EERD_DONE = 1, 1 << 4
+EECD_SK, EECD_CS, EECD_DI, EECD_DO = 0x01, 0x02, 0x04, 0x08   # Microwire pins
+EECD_DRIVER_BITS = 0x77              # SK, CS, DI, FWE, REQ: what the driver sets
+EECD_GNT, EECD_PRES = 0x80, 0x100
+MICROWIRE_READ = 0b110
 MDIC_READ, MDIC_READY = 2 << 26, 1 << 28
 PHY_CTRL_RESET, PHY_CTRL_RESTART_AUTONEG = 0x8000, 0x0200
 ICR_TXDW, ICR_TXQE, ICR_LSC, ICR_RXDMT0, ICR_RXO, ICR_RXT0 = 0x1, 0x2, 0x4, 0x10, 0x40, 0x80
@@ -103,7 +108,8 @@ class E1000(PciDevice):
     def reset_registers(self) -> None:
         self.regs: dict[int, int] = {}
         self.regs[CTRL] = 0x0000_0240 | CTRL_SLU
-        self.regs[EECD] = 0x0000_0110           # EEPROM present, granted
+        self.eecd = 0                            # the pins the driver last set
+        self._microwire_reset()
         self.regs[RA] = int.from_bytes(self.mac[:4], "little")
         self.regs[RA + 4] = int.from_bytes(self.mac[4:6], "little") | RAH_AV
         self.phy = dict(PHY_REGS)
@@ -115,6 +121,38 @@ class E1000(PciDevice):
         self.tx_legacy_sum: tuple[int, int] | None = None
         self._set_status_link()
         self._intx_from_icr()
+
+    # -- the EEPROM's Microwire port (EECD), as Linux reads an 82540's ------------
+    def _microwire_reset(self) -> None:
+        self.ee_in = self.ee_bits_in = 0
+        self.ee_bit_out = 0                      # which bit of the EEPROM DO shows
+        self.ee_reading = False
+
+    def _eecd_write(self, value: int) -> None:
+        """CS rising starts a command; each SK rising edge shifts DI in; after the
+        9-bit READ command (opcode 110, a 6-bit word address) each SK falling edge
+        moves DO on to the next bit, word after word."""
+        old, self.eecd = self.eecd, value & EECD_DRIVER_BITS
+        if not value & EECD_CS:
+            return
+        if (value ^ old) & EECD_CS:
+            self._microwire_reset()
+        if not (value ^ old) & EECD_SK:
+            return
+        if not value & EECD_SK:
+            self.ee_bit_out += 1
+            return
+        self.ee_in = (self.ee_in << 1 | (1 if value & EECD_DI else 0)) & 0xFFFF
+        self.ee_bits_in += 1
+        if self.ee_bits_in == 9 and not self.ee_reading:
+            self.ee_bit_out = ((self.ee_in & 0x3F) << 4) - 1
+            self.ee_reading = (self.ee_in >> 6) & 7 == MICROWIRE_READ
+
+    def _eecd_read(self) -> int:
+        bit = self.ee_bit_out
+        word = self.eeprom[(bit >> 4) & (EEPROM_WORDS - 1)]
+        data_out = not self.ee_reading or (word >> (15 - (bit & 15))) & 1
+        return EECD_PRES | EECD_GNT | self.eecd | (EECD_DO if data_out else 0)
 
     def _set_status_link(self) -> None:
         """STATUS.LU and the PHY's link and autonegotiation-complete bits."""
@@ -141,6 +179,8 @@ class E1000(PciDevice):
             return value
         if offset == EERD:
             return self.regs.get(EERD, 0)
+        if offset == EECD:
+            return self._eecd_read()
         if offset in (IMC, ICS):
             return 0
         value = self.regs.get(offset, 0)
@@ -156,6 +196,8 @@ class E1000(PciDevice):
                 self.reset_registers()
                 return
             self.regs[CTRL] = value
+        elif offset == EECD:
+            self._eecd_write(value)
         elif offset == EERD:
             address = (value >> 8) & 0xFF
             if value & EERD_START:

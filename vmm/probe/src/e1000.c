@@ -5,6 +5,7 @@
 
 #define CTRL 0x0000
 #define STATUS 0x0008
+#define EECD 0x0010
 #define EERD 0x0014
 #define IMC 0x00d8
 #define RCTL 0x0100
@@ -124,13 +125,79 @@ static void recycle(u8 *frame)
     rx_next = (rx_next + 1) % RING;
 }
 
-/* The EEPROM's 64 words must sum to 0xBABA: what Linux checks before anything. */
+/* The EEPROM through EECD's Microwire pins, as Linux's e1000 reads an 82540's:
+ * CS up, opcode 110 and a 6-bit address out on DI (clocked by SK), 16 bits in on
+ * DO, then standby (CS down, a clock, CS up) before the next word. */
+#define EE_SK 0x01
+#define EE_CS 0x02
+#define EE_DI 0x04
+#define EE_DO 0x08
+
+static void ee_clock(u32 *eecd, int up)
+{
+    *eecd = up ? *eecd | EE_SK : *eecd & ~EE_SK;
+    wr(EECD, *eecd);
+}
+
+static void ee_shift_out(u32 *eecd, u16 data, int count)
+{
+    *eecd &= ~EE_DO;
+    for (u32 mask = 1u << (count - 1); mask; mask >>= 1) {
+        *eecd = (data & mask) ? *eecd | EE_DI : *eecd & ~EE_DI;
+        wr(EECD, *eecd);
+        ee_clock(eecd, 1);
+        ee_clock(eecd, 0);
+    }
+    *eecd &= ~EE_DI;
+    wr(EECD, *eecd);
+}
+
+static u16 ee_shift_in(u32 *eecd)
+{
+    u16 data = 0;
+    *eecd = rd(EECD) & ~(EE_DO | EE_DI);
+    for (int i = 0; i < 16; i++) {
+        ee_clock(eecd, 1);
+        data = (u16)(data << 1 | ((rd(EECD) & EE_DO) ? 1 : 0));
+        ee_clock(eecd, 0);
+    }
+    return data;
+}
+
+static u16 microwire_sum(void)
+{
+    u32 eecd = rd(EECD) & ~(EE_DI | EE_SK);
+    wr(EECD, eecd);
+    eecd |= EE_CS;
+    wr(EECD, eecd);
+    u16 sum = 0;
+    for (u16 w = 0; w < 64; w++) {
+        ee_shift_out(&eecd, 6, 3);                       /* READ */
+        ee_shift_out(&eecd, w, 6);
+        sum = (u16)(sum + ee_shift_in(&eecd));
+        eecd &= ~(EE_CS | EE_SK);                         /* standby */
+        wr(EECD, eecd);
+        ee_clock(&eecd, 1);
+        eecd |= EE_CS;
+        wr(EECD, eecd);
+        ee_clock(&eecd, 0);
+    }
+    eecd &= ~(EE_CS | EE_DI);                             /* release */
+    wr(EECD, eecd);
+    ee_clock(&eecd, 1);
+    ee_clock(&eecd, 0);
+    return sum;
+}
+
+/* The EEPROM's 64 words must sum to 0xBABA: what Linux checks before anything, by
+ * EERD and (as Linux does on this chip) by Microwire. */
 static void info(void)
 {
     u16 sum = 0;
     for (unsigned w = 0; w < 64; w++)
         sum = (u16)(sum + eeprom_word(w));
-    printf(", \"eeprom_sum\": \"0x%x\"", sum);
+    printf(", \"eeprom_sum\": \"0x%x\", \"eeprom_sum_microwire\": \"0x%x\"", sum,
+           microwire_sum());
 }
 
 int e1000_probe(struct nic *nic)
