@@ -60,3 +60,101 @@ def test_info_pci_shows_the_disk_as_qemu_does(tmp_path):
         for proc in procs:
             proc.kill()
             proc.wait(10)
+
+
+def partitioned_image(path, end_head: int, end_sector: int, size: int = 64 << 20) -> None:
+    """An image whose MBR's first partition ends at (end_head, end_sector)."""
+    data = bytearray(size)
+    data[0x1BE + 5], data[0x1BE + 6] = end_head, end_sector
+    data[0x1BE + 12:0x1BE + 16] = (1000).to_bytes(4, "little")
+    data[510:512] = b"\x55\xaa"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("partitioned, geometry", [
+    (False, "0200103f"),          # 2 cylinders (the least), 16 heads, 63 sectors
+    (True, "00011020")])          # 256 cylinders of 16 heads, 32 sectors, from the MBR
+def test_config_space_is_qemus(launch, tmp_path, vmm_kind, partitioned, geometry):
+    """Byte for byte what QEMU 7.2 shows: capacity, seg_max, its geometry guess,
+    block size, topology, writeback, one queue, discard and write-zeroes limits,
+    and all ones past the end of the configuration."""
+    image = tmp_path / "disk.img"
+    if partitioned:
+        partitioned_image(image, 15, 32)
+    else:
+        image.write_bytes(bytes(1 << 20))
+    vm = launch(machine_args(extra=[
+        "-drive", f"file={image},format=raw,if=none,id=d0",
+        "-device", "virtio-blk-pci,drive=d0"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    capacity = (image.stat().st_size // 512).to_bytes(8, "little").hex()
+    assert vm.command("blk config") == {
+        "offered": "0x10130006e54",
+        "config": capacity + "00000000" + "fe000000" + geometry + "00020000" + "00" * 8
+                  + "01000100" + "ffff3f00" + "01000000" * 2 + "ffff3f00" + "01000000"
+                  + "01" + "ffffff"}
+
+
+@pytest.mark.parametrize("discard", ["unmap", "ignore"])
+def test_discard_and_write_zeroes(launch, tmp_path, vmm_kind, discard):
+    """discard=unmap hands the guest's discards to the image (its blocks come back
+    to the host); QEMU's default, ignore, keeps them. Write-zeroes zeroes either
+    way; ranges past the end and unknown flags fail as in QEMU."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\xa5" * (1 << 20))
+    vm = launch(machine_args(extra=[
+        "-drive", f"file={image},format=raw,if=none,id=d0,discard={discard}",
+        "-device", "virtio-blk-pci,drive=d0"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    before = image.stat().st_blocks
+    assert vm.command("blk discard 512 1024") == {"status": 0}     # 512 KiB
+    freed = (before - image.stat().st_blocks) * 512
+    assert freed >= 256 << 10 if discard == "unmap" else freed == 0
+    assert vm.command("blk zeroes 4 4") == {"status": 0}
+    data = image.read_bytes()
+    assert data[4 * 512:8 * 512] == bytes(2048) and data[3 * 512:4 * 512] == b"\xa5" * 512
+    assert vm.command("blk zeroes 2040 16")["status"] == 1           # past the end
+    assert vm.command("blk discard 0 1 unmap")["status"] == 2        # unmap: discard's not
+    assert vm.command("blk zeroes 0 1 unmap") == {"status": 0}       # ... write-zeroes' is
+    assert image.read_bytes()[:512] == bytes(512)
+
+
+def test_write_cache_follows_the_guest(tmp_path, vmm_kind):
+    """CONFIG_WCE: the guest turns the write cache off and on; query-block says so."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    argv = (kvmkit_command() if vmm_kind == "kvmkit" else [QEMU, "-accel", "kvm"])
+    sock = str(tmp_path / "qmp.sock")
+    from guest import Vmm
+
+    vm = Vmm(argv + machine_args(extra=[
+        "-drive", f"file={image},format=raw,if=none,id=d0",
+        "-device", "virtio-blk-pci,drive=d0", "-qmp", f"unix:{sock},server=on,wait=off"]))
+    try:
+        vm.wait_event("ready", timeout=60)
+        qmp = Qmp(sock)
+
+        def writeback() -> bool:
+            return qmp.execute("query-block")["return"][0]["inserted"]["cache"]["writeback"]
+
+        assert vm.command("blk")["present"] and writeback() is True
+        assert vm.command("blk wce 0") == {"writeback": 0} and writeback() is False
+        assert vm.command("blk write 3 through") == {"status": 0}
+        assert image.read_bytes()[3 * 512:3 * 512 + 7] == b"through"
+        assert vm.command("blk wce 1") == {"writeback": 1} and writeback() is True
+    finally:
+        vm.close()
+
+
+def test_bad_discard_option_is_refused_as_qemu(tmp_path, vmm_kind):
+    import subprocess
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    arg = f"file={image},format=raw,if=none,id=d0,discard=foo"
+    argv = (kvmkit_command() if vmm_kind == "kvmkit" else [QEMU, "-accel", "kvm"]) + [
+        "-nodefaults", "-display", "none", "-S", "-drive", arg]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=20,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].endswith(f"-drive {arg}: Invalid discard option")

@@ -10,6 +10,7 @@ import random
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
+from vmm.drives import DISCARD_MODES
 from vmm.qemuopts import SIZE_HELP, OptsError, parse_bool, parse_opts, parse_size
 
 DEFAULT_RAM = 128 << 20
@@ -322,6 +323,8 @@ class _Parser:
             raise self.fail(f"Unknown driver '{opts['format']}'")
         if "file" not in opts:
             raise self.fail("A block device must be specified for \"file\"")
+        if opts.get("discard", "ignore") not in DISCARD_MODES:
+            raise self.fail("Invalid discard option")
         drive_id = opts.get("id") or f"drive{len(self.cfg.drives)}"
         if drive_id in self.cfg.drives:
             raise self.fail(f"Duplicate ID '{drive_id}' for drive")

@@ -6,6 +6,9 @@ import os
 import random
 from dataclasses import dataclass
 
+# -drive discard= values, as QEMU spells and means them
+DISCARD_MODES = {"ignore": "ignore", "off": "ignore", "unmap": "unmap", "on": "unmap"}
+
 
 @dataclass
 class Drive:
@@ -14,6 +17,8 @@ class Drive:
     read_only: bool
     node_name: str                   # QEMU's generated "#block" node name
     attached_to: str = ""            # QOM path of the device using it
+    discard: str = "ignore"          # -drive discard=: "unmap" passes the guest's discards
+    writeback: bool = True           # the write cache (the guest may turn it off)
 
     @property
     def size(self) -> int:
@@ -28,5 +33,6 @@ def drives_from_config(drives: dict[str, dict[str, str]]) -> dict[str, Drive]:
     for counter, (drive_id, opts) in enumerate(drives.items()):
         out[drive_id] = Drive(drive_id, opts["file"],
                               opts.get("readonly") in ("on", "true", "yes"),
-                              f"#block{counter}{random.randrange(100):02d}")
+                              f"#block{counter}{random.randrange(100):02d}",
+                              discard=DISCARD_MODES[opts.get("discard", "ignore")])
     return out

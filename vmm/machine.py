@@ -370,7 +370,7 @@ class Machine:
             raise DeviceError(f"Property 'virtio-blk-pci.drive' can't take value "
                               f"'{drive.drive_id}', it's in use")
         try:
-            blk = VirtioBlk(drive.path, drive.read_only, props.get("serial") or "")
+            blk = VirtioBlk(drive, props.get("serial") or "")
         except OSError as e:
             raise DeviceError(f"Could not open '{drive.path}': {e.strerror}") from None
         transport = self._virtio_pci(blk, 0x010000, props, props["vectors"])

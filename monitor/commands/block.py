@@ -19,7 +19,8 @@ def query_block(ctx):
                     "iops_wr": 0, "ro": drive.read_only, "node-name": drive.node_name,
                     "backing_file_depth": 0, "drv": "raw", "iops": 0, "bps_wr": 0,
                     "write_threshold": 0, "encrypted": False, "bps": 0, "bps_rd": 0,
-                    "cache": {"no-flush": False, "direct": False, "writeback": True},
+                    "cache": {"no-flush": False, "direct": False,
+                              "writeback": drive.writeback},
                     "file": drive.path},
                 "io-status": "ok", "type": "unknown"}
         if drive.attached_to:

@@ -36,7 +36,9 @@ COM1:
     dhcp                    get an IPv4 address by DHCP on the NIC
     udpecho PORT [MS]       answer one UDP datagram to PORT with its own payload
     rng [N]                 N bytes from virtio-rng: how many came, how varied
-    blk [read S | write S TEXT | flush]   virtio-blk: capacity, one-sector I/O, flush
+    blk [read S | write S TEXT | flush | discard S N | zeroes S N [unmap] | wce 0|1 | config]
+                            virtio-blk: capacity, one-sector I/O, flush, discard,
+                            write-zeroes, the write cache, the raw config
     console [write TEXT | read [MS]]      virtio-console port 0
 
 At boot it prints ``{"event": "ready", "cpus": N, "memory_mib": M}``; later

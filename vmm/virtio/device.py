@@ -36,6 +36,9 @@ class VirtioDevice:
         return b""
 
     def config_read(self, offset: int, size: int) -> int:
+        """Past the device's configuration, all ones (QEMU's virtio_config_read)."""
+        if offset + size > self.config_size:
+            return (1 << (8 * size)) - 1
         return read_le(self.config_bytes(), offset, size)
 
     def config_write(self, offset: int, size: int, value: int) -> None:

@@ -1,11 +1,15 @@
-/* virtio-blk driver (virtio spec 5.2): one-sector reads and writes, flush, and the
- * capacity from config; each request is header, data and status in one chain. */
+/* virtio-blk driver (virtio spec 5.2): one-sector reads and writes, flush, discard
+ * and write-zeroes, the capacity from config and the raw config itself; each
+ * request is header, data and status in one chain. */
 #include "virtio.h"
 
 #define BLK_TYPE 2
 #define BLK_VECTOR 0x5f
 #define F_BLK_SIZE (1UL << 6)
 #define F_FLUSH (1UL << 9)
+#define F_CONFIG_WCE (1UL << 11)
+#define F_DISCARD (1UL << 13)
+#define F_WRITE_ZEROES (1UL << 14)
 
 struct blk_header { u32 type, reserved; u64 sector; };
 
@@ -20,7 +24,8 @@ static int blk_init(void)
 {
     if (present)
         return 1;
-    if (virtio_find(BLK_TYPE, &dev) || virtio_start(&dev, F_BLK_SIZE | F_FLUSH, 0x5e) ||
+    if (virtio_find(BLK_TYPE, &dev) || virtio_start(&dev, F_BLK_SIZE | F_FLUSH | F_CONFIG_WCE | F_DISCARD | F_WRITE_ZEROES,
+                     0x5e) ||
         virtio_queue(&dev, &q, 0, BLK_VECTOR))
         return 0;
     virtio_ready(&dev);
@@ -77,9 +82,41 @@ void cmd_blk(const char *args)
         size_t n = strlen(p);
         memcpy(sector_buf, p, n < sizeof(sector_buf) ? n : sizeof(sector_buf));
         printf("{\"status\": %u}\n", request(1, sector, 1, 0));
+    } else if (!strncmp(p, "discard", 7) || !strncmp(p, "zeroes", 6)) {
+        /* discard S N | zeroes S N [unmap]: one segment after the header */
+        int zeroes = p[0] == 'z';
+        static struct { u64 sector; u32 count, flags; } segment;
+        u64 count = 0;
+        p += zeroes ? 6 : 7;
+        parse_u64(&p, &sector);
+        parse_u64(&p, &count);
+        segment.sector = sector;
+        segment.count = (u32)count;
+        segment.flags = !strncmp(skip_spaces(p), "unmap", 5) ? 1 : 0;
+        header.type = zeroes ? 13 : 11;
+        header.reserved = 0;
+        header.sector = 0;
+        status = 0xff;
+        void *bufs[3] = {&header, &segment, &status};
+        u32 lens[3] = {sizeof(header), sizeof(segment), 1};
+        int writable[3] = {0, 0, 1};
+        vq_chain_wait(&q, 3, bufs, lens, writable);
+        printf("{\"status\": %u}\n", status);
+    } else if (!strncmp(p, "wce", 3)) {              /* wce 0|1: CONFIG_WCE */
+        p += 3;
+        u64 on = 1;
+        parse_u64(&p, &on);
+        mmio_write8(dev.device + 32, (u8)on);
+        printf("{\"writeback\": %u}\n", mmio_read8(dev.device + 32));
+    } else if (!strncmp(p, "config", 6)) {          /* the raw config, as hex */
+        printf("{\"offered\": \"0x%lx\", \"config\": \"", virtio_offered(&dev));
+        for (int i = 0; i < 60; i++)
+            printf("%02x", mmio_read8(dev.device + i));
+        printf("\"}\n");
     } else if (!strncmp(p, "flush", 5)) {
         printf("{\"status\": %u}\n", request(4, 0, 0, 0));
     } else {
-        printf("{\"error\": \"usage: blk [read SECTOR | write SECTOR TEXT | flush]\"}\n");
+        printf("{\"error\": \"usage: blk [read S | write S TEXT | flush | discard S N | "
+               "zeroes S N [unmap] | wce 0|1 | config]\"}\n");
     }
 }

@@ -261,6 +261,14 @@ u32 vq_chain_wait(struct virtqueue *vq, int n, void **bufs, u32 *lens, const int
     return vq_wait_used(vq);
 }
 
+u64 virtio_offered(const struct virtio_dev *dev)
+{
+    mmio_write32(dev->common + DEV_FEATURE_SEL, 0);
+    u64 features = mmio_read32(dev->common + DEV_FEATURE);
+    mmio_write32(dev->common + DEV_FEATURE_SEL, 1);
+    return features | (u64)mmio_read32(dev->common + DEV_FEATURE) << 32;
+}
+
 void cmd_virtio(const char *args)
 {
     (void)args;
@@ -271,10 +279,7 @@ void cmd_virtio(const char *args)
         struct virtio_dev dev;
         if (virtio_find(types[i], &dev))
             continue;
-        mmio_write32(dev.common + DEV_FEATURE_SEL, 0);
-        u64 features = mmio_read32(dev.common + DEV_FEATURE);
-        mmio_write32(dev.common + DEV_FEATURE_SEL, 1);
-        features |= (u64)mmio_read32(dev.common + DEV_FEATURE) << 32;
+        u64 features = virtio_offered(&dev);
         printf("%s{\"bdf\": \"00:%02x.0\", \"type\": %u, \"features\": \"0x%lx\", "
                "\"num_queues\": %u, \"msix\": %u}", first ? "" : ", ", dev.slot, dev.type,
                features, mmio_read16(dev.common + NUM_QUEUES), dev.msix_size);

@@ -47,6 +47,8 @@ u32 vq_request_wait(struct virtqueue *vq, void *out, u32 out_len, void *in, u32 
 u32 vq_chain_wait(struct virtqueue *vq, int n, void **bufs, u32 *lens, const int *writable);
 /* Sends one buffer (device-readable unless `writable`), waits until it is used. */
 u32 vq_send_wait(struct virtqueue *vq, void *buf, u32 len, int writable);
+/* What the device offers (both feature words). */
+u64 virtio_offered(const struct virtio_dev *dev);
 void cmd_virtio(const char *args);
 
 #endif
