@@ -146,15 +146,21 @@ def test_write_cache_follows_the_guest(tmp_path, vmm_kind):
         vm.close()
 
 
-def test_bad_discard_option_is_refused_as_qemu(tmp_path, vmm_kind):
+@pytest.mark.parametrize("drive_opts, device_opts, message", [
+    (",discard=foo", "", "-drive {drive}: Invalid discard option"),
+    ("", ",num-queues=0", "-device {device}: num-queues property must be larger than 0")])
+def test_bad_options_are_refused_as_qemu(tmp_path, vmm_kind, drive_opts, device_opts,
+                                         message):
     import subprocess
 
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(1 << 20))
-    arg = f"file={image},format=raw,if=none,id=d0,discard=foo"
+    drive = f"file={image},format=raw,if=none,id=d0{drive_opts}"
+    device = f"virtio-blk-pci,drive=d0{device_opts}"
     argv = (kvmkit_command() if vmm_kind == "kvmkit" else [QEMU, "-accel", "kvm"]) + [
-        "-nodefaults", "-display", "none", "-S", "-drive", arg]
+        "-nodefaults", "-display", "none", "-S", "-drive", drive, "-device", device]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=20,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].endswith(f"-drive {arg}: Invalid discard option")
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        message.format(drive=drive, device=device))

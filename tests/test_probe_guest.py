@@ -159,3 +159,18 @@ def test_virtio_devices_offer_qemus_feature_words(launch, tmp_path, vmm_kind):
     assert found == {1: ("0x10130bf8024", 3, 4), 2: ("0x10130006e54", 1, 2),
                      3: ("0x10130000006", 64, 2), 4: ("0x10130000000", 1, 2),
                      5: ("0x10130000012", 3, 0)}
+
+
+def test_virtio_blk_has_a_request_queue_per_vcpu(launch, tmp_path, vmm_kind):
+    """QEMU 7.2's num-queues default: one per vCPU, MQ offered when there are
+    several, and an MSI-X vector for each queue and the configuration."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    vm = launch(machine_args(cpus=2, extra=[
+        "-drive", f"file={image},format=raw,if=none,id=d0",
+        "-device", "virtio-blk-pci,drive=d0"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    [blk] = vm.command("virtio")["devices"]
+    assert (blk["features"], blk["num_queues"], blk["msix"]) == ("0x10130007e54", 2, 3)
+    assert vm.command("blk write 1 on-queue-0") == {"status": 0}
+    assert vm.command("blk read 1") == {"status": 0, "text": "on-queue-0"}

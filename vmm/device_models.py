@@ -73,7 +73,8 @@ register(DeviceModel("virtio-rng-pci", "pci", "virtio entropy source", {
 
 register(DeviceModel("virtio-blk-pci", "pci", "Virtio block device", {
     "addr": ("str", None), "bus": ("str", None), "drive": ("str", None),
-    "serial": ("str", None), "vectors": ("int", 2),
+    # QEMU's defaults: a queue per vCPU, and a vector for each and the configuration
+    "serial": ("str", None), "num-queues": ("int", None), "vectors": ("int", None),
     "disable-legacy": ("OnOffAuto", "auto"), "disable-modern": ("bool", False)}))
 
 

@@ -369,8 +369,17 @@ class Machine:
         if drive.attached_to:
             raise DeviceError(f"Property 'virtio-blk-pci.drive' can't take value "
                               f"'{drive.drive_id}', it's in use")
+        # QEMU's defaults: a request queue per vCPU, and an MSI-X vector for each and
+        # for the configuration.
+        queues = props["num-queues"] if props["num-queues"] is not None else self.cfg.cpus
+        if queues < 1:
+            raise DeviceError("num-queues property must be larger than 0")
+        if queues > 1024:                    # VIRTIO_QUEUE_MAX
+            raise DeviceError("num-queues property must not be larger than 1024")
+        if props["vectors"] is None:
+            props["vectors"] = queues + 1
         try:
-            blk = VirtioBlk(drive, props.get("serial") or "")
+            blk = VirtioBlk(drive, props.get("serial") or "", queues)
         except OSError as e:
             raise DeviceError(f"Could not open '{drive.path}': {e.strerror}") from None
         transport = self._virtio_pci(blk, 0x010000, props, props["vectors"])

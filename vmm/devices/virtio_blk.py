@@ -31,7 +31,8 @@ SECTOR = 512
 T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
 S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
 F_SEG_MAX, F_GEOMETRY, F_RO, F_BLK_SIZE, F_FLUSH = 1 << 2, 1 << 4, 1 << 5, 1 << 6, 1 << 9
-F_TOPOLOGY, F_CONFIG_WCE, F_DISCARD, F_WRITE_ZEROES = 1 << 10, 1 << 11, 1 << 13, 1 << 14
+F_TOPOLOGY, F_CONFIG_WCE, F_MQ, F_DISCARD, F_WRITE_ZEROES = \
+    1 << 10, 1 << 11, 1 << 12, 1 << 13, 1 << 14
 F_RING_INDIRECT_DESC, F_RING_EVENT_IDX = 1 << 28, 1 << 29
 QUEUE_SIZE = 256                    # QEMU's queue-size
 SEG_MAX = QUEUE_SIZE - 2            # QEMU's: the queue less the header and status
@@ -72,10 +73,10 @@ class VirtioBlk(VirtioDevice):
     name = "virtio-blk"
     device_type = 2
     config_size = 57                # struct virtio_blk_config to write_zeroes_may_unmap
-    queue_sizes = (QUEUE_SIZE,)
 
-    def __init__(self, drive: Drive, serial: str = "") -> None:
+    def __init__(self, drive: Drive, serial: str = "", queues: int = 1) -> None:
         super().__init__()
+        self.queue_sizes = (QUEUE_SIZE,) * queues      # request queues, all alike
         self.drive = drive
         self.read_only = drive.read_only
         self.fd = os.open(drive.path, (os.O_RDONLY if self.read_only else os.O_RDWR)
@@ -85,7 +86,8 @@ class VirtioBlk(VirtioDevice):
         self.serial = serial.encode()[:ID_BYTES]
         self.features = (F_SEG_MAX | F_GEOMETRY | F_BLK_SIZE | F_FLUSH | F_TOPOLOGY
                          | F_CONFIG_WCE | F_DISCARD | F_WRITE_ZEROES | F_RING_INDIRECT_DESC
-                         | F_RING_EVENT_IDX | (F_RO if self.read_only else 0))
+                         | F_RING_EVENT_IDX | (F_RO if self.read_only else 0)
+                         | (F_MQ if queues > 1 else 0))
 
     def reset(self) -> None:
         super().reset()
@@ -101,7 +103,7 @@ class VirtioBlk(VirtioDevice):
         return (struct.pack("<QIIHBBI", self.size // SECTOR, 0, SEG_MAX, cylinders, heads,
                             sectors, SECTOR)
                 + struct.pack("<BBHI", 0, 0, 0, 0)                        # topology
-                + struct.pack("<BBH", int(self.drive.writeback), 0, 1)   # num_queues
+                + struct.pack("<BBH", int(self.drive.writeback), 0, len(self.queue_sizes))
                 + struct.pack("<III", MAX_DISCARD_SECTORS, 1, 1)
                 + struct.pack("<IIB", MAX_WRITE_ZEROES_SECTORS, 1, 1))
 
