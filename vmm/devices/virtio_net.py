@@ -15,7 +15,9 @@ frames and no offloads are offered. The control queue takes QEMU's commands
 (rx mode, MAC table and address, VLAN filter, announce acknowledgement, queue
 pairs, guest offloads) and keeps the state that query-rx-filter reports. With
 no back end, or the link down, transmitted frames are dropped and nothing is
-received, as with QEMU.
+received, as with QEMU. Frames between a vnet_hdr tap and the rings go through
+SplitQueue's C fast path (drain_to_fd, fill_from_fd) when it is built; the Python
+path below does the same and serves every other back end.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmm.virtio.device import VirtioDevice
-from vmm.virtio.queue import Chain
+from vmm.virtio.queue import FILL_NO_BUFFERS, Chain, VirtqueueError, new_rx_filter
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ class VirtioNet(VirtioDevice):
         self.pairs = 1                 # queue pairs the transport has (3 queues until MQ)
         self.active_pairs = 1          # those the driver uses
         self.rx_dropped = 0
+        self._c_filter = None          # the filter as the C receive path takes it, cached
         self._apply_to_tap()
 
     # -- the back end --------------------------------------------------------------
@@ -165,6 +168,7 @@ class VirtioNet(VirtioDevice):
     def features_negotiated(self, features: int) -> None:
         super().features_negotiated(features)
         self.filter.vlans = set() if features & F_CTRL_VLAN else set(range(MAX_VLAN))
+        self._c_filter = None
         self.guest_offloads = features & GUEST_OFFLOADS
         self.pairs = self.max_pairs if features & F_MQ else 1
         if self.transport is not None:
@@ -228,6 +232,7 @@ class VirtioNet(VirtioDevice):
             mac = bytearray(self.mac)
             mac[offset:offset + size] = value.to_bytes(size, "little")
             self.mac = bytes(mac)
+            self._c_filter = None
 
     # -- queues --------------------------------------------------------------------
     def queue_notify(self, index: int) -> None:
@@ -267,8 +272,54 @@ class VirtioNet(VirtioDevice):
         if not self.link_up:
             return True
         queue = self.transport.queue(2 * pair) if self.transport is not None else None
-        return queue is not None and queue.pending() > 0 and \
-            self.transport.device_status & 4 != 0
+        try:
+            return queue is not None and self.transport.running and queue.pending() > 0
+        except VirtqueueError as e:       # the driver's available index ran off
+            self.transport.guest_error(str(e))
+            return False
+
+    def receive_from_fd(self, fd: int, budget: int, pair: int = 0) -> bool | None:
+        """Frames from a tap queue's fd straight into this pair's receive queue, in C
+        (SplitQueue.fill_from_fd), as receive() would take them. Returns whether the
+        tap should go on reading; None when the Python path must serve (headers not
+        passed, the link down, or no C path)."""
+        if not self.passes_header or not self.link_up or self.transport is None:
+            return None
+        queue = self.transport.queue(2 * pair)
+        if queue is None or not self.transport.running:
+            return False
+        rx_filter = self._c_filter or self._make_c_filter()
+        if rx_filter is None:
+            return None
+        delivered, dropped, stop, error = queue.fill_from_fd(
+            fd, self.header_size, bool(self.negotiated & F_MRG_RXBUF), rx_filter, budget)
+        self.rx_dropped += dropped
+        if delivered:
+            self.transport.interrupt_queue(2 * pair)
+        if error is not None:
+            self.transport.guest_error(error)
+            return False
+        return stop != FILL_NO_BUFFERS
+
+    def _make_c_filter(self):
+        """self.filter and self.mac as a struct rx_filter (see _accepts)."""
+        c, f = new_rx_filter(), self.filter
+        if c is None:
+            return None
+        for name in ("promiscuous", "allmulti", "alluni", "nomulti", "nouni", "nobcast",
+                     "unicast_overflow", "multicast_overflow"):
+            setattr(c, name, int(getattr(f, name)))
+        c.vlan_filter = int(bool(self.negotiated & F_CTRL_VLAN))
+        c.mac = list(self.mac)
+        c.n_unicast, c.n_multicast = len(f.unicast), len(f.multicast)
+        c.unicast[0:6 * len(f.unicast)] = list(b"".join(f.unicast))
+        c.multicast[0:6 * len(f.multicast)] = list(b"".join(f.multicast))
+        bitmap = bytearray(MAX_VLAN // 8)
+        for vid in f.vlans:
+            bitmap[vid >> 3] |= 1 << (vid & 7)
+        c.vlans = list(bitmap)
+        self._c_filter = c
+        return c
 
     def receive(self, frame: bytes, pair: int = 0) -> bool:
         """A frame from the back end (with its virtio_net_hdr when the back end passes
@@ -284,7 +335,11 @@ class VirtioNet(VirtioDevice):
         if not self.can_receive(pair):
             return False
         queue = self.transport.queue(2 * pair)
-        used = self._fill_rx(queue, data)
+        try:
+            used = self._fill_rx(queue, data)
+        except VirtqueueError as e:         # from the tap's reader: a guest error here
+            self.transport.guest_error(str(e))
+            return True
         if used is None:
             self.rx_dropped += 1
             return True
@@ -349,6 +404,7 @@ class VirtioNet(VirtioDevice):
 
     def _command(self, klass: int, cmd: int, data: bytes) -> int:
         f = self.filter
+        self._c_filter = None          # whatever it changes, the C filter is made again
         if klass == 0 and cmd <= 5 and len(data) >= 1:          # VIRTIO_NET_CTRL_RX
             name = ("promiscuous", "allmulti", "alluni", "nomulti", "nouni", "nobcast")[cmd]
             setattr(f, name, bool(data[0]))
@@ -424,3 +480,6 @@ class _PairPort:
 
     def receive(self, frame: bytes) -> bool:
         return self.net.receive(frame, self.pair)
+
+    def receive_from_fd(self, fd: int, budget: int) -> bool | None:
+        return self.net.receive_from_fd(fd, budget, self.pair)

@@ -124,6 +124,7 @@ class TapBackend:
         self.nic_uses_header = False     # the NIC reads and writes that header itself
         self._nic = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread = 0
         self.link_down = False
         self.bridge: str | None = None
         if vnet_hdr:
@@ -276,7 +277,9 @@ class TapBackend:
 
     # -- frames ---------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop's thread."""
         self.loop = loop
+        self.loop_thread = threading.get_ident()
         self.receive_ready()
 
     def send(self, frame: bytes) -> None:
@@ -304,15 +307,27 @@ class TapBackend:
         return self.queues[queue].fd if queue < len(self.queues) else self.fd
 
     def receive_ready(self) -> None:
-        """The guest gave receive buffers: read the tap's queues again."""
+        """The guest gave receive buffers: read the tap's queues again. On the loop's
+        thread (a doorbell) that happens at once; from elsewhere, on the loop."""
         for queue in self.queues:
+            was_reading = queue.reading
             self._want_reading(queue, True)
+            if not was_reading and self._on_loop():
+                self._readable(queue)       # what waited in the kernel, now
+
+    def _on_loop(self) -> bool:
+        return self.loop is not None and threading.get_ident() == self.loop_thread
 
     def _want_reading(self, queue: _Queue, on: bool) -> None:
         if self.loop is None or on == queue.reading:
             return
         queue.reading = on
-        if on:
+        if self._on_loop():                 # no self-pipe round trip for the loop itself
+            if on:
+                self._add_reader(queue)
+            else:
+                self.loop.remove_reader(queue.fd)
+        elif on:
             self.loop.call_soon_threadsafe(self._add_reader, queue)
         else:
             self.loop.call_soon_threadsafe(self.loop.remove_reader, queue.fd)
@@ -324,6 +339,14 @@ class TapBackend:
     def _readable(self, queue: _Queue) -> None:
         strip = self.header_len if not self.nic_uses_header else 0
         with self.lock:
+            # virtio-net reads frames with their headers into the guest itself (in C)
+            take = getattr(queue.port, "receive_from_fd", None) \
+                if self.nic_uses_header and not self.link_down else None
+            keep = take(queue.fd, 64) if take is not None else None
+            if keep is not None:
+                if not keep:
+                    self._want_reading(queue, False)
+                return
             for _ in range(64):            # a bounded batch, then let the loop breathe
                 port = queue.port
                 if port is None or not port.can_receive():

@@ -29,6 +29,7 @@ COM1:
                             send on TXPAIR
     nettcp DSTMAC LEN [MSS]   one TCP/IPv4 frame, checksum (and with MSS, TSO) by the card
     netblast COUNT DSTMAC LEN [MSS]   COUNT such frames as fast as the card takes them
+    netsink IDLE_MS         count received frames until none came for IDLE_MS
     netcplus                rtl8139: switch to C+ mode (descriptor rings, offloads)
     netmcast MAC            rtl8139: accept multicast MAC too (its MAR hash bit)
     hotplug [manual|auto]   ACPI PCI hotplug state; manual leaves removals unanswered

@@ -223,8 +223,14 @@ class VirtioPciDevice(PciDevice):
             for index in range(len(self.queues)):
                 self.notify(index)
 
+    @property
+    def running(self) -> bool:
+        """DRIVER_OK and not broken: a device that needs a reset does nothing more
+        until the driver resets it (QEMU's vdev->broken)."""
+        return self.device_status & (S_DRIVER_OK | S_NEEDS_RESET) == S_DRIVER_OK
+
     def notify(self, index: int) -> None:
-        if not self.device_status & S_DRIVER_OK or self.queue(index) is None:
+        if not self.running or self.queue(index) is None:
             return
         try:
             self.backend.queue_notify(index)

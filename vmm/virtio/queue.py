@@ -7,6 +7,10 @@ whole descriptors and may not nest, device-readable buffers may not follow
 writable ones, and the available index may not run more than a queue ahead.
 Any violation raises VirtqueueError: the device then logs it and enters
 NEEDS_RESET. Buffers come back as zero-copy memoryviews of guest RAM.
+
+drain_to_fd and fill_from_fd move whole batches of frames between a queue and
+a file descriptor in C (vmm/virtio/_ring_build.py), under the same rules;
+property tests hold the two paths to the same results on any ring.
 """
 
 from __future__ import annotations
@@ -37,6 +41,19 @@ _used_elem = struct.Struct("<II")
 class VirtqueueError(Exception):
     """The guest broke the virtqueue rules; the device must need a reset."""
 
+
+def _address(view: memoryview):
+    """A uint8_t * to the start of view; the buffer export ends at once."""
+    return _ffi.cast("uint8_t *", int(_ffi.cast("uintptr_t", _ffi.from_buffer(view))))
+
+
+def new_rx_filter():
+    """A C struct rx_filter for fill_from_fd (None if C is not built)."""
+    return None if _ffi is None else _ffi.new("struct rx_filter *")
+
+
+FILL_EMPTY, FILL_NO_BUFFERS, FILL_BUDGET = (0, 1, 2) if _lib is None else \
+    (_lib.FILL_EMPTY, _lib.FILL_NO_BUFFERS, _lib.FILL_BUDGET)
 
 # What the C path's error codes mean (the same rules _walk and pending() enforce).
 _RING_ERRORS = {} if _lib is None else {
@@ -194,21 +211,39 @@ class SplitQueue:
             if taken < batch:
                 return sent[0]
 
+    def fill_from_fd(self, fd: int, hdr_len: int, merge: bool, rx_filter, budget: int
+                     ) -> tuple[int, int, int, str | None] | None:
+        """Reads up to `budget` frames (with hdr_len-byte vnet headers) from fd into
+        this receive queue through rx_filter (new_rx_filter's), as virtio-net's Python
+        path does. Returns (delivered, dropped for want of room, why it stopped: one
+        of FILL_EMPTY, FILL_NO_BUFFERS, FILL_BUDGET, and the guest error that stopped
+        it or None); None if C is not built."""
+        if _lib is None:
+            return None
+        ring = self._c_ring or self._make_c_ring()
+        ring.last_avail, ring.used_idx = self.last_avail, self.used_idx
+        stop, dropped, delivered = _ffi.new("int *"), _ffi.new("uint64_t *"), \
+            _ffi.new("uint64_t *")
+        got = _lib.ring_fill_from_fd(ring, fd, hdr_len, int(merge), rx_filter, budget, stop,
+                                     dropped, delivered)
+        self.last_avail, self.used_idx = ring.last_avail, ring.used_idx
+        return delivered[0], dropped[0], stop[0], _RING_ERRORS[got] if got < 0 else None
+
     def _make_c_ring(self):
+        """The C struct for this queue. It holds plain addresses, not buffers: the
+        ring views this queue keeps pin the mapping (GuestMemory.close cannot unmap
+        RAM while they exist), and cffi buffer objects kept in a cycle with
+        memoryviews would break the garbage collector's clearing of them."""
         regions = _ffi.new("struct ram_region[]", len(self.mem.regions))
-        keep = [regions]               # what the C struct points into must stay alive
         for region, c_region in zip(self.mem.regions, regions):
-            host = _ffi.from_buffer(region.view, require_writable=True)
-            keep.append(host)
-            c_region.gpa, c_region.size, c_region.host = region.gpa, region.size, host
+            c_region.gpa, c_region.size = region.gpa, region.size
+            c_region.host = _address(region.view)
         ring = _ffi.new("struct split_ring *")
-        for name in ("desc", "avail", "used"):
-            view = _ffi.from_buffer(getattr(self, name), require_writable=True)
-            keep.append(view)
-            setattr(ring, name, view)
+        ring.desc, ring.avail, ring.used = (_address(v) for v in (self.desc, self.avail,
+                                                                  self.used))
         ring.size, ring.event_idx = self.size, int(self.event_idx)
         ring.ram, ring.nram = regions, len(self.mem.regions)
-        self._c_ring, self._c_keep = ring, keep
+        self._c_ring, self._c_regions = ring, regions
         return ring
 
     # -- the device's side, written ----------------------------------------------

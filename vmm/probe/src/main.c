@@ -218,6 +218,7 @@ static void dispatch(const char *line)
     if (is(line, "netmq", &a)) { cmd_netmq(a); return; }
     if (is(line, "nettcp", &a)) { cmd_nettcp(a); return; }
     if (is(line, "netblast", &a)) { cmd_netblast(a); return; }
+    if (is(line, "netsink", &a)) { cmd_netsink(a); return; }
     if (is(line, "netcplus", &a)) { cmd_netcplus(a); return; }
     if (is(line, "netmcast", &a)) { cmd_netmcast(a); return; }
     if (is(line, "hotplug", &a)) { cmd_hotplug(a); return; }

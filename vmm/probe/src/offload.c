@@ -1,7 +1,8 @@
 /* Offloads through the NIC net.c found: `nettcp DSTMAC LEN [MSS]` sends one TCP/IPv4
  * frame of LEN payload bytes whose checksum (and, with MSS, segmentation into
  * MSS-byte segments) the card does; `netblast COUNT DSTMAC LEN [MSS]` sends COUNT of
- * them as fast as the card takes them, for the benchmarks. Addresses 10.0.0.2:40000
+ * them as fast as the card takes them, and `netsink IDLE_MS` counts what arrives
+ * until the line is quiet that long, for the benchmarks. Addresses 10.0.0.2:40000
  * to 10.0.0.1:5001; payload byte i is 'a' + i % 26, so the receiver can check it. */
 #include "nic.h"
 
@@ -148,4 +149,50 @@ void cmd_netblast(const char *args)
     }
     u64 us = count > 1 ? nic->blast(frame, len, (u32)count - 1, how[0] == 'c') : 0;
     printf("{\"sent\": %lu, \"len\": %u, \"us\": %lu}\n", count, len, us);
+}
+
+/* netsink IDLE_MS: waits up to 10 s for a frame of type 0x88b5, then takes frames
+ * until none of them came for IDLE_MS; reports how many, their bytes, and the time
+ * from first to last. Receive interrupts stay off meanwhile, and the clock (the PM
+ * timer, a port read that exits to the VMM) is read only every 4096 empty polls,
+ * so the sink measures the device rather than the clock. */
+void cmd_netsink(const char *args)
+{
+    u64 idle_ms = 200;
+    parse_u64(&args, &idle_ms);
+    if (!net_present()) {
+        printf("{\"error\": \"no network card\"}\n");
+        return;
+    }
+    const struct nic *nic = net_nic();
+    u64 frames = 0, bytes = 0, first = 0, last = 0, counted = 0, spins = 0;
+    u64 deadline = now_us() + 10000000;
+    if (nic->rx_irqs)
+        nic->rx_irqs(0);
+    for (;;) {
+        u8 *f;
+        u32 len;
+        if (nic->poll(&f, &len)) {
+            if (len >= 14 && f[12] == 0x88 && f[13] == 0xb5) {    /* ours, not chatter */
+                if (!frames)
+                    first = last = now_us();
+                frames++;
+                bytes += len;
+            }
+            nic->recycle(f);
+            continue;
+        }
+        if (++spins % 4096)
+            continue;
+        u64 now = now_us();
+        if (frames > counted) {                  /* some came since the last look */
+            counted = frames;
+            last = now;
+        } else if (frames ? now - last > idle_ms * 1000 : now > deadline) {
+            break;
+        }
+    }
+    if (nic->rx_irqs)
+        nic->rx_irqs(1);
+    printf("{\"frames\": %lu, \"bytes\": %lu, \"us\": %lu}\n", frames, bytes, last - first);
 }

@@ -113,6 +113,7 @@ void cmd_netoffload(const char *args);
 void cmd_netmq(const char *args);
 void cmd_nettcp(const char *args);
 void cmd_netblast(const char *args);
+void cmd_netsink(const char *args);
 void cmd_netcplus(const char *args);
 void cmd_netmcast(const char *args);
 void net_forget(unsigned slot);

@@ -178,7 +178,7 @@ void cmd_netcplus(const char *args)
     outl(io + RCR, 0x02 | 0x08);                     /* APM, AB */
     outw(io + IMR, 0);
     static const struct nic cp_ops = {"rtl8139", 0, {0}, link, cp_send, cp_poll, cp_recycle,
-                                      info, cp_send_offload, 0, cp_rx_meta};
+                                      info, cp_send_offload, 0, cp_rx_meta, 0};
     net_replace_ops(&cp_ops);
     printf("{\"cpcmd\": \"0x%x\"}\n", inw(io + CPCMD));
 }
@@ -238,6 +238,6 @@ int rtl8139_probe(struct nic *nic)
     rx_cur = 0;
     tx_slot = 0;
     static const struct nic ops = {"rtl8139", 0, {0}, link, send, poll, recycle, info,
-                                   0, 0, 0};
+                                   0, 0, 0, 0};
     return nic_attach(nic, &ops, slot);
 }
