@@ -13,26 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+
+from vmms import ProbeConsole, probe
+from vmms import vmms as all_vmms
 
 MiB = 1 << 20
-
-
-def kvmkit_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("kvmkit")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "qmp"]
-
-
-def probe() -> str:
-    from vmm.probe import elf_path
-    return str(elf_path())
 
 
 def rss_mib(pid: int) -> int:
@@ -42,30 +32,18 @@ def rss_mib(pid: int) -> int:
     return 0
 
 
-class Guest:
+class Guest(ProbeConsole):
     def __init__(self, argv: list[str], qmp_path: str) -> None:
-        self.proc = subprocess.Popen(
-            argv + ["-m", "1024", "-nodefaults", "-display", "none", "-serial", "stdio",
-                    "-device", "virtio-balloon-pci,id=balloon0", "-kernel", probe(),
-                    "-qmp", f"unix:{qmp_path},server=on,wait=off"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        super().__init__(argv + ["-m", "1024", "-nodefaults", "-display", "none",
+                                 "-serial", "stdio", "-device", "virtio-balloon-pci,id=balloon0",
+                                 "-kernel", probe(),
+                                 "-qmp", f"unix:{qmp_path},server=on,wait=off"])
         self.wait_for('"ready"')
         self.qmp = socket.socket(socket.AF_UNIX)
         self.qmp.connect(qmp_path)
         self.qmp_file = self.qmp.makefile("rb")
         self.qmp_file.readline()
         self.execute("qmp_capabilities")
-
-    def wait_for(self, marker: str) -> dict:
-        for line in self.proc.stdout:
-            if marker.encode() in line:
-                return json.loads(line)
-        raise RuntimeError("the guest went away")
-
-    def command(self, text: str) -> dict:
-        self.proc.stdin.write(text.encode() + b"\n")
-        self.proc.stdin.flush()
-        return self.wait_for("{")
 
     def execute(self, name: str, **args) -> dict:
         self.qmp.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
@@ -79,10 +57,6 @@ class Guest:
         self.execute("balloon", value=mib * MiB)
         self.wait_for('"event": "balloon"')
         return time.perf_counter() - start
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
 
 
 def run_once(argv: list[str]) -> dict:
@@ -104,9 +78,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    vmms = {"kvmkit": kvmkit_cmd()}
-    if shutil.which("qemu-system-x86_64"):
-        vmms["qemu"] = ["qemu-system-x86_64", "-accel", "kvm"]
+    vmms = all_vmms()
     results = {name: [run_once(argv) for _ in range(args.runs)] for name, argv in vmms.items()}
 
     def median(name: str, key: str) -> float:

@@ -9,22 +9,13 @@ median and spread per VMM and the kvmkit/QEMU ratio.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-
-def kvmkit_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("kvmkit")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "qmp"]
-
-
-def probe() -> str:
-    from vmm.probe import elf_path
-    return str(elf_path())
+from vmms import probe
+from vmms import vmms as all_vmms
 
 
 def boot_once(argv: list[str]) -> float:
@@ -47,9 +38,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    vmms = {"kvmkit": kvmkit_cmd()}
-    if shutil.which("qemu-system-x86_64"):
-        vmms["qemu"] = ["qemu-system-x86_64", "-accel", "kvm"]
+    vmms = all_vmms()
     results = {name: [boot_once(argv) for _ in range(args.runs)] for name, argv in vmms.items()}
     print(f"launch to the probe guest's first prompt, {args.runs} runs each")
     print(f"{'vmm':<8} {'median s':>9} {'min s':>7} {'max s':>7}")

@@ -20,14 +20,14 @@ kvmkit/QEMU ratios.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
+
+from vmms import ProbeConsole, probe
+from vmms import vmms as all_vmms
 
 TAP = "kkbench0"
 CASES = {"1514-byte frames": (1460, 0), "64 KiB GSO frames": (65000, 1448)}
@@ -35,43 +35,13 @@ RX_CASE = "host to guest, 1514"
 GUEST_MAC = bytes.fromhex("525400123456")
 
 
-def kvmkit_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("kvmkit")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "qmp"]
-
-
-def probe() -> str:
-    from vmm.probe import elf_path
-    return str(elf_path())
-
-
-class Guest:
+class Guest(ProbeConsole):
     def __init__(self, argv: list[str], netns: str) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, *argv, "-m", "256", "-nodefaults",
-             "-display", "none", "-serial", "stdio", "-kernel", probe(),
-             "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
-             "-device", "virtio-net-pci,netdev=n0"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        super().__init__(["ip", "netns", "exec", netns, *argv, "-m", "256", "-nodefaults",
+                          "-display", "none", "-serial", "stdio", "-kernel", probe(),
+                          "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
+                          "-device", "virtio-net-pci,netdev=n0"])
         self.wait_for('"ready"')
-
-    def wait_for(self, marker: str) -> dict:
-        for line in self.proc.stdout:
-            if marker.encode() in line:
-                return json.loads(line)
-        raise RuntimeError("the guest went away")
-
-    def send(self, text: str) -> None:
-        self.proc.stdin.write(text.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def command(self, text: str) -> dict:
-        self.send(text)
-        return self.wait_for("{")
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
 
 
 def tap_counters(netns: str) -> tuple[int, int]:
@@ -144,9 +114,7 @@ def main() -> int:
     args = parser.parse_args()
     counts = {"1514-byte frames": args.frames, "64 KiB GSO frames": args.gso_frames,
               RX_CASE: args.frames}
-    vmms = {"kvmkit": kvmkit_cmd()}
-    if shutil.which("qemu-system-x86_64"):
-        vmms["qemu"] = ["qemu-system-x86_64", "-accel", "kvm"]
+    vmms = all_vmms()
     netns = f"kkbench-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:

@@ -11,20 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from qemu.qmp import QMPClient
-
-
-def kvmkit_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("kvmkit")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "qmp"]
+from vmms import vmms as all_vmms
 
 
 def start(argv: list[str], sock: str) -> subprocess.Popen:
@@ -63,9 +57,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
-    vmms = {"kvmkit": kvmkit_cmd()}
-    if shutil.which("qemu-system-x86_64"):
-        vmms["qemu"] = ["qemu-system-x86_64", "-accel", "kvm"]
+    vmms = all_vmms()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, argv in vmms.items():

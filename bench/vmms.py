@@ -1,0 +1,57 @@
+"""What the benchmarks here share: both VMMs' commands, the probe guest, and a
+probe guest's console (its COM1 on the process's stdin and stdout, one JSON
+line per answer). Run each benchmark as ``.venv/bin/python bench/NAME.py``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+QEMU = "qemu-system-x86_64"
+
+
+def kvmkit_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("kvmkit")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "qmp"]
+
+
+def probe() -> str:
+    from vmm.probe import elf_path
+    return str(elf_path())
+
+
+def vmms() -> dict[str, list[str]]:
+    """kvmkit, and QEMU 7.2 with KVM where it is installed: side by side."""
+    found = {"kvmkit": kvmkit_cmd()}
+    if shutil.which(QEMU):
+        found["qemu"] = [QEMU, "-accel", "kvm"]
+    return found
+
+
+class ProbeConsole:
+    """A VMM process whose stdin and stdout are the probe guest's COM1."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+
+    def wait_for(self, marker: str) -> dict:
+        for line in self.proc.stdout:
+            if marker.encode() in line:
+                return json.loads(line)
+        raise RuntimeError("the guest went away")
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def command(self, text: str) -> dict:
+        self.send(text)
+        return self.wait_for("{")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
