@@ -176,13 +176,19 @@ def _qtree_pci_bus(text: str) -> list[str]:
     ["virtio-balloon-pci,disable-legacy=on"],
     ["virtio-net-pci,id=n0", "virtio-net-pci,mac=52:54:00:00:00:07"],
     ["e1000,id=e0", "virtio-balloon-pci,id=b0"], ["rtl8139,id=r0"],
-    ["virtio-rng-pci,id=rng0"]])
+    ["virtio-rng-pci,id=rng0"],
+    ["-drive file={disk},format=raw,if=none,id=d0", "virtio-blk-pci,drive=d0,id=blk0,serial=s1",
+     "virtio-serial-pci,id=vs0", "-chardev null,id=c0", "virtconsole,chardev=c0,id=con0"]])
 def test_pci_devices_print_as_on_live_qemu(tmp_path, devices):
     """info pci, info network and the PCI part of info qtree, running: ids, BAR
-    placement (SeaBIOS's), IRQ routing, MSI-X and ROM BARs, virtio properties."""
+    placement (SeaBIOS's), IRQ routing, MSI-X and ROM BARs, virtio properties,
+    virtio-blk's and virtio-serial's devices and the virtconsole on its bus."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
     common = ["-m", "256", "-nodefaults", "-display", "none", "-kernel", probe_elf()]
-    for device in devices:
-        common += ["-device", device]
+    for device in devices:     # "-option value" as it is, else a -device
+        common += device.format(disk=disk).split(" ", 1) if device.startswith("-") else \
+            ["-device", device]
     qemu = start([QEMU, "-accel", "kvm", *common], str(tmp_path / "q.sock"))
     kvm = start(kvmkit_command() + common, str(tmp_path / "k.sock"))
     try:

@@ -12,7 +12,7 @@ CLASS_NAMES = {
     0x0280: "Network controller", 0x0300: "VGA controller", 0x0380: "Display controller",
     0x0401: "Audio controller", 0x0403: "Audio controller", 0x0500: "RAM controller",
     0x0600: "Host bridge", 0x0601: "ISA bridge", 0x0604: "PCI bridge", 0x0680: "Bridge",
-    0x0700: "Serial port", 0x0780: "Communication controller", 0x0880: "System peripheral",
+    0x0700: "Serial port", 0x0880: "System peripheral",
     0x0c03: "USB controller",
 }
 UNASSIGNED = -1

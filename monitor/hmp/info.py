@@ -181,7 +181,23 @@ VIRTIO_DEVICE_PROPS = (
     ("x-disable-legacy-check", False))
 
 
-def _qtree_pci(device, instance=None) -> list[str]:
+# The proxies with a `class` property: its default, and whether QEMU lists it
+# before ioeventfd and vectors or after them.
+VIRTIO_PROXY_CLASS = {"virtio-blk-pci": (0, "before"), "virtio-serial-pci": (0x0780, "after")}
+# virtio-blk-device's properties that do not change here, in QEMU's order.
+BLK_FIXED_HEAD = ('backend_defaults = "auto"', "logical_block_size = 512 (512 B)",
+                  "physical_block_size = 512 (512 B)", "min_io_size = 0 (0 B)",
+                  "opt_io_size = 0 (0 B)", "discard_granularity = 4294967295 (4 GiB)",
+                  'write-cache = "auto"', "share-rw = false", 'account-invalid = "auto"',
+                  'account-failed = "auto"', 'rerror = "auto"', 'werror = "auto"')
+BLK_FIXED_TAIL = ("seg-max-adjust = true", "discard = true",
+                  "report-discard-granularity = true", "write-zeroes = true",
+                  "max-discard-sectors = 4194303 (0x3fffff)",
+                  "max-write-zeroes-sectors = 4194303 (0x3fffff)",
+                  "x-enable-wce-if-config-wce = true")
+
+
+def _qtree_pci(device, instance=None, consoles=()) -> list[str]:
     klass = device.class_code >> 8
     name = CLASS_NAMES.get(klass, f"Class {klass:04x}")
     sub = int.from_bytes(device.config[0x2C:0x2E], "little"), \
@@ -198,8 +214,12 @@ def _qtree_pci(device, instance=None) -> list[str]:
     if virtio is not None:
         lines += [f'disable-legacy = "{"off" if device.legacy else "on"}"',
                   f"disable-modern = {_qtree_value(not device.modern)}"]
+        klass, where = VIRTIO_PROXY_CLASS.get(instance.driver if instance else "", (0, None))
+        class_line = [f"class = {_qtree_value(klass)}"] if where else []
+        lines += class_line if where == "before" else []
         if device.msix is not None:
             lines += ["ioeventfd = true", f"vectors = {_qtree_value(device.msix.vectors)}"]
+        lines += class_line if where == "after" else []
         lines += [f"{key} = {_qtree_value(value)}" for key, value in VIRTIO_PCI_PROXY_PROPS]
     lines.append(f"addr = {device.slot:02x}.{device.function}")
     live = {"multifunction": bool(device.config[0x0E] & 0x80)}
@@ -217,8 +237,47 @@ def _qtree_pci(device, instance=None) -> list[str]:
     if virtio is not None and instance is not None:
         lines += ["bus: virtio-bus", "  type virtio-pci-bus",
                   f'  dev: {instance.driver.removesuffix("-pci")}-device, id ""']
-        lines += [f"    {key} = {_qtree_value(value)}"
-                  for key, value in _virtio_device_props(instance.driver, props)]
+        lines += ["    " + line for line in _virtio_device_lines(instance.driver, props, virtio)]
+        if instance.driver == "virtio-serial-pci":
+            lines += _qtree_serial_bus(instance, virtio, consoles)
+    return lines
+
+
+def _virtio_device_lines(driver: str, props: dict, backend) -> list[str]:
+    """The virtio device's own properties, then those every virtio device has."""
+    if driver == "virtio-blk-pci":
+        cylinders, heads, sectors = backend.geometry
+        own = [f'drive = "{props.get("drive") or ""}"', *BLK_FIXED_HEAD,
+               f"cyls = {_qtree_value(cylinders)}", f"heads = {_qtree_value(heads)}",
+               f"secs = {_qtree_value(sectors)}", "lcyls = 0 (0x0)", "lheads = 0 (0x0)",
+               "lsecs = 0 (0x0)", f'serial = "{props.get("serial") or ""}"',
+               "config-wce = true", "scsi = false", "request-merging = true",
+               f"num-queues = {_qtree_value(len(backend.queue_sizes))}",
+               "queue-size = 256 (0x100)", *BLK_FIXED_TAIL]
+        return own + [f"{key} = {_qtree_value(value)}" for key, value in VIRTIO_DEVICE_PROPS]
+    if driver == "virtio-serial-pci":
+        own = [f"max_ports = {_qtree_value(props['max_ports'])}", "emergency-write = true"]
+        return own + [f"{key} = {_qtree_value(value)}" for key, value in VIRTIO_DEVICE_PROPS]
+    return [f"{key} = {_qtree_value(value)}"
+            for key, value in _virtio_device_props(driver, props)]
+
+
+def _qtree_serial_bus(instance, console, consoles) -> list[str]:
+    """virtio-serial's port bus and the virtconsoles on it. Port 0 counts as open by
+    the guest once a driver without MULTIPORT is running, as in QEMU."""
+    name = f"{instance.id}.0" if instance.id else "virtio-serial-bus.0"
+    lines = [f"    bus: {name}", "      type virtio-serial-bus"]
+    transport = console.transport
+    guest = transport is not None and transport.running and \
+        not console.negotiated & (1 << 1)                     # VIRTIO_CONSOLE_F_MULTIPORT
+    for port in consoles:
+        chardev = port.props.get("chardev") or ""
+        lines += [f'      dev: virtconsole, id "{port.id or ""}"',
+                  f'        chardev = "{chardev}"',
+                  f"        nr = {_qtree_value(port.props['nr'])}",
+                  f'        name = "{port.props.get("name") or ""}"',
+                  f"        port {port.props['nr']}, guest {'on' if guest else 'off'}, "
+                  f"host {'on' if chardev else 'off'}, throttle off"]
     return lines
 
 
@@ -272,7 +331,9 @@ async def info_qtree(ctx: HmpContext, args: dict) -> str:
             (device.vendor_id, device.device_id), "pci-device")
         out.append(f'      dev: {type_name}, id "{device.qdev_id}"')
         out += ["        " + line for line in PIIX_OWN_PROPS.get(type_name, ())]
-        out += ["        " + line for line in _qtree_pci(device, instance)]
+        consoles = [i for i in machine.device_instances if i.driver == "virtconsole"] \
+            if instance is not None and instance.driver == "virtio-serial-pci" else ()
+        out += ["        " + line for line in _qtree_pci(device, instance, consoles)]
         out += ["        " + line for line in PIIX_CHILD_BUSES.get(type_name, ())]
         if (device.vendor_id, device.device_id) == (0x8086, 0x7000):
             out += ["        bus: isa.0", "          type ISA"]
