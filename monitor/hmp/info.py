@@ -254,12 +254,13 @@ def _virtio_device_lines(driver: str, props: dict, backend) -> list[str]:
                "config-wce = true", "scsi = false", "request-merging = true",
                f"num-queues = {_qtree_value(len(backend.queue_sizes))}",
                "queue-size = 256 (0x100)", *BLK_FIXED_TAIL]
-        return own + [f"{key} = {_qtree_value(value)}" for key, value in VIRTIO_DEVICE_PROPS]
-    if driver == "virtio-serial-pci":
+    elif driver == "virtio-serial-pci":
         own = [f"max_ports = {_qtree_value(props['max_ports'])}", "emergency-write = true"]
-        return own + [f"{key} = {_qtree_value(value)}" for key, value in VIRTIO_DEVICE_PROPS]
-    return [f"{key} = {_qtree_value(value)}"
-            for key, value in _virtio_device_props(driver, props)]
+    else:
+        own = [f"{key} = {_qtree_value(value)}"
+               for key, value in _virtio_own_props(driver, props)]
+    return own + [f"{key} = {_qtree_value(props.get(key, value))}"
+                  for key, value in VIRTIO_DEVICE_PROPS]
 
 
 def _qtree_serial_bus(instance, console, consoles) -> list[str]:
@@ -281,7 +282,8 @@ def _qtree_serial_bus(instance, console, consoles) -> list[str]:
     return lines
 
 
-def _virtio_device_props(driver: str, props: dict) -> list[tuple[str, object]]:
+def _virtio_own_props(driver: str, props: dict) -> list[tuple[str, object]]:
+    """The properties of net, rng and balloon devices before the common ones."""
     own: list[tuple[str, object]] = []
     if driver == "virtio-net-pci":
         own = [(name, props.get(name, True)) for name in VIRTIO_NET_FEATURE_PROPS]
@@ -298,7 +300,7 @@ def _virtio_device_props(driver: str, props: dict) -> list[tuple[str, object]]:
                ("page-poison", props["page-poison"]),
                ("free-page-reporting", props["free-page-reporting"]),
                ("qemu-4-0-config-size", False)]
-    return own + [(key, props.get(key, value)) for key, value in VIRTIO_DEVICE_PROPS]
+    return own
 
 
 # The fixed properties and child buses of the chipset functions kvmkit models.
