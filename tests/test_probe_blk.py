@@ -119,31 +119,26 @@ def test_discard_and_write_zeroes(launch, tmp_path, vmm_kind, discard):
     assert image.read_bytes()[:512] == bytes(512)
 
 
-def test_write_cache_follows_the_guest(tmp_path, vmm_kind):
+def test_write_cache_follows_the_guest(launch, tmp_path, vmm_kind):
     """CONFIG_WCE: the guest turns the write cache off and on; query-block says so."""
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(1 << 20))
-    argv = (kvmkit_command() if vmm_kind == "kvmkit" else [QEMU, "-accel", "kvm"])
     sock = str(tmp_path / "qmp.sock")
-    from guest import Vmm
-
-    vm = Vmm(argv + machine_args(extra=[
+    vm = launch(machine_args(extra=[
         "-drive", f"file={image},format=raw,if=none,id=d0",
-        "-device", "virtio-blk-pci,drive=d0", "-qmp", f"unix:{sock},server=on,wait=off"]))
-    try:
-        vm.wait_event("ready", timeout=60)
-        qmp = Qmp(sock)
+        "-device", "virtio-blk-pci,drive=d0", "-qmp", f"unix:{sock},server=on,wait=off"]),
+        vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    qmp = Qmp(sock)
 
-        def writeback() -> bool:
-            return qmp.execute("query-block")["return"][0]["inserted"]["cache"]["writeback"]
+    def writeback() -> bool:
+        return qmp.execute("query-block")["return"][0]["inserted"]["cache"]["writeback"]
 
-        assert vm.command("blk")["present"] and writeback() is True
-        assert vm.command("blk wce 0") == {"writeback": 0} and writeback() is False
-        assert vm.command("blk write 3 through") == {"status": 0}
-        assert image.read_bytes()[3 * 512:3 * 512 + 7] == b"through"
-        assert vm.command("blk wce 1") == {"writeback": 1} and writeback() is True
-    finally:
-        vm.close()
+    assert vm.command("blk")["present"] and writeback() is True
+    assert vm.command("blk wce 0") == {"writeback": 0} and writeback() is False
+    assert vm.command("blk write 3 through") == {"status": 0}
+    assert image.read_bytes()[3 * 512:3 * 512 + 7] == b"through"
+    assert vm.command("blk wce 1") == {"writeback": 1} and writeback() is True
 
 
 @pytest.mark.parametrize("drive_opts, device_opts, message", [
