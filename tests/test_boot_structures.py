@@ -8,7 +8,7 @@ import pytest
 from tinyguests import bzimage, compress, elf64, pvh_note
 
 from vmm.boot import layout, linux, pvh
-from vmm.boot.loader import BootError, load_kernel
+from vmm.boot.loader import BootError, BootFiles, load_kernel
 from vmm.memory import GuestMemory
 
 MiB = 1 << 20
@@ -19,6 +19,10 @@ FORMATS = ["gzip", "bzip2", "lzma", "xz", "lz4", "zstd", "none"]
 def small_elf() -> bytes:
     code = b"\x90" * 100 + b"\xf4"
     return elf64([(0x1000000, code, 0x2000)], 0x1000000)
+
+
+def files(kernel: bytes, initrd: bytes | None = None) -> BootFiles:
+    return BootFiles("kernel.elf", kernel, initrd, [])
 
 
 @pytest.fixture
@@ -99,7 +103,7 @@ def test_pvh_elf_is_loaded_with_its_32_bit_entry(mem):
     code = b"\xf4" * 16
     image = elf64([(0x200000, code, 0x3000)], 0x200000, pvh_note(0x200008))
     mem.write(0x200000 + 0x2000, b"\xAA" * 16)   # bss must be cleared by the loader
-    plan = load_kernel(mem, image, "console=x", b"RD" * 100, 0xE0000)
+    plan = load_kernel(mem, files(image, b"RD" * 100), "console=x", 0xE0000)
     assert (plan.protocol, plan.entry, plan.info_addr) == ("pvh", 0x200008, layout.START_INFO)
     assert mem.read(0x200000, 16) == code
     assert mem.read(0x202000, 16) == b"\0" * 16
@@ -120,25 +124,25 @@ def test_each_payload_format_decompresses(fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_bzimage_loads_its_vmlinux(mem, fmt):
-    plan = load_kernel(mem, bzimage(compress(small_elf(), fmt)), "ro", None, 0)
+    plan = load_kernel(mem, files(bzimage(compress(small_elf(), fmt))), "ro", 0)
     assert (plan.protocol, plan.entry, plan.info_addr) == ("linux", 0x1000000, layout.ZERO_PAGE)
     assert mem.read(0x1000000, 101) == b"\x90" * 100 + b"\xf4"
     assert mem.read(layout.ZERO_PAGE + 0x202, 4) == b"HdrS"
 
 
 def test_bad_kernels_are_user_errors(mem):
-    with pytest.raises(BootError, match="neither an ELF image nor a Linux bzImage"):
-        load_kernel(mem, b"garbage" * 100, "", None, 0)
+    with pytest.raises(BootError, match="neither a Linux bzImage, a multiboot"):
+        load_kernel(mem, files(b"garbage" * 100), "", 0)
     with pytest.raises(BootError, match="too old"):
-        load_kernel(mem, bzimage(compress(small_elf(), "gzip"), version=0x0204), "", None, 0)
+        load_kernel(mem, files(bzimage(compress(small_elf(), "gzip"), version=0x0204)), "", 0)
     with pytest.raises(BootError, match="unknown kernel payload compression"):
-        load_kernel(mem, bzimage(b"\x01\x02\x03\x04" * 10), "", None, 0)
+        load_kernel(mem, files(bzimage(b"\x01\x02\x03\x04" * 10)), "", 0)
     with pytest.raises(BootError, match="cannot decompress the gzip"):
-        load_kernel(mem, bzimage(b"\x1f\x8b" + b"\0" * 30), "", None, 0)
+        load_kernel(mem, files(bzimage(b"\x1f\x8b" + b"\0" * 30)), "", 0)
     with pytest.raises(BootError, match="does not fit in guest RAM"):
-        load_kernel(mem, elf64([(0x40000000, b"x", 1)], 0x40000000, pvh_note(0x40000000)),
-                    "", None, 0)
+        load_kernel(mem, files(elf64([(0x40000000, b"x", 1)], 0x40000000,
+                                     pvh_note(0x40000000))), "", 0)
     with pytest.raises(BootError, match="invalid kernel ELF"):
-        load_kernel(mem, small_elf()[:80], "", None, 0)
+        load_kernel(mem, files(small_elf()[:80]), "", 0)
     with pytest.raises(BootError, match="command line is too long"):
-        load_kernel(mem, small_elf(), "x" * 70000, None, 0)
+        load_kernel(mem, files(small_elf()), "x" * 70000, 0)

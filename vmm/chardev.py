@@ -89,8 +89,26 @@ class FdChardev(Chardev):
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         super().start(loop)
-        if self.in_fd is not None:
+        if self.in_fd is None:
+            return
+        try:
             loop.add_reader(self.in_fd, self._readable)
+        except PermissionError:
+            # A regular file or /dev/null (epoll refuses them; they never block):
+            # read it to its end in turns of the loop, as QEMU takes such a stdin.
+            loop.call_soon(self._drain_file)
+        except OSError:
+            self.in_fd = None            # no usable input (stdin closed): output only
+
+    def _drain_file(self) -> None:
+        try:
+            data = os.read(self.in_fd, 4096)
+        except OSError:
+            return
+        if data:
+            self._deliver(data)
+            assert self.loop is not None
+            self.loop.call_soon(self._drain_file)
 
     def _readable(self) -> None:
         try:

@@ -10,13 +10,13 @@ import random
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
+from vmm.cpu_models import CpuConfig, CpuModelError, parse_cpu
 from vmm.drives import DISCARD_MODES
 from vmm.qemuopts import SIZE_HELP, OptsError, parse_bool, parse_opts, parse_size
 
 DEFAULT_RAM = 128 << 20
 MACHINE_TYPES = {"pc": "Standard PC (i440FX + PIIX, 1996)",
                  "pc-i440fx-7.2": "Standard PC (i440FX + PIIX, 1996)"}
-CPU_MODELS = ("host", "max")
 
 
 class ConfigError(ValueError):
@@ -48,6 +48,9 @@ class MonitorSpec:
 class MachineConfig:
     memory: int = DEFAULT_RAM
     cpus: int = 1
+    cpu: CpuConfig = field(default_factory=CpuConfig)
+    pit: bool = True
+    globals: dict[str, dict[str, str]] = field(default_factory=dict)   # driver -> prop -> value
     kernel: str | None = None
     initrd: str | None = None
     append: str = ""
@@ -72,6 +75,7 @@ class MachineConfig:
     show_help: bool = False
     list_machines: bool = False
     list_devices: bool = False
+    list_cpus: bool = False
 
 
 # option -> takes an argument
@@ -83,7 +87,7 @@ OPTIONS: dict[str, bool] = {
     "no-reboot": False, "no-shutdown": False, "pidfile": True, "daemonize": False,
     "D": True, "d": True, "version": False, "h": False, "help": False, "qmp": True,
     "qmp-pretty": True, "monitor": True, "mon": True, "netdev": True, "nic": True, "net": True,
-    "no-user-config": False, "boot": True, "drive": True,
+    "no-user-config": False, "boot": True, "drive": True, "global": True,
 }
 
 
@@ -156,8 +160,11 @@ class _Parser:
         accel = opts.pop("accel", None)
         if accel is not None:
             self._check_accel(accel)
+        if "pit" in opts:
+            self.cfg.pit = parse_bool("pit", opts.pop("pit"))
         for key in opts:
-            if key not in ("usb", "vmport", "dump-guest-core", "mem-merge", "kernel-irqchip"):
+            if key not in ("usb", "vmport", "dump-guest-core", "mem-merge", "kernel-irqchip",
+                           "hpet", "smm", "sata", "pic"):
                 raise self.fail(f"Property '{mtype}-machine.{key}' not found")
 
     opt_M = opt_machine
@@ -175,9 +182,21 @@ class _Parser:
         self._check_accel(opts.get("accel", ""))
 
     def opt_cpu(self, arg: str) -> None:
-        model = split_first(arg)
-        if model not in CPU_MODELS:
-            raise ConfigError(f"unable to find CPU model '{model}'")
+        if arg in ("help", "?"):
+            self.cfg.list_cpus = True
+            return
+        try:
+            self.cfg.cpu = parse_cpu(arg)
+        except CpuModelError as e:
+            raise ConfigError(str(e)) from None
+
+    def opt_global(self, arg: str) -> None:
+        """-global DRIVER.PROP=VALUE: a default for every DRIVER device's PROP."""
+        key, eq, value = arg.partition("=")
+        driver, dot, prop = key.rpartition(".")
+        if not eq or not dot or not driver or not prop:
+            raise self.fail(f"Invalid parameter '{key}'")
+        self.cfg.globals.setdefault(driver, {})[prop] = value
 
     def opt_name(self, arg: str) -> None:
         opts = parse_opts(arg, implied="guest")
@@ -265,7 +284,7 @@ class _Parser:
     def opt_device(self, arg: str) -> None:
         opts = parse_opts(arg, implied="driver")
         driver = opts.pop("driver", "")
-        if driver == "help":
+        if driver in ("help", "?"):
             self.cfg.list_devices = True
             return
         self.cfg.devices.append(DeviceSpec(driver, opts, f"-device {arg}"))
@@ -425,10 +444,11 @@ A KVM virtual machine monitor with QEMU's command line and monitor.
 Standard options:
 -h or -help     display this help and exit
 -version        display version information and exit
--machine [type=]pc[,accel=kvm]
+-machine [type=]pc[,accel=kvm][,pit=on|off]
                 select the machine (only the i440FX 'pc' machine)
 -accel kvm      the only accelerator; -enable-kvm is accepted too
--cpu host       pass the host CPU's features through
+-cpu qemu64|host|max[,+feature][,-feature][,vendor=..]
+                the CPU model (QEMU's default is qemu64; -cpu help)
 -smp [cpus=]n[,sockets=s][,cores=c][,threads=t]
                 number of vCPUs
 -m [size=]megs[,slots=n,maxmem=size]
@@ -442,10 +462,13 @@ Standard options:
 -pidfile file   write the process id to file
 -daemonize      detach from the terminal once the VM is set up
 -D logfile      write kvmkit's log to logfile
+-global driver.property=value
+                set a default for a device property (kvm-pit.lost_tick_policy)
 
 Boot:
--kernel bzImage|vmlinux|pvh.elf   the kernel to boot (PVH ELFs enter in 32-bit mode)
--initrd file    the initial ramdisk
+-kernel bzImage|multiboot|pvh.elf|vmlinux
+                the kernel to boot (PVH and multiboot enter in 32-bit mode)
+-initrd file    the initial ramdisk (multiboot: 'file args,file2' are modules)
 -append cmdline the kernel command line
 
 Devices and back ends:

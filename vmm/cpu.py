@@ -25,7 +25,9 @@ def build_cpuid(supported: list[CpuidEntry], index: int, ncpus: int) -> list[Cpu
     out: list[CpuidEntry] = []
     for e in supported:
         if e.function == 0x1:
-            ebx = (e.ebx & 0x0000FFFF) | (index << 24) | (max(ncpus, 1) << 16)
+            # QEMU counts logical processors here only when there is more than one
+            count = ncpus << 16 if ncpus > 1 else 0
+            ebx = (e.ebx & 0x0000FFFF) | (index << 24) | count
             edx = e.edx | (1 << 28) if ncpus > 1 else e.edx & ~(1 << 28)
             e = replace(e, ebx=ebx, ecx=e.ecx | HYPERVISOR_BIT, edx=edx)
         elif e.function == 0x4:
@@ -78,23 +80,48 @@ def _segment(seg, selector: int, type_: int, *, code64: bool = False, system: bo
     seg.unusable = 0
 
 
-def set_pvh_state(vcpu: Vcpu, entry: int, start_info: int) -> None:
-    """PVH: 32-bit protected mode, paging off, flat segments, ebx = start_info."""
+# The GDT of QEMU's PVH and multiboot option ROMs, and the selectors they leave loaded:
+# a 32-bit guest that reloads a segment register, or pushes before it sets up its own
+# stack, finds what it would find under QEMU.
+PROTECTED_MODE_GDT = [
+    0,                      # 0x00 null
+    0x00CF9A000000FFFF,     # 0x08 32-bit code
+    0x00CF92000000FFFF,     # 0x10 32-bit data
+    0x00009E000000FFFF,     # 0x18 16-bit code
+    0x000092000000FFFF,     # 0x20 16-bit data
+]
+PROTECTED_MODE_CS = 0x08
+PROTECTED_MODE_DS = 0x10
+# Where ESP points when QEMU 7.2's option ROM jumps to a PVH or multiboot kernel:
+# SeaBIOS's stack in low memory (measured: 0x6edc with 128 MiB and with 1 GiB).
+ENTRY_STACK = 0x6EDC
+
+
+def gdt_bytes(entries: list[int]) -> bytes:
+    return b"".join(struct.pack("<Q", d) for d in entries)
+
+
+def set_protected_mode_state(vcpu: Vcpu, entry: int, gdt: int, *, eax: int = 0,
+                             ebx: int = 0) -> None:
+    """PVH and multiboot: 32-bit protected mode, paging off, flat segments, a stack."""
     sregs = vcpu.get_sregs()
-    _segment(sregs.cs, 0x20, 0xB)
+    _segment(sregs.cs, PROTECTED_MODE_CS, 0xB)
     for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
-        _segment(seg, 0x18, 0x3)
-    _segment(sregs.tr, 0x28, 0xB, system=True, limit=0x67)
+        _segment(seg, PROTECTED_MODE_DS, 0x3)
+    sregs.gdt.base = gdt
+    sregs.gdt.limit = len(PROTECTED_MODE_GDT) * 8 - 1
     sregs.cr0 = 0x11  # PE | ET
     sregs.cr3 = 0
     sregs.cr4 = 0
     sregs.efer = 0
     vcpu.set_sregs(sregs)
     regs = vcpu.get_regs()
-    for name in ("rax", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11",
+    for name in ("rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
                  "r12", "r13", "r14", "r15"):
         setattr(regs, name, 0)
-    regs.rbx = start_info
+    regs.rax = eax
+    regs.rbx = ebx
+    regs.rsp = ENTRY_STACK
     regs.rip = entry
     regs.rflags = 0x2
     vcpu.set_regs(regs)

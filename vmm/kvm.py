@@ -67,6 +67,16 @@ class Kvm:
             return [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
                     for e in buf.entries[0:buf.nent]]
 
+    def mce_cap_supported(self) -> tuple[int, int]:
+        """(MCG_CAP bits, most banks) KVM can give a guest; (0, 0) without KVM_CAP_MCE."""
+        banks = self.check_extension(lib.KVM_CAP_MCE)
+        if not banks:
+            return 0, 0
+        cap = ffi.new("__u64 *")
+        _check(lib.kk_ioctl(self.fd, lib.KVM_X86_GET_MCE_CAP_SUPPORTED, cap),
+               "KVM_X86_GET_MCE_CAP_SUPPORTED")
+        return cap[0], banks
+
     def msr_index_list(self) -> list[int]:
         buf = ffi.new("struct kvm_msr_list *", {"nmsrs": 1024, "indices": 1024})
         buf.nmsrs = 1024
@@ -111,6 +121,11 @@ class Vm:
     def create_pit2(self) -> None:
         cfg = ffi.new("struct kvm_pit_config *", {"flags": lib.KVM_PIT_SPEAKER_DUMMY})
         self._ioctl(lib.KVM_CREATE_PIT2, cfg, "KVM_CREATE_PIT2")
+
+    def set_pit_reinject(self, reinject: bool) -> None:
+        """Off: ticks the guest missed are dropped (QEMU's lost_tick_policy=discard)."""
+        req = ffi.new("struct kvm_reinject_control *", {"pit_reinject": int(reinject)})
+        self._ioctl(lib.KVM_REINJECT_CONTROL, req, "KVM_REINJECT_CONTROL")
 
     def irq_line(self, gsi: int, level: int) -> None:
         req = ffi.new("struct kvm_irq_level *", {"irq": gsi, "level": level})
@@ -191,6 +206,9 @@ class Vcpu:
 
     def _set(self, request: int, obj, what: str) -> None:
         _check(lib.kk_ioctl(self.fd, request, obj), what)
+
+    def setup_mce(self, mcg_cap: int) -> None:
+        self._set(lib.KVM_X86_SETUP_MCE, ffi.new("__u64 *", mcg_cap), "KVM_X86_SETUP_MCE")
 
     def get_regs(self):
         return self._get(lib.KVM_GET_REGS, "struct kvm_regs *", "KVM_GET_REGS")

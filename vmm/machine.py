@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmm import cpu as cpustate
-from vmm.boot import acpi, layout, linux
-from vmm.boot.loader import BootError, load_kernel
+from vmm.boot import acpi, layout, linux, multiboot
+from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
 from vmm.bus import Bus
 from vmm.chardev import (
     Chardev,
@@ -32,11 +32,14 @@ from vmm.chardev import (
     StdioChardev,
 )
 from vmm.config import ChardevSpec, MachineConfig
-from vmm.device_models import DeviceError, validate
+from vmm.cpu_models import CpuModelError, mcg_cap, model_cpuid
+from vmm.device_models import DeviceError, resolve, validate
+from vmm.devices import fw_cfg
 from vmm.devices.acpi_pcihp import PCIHP_BASE, PCIHP_LEN, PciHotplug
 from vmm.devices.acpi_pm import SCI_IRQ, AcpiPm
 from vmm.devices.debug_exit import IsaDebugExit
 from vmm.devices.e1000 import E1000
+from vmm.devices.fw_cfg import FwCfg
 from vmm.devices.i440fx import (
     CONFIG_ADDRESS_PORT,
     CONFIG_PORTS_LEN,
@@ -48,6 +51,8 @@ from vmm.devices.i440fx import (
     slot_pirq,
 )
 from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
+from vmm.devices.pc_testdev import PcTestdev
+from vmm.devices.pci_testdev import PciTestdev
 from vmm.devices.rtc import Rtc
 from vmm.devices.rtl8139 import Rtl8139
 from vmm.devices.serial import COM_PORTS, Serial16550
@@ -115,7 +120,7 @@ class Machine:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.exit_status: asyncio.Future[int] | None = None
         self._firmware_pending = True
-        self.kernel, self.initrd = self._read_boot_files()
+        self.boot_files = self._read_boot_files()
         self.chardevs: dict[str, Chardev] = {}
         try:
             for spec in cfg.chardevs:
@@ -132,7 +137,7 @@ class Machine:
             raise
 
     # -- construction ------------------------------------------------------
-    def _read_boot_files(self) -> tuple[bytes, bytes | None]:
+    def _read_boot_files(self) -> BootFiles:
         kernel_path = self.cfg.kernel
         if kernel_path is None:
             from vmm.probe import elf_path
@@ -141,20 +146,9 @@ class Machine:
             except FileNotFoundError as e:
                 raise MachineError(str(e)) from None
         try:
-            with open(kernel_path, "rb") as f:
-                kernel = f.read()
-        except OSError as e:
-            raise MachineError(f"could not open kernel file '{kernel_path}': "
-                               f"{e.strerror}") from None
-        initrd = None
-        if self.cfg.initrd is not None:
-            try:
-                with open(self.cfg.initrd, "rb") as f:
-                    initrd = f.read()
-            except OSError as e:
-                raise MachineError(f"could not load initial ram disk '{self.cfg.initrd}': "
-                                   f"{e.strerror}") from None
-        return kernel, initrd
+            return read_boot_files(kernel_path, self.cfg.initrd)
+        except BootError as e:
+            raise MachineError(str(e)) from None
 
     def _make_chardev(self, spec: ChardevSpec) -> Chardev:
         chardev = self._make_backend(spec)
@@ -204,7 +198,9 @@ class Machine:
         self.vm.set_tss_addr(TSS_ADDR)
         self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         self.vm.create_irqchip()
-        self.vm.create_pit2()
+        if self.cfg.pit:
+            self.vm.create_pit2()
+            self.vm.set_pit_reinject(self._pit_reinject())
         try:
             self.memory = GuestMemory(self.cfg.memory)
         except (ValueError, OSError) as e:
@@ -216,6 +212,16 @@ class Machine:
         self.mmio = Bus("mmio")
         self.irq_counts: dict[int, int] = {}   # rising edges per GSI, for `info irq`
         self.ioevents = IoEvents(self.vm, lambda: self.loop, self.lock)
+
+    def _pit_reinject(self) -> bool:
+        """-global kvm-pit.lost_tick_policy: delay (KVM re-injects missed ticks, the
+        default) or discard."""
+        policy = self.cfg.globals.get("kvm-pit", {}).get("lost_tick_policy", "delay")
+        if policy not in ("delay", "discard"):
+            raise MachineError(f"Parameter 'lost_tick_policy' does not accept value "
+                               f"'{policy}'" if policy != "slew" else
+                               "kvm-pit: lost tick policy not supported")
+        return policy == "delay"
 
     def set_irq(self, gsi: int, level: int) -> None:
         if level:
@@ -232,6 +238,10 @@ class Machine:
         self.pio.map(COMMAND_PORT, 1, self.i8042.port(COMMAND_PORT))
         self.rtc = Rtc(self.memory.below_4g, self.memory.above_4g, self.cfg.cpus)
         self.pio.map(0x70, 2, self.rtc)
+        self.fw_cfg = FwCfg(self.memory.size, self.cfg.cpus, self.cfg.uuid,
+                            layout.e820_map(self.memory.below_4g, self.memory.above_4g),
+                            nographic=self.cfg.nographic)
+        self.pio.map(fw_cfg.BASE, fw_cfg.LENGTH, self.fw_cfg)
 
         self.piix3 = Piix3IsaBridge()
         self.pci = PciBus(self.pio, self.mmio, self._route_intx, self.set_irq)
@@ -275,8 +285,9 @@ class Machine:
         chardev_ids = set(self.chardevs)
         for spec in self.cfg.devices:
             try:
-                props = validate(spec.driver, spec.options, chardev_ids)
-                self._add_device(spec.driver, props)
+                defaults = self.cfg.globals.get(resolve(spec.driver), {})
+                props = validate(spec.driver, {**defaults, **spec.options}, chardev_ids)
+                self._add_device(resolve(spec.driver), props)
             except DeviceError as e:
                 raise MachineError(f"{spec.origin}: {e}") from None
         for warning in self.network.unpeered_warnings():
@@ -306,6 +317,16 @@ class Machine:
                                       props["irq"])
         elif driver in self._builders:
             device = self._builders[driver](props)
+        elif driver == "pc-testdev":
+            device = PcTestdev(self.set_irq, self.memory.flush_page)
+            try:
+                device.map(self.pio, self.mmio)
+            except ValueError as e:
+                raise DeviceError(str(e)) from None
+        elif driver == "pci-testdev":
+            device = PciTestdev(self.ioevents)
+            device.qdev_id = props.get("id") or ""
+            self._plug_pci(device, driver, props)
         elif driver == "isa-debug-exit":
             device = IsaDebugExit(self.request_exit)
             try:
@@ -471,7 +492,7 @@ class Machine:
         """device_add of a PCI device: plugged now, announced to the guest by GPE."""
         with self.lock:
             props = validate(driver, options, set(self.chardevs))
-            self._add_device(driver, props)
+            self._add_device(resolve(driver), props)
             instance = self.device_instances[-1]
             instance.hotplugged = True
             if not self._firmware_pending:       # before boot, firmware will find it
@@ -570,12 +591,18 @@ class Machine:
 
     def _setup_vcpus(self) -> None:
         install_kick_handler()
-        supported = self.kvm.supported_cpuid()
+        try:
+            table = model_cpuid(self.cfg.cpu, self.kvm.supported_cpuid(), log.warning)
+        except CpuModelError as e:
+            raise MachineError(str(e)) from None
+        machine_check = mcg_cap(table, self.kvm.mce_cap_supported())
         self.vcpus: list[VcpuThread] = []
         self._initial_state = []
         for index in range(self.cfg.cpus):
             vcpu = self.vm.create_vcpu(index)
-            vcpu.set_cpuid(cpustate.build_cpuid(supported, index, self.cfg.cpus))
+            vcpu.set_cpuid(cpustate.build_cpuid(table, index, self.cfg.cpus))
+            if machine_check:
+                vcpu.setup_mce(machine_check)
             cpustate.set_lapic_lints(vcpu)
             self._initial_state.append((vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_xsave(),
                                         vcpu.get_lapic()))
@@ -594,6 +621,7 @@ class Machine:
                 serial.uart.reset()
             self.i8042.reset()
             self.rtc.reset()
+            self.fw_cfg.reset()
             self.pm.reset_pm()
             for device in self.pci.sorted_devices():
                 device.reset()
@@ -609,13 +637,17 @@ class Machine:
                               else lib.KVM_MP_STATE_UNINITIALIZED)
         self.acpi_tables = acpi.write_tables(self.memory, self.cfg.cpus)
         try:
-            self.boot_plan = load_kernel(self.memory, self.kernel, self.cfg.append, self.initrd,
+            self.boot_plan = load_kernel(self.memory, self.boot_files, self.cfg.append,
                                          self.acpi_tables.rsdp_addr)
         except BootError as e:
             raise MachineError(str(e)) from None
         bsp = self.vcpus[0].vcpu
-        if self.boot_plan.protocol == "pvh":
-            cpustate.set_pvh_state(bsp, self.boot_plan.entry, self.boot_plan.info_addr)
+        plan = self.boot_plan
+        if plan.protocol in ("pvh", "multiboot"):
+            self.memory.write(layout.BOOT_GDT, cpustate.gdt_bytes(cpustate.PROTECTED_MODE_GDT))
+            magic = multiboot.BOOTLOADER_MAGIC if plan.protocol == "multiboot" else 0
+            cpustate.set_protected_mode_state(bsp, plan.entry, layout.BOOT_GDT, eax=magic,
+                                              ebx=plan.info_addr)
         else:
             cpustate.set_long_mode_state(bsp, self.boot_plan.entry, self.boot_plan.info_addr,
                                          layout.PML4, layout.BOOT_GDT, linux.BOOT_GDT_LIMIT)

@@ -8,6 +8,8 @@ wholly inside one RAM region.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import mmap
 from dataclasses import dataclass
 
@@ -128,3 +130,20 @@ class GuestMemory:
             except BufferError:
                 pass
         self.regions = []
+
+    def flush_page(self, gpa: int) -> None:
+        """Takes a page's host mapping away and gives it back (mprotect), so KVM drops
+        its translation and the guest's next access faults it in again."""
+        page = gpa & ~(PAGE_SIZE - 1)
+        if not self.is_ram(page, PAGE_SIZE):
+            return
+        region = self.region_of(page, PAGE_SIZE)
+        address = self.host_address(region) + page - region.gpa
+        libc = _libc()
+        libc.mprotect(ctypes.c_void_p(address), PAGE_SIZE, mmap.PROT_NONE)
+        libc.mprotect(ctypes.c_void_p(address), PAGE_SIZE, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)

@@ -13,7 +13,7 @@ import struct
 import zlib
 
 from vmm.boot import layout
-from vmm.cpu import GDT_ENTRIES
+from vmm.cpu import GDT_ENTRIES, gdt_bytes
 from vmm.memory import GuestMemory
 
 SETUP_HEADER_START = 0x1F1
@@ -199,7 +199,7 @@ def write_identity_page_tables(mem: GuestMemory) -> None:
 
 
 def write_boot_gdt(mem: GuestMemory) -> None:
-    mem.write(layout.BOOT_GDT, b"".join(struct.pack("<Q", d) for d in GDT_ENTRIES))
+    mem.write(layout.BOOT_GDT, gdt_bytes(GDT_ENTRIES))
 
 
 BOOT_GDT_LIMIT = len(GDT_ENTRIES) * 8 - 1

@@ -1,28 +1,78 @@
 """-kernel/-initrd/-append: pick the boot protocol and lay the image out.
 
-* an ELF with a PVH note boots through PVH (32-bit entry, hvm_start_info);
+The order is QEMU's:
+
 * a Linux bzImage has its payload decompressed here and its vmlinux ELF loaded;
-* a plain vmlinux ELF is loaded and entered at its 64-bit entry point.
+* an image with a multiboot header boots through multiboot (the -initrd entries
+  are its modules), even when it is also an ELF with a PVH note;
+* an ELF with a PVH note boots through PVH (32-bit entry, hvm_start_info);
+* a plain x86-64 vmlinux ELF is loaded and entered at its 64-bit entry point.
+
+Anything else is refused with a message, never entered blindly.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from vmm.boot import layout, linux, pvh
+from vmm.boot import layout, linux, multiboot, pvh
 from vmm.boot.elf import ElfError, ElfImage, is_elf, parse_elf
 from vmm.memory import GuestMemory, GuestMemoryError
+
+log = logging.getLogger(__name__)
 
 
 class BootError(ValueError):
     """The kernel or initrd cannot be booted; the message is for the user."""
 
 
+EM_X86_64 = 62
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """What -kernel and -initrd name, read once: the machine reloads it at each reset."""
+    kernel_name: str
+    kernel: bytes
+    initrd: bytes | None                 # Linux and PVH: one file
+    modules: list[multiboot.Module]      # multiboot: each -initrd entry
+
+
 @dataclass(frozen=True)
 class BootPlan:
-    protocol: str            # "pvh" or "linux"
+    protocol: str            # "pvh", "multiboot" or "linux"
     entry: int
-    info_addr: int           # hvm_start_info (PVH) or boot_params (Linux)
+    info_addr: int           # hvm_start_info, multiboot info or boot_params
+
+
+def read_boot_files(kernel_path: str, initrd_spec: str | None) -> BootFiles:
+    """Reads the kernel and its initrd or modules; raises BootError with QEMU's text."""
+    try:
+        with open(kernel_path, "rb") as f:
+            kernel = f.read()
+    except OSError as e:
+        raise BootError(f"could not open kernel file '{kernel_path}': {e.strerror}") from None
+    if initrd_spec is None:
+        return BootFiles(kernel_path, kernel, None, [])
+    if _multiboot_header(kernel) is not None:
+        try:
+            return BootFiles(kernel_path, kernel, None, multiboot.read_modules(initrd_spec))
+        except multiboot.MultibootError as e:
+            raise BootError(str(e)) from None
+    try:
+        with open(initrd_spec, "rb") as f:
+            initrd = f.read()
+    except OSError as e:
+        raise BootError(f"could not load initial ram disk '{initrd_spec}': "
+                        f"{e.strerror}") from None
+    return BootFiles(kernel_path, kernel, initrd, [])
+
+
+def _multiboot_header(kernel: bytes) -> tuple[int, int] | None:
+    if linux.is_bzimage(kernel):
+        return None
+    return multiboot.find_header(kernel)
 
 
 def _load_segments(mem: GuestMemory, image: ElfImage, physical_mask: int) -> None:
@@ -53,9 +103,19 @@ def write_cmdline(mem: GuestMemory, cmdline: str) -> int:
     return layout.CMDLINE
 
 
-def load_kernel(mem: GuestMemory, kernel: bytes, cmdline: str, initrd: bytes | None,
-                rsdp: int) -> BootPlan:
+def load_kernel(mem: GuestMemory, files: BootFiles, cmdline: str, rsdp: int) -> BootPlan:
     """Loads a kernel image into ``mem``; raises BootError with a user message."""
+    kernel, initrd = files.kernel, files.initrd
+    header = _multiboot_header(kernel)
+    if header is not None:
+        if header[1] & multiboot.FLAG_VIDEO_MODE:
+            log.warning("multiboot knows VBE. we don't.")
+        try:
+            entry, info = multiboot.load(mem, kernel, header, files.kernel_name, cmdline,
+                                         files.modules)
+        except multiboot.MultibootError as e:
+            raise BootError(str(e)) from None
+        return BootPlan("multiboot", entry, info)
     try:
         if is_elf(kernel):
             image = parse_elf(kernel)
@@ -66,13 +126,17 @@ def load_kernel(mem: GuestMemory, kernel: bytes, cmdline: str, initrd: bytes | N
                 rd = place_initrd(mem, initrd, 0xFFFFFFFF) if initrd is not None else None
                 info = pvh.write_start_info(mem, cmd, rsdp, rd)
                 return BootPlan("pvh", entry32, info)
+            if not image.is64 or image.machine != EM_X86_64:
+                raise BootError("kernel is an ELF image with neither a PVH note nor a "
+                                "multiboot header, and not an x86-64 vmlinux")
             setup = None
             vmlinux = image
         elif linux.is_bzimage(kernel):
             setup, payload = linux.split_bzimage(kernel)
             vmlinux = parse_elf(linux.decompress(payload))
         else:
-            raise BootError("kernel is neither an ELF image nor a Linux bzImage")
+            raise BootError("kernel is neither a Linux bzImage, a multiboot image nor an "
+                            "ELF image")
     except ElfError as e:
         raise BootError(f"invalid kernel ELF: {e}") from None
     except linux.PayloadError as e:
