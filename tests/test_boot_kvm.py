@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from guest import machine_args
-from tinyguests import build_vmlinux, bzimage, compress, out_byte, pvh_serial_guest
+from tinyguests import (
+    MULTIBOOT_ASM,
+    build_elf32,
+    build_vmlinux,
+    bzimage,
+    compress,
+    out_byte,
+    pvh_serial_guest,
+    stackless_pvh_guest,
+)
 
 pytestmark = pytest.mark.kvm
 
@@ -69,3 +80,42 @@ def test_no_shutdown_keeps_the_vmm_after_power_off(launch, tmp_path):
     with pytest.raises(AssertionError):
         vm.wait_exit(timeout=2)
 
+
+
+def test_multiboot_kernel_gets_modules_and_command_line_as_from_qemu(launch, tmp_path,
+                                                                     vmm_kind):
+    (tmp_path / "mod1").write_text("ABCD and more")
+    (tmp_path / "mod2").write_text("WXYZ")
+    kernel = tmp_path / "mb.elf"
+    kernel.write_bytes(build_elf32(tmp_path, "mb", MULTIBOOT_ASM))
+    args = machine_args(kernel=str(kernel),
+                        extra=["-append", "hello world", "-initrd", "mod1 a1,,b1 x,mod2"])
+    vm = launch(args, vmm=vmm_kind)
+    # QEMU's command line is the kernel's file name, a space, then -append; ",," is a comma
+    assert vm.read_line(30) == f"MB{kernel} hello world"
+    assert vm.read_line(30) == "2"
+    assert vm.read_line(30) == "mod1 a1,b1 x:ABCD"
+    assert vm.read_line(30) == "mod2:WXYZ"
+    assert vm.wait_exit() == (0x21 << 1) | 1
+
+
+def test_pvh_entry_leaves_a_usable_stack_and_qemus_selectors(launch, tmp_path, vmm_kind):
+    path = tmp_path / "stackless.elf"
+    path.write_bytes(stackless_pvh_guest(tmp_path))
+    vm = launch(machine_args(kernel=str(path)), vmm=vmm_kind)
+    # it called a function before loading a stack; CS 0x08 and SS 0x10 as QEMU's ROM leaves
+    assert vm.read_line(30) == "ok 08 10 "
+    assert vm.wait_exit() == (0x21 << 1) | 1
+
+
+def test_elf_without_a_boot_protocol_is_refused_with_one_line(tmp_path):
+    from guest import kvmkit_command
+    elf32 = build_elf32(tmp_path, "plain", ".globl _start\n_start: hlt\n")
+    path = tmp_path / "plain.elf"
+    path.write_bytes(elf32)
+    proc = subprocess.run(kvmkit_command() + machine_args(kernel=str(path)),
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "kvmkit: kernel is an ELF image with neither a PVH note nor a multiboot header, "
+        "and not an x86-64 vmlinux")

@@ -249,3 +249,19 @@ def test_daemonize_refuses_stdio():
     assert result.returncode == 1
     assert result.stderr.startswith("kvmkit: -daemonize cannot be used with")
 
+
+
+@pytest.mark.parametrize("stdin_kind", ["devnull", "file"])
+def test_serial_stdio_with_a_stdin_epoll_refuses(tmp_path, stdin_kind):
+    """stdin from /dev/null or a regular file (as test harnesses run VMMs): it runs."""
+    guest = tmp_path / "g.elf"
+    guest.write_bytes(pvh_serial_guest(b"stdin is not a tty\n", 2))
+    source = tmp_path / "input.txt"
+    source.write_text("typed ahead\n")
+    with open(os.devnull if stdin_kind == "devnull" else source, "rb") as stdin:
+        proc = subprocess.run(kvmkit_command() + BASE + ["-kernel", str(guest), "-serial",
+                                                         "stdio"],
+                              stdin=stdin, capture_output=True, timeout=30, cwd=tmp_path)
+    assert proc.stdout == b"stdin is not a tty\n"
+    assert b"Traceback" not in proc.stderr
+    assert proc.returncode == 5

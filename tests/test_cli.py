@@ -117,3 +117,48 @@ def test_missing_kvm_is_one_line_and_status_1(monkeypatch, capsys):
     assert cli.main(["-nodefaults", "-kernel", probe_elf()]) == 1
     err = capsys.readouterr().err
     assert err == "kvmkit: Could not access KVM kernel module: No such file or directory\n"
+
+
+def test_help_names_the_qemu_version_as_harnesses_read_it():
+    first = run_kvmkit("-h").stdout.splitlines()[0]
+    assert first.startswith("QEMU emulator version 7.2.22 (kvmkit ")
+    # kvm-unit-tests: IFS='[ .]' read -r _ _ _ MAJOR MINOR MICRO rest
+    assert first.replace(".", " ").split()[3:6] == ["7", "2", "22"]
+
+
+@pytest.mark.qemu
+def test_device_help_lines_are_qemus_for_every_model_kvmkit_has():
+    from guest import QEMU
+
+    ours = run_kvmkit("-device", "?").stdout
+    theirs = subprocess.run([QEMU, "-device", "help"], capture_output=True, text=True,
+                            timeout=30).stdout
+    for line in ours.splitlines():
+        assert not line or line in theirs.splitlines(), line
+    headers = [line for line in ours.splitlines() if line.endswith("devices:")]
+    their_headers = [line for line in theirs.splitlines() if line.endswith("devices:")]
+    assert headers == [h for h in their_headers if h in headers]     # QEMU's order
+    assert 'name "pc-testdev", bus ISA' in ours
+    assert 'name "pci-testdev", bus PCI, desc "PCI Test Device"' in ours
+
+
+@pytest.mark.parametrize("args,line", [
+    (["-cpu", "Haswell"], "kvmkit: unable to find CPU model 'Haswell'"),
+    (["-cpu", "qemu64,+bogus"], "kvmkit: Property 'qemu64-x86_64-cpu.bogus' not found"),
+    (["-global", "foo"], "kvmkit: -global foo: Invalid parameter 'foo'"),
+    (["-nodefaults", "-global", "kvm-pit.lost_tick_policy=often", "-kernel", "PROBE"],
+     "kvmkit: Parameter 'lost_tick_policy' does not accept value 'often'"),
+    (["-machine", "pit=maybe"],
+     "kvmkit: -machine pit=maybe: Parameter 'pit' expects 'on' or 'off'"),
+])
+def test_cpu_global_and_machine_errors(args, line):
+    args = [probe_elf() if a == "PROBE" else a for a in args]
+    proc = run_kvmkit(*args)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == line
+
+
+def test_cpu_help_lists_the_models():
+    out = run_kvmkit("-cpu", "help").stdout.splitlines()
+    assert out[0] == "Available CPUs:"
+    assert {line.split()[1] for line in out[1:]} == {"host", "max", "qemu64"}

@@ -137,3 +137,144 @@ def bzimage(payload: bytes, version: int = 0x020F, setup_sects: int = 4) -> byte
     struct.pack_into("<I", setup, 0x238, 2048)         # cmdline_size
     struct.pack_into("<II", setup, 0x248, 0, len(payload))
     return bytes(setup) + payload
+
+
+# A 32-bit multiboot kernel (ELF32, no PVH note): checks the magic in eax, prints
+# "MB", the command line, the module count, then each module's command line and
+# first 4 bytes, and exits with 0x21 through isa-debug-exit.
+MULTIBOOT_ASM = r"""
+    .code32
+    .section .text
+    .align 4
+    .long 0x1BADB002, 0, -0x1BADB002     /* multiboot header: no flags */
+    .globl _start
+_start:
+    mov $stack_top, %esp
+    cmp $0x2BADB002, %eax
+    jne fail
+    mov %ebx, %ebp                  /* multiboot info */
+    mov $'M', %al
+    call putc
+    mov $'B', %al
+    call putc
+    mov 16(%ebp), %esi              /* cmdline */
+    call puts
+    mov $'\n', %al
+    call putc
+    mov 20(%ebp), %ecx              /* mods_count */
+    mov %ecx, %eax
+    add $'0', %al
+    call putc
+    mov $'\n', %al
+    call putc
+    mov 24(%ebp), %edi              /* mods_addr */
+1:  test %ecx, %ecx
+    jz 2f
+    mov 8(%edi), %esi               /* the module's command line */
+    call puts
+    mov $':', %al
+    call putc
+    mov (%edi), %esi                /* its first 4 bytes */
+    mov $4, %edx
+3:  lodsb
+    call putc
+    dec %edx
+    jnz 3b
+    mov $'\n', %al
+    call putc
+    add $16, %edi
+    dec %ecx
+    jmp 1b
+2:  mov $0x21, %al
+    mov $0x501, %dx
+    out %al, %dx
+fail:
+    hlt
+    jmp fail
+putc:
+    push %edx
+    mov $0x3f8, %dx
+    out %al, %dx
+    pop %edx
+    ret
+puts:
+    lodsb
+    test %al, %al
+    jz 4f
+    call putc
+    jmp puts
+4:  ret
+    .bss
+    .space 4096
+stack_top:
+"""
+
+# A PVH kernel that calls a function before it has set up a stack of its own, then
+# prints its code and stack selectors: it runs where the entry leaves a usable stack.
+STACKLESS_PVH_ASM = r"""
+    .code32
+    .globl _start
+_start:
+    call hello
+    mov %cs, %eax
+    call hex_byte
+    mov %ss, %eax
+    call hex_byte
+    mov $'\n', %al
+    mov $0x3f8, %dx
+    out %al, %dx
+    mov $0x21, %al
+    mov $0x501, %dx
+    out %al, %dx
+1:  hlt
+    jmp 1b
+hello:
+    push %eax
+    mov $0x3f8, %dx
+    mov $'o', %al
+    out %al, %dx
+    mov $'k', %al
+    out %al, %dx
+    mov $' ', %al
+    out %al, %dx
+    pop %eax
+    ret
+hex_byte:                           /* two hex digits of al, then a space */
+    mov %eax, %ecx
+    mov $0x3f8, %dx
+    shr $4, %eax
+    call digit
+    mov %ecx, %eax
+    call digit
+    mov $' ', %al
+    out %al, %dx
+    ret
+digit:
+    and $0xf, %eax
+    add $'0', %al
+    cmp $'9', %al
+    jbe 2f
+    add $7, %al
+2:  out %al, %dx
+    ret
+"""
+
+
+def build_elf32(workdir: Path, name: str, source: str, load_addr: int = 0x100000) -> bytes:
+    src = workdir / f"{name}.S"
+    src.write_text(source)
+    out = workdir / name
+    subprocess.run(["gcc", "-m32", "-nostdlib", "-static", "-no-pie",
+                    f"-Wl,-Ttext={load_addr:#x}", "-Wl,--build-id=none", "-o", str(out),
+                    str(src)], check=True)
+    return out.read_bytes()
+
+
+def stackless_pvh_guest(workdir: Path) -> bytes:
+    """The stackless code as the sole segment of an ELF64 with a PVH note."""
+    elf = build_elf32(workdir, "stackless", STACKLESS_PVH_ASM)
+    subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(workdir / "stackless"),
+                    str(workdir / "stackless.bin")], check=True)
+    code = (workdir / "stackless.bin").read_bytes()
+    del elf
+    return elf64([(LOAD_ADDR, code, len(code))], LOAD_ADDR, pvh_note(LOAD_ADDR))

@@ -52,8 +52,7 @@ class Module:
 
 def find_header(kernel: bytes) -> tuple[int, int] | None:
     """(offset, flags) of a valid multiboot header, or None."""
-    limit = min(len(kernel) - 12, HEADER_SEARCH)
-    for offset in range(0, limit, 4):
+    for offset in range(0, min(len(kernel) - 11, HEADER_SEARCH), 4):
         magic, flags, checksum = struct.unpack_from("<III", kernel, offset)
         if magic == HEADER_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
             return offset, flags
