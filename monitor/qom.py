@@ -102,7 +102,7 @@ def build_tree(machine) -> QomObject:
     anon = m.add_child("peripheral-anon", _container())
     unattached = m.add_child("unattached", _container())
     for index, _thread in enumerate(machine.vcpus):
-        cpu = QomObject("host-x86_64-cpu")
+        cpu = QomObject(f"{machine.cfg.cpu.model}-x86_64-cpu")
         cpu.props.append(Prop("apic-id", "uint32", lambda index=index: index))
         unattached.add_child(f"device[{index}]", cpu)
     anon_index = 0

@@ -54,9 +54,9 @@ def build(workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(find_archive()) as tar:
         tar.extractall(workdir, filter="tar")
-    subprocess.run(["./configure"], cwd=tree, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["make", f"-j{os.cpu_count() or 1}"], cwd=tree, check=True,
-                   stdout=subprocess.DEVNULL)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.run(["./configure"], cwd=tree, check=True, **quiet)
+    subprocess.run(["make", f"-j{os.cpu_count() or 1}"], cwd=tree, check=True, **quiet)
     return tree
 
 

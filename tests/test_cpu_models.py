@@ -41,13 +41,13 @@ def test_qemu64_is_qemus_default_model_masked_by_kvm():
     assert brand.rstrip(b"\0") == b"QEMU Virtual CPU version 2.5+"
     assert warnings == ["warning: host doesn't support requested feature: "
                         "CPUID.01H:ECX.pni [bit 0]"]
-    assert leaf(table, 1).ecx == (1 << 13) | (1 << 21)    # cx16 x2apic; no sse3 here
+    assert leaf(table, 1).ecx == (1 << 13) | (1 << 21) | (1 << 31)   # no sse3 here
 
 
 def test_flags_vendor_and_phys_bits():
     table = model_cpuid(parse_cpu("qemu64,-x2apic,+tsc-deadline,vendor=GenuineIntel"),
                         SUPPORTED)
-    assert leaf(table, 1).ecx == (1 << 13) | (1 << 24)
+    assert leaf(table, 1).ecx == (1 << 13) | (1 << 24) | (1 << 31)
     raw = b"".join(leaf(table, 0).__getattribute__(r).to_bytes(4, "little")
                    for r in ("ebx", "edx", "ecx"))
     assert raw == b"GenuineIntel"
@@ -87,3 +87,41 @@ def test_machine_check_banks_as_qemu():
     no_mca = model_cpuid(parse_cpu("qemu64,-mca"), SUPPORTED)
     assert mcg_cap(no_mca, (0x1000100, 32)) == 0
     assert parse_cpu("qemu64,sse4_1=on,-sse4.1").minus == {"sse4.1"}
+
+
+def _qmp_answers(argv: list[str], tmp_path, commands: list[tuple[str, dict]]) -> list[dict]:
+    from guest import QmpLine, start_with_qmp
+
+    sock = str(tmp_path / f"qmp-{len(argv)}.sock")
+    proc = start_with_qmp(argv + ["-S", "-display", "none", "-nodefaults"], sock)
+    try:
+        qmp = QmpLine(sock)
+        return [qmp.execute(name, **args) for name, args in commands]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.qemu
+def test_cpu_queries_match_a_live_qemu(tmp_path):
+    from guest import QEMU, kvmkit_command
+
+    commands = [
+        ("query-cpu-definitions", {}),
+        ("query-cpu-model-expansion", {"type": "full", "model": {"name": "qemu64"}}),
+        ("query-cpu-model-expansion", {"type": "static", "model": {
+            "name": "qemu64", "props": {"vendor": "GenuineIntel", "x2apic": False,
+                                        "pcid": True}}}),
+        ("query-cpu-model-expansion", {"type": "full", "model": {"name": "nosuch"}}),
+        ("query-cpu-model-expansion", {"type": "sideways", "model": {"name": "qemu64"}}),
+    ]
+    ours = _qmp_answers(kvmkit_command(), tmp_path, commands)
+    theirs = _qmp_answers([QEMU, "-accel", "kvm"], tmp_path, commands)
+    wanted = {d["name"]: d for d in theirs[0]["return"]}
+    assert [d for d in ours[0]["return"]] == [wanted[d["name"]] for d in ours[0]["return"]]
+    for mine, qemu in zip(ours[1:3], theirs[1:3]):
+        assert mine["return"]["model"]["name"] == qemu["return"]["model"]["name"]
+        props, reference = mine["return"]["model"]["props"], qemu["return"]["model"]["props"]
+        assert len(props) > 150
+        assert {k: v for k, v in props.items() if reference.get(k) != v} == {}
+    assert ours[3:] == theirs[3:]

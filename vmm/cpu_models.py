@@ -34,23 +34,24 @@ _bits(7, EBX, "fsgsbase tsc-adjust sgx bmi1 hle avx2 - smep bmi2 erms invpcid rt
       "avx512f avx512dq rdseed adx smap avx512ifma pcommit clflushopt clwb intel-pt "
       "avx512pf avx512er avx512cd sha-ni avx512bw avx512vl")
 _bits(7, ECX, "- avx512vbmi umip pku - waitpkg avx512vbmi2 - gfni vaes vpclmulqdq avx512vnni "
-      "avx512bitalg - avx512-vpopcntdq - la57 - - - - rdpid")
-_bits(0x80000001, EDX, "- - - - - - - - - - - syscall - - - - - - - mp nx - mmxext - "
+      "avx512bitalg - avx512-vpopcntdq - la57 - - - - - rdpid")
+_bits(0x80000001, EDX, "- - - - - - - - - - - syscall - - - - - - - - nx - mmxext - - "
       "fxsr-opt pdpe1gb rdtscp - lm 3dnowext 3dnow")
 _bits(0x80000001, ECX, "lahf-lm cmp-legacy svm extapic cr8legacy abm sse4a misalignsse "
       "3dnowprefetch osvw ibs xop skinit wdt - lwp fma4 tce - nodeid-msr - tbm topoext")
-_bits(0x80000008, EBX, "clzero - xrstor-fp-err - rdpru")
+_bits(0x80000008, EBX, "clzero - xsaveerptr")
 _bits(0x8000000A, EDX, "npt lbrv svm-lock nrip-save tsc-scale vmcb-clean flushbyasid "
       "decodeassists")
-_bits(0x40000001, EAX, "kvmclock kvm-nopiodelay kvm-mmu kvmclock-dup kvm-asyncpf "
-      "kvm-steal-time kvm-pv-eoi kvm-pv-unhalt - kvm-pv-tlb-flush kvm-asyncpf-vmexit "
+# bit 3 is kvmclock's second (new MSRs) bit: QEMU's 'kvmclock' property sets both
+_bits(0x40000001, EAX, "kvmclock kvm-nopiodelay kvm-mmu - kvm-asyncpf "
+      "kvm-steal-time kvm-pv-eoi kvm-pv-unhalt - kvm-pv-tlb-flush - "
       "kvm-pv-ipi kvm-poll-control kvm-pv-sched-yield kvm-asyncpf-int kvm-msi-ext-dest-id")
 FEATURES["kvmclock-stable-bit"] = (0x40000001, 0, EAX, 24)
-FEATURES["sse3"] = FEATURES["pni"]
-FEATURES["sse4_1"] = FEATURES["sse4.1"]
-FEATURES["sse4_2"] = FEATURES["sse4.2"]
+# QEMU's other names for three features (its static model expansion omits them)
+ALIASES = {"sse3": "pni", "sse4_1": "sse4.1", "sse4_2": "sse4.2"}
+FEATURES.update({alias: FEATURES[name] for alias, name in ALIASES.items()})
 _bits(7, EDX, "- - avx512-4vnniw avx512-4fmaps fsrm - - - avx512-vp2intersect - md-clear - - "
-      "- - serialize - tsx-ldtrk - - - avx512-fp16 - - - - spec-ctrl stibp - "
+      "- serialize - tsx-ldtrk - - - - - - avx512-fp16 - - spec-ctrl stibp - "
       "arch-capabilities core-capability ssbd")
 
 # CPUID.1:EDX bits that AMD repeats in CPUID.80000001h:EDX (QEMU's CPUID_EXT2_AMD_ALIASES)
@@ -76,7 +77,8 @@ class CpuModel:
 
 QEMU64 = CpuModel(
     "qemu64", "AuthenticAMD", 15, 107, 1, 0xD, 0x8000000A, "QEMU Virtual CPU version 2.5+",
-    {(1, EDX): 0x078BFBFD, (1, ECX): (1 << 0) | (1 << 13) | (1 << 21),   # sse3 cx16 x2apic
+    {(1, EDX): 0x078BFBFD,
+     (1, ECX): (1 << 0) | (1 << 13) | (1 << 21) | (1 << 31),  # sse3 cx16 x2apic hypervisor
      (0x80000001, EDX): (1 << 11) | (1 << 20) | (1 << 29),               # syscall nx lm
      (0x80000001, ECX): 1 << 0,                                          # lahf_lm
      (0x40000001, EAX): QEMU_KVM_FEATURES})
@@ -165,8 +167,9 @@ def _string_leaves(text: str) -> list[tuple[int, int, int, int]]:
 
 
 def model_cpuid(cfg: CpuConfig, supported: list[CpuidEntry],
-                warn=lambda message: None) -> list[CpuidEntry]:
-    """The CPUID table of the model before per-vCPU topology, masked by KVM support."""
+                warn=lambda message: None, masked: bool = True) -> list[CpuidEntry]:
+    """The CPUID table of the model before per-vCPU topology, masked by KVM support
+    (unmasked: the features the model asks for, as QEMU's model expansion lists them)."""
     kvm = {(e.function, e.index): e for e in supported}
 
     def host(leaf: int, reg: str, index: int = 0) -> int:
@@ -185,7 +188,7 @@ def model_cpuid(cfg: CpuConfig, supported: list[CpuidEntry],
         wanted[(leaf, reg)] = value | (1 << bit) if name in cfg.plus else value & ~(1 << bit)
     vendor = cfg.vendor or (QEMU64.vendor if cfg.model == "qemu64" else None)
     for (leaf, reg), bits in sorted(wanted.items()):
-        missing = bits & ~host(leaf, reg)
+        missing = bits & ~host(leaf, reg) if masked else 0
         if leaf == 1 and reg == ECX:
             missing &= ~(1 << 31)                # the hypervisor bit is ours to give
         for bit in range(32):
@@ -273,3 +276,38 @@ def mcg_cap(table: list[CpuidEntry], supported: tuple[int, int]) -> int:
     if leaf1 is None or leaf1.edx & mce_mca != mce_mca or not max_banks:
         return 0
     return ((MCG_CTL_P | MCG_SER_P) & caps) | min(max_banks, MCE_BANKS)
+
+
+def unavailable_features(cfg: CpuConfig, supported: list[CpuidEntry]) -> list[str]:
+    """The features the model asks for that KVM cannot give (query-cpu-definitions)."""
+    missing: list[str] = []
+    model_cpuid(cfg, supported, lambda message: missing.append(message.split(".")[-1]
+                                                               .split(" ")[0]))
+    return missing
+
+
+def expand(cfg: CpuConfig, supported: list[CpuidEntry]) -> dict[str, object]:
+    """query-cpu-model-expansion: each feature's state in the table a guest gets, and
+    the model's identity properties."""
+    table = {(e.function, e.index): e for e in model_cpuid(cfg, supported, masked=False)}
+    props: dict[str, object] = {}
+    for name, (leaf, index, reg, bit) in FEATURES.items():
+        entry = table.get((leaf, index))
+        props[name] = bool(entry and getattr(entry, reg) >> bit & 1)
+    leaf0, leaf1 = table.get((0, 0)), table.get((1, 0))
+    if leaf0 is not None and leaf1 is not None:
+        vendor = b"".join(getattr(leaf0, r).to_bytes(4, "little") for r in ("ebx", "edx", "ecx"))
+        eax = leaf1.eax
+        props.update({
+            "vendor": vendor.decode(errors="replace"), "level": leaf0.eax,
+            "family": ((eax >> 8) & 0xF) + ((eax >> 20) & 0xFF),
+            "model": ((eax >> 4) & 0xF) | ((eax >> 12) & 0xF0), "stepping": eax & 0xF})
+    ext = table.get((0x80000000, 0))
+    if ext is not None:
+        props["xlevel"] = ext.eax
+    brand = [table.get((0x80000002 + i, 0)) for i in range(3)]
+    if all(brand):
+        raw = b"".join(getattr(e, r).to_bytes(4, "little") for e in brand
+                       for r in ("eax", "ebx", "ecx", "edx"))
+        props["model-id"] = raw.split(b"\0")[0].decode(errors="replace").strip()
+    return props

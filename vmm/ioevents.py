@@ -28,9 +28,10 @@ class IoEvents:
         self._lock = lock
         self._registered: dict[int, tuple] = {}        # fd -> ioeventfd arguments
 
-    def add(self, addr: int, length: int, callback: Callable[[], None], pio: bool = False,
-            datamatch: int | None = None) -> int | None:
-        """Returns a key for remove(), or None when the exit path must do."""
+    def add(self, addr: int, length: int, callback: Callable[[], None] | None,
+            pio: bool = False, datamatch: int | None = None) -> int | None:
+        """Returns a key for remove(), or None when the exit path must do. Without a
+        callback the writes are only absorbed by KVM: nothing reads the eventfd."""
         loop = self._loop()
         if loop is None:
             return None
@@ -42,7 +43,8 @@ class IoEvents:
             log.warning("ioeventfd at 0x%x not available (%s): using exits", addr, e)
             return None
         self._registered[fd] = (addr, length, pio, datamatch)
-        loop.call_soon_threadsafe(loop.add_reader, fd, self._signalled, fd, callback)
+        if callback is not None:
+            loop.call_soon_threadsafe(loop.add_reader, fd, self._signalled, fd, callback)
         return fd
 
     def remove(self, fd: int | None) -> None:

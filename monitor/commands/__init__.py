@@ -4,6 +4,7 @@ from monitor.commands import (  # noqa: F401
     balloon,
     block,
     core,
+    cpu,
     devices,
     fds,
     hmp,

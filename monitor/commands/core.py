@@ -107,7 +107,7 @@ MACHINE_INFO = Struct("MachineInfo", (
 def query_machines(ctx):
     return [{"name": "pc-i440fx-7.2", "alias": "pc", "is-default": True, "cpu-max": 255,
              "hotpluggable-cpus": False, "numa-mem-supported": False, "deprecated": False,
-             "default-cpu-type": "host-x86_64-cpu", "default-ram-id": "pc.ram"}]
+             "default-cpu-type": "qemu64-x86_64-cpu", "default-ram-id": "pc.ram"}]
 
 
 def cpu_props(index: int) -> dict:
@@ -127,7 +127,8 @@ def query_cpus_fast(ctx):
     Member("type", STR), Member("vcpus-count", INT), Member("props", CPU_PROPS),
     Member("qom-path", STR, True)))))
 def query_hotpluggable_cpus(ctx):
-    return [{"type": "host-x86_64-cpu", "vcpus-count": 1, "props": cpu_props(i),
+    model = ctx.machine.cfg.cpu.model
+    return [{"type": f"{model}-x86_64-cpu", "vcpus-count": 1, "props": cpu_props(i),
              "qom-path": f"/machine/unattached/device[{i}]"}
             for i in range(len(ctx.machine.vcpus))]
 

@@ -90,7 +90,7 @@ class PciConfigPorts:
             return None, 0
         slot = (self.address >> 11) & 0x1F
         function = (self.address >> 8) & 0x7
-        return self.bus.find(slot, function), self.address & 0xFC
+        return self.bus.find(slot, function), self.address & 0xFF
 
     def bus_read(self, offset: int, size: int) -> int:
         if offset == 0 and size == 4:
@@ -100,12 +100,14 @@ class PciConfigPorts:
         if offset >= 4:
             device, register = self._target()
             if device is not None:
-                return device.config_read(register + offset - 4, size)
+                return device.config_read(register | (offset - 4), size)
         return (1 << (8 * size)) - 1
 
     def bus_write(self, offset: int, size: int, value: int) -> None:
         if offset == 0 and size == 4:
-            self.address = value & 0x80FFFFFC
+            # QEMU keeps the low bits: they select the byte, ORed with the data
+            # port's offset (kvm-unit-tests writes reg 2, then reads a word at 0xCFC)
+            self.address = value & 0x80FFFFFF
         elif offset == RESET_CONTROL_OFFSET and size == 1:
             if value & 0x04:  # RST_CPU
                 self.reset_control = 0
@@ -115,4 +117,4 @@ class PciConfigPorts:
         elif offset >= 4:
             device, register = self._target()
             if device is not None:
-                device.config_write(register + offset - 4, size, value)
+                device.config_write(register | (offset - 4), size, value)

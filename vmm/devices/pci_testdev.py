@@ -102,7 +102,7 @@ class PciTestdev(PciDevice):
     def _arm(self, test: _Test) -> None:
         base = self.bar_addresses[1 if test.is_io else 0]
         if test.uses_eventfd and base is not None and self.ioevents is not None:
-            test.ioevent = self.ioevents.add(base + test.offset, 1, lambda: None,
+            test.ioevent = self.ioevents.add(base + test.offset, 1, None,
                                              pio=test.is_io,
                                              datamatch=test.data if test.match_data else None)
 
