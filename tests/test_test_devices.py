@@ -67,7 +67,8 @@ def test_pc_testdev_scratch_irq_flush_and_iomem():
     irq = pio.maps[pc_testdev.IRQ_PORT][1]
     irq.bus_write(10, 1, 5)
     irq.bus_write(10, 1, 0)
-    assert irqs == [(10, 1), (10, 0)]
+    irq.bus_write(11, 4, 0x00000001)                 # a byte per line, as QEMU splits it
+    assert irqs == [(10, 1), (10, 0), (11, 1), (12, 0), (13, 0), (14, 0)]
     pio.maps[pc_testdev.FLUSH_PORT][1].bus_write(0, 4, 0x12345678)
     assert flushed == [0x12345000]
     iomem = mmio.maps[pc_testdev.IOMEM_ADDR][1]

@@ -54,6 +54,21 @@ struct kvm_lapic_state { char regs[1024]; };
 struct kvm_mp_state { __u32 mp_state; };
 struct kvm_pit_config { __u32 flags; ...; };
 struct kvm_reinject_control { __u8 pit_reinject; ...; };
+struct kvm_pic_state {
+    __u8 last_irr; __u8 irr; __u8 imr; __u8 isr; __u8 priority_add; __u8 irq_base;
+    __u8 read_reg_select; __u8 poll; __u8 special_mask; __u8 init_state; __u8 auto_eoi;
+    __u8 rotate_on_auto_eoi; __u8 special_fully_nested_mode; __u8 init4; __u8 elcr;
+    __u8 elcr_mask;
+};
+/* the chip union is reached through IRQCHIP_CHIP (cffi cannot complete an anonymous
+   union whose other members it is not told about) */
+struct kvm_irqchip { __u32 chip_id; ...; };
+struct kvm_pit_channel_state {
+    __u32 count; __u16 latched_count; __u8 count_latched; __u8 status_latched;
+    __u8 status; __u8 read_state; __u8 write_state; __u8 write_latch; __u8 rw_mode;
+    __u8 mode; __u8 bcd; __u8 gate; ...;
+};
+struct kvm_pit_state2 { struct kvm_pit_channel_state channels[3]; __u32 flags; ...; };
 struct kvm_irq_level { __u32 irq; __u32 level; ...; };
 struct kvm_irq_routing_irqchip { __u32 irqchip; __u32 pin; };
 struct kvm_irq_routing_msi { __u32 address_lo; __u32 address_hi; __u32 data; __u32 pad; };
@@ -83,6 +98,10 @@ struct kvm_msi { __u32 address_lo; __u32 address_hi; __u32 data; __u32 flags; __
 #define KVM_SET_IDENTITY_MAP_ADDR ...
 #define KVM_CREATE_IRQCHIP ...
 #define KVM_CREATE_PIT2 ...
+#define KVM_GET_IRQCHIP ...
+#define KVM_SET_IRQCHIP ...
+#define KVM_GET_PIT2 ...
+#define KVM_SET_PIT2 ...
 #define KVM_X86_GET_MCE_CAP_SUPPORTED ...
 #define KVM_X86_SETUP_MCE ...
 #define KVM_REINJECT_CONTROL ...
@@ -154,6 +173,7 @@ struct kvm_msi { __u32 address_lo; __u32 address_hi; __u32 data; __u32 flags; __
 
 /* Offsets into struct kvm_run, for struct.unpack_from on the shared page. */
 static const int RUN_IMMEDIATE_EXIT;
+static const int IRQCHIP_CHIP;
 static const int RUN_EXIT_REASON;
 static const int RUN_IO_DIRECTION;
 static const int RUN_IO_SIZE;
@@ -182,6 +202,7 @@ SOURCE = r"""
 #include <linux/kvm.h>
 
 static const int RUN_IMMEDIATE_EXIT = offsetof(struct kvm_run, immediate_exit);
+static const int IRQCHIP_CHIP = offsetof(struct kvm_irqchip, chip);
 static const int RUN_EXIT_REASON = offsetof(struct kvm_run, exit_reason);
 static const int RUN_IO_DIRECTION = offsetof(struct kvm_run, io.direction);
 static const int RUN_IO_SIZE = offsetof(struct kvm_run, io.size);

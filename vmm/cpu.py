@@ -192,3 +192,37 @@ def fpu_from_xsave(xsave) -> FpuState:
     mxcsr = struct.unpack_from("<I", raw, 24)[0]
     return FpuState(fcw, fsw, ftwx, mxcsr, [raw[32 + 16 * i:48 + 16 * i] for i in range(8)],
                     [raw[160 + 16 * i:176 + 16 * i] for i in range(16)])
+
+
+# MSR values at power-on and reset, as QEMU's x86_cpu_reset leaves them (the guest
+# may have changed them before a reset; KVM alone sets them only at vCPU creation).
+PAT_DEFAULT = 0x0007040600070406
+MISC_ENABLE_FAST_STRING = 1
+RESET_MSRS = {
+    0x10: 0,                         # TSC: counts from 0 again
+    0x3B: 0,                         # TSC_ADJUST
+    0x6E0: 0,                        # TSC_DEADLINE
+    0x174: 0, 0x175: 0, 0x176: 0,    # SYSENTER_CS/ESP/EIP
+    0x277: PAT_DEFAULT,
+    0x1A0: MISC_ENABLE_FAST_STRING,
+    0x17A: 0,                        # MCG_STATUS
+    0xC0000081: 0, 0xC0000082: 0, 0xC0000083: 0, 0xC0000084: 0,   # STAR LSTAR CSTAR FMASK
+    0xC0000102: 0,                   # KERNEL_GS_BASE
+    0x4B564D00: 0, 0x4B564D01: 0,    # kvmclock: wall clock, system time
+    0x4B564D02: 0, 0x4B564D03: 0, 0x4B564D04: 0,   # async PF, steal time, PV EOI
+}
+MCG_CTL = 0x17B
+MC0_CTL = 0x400
+
+
+def reset_msrs(vcpu: Vcpu, known: set[int], mcg_cap: int) -> None:
+    """Writes the reset values of the MSRs this KVM saves and restores; with machine
+    checks, every bank enabled (MCi_CTL all ones) and MCG_CTL too, as QEMU."""
+    values = {index: value for index, value in RESET_MSRS.items() if index in known}
+    if mcg_cap:
+        if mcg_cap & (1 << 8):
+            values[MCG_CTL] = (1 << 64) - 1
+        for bank in range(mcg_cap & 0xFF):
+            values[MC0_CTL + 4 * bank] = (1 << 64) - 1
+            values[MC0_CTL + 4 * bank + 1] = 0          # MCi_STATUS
+    vcpu.set_msrs(values)

@@ -122,6 +122,24 @@ class Vm:
         cfg = ffi.new("struct kvm_pit_config *", {"flags": lib.KVM_PIT_SPEAKER_DUMMY})
         self._ioctl(lib.KVM_CREATE_PIT2, cfg, "KVM_CREATE_PIT2")
 
+    def get_irqchip(self, chip_id: int):
+        """The in-kernel PIC's state (chip 0 master, 1 slave): (buffer, kvm_pic_state)."""
+        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
+        self._ioctl(lib.KVM_GET_IRQCHIP, chip, "KVM_GET_IRQCHIP")
+        pic = ffi.cast("struct kvm_pic_state *", ffi.cast("char *", chip) + lib.IRQCHIP_CHIP)
+        return chip, pic
+
+    def set_irqchip(self, chip) -> None:
+        self._ioctl(lib.KVM_SET_IRQCHIP, chip, "KVM_SET_IRQCHIP")
+
+    def get_pit2(self):
+        state = ffi.new("struct kvm_pit_state2 *")
+        self._ioctl(lib.KVM_GET_PIT2, state, "KVM_GET_PIT2")
+        return state
+
+    def set_pit2(self, state) -> None:
+        self._ioctl(lib.KVM_SET_PIT2, state, "KVM_SET_PIT2")
+
     def set_pit_reinject(self, reinject: bool) -> None:
         """Off: ticks the guest missed are dropped (QEMU's lost_tick_policy=discard)."""
         req = ffi.new("struct kvm_reinject_control *", {"pit_reinject": int(reinject)})

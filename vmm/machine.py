@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmm import cpu as cpustate
-from vmm.boot import acpi, layout, linux, multiboot
+from vmm.boot import acpi, firmware, layout, linux, multiboot
 from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
 from vmm.bus import Bus
 from vmm.chardev import (
@@ -595,7 +595,8 @@ class Machine:
             table = model_cpuid(self.cfg.cpu, self.kvm.supported_cpuid(), log.warning)
         except CpuModelError as e:
             raise MachineError(str(e)) from None
-        machine_check = mcg_cap(table, self.kvm.mce_cap_supported())
+        self._mcg_cap = machine_check = mcg_cap(table, self.kvm.mce_cap_supported())
+        self._saved_msrs = set(self.kvm.msr_index_list())
         self.vcpus: list[VcpuThread] = []
         self._initial_state = []
         for index in range(self.cfg.cpus):
@@ -633,8 +634,13 @@ class Machine:
             vcpu.set_regs(regs)
             vcpu.set_xsave(xsave)
             vcpu.set_lapic(lapic)
+            cpustate.reset_msrs(vcpu, self._saved_msrs, self._mcg_cap)
             vcpu.set_mp_state(lib.KVM_MP_STATE_RUNNABLE if index == 0
                               else lib.KVM_MP_STATE_UNINITIALIZED)
+        firmware.write_ivt(self.memory)
+        firmware.program_pics(self.vm)
+        if self.cfg.pit:
+            firmware.program_pit(self.vm)
         self.acpi_tables = acpi.write_tables(self.memory, self.cfg.cpus)
         try:
             self.boot_plan = load_kernel(self.memory, self.boot_files, self.cfg.append,

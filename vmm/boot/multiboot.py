@@ -148,37 +148,39 @@ def load(mem: GuestMemory, kernel: bytes, header: tuple[int, int], kernel_name: 
         return addr
 
     cmdline_addrs = [add_string(raw) for raw in module_cmdlines]
-    module_addr = info_start + _page_align(len(tables) + sum(map(len, module_cmdlines))
-                                           + len(kernel_cmdline) + len(BOOTLOADER_NAME))
-    try:
-        mem.write(load_addr, image)
-        for i, module in enumerate(modules):
-            mem.write(module_addr, module.data)
-            struct.pack_into("<III", tables, i * MODULE_ENTRY_SIZE, module_addr,
-                             module_addr + len(module.data), cmdline_addrs[i])
-            module_addr += _page_align(len(module.data))
-        cmdline_addr = add_string(kernel_cmdline)
-        loader_addr = add_string(BOOTLOADER_NAME)
-        mem.write(info_start, bytes(tables) + bytes(strings))
-        mmap_length = _write_mmap(mem)
-    except GuestMemoryError:
-        raise MultibootError("multiboot kernel and modules do not fit in guest RAM") from None
+    cmdline_addr = add_string(kernel_cmdline)
+    loader_addr = add_string(BOOTLOADER_NAME)
+    module_addr = info_start + _page_align(len(tables) + len(strings))
+    for i, module in enumerate(modules):
+        struct.pack_into("<III", tables, i * MODULE_ENTRY_SIZE, module_addr,
+                         module_addr + len(module.data), cmdline_addrs[i])
+        module_addr += _page_align(len(module.data))
     info = bytearray(INFO_SIZE)
     struct.pack_into("<IIIIIII", info, 0, INFO_FLAGS, layout.EBDA_START // 1024,
                      (mem.below_4g - layout.HIGH_MEMORY) // 1024, BOOT_DEVICE_NONE,
                      cmdline_addr, len(modules), info_start)
-    struct.pack_into("<II", info, 44, mmap_length, MMAP_ADDR)
+    mmap = _mmap(mem)
+    struct.pack_into("<II", info, 44, len(mmap), MMAP_ADDR)
     struct.pack_into("<I", info, 64, loader_addr)
-    mem.write(INFO_ADDR, info)
+    try:
+        # QEMU's option ROM writes the info and the memory map first and copies the
+        # kernel last: a kernel loaded over 0x9000 (kvm-unit-tests' realmode) wins.
+        mem.write(INFO_ADDR, info)
+        mem.write(MMAP_ADDR, mmap)
+        mem.write(load_addr, image)
+        mem.write(info_start, bytes(tables) + bytes(strings))
+        for i, module in enumerate(modules):
+            start = struct.unpack_from("<I", tables, i * MODULE_ENTRY_SIZE)[0]
+            mem.write(start, module.data)
+    except GuestMemoryError:
+        raise MultibootError("multiboot kernel and modules do not fit in guest RAM") from None
     return entry, INFO_ADDR
 
 
-def _write_mmap(mem: GuestMemory) -> int:
+def _mmap(mem: GuestMemory) -> bytes:
     """The e820 map in multiboot's form (a size word before each entry)."""
-    raw = b"".join(struct.pack("<IQQI", 20, e.addr, e.size, e.type)
-                   for e in layout.e820_map(mem.below_4g, mem.above_4g))
-    mem.write(MMAP_ADDR, raw)
-    return len(raw)
+    return b"".join(struct.pack("<IQQI", 20, e.addr, e.size, e.type)
+                    for e in layout.e820_map(mem.below_4g, mem.above_4g))
 
 
 def _page_align(n: int) -> int:

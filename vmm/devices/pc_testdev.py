@@ -4,7 +4,8 @@
   0xe8 (4 ports) is the same register taken a byte at a time;
 * 0xe4: a 32-bit write of a guest-physical address takes that page's host
   mapping away and back, so KVM must fault it in again;
-* 0x2000 + N (24 ports): a byte write sets ISA IRQ line N to the value's truth;
+* 0x2000 + N (24 ports): a byte written sets ISA IRQ line N to the byte's truth (a
+  wider write, one line per byte);
 * 0xff000000 (64 KiB of MMIO): plain scratch memory.
 """
 
@@ -61,8 +62,10 @@ class IrqLines:
         return (1 << (8 * size)) - 1
 
     def bus_write(self, offset: int, size: int, value: int) -> None:
-        if size == 1:
-            self.set_irq(offset, 1 if value & 0xFF else 0)
+        # QEMU takes these ports a byte at a time: a wider write sets one line per byte
+        for i in range(size):
+            if offset + i < IRQ_LINES:
+                self.set_irq(offset + i, 1 if (value >> (8 * i)) & 0xFF else 0)
 
 
 class IoMem:
