@@ -127,6 +127,21 @@ def set_protected_mode_state(vcpu: Vcpu, entry: int, gdt: int, *, eax: int = 0,
     vcpu.set_regs(regs)
 
 
+def set_real_mode_entry(vcpu: Vcpu, address: int) -> None:
+    """Real mode at ``address`` as seg:off (seg = address >> 4), data segments at 0: how
+    SeaBIOS enters an OS's S3 waking vector. The vCPU is otherwise as after reset."""
+    sregs = vcpu.get_sregs()
+    segment = address >> 4
+    sregs.cs.selector, sregs.cs.base = segment, segment << 4
+    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        seg.selector, seg.base = 0, 0
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rip = address & 0xF
+    regs.rflags = 0x2
+    vcpu.set_regs(regs)
+
+
 def set_long_mode_state(vcpu: Vcpu, entry: int, boot_params: int, pml4: int, gdt: int,
                         gdt_limit: int) -> None:
     """Linux 64-bit boot protocol: long mode, identity paging, rsi = boot_params."""

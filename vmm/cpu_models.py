@@ -75,15 +75,35 @@ class CpuModel:
     features: dict[tuple[int, str], int]        # (leaf, register) -> bits
 
 
-QEMU64 = CpuModel(
-    "qemu64", "AuthenticAMD", 15, 107, 1, 0xD, 0x8000000A, "QEMU Virtual CPU version 2.5+",
-    {(1, EDX): 0x078BFBFD,
-     (1, ECX): (1 << 0) | (1 << 13) | (1 << 21) | (1 << 31),  # sse3 cx16 x2apic hypervisor
-     (0x80000001, EDX): (1 << 11) | (1 << 20) | (1 << 29),               # syscall nx lm
-     (0x80000001, ECX): 1 << 0,                                          # lahf_lm
-     (0x40000001, EAX): QEMU_KVM_FEATURES})
+# What QEMU adds to every named model under KVM: x2apic, the hypervisor bit and its
+# paravirtual features (kvm_default_props)
+KVM_DEFAULTS = {(1, ECX): (1 << 21) | (1 << 31), (0x40000001, EAX): QEMU_KVM_FEATURES}
+
+NAMED_MODELS = {model.name: model for model in (
+    CpuModel("qemu64", "AuthenticAMD", 15, 107, 1, 0xD, 0x8000000A,
+             "QEMU Virtual CPU version 2.5+",
+             {(1, EDX): 0x078BFBFD,
+              (1, ECX): (1 << 0) | (1 << 13),                            # sse3 cx16
+              (0x80000001, EDX): (1 << 11) | (1 << 20) | (1 << 29),      # syscall nx lm
+              (0x80000001, ECX): 1 << 0}),                               # lahf_lm
+    CpuModel("Opteron_G1", "AuthenticAMD", 15, 6, 1, 5, 0x80000008,
+             "AMD Opteron 240 (Gen 1 Class Opteron)",
+             {(1, EDX): 0x078BFBFF,
+              (1, ECX): 1 << 0,                                          # sse3
+              (0x80000001, EDX): (1 << 11) | (1 << 20) | (1 << 29)}),   # syscall nx lm
+)}
 PASSTHROUGH_MODELS = ("host", "max")
-MODEL_NAMES = ("qemu64",) + PASSTHROUGH_MODELS
+MODEL_NAMES = tuple(NAMED_MODELS) + PASSTHROUGH_MODELS
+DESCRIPTIONS = {"host": "KVM processor with all supported host features",
+                "max": "Enables all features supported by the accelerator in the current host",
+                **{m.name: m.model_id for m in NAMED_MODELS.values()}}
+
+
+def _model_features(model: CpuModel) -> dict[tuple[int, str], int]:
+    features = dict(model.features)
+    for key, bits in KVM_DEFAULTS.items():
+        features[key] = features.get(key, 0) | bits
+    return features
 
 
 class CpuModelError(ValueError):
@@ -180,13 +200,15 @@ def model_cpuid(cfg: CpuConfig, supported: list[CpuidEntry],
         entries = {(e.function, e.index): e for e in supported}
         wanted: dict[tuple[int, str], int] = {}
     else:
-        entries, wanted = _qemu64_leaves(QEMU64, kvm), dict(QEMU64.features)
+        named = NAMED_MODELS[cfg.model]
+        entries, wanted = _named_model_leaves(named, kvm), _model_features(named)
     for name in cfg.plus | cfg.minus:
         leaf, _, reg, bit = FEATURES[name]
         value = wanted.get((leaf, reg), host(leaf, reg) if cfg.model in PASSTHROUGH_MODELS
                            else 0)
         wanted[(leaf, reg)] = value | (1 << bit) if name in cfg.plus else value & ~(1 << bit)
-    vendor = cfg.vendor or (QEMU64.vendor if cfg.model == "qemu64" else None)
+    vendor = cfg.vendor or (NAMED_MODELS[cfg.model].vendor if cfg.model in NAMED_MODELS
+                            else None)
     for (leaf, reg), bits in sorted(wanted.items()):
         missing = bits & ~host(leaf, reg) if masked else 0
         if leaf == 1 and reg == ECX:
@@ -212,7 +234,7 @@ def model_cpuid(cfg: CpuConfig, supported: list[CpuidEntry],
     return [entries[key] for key in sorted(entries)]
 
 
-def _qemu64_leaves(model: CpuModel, kvm: dict) -> dict[tuple[int, int], CpuidEntry]:
+def _named_model_leaves(model: CpuModel, kvm: dict) -> dict[tuple[int, int], CpuidEntry]:
     fms = ((model.family - 0xF if model.family > 0xF else 0) << 20) | \
         ((model.model >> 4) << 16) | (min(model.family, 0xF) << 8) | \
         ((model.model & 0xF) << 4) | model.stepping
@@ -237,8 +259,10 @@ def _qemu64_leaves(model: CpuModel, kvm: dict) -> dict[tuple[int, int], CpuidEnt
     for (function, index), entry in kvm.items():       # caches and topology: KVM's
         if function in (2, 4, 0xB) and function <= model.level:
             leaves[(function, index)] = entry
-    leaves[(7, 0)] = CpuidEntry(7, 0, 1, 0, 0, 0, 0)
-    return leaves
+    if model.level >= 7:
+        leaves[(7, 0)] = CpuidEntry(7, 0, 1, 0, 0, 0, 0)
+    return {key: entry for key, entry in leaves.items()
+            if key[0] < 0x80000000 or key[0] <= model.xlevel}
 
 
 def _leaf_name(leaf: int) -> str:
@@ -254,28 +278,9 @@ def _name_of(leaf: int, reg: str, bit: int) -> str:
 
 def help_text() -> str:
     """-cpu help: the models kvmkit has, in QEMU's layout."""
-    descriptions = {"qemu64": "QEMU Virtual CPU version 2.5+",
-                    "host": "KVM processor with all supported host features",
-                    "max": "Enables all features supported by the accelerator in the current host"}
     lines = ["Available CPUs:"]
-    lines += [f"x86 {name:<30} {descriptions[name]}" for name in sorted(MODEL_NAMES)]
+    lines += [f"x86 {name:<30} {DESCRIPTIONS[name]}" for name in sorted(MODEL_NAMES)]
     return "\n".join(lines) + "\n"
-
-
-MCG_CTL_P = 1 << 8
-MCG_SER_P = 1 << 24
-MCE_BANKS = 10           # QEMU's MCE_BANKS_DEF
-
-
-def mcg_cap(table: list[CpuidEntry], supported: tuple[int, int]) -> int:
-    """QEMU's MCG_CAP for a CPU with MCE and MCA: MCG_CTL_P and MCG_SER_P, 10 banks,
-    as far as KVM supports them; 0 (no machine check set-up) otherwise."""
-    caps, max_banks = supported
-    leaf1 = next((e for e in table if e.function == 1 and e.index == 0), None)
-    mce_mca = (1 << 7) | (1 << 14)
-    if leaf1 is None or leaf1.edx & mce_mca != mce_mca or not max_banks:
-        return 0
-    return ((MCG_CTL_P | MCG_SER_P) & caps) | min(max_banks, MCE_BANKS)
 
 
 def unavailable_features(cfg: CpuConfig, supported: list[CpuidEntry]) -> list[str]:
@@ -311,3 +316,19 @@ def expand(cfg: CpuConfig, supported: list[CpuidEntry]) -> dict[str, object]:
                        for r in ("eax", "ebx", "ecx", "edx"))
         props["model-id"] = raw.split(b"\0")[0].decode(errors="replace").strip()
     return props
+
+
+MCG_CTL_P = 1 << 8
+MCG_SER_P = 1 << 24
+MCE_BANKS = 10           # QEMU's MCE_BANKS_DEF
+
+
+def mcg_cap(table: list[CpuidEntry], supported: tuple[int, int]) -> int:
+    """QEMU's MCG_CAP for a CPU with MCE and MCA: MCG_CTL_P and MCG_SER_P, 10 banks,
+    as far as KVM supports them; 0 (no machine check set-up) otherwise."""
+    caps, max_banks = supported
+    leaf1 = next((e for e in table if e.function == 1 and e.index == 0), None)
+    mce_mca = (1 << 7) | (1 << 14)
+    if leaf1 is None or leaf1.edx & mce_mca != mce_mca or not max_banks:
+        return 0
+    return ((MCG_CTL_P | MCG_SER_P) & caps) | min(max_banks, MCE_BANKS)

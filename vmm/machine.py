@@ -36,7 +36,7 @@ from vmm.cpu_models import CpuModelError, mcg_cap, model_cpuid
 from vmm.device_models import DeviceError, resolve, validate
 from vmm.devices import fw_cfg
 from vmm.devices.acpi_pcihp import PCIHP_BASE, PCIHP_LEN, PciHotplug
-from vmm.devices.acpi_pm import SCI_IRQ, AcpiPm
+from vmm.devices.acpi_pm import SCI_IRQ, SLP_TYP_S3, AcpiPm
 from vmm.devices.debug_exit import IsaDebugExit
 from vmm.devices.e1000 import E1000
 from vmm.devices.fw_cfg import FwCfg
@@ -53,7 +53,7 @@ from vmm.devices.i440fx import (
 from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
 from vmm.devices.pc_testdev import PcTestdev
 from vmm.devices.pci_testdev import PciTestdev
-from vmm.devices.rtc import Rtc
+from vmm.devices.rtc import SHUTDOWN_STATUS, SHUTDOWN_STATUS_S3_RESUME, Rtc
 from vmm.devices.rtl8139 import Rtl8139
 from vmm.devices.serial import COM_PORTS, Serial16550
 from vmm.devices.virtio_balloon import VirtioBalloon
@@ -236,7 +236,9 @@ class Machine:
         self.i8042 = I8042(self.request_guest_reset)
         self.pio.map(DATA_PORT, 1, self.i8042.port(DATA_PORT))
         self.pio.map(COMMAND_PORT, 1, self.i8042.port(COMMAND_PORT))
-        self.rtc = Rtc(self.memory.below_4g, self.memory.above_4g, self.cfg.cpus)
+        self.rtc = Rtc(self.memory.below_4g, self.memory.above_4g, self.cfg.cpus,
+                       set_irq=self.set_irq, timer_factory=self.device_timer,
+                       alarm_wakeup=self._rtc_alarm)
         self.pio.map(0x70, 2, self.rtc)
         self.fw_cfg = FwCfg(self.memory.size, self.cfg.cpus, self.cfg.uuid,
                             layout.e820_map(self.memory.below_4g, self.memory.above_4g),
@@ -250,7 +252,8 @@ class Machine:
         ide = Piix3Ide()
         ide.add_bar(4, 16, "io", NullBarDevice())
         self.pci.plug(ide, 1, 1)
-        self.pm = AcpiPm(lambda level: self.set_irq(SCI_IRQ, level), self.request_guest_poweroff)
+        self.pm = AcpiPm(lambda level: self.set_irq(SCI_IRQ, level), self.request_guest_poweroff,
+                         sleep=self.request_guest_sleep)
         self.pci.plug(self.pm, 1, 3)
         for base, length, block in self.pm.io_blocks():
             self.pio.map(base, length, block)
@@ -613,6 +616,27 @@ class Machine:
     # -- reset and boot ----------------------------------------------------
     def _reset_to_boot_state(self) -> None:
         """Devices and vCPUs to their power-on state, and the kernel loaded."""
+        self._reset_hardware()
+        self.acpi_tables = acpi.write_tables(self.memory, self.cfg.cpus)
+        try:
+            self.boot_plan = load_kernel(self.memory, self.boot_files, self.cfg.append,
+                                         self.acpi_tables.rsdp_addr)
+        except BootError as e:
+            raise MachineError(str(e)) from None
+        bsp = self.vcpus[0].vcpu
+        plan = self.boot_plan
+        if plan.protocol in ("pvh", "multiboot"):
+            self.memory.write(layout.BOOT_GDT, cpustate.gdt_bytes(cpustate.PROTECTED_MODE_GDT))
+            magic = multiboot.BOOTLOADER_MAGIC if plan.protocol == "multiboot" else 0
+            cpustate.set_protected_mode_state(bsp, plan.entry, layout.BOOT_GDT, eax=magic,
+                                              ebx=plan.info_addr)
+        else:
+            cpustate.set_long_mode_state(bsp, self.boot_plan.entry, self.boot_plan.info_addr,
+                                         layout.PML4, layout.BOOT_GDT, linux.BOOT_GDT_LIMIT)
+        self._firmware_pending = True
+
+    def _reset_hardware(self) -> None:
+        """Devices, vCPUs and what SeaBIOS leaves set up, as at power-on; RAM is kept."""
         from vmm._kvm import lib
         with self.lock:
             for slot in self.pcihp.pending_unplugs():    # unplugs never acknowledged
@@ -641,23 +665,6 @@ class Machine:
         firmware.program_pics(self.vm)
         if self.cfg.pit:
             firmware.program_pit(self.vm)
-        self.acpi_tables = acpi.write_tables(self.memory, self.cfg.cpus)
-        try:
-            self.boot_plan = load_kernel(self.memory, self.boot_files, self.cfg.append,
-                                         self.acpi_tables.rsdp_addr)
-        except BootError as e:
-            raise MachineError(str(e)) from None
-        bsp = self.vcpus[0].vcpu
-        plan = self.boot_plan
-        if plan.protocol in ("pvh", "multiboot"):
-            self.memory.write(layout.BOOT_GDT, cpustate.gdt_bytes(cpustate.PROTECTED_MODE_GDT))
-            magic = multiboot.BOOTLOADER_MAGIC if plan.protocol == "multiboot" else 0
-            cpustate.set_protected_mode_state(bsp, plan.entry, layout.BOOT_GDT, eax=magic,
-                                              ebx=plan.info_addr)
-        else:
-            cpustate.set_long_mode_state(bsp, self.boot_plan.entry, self.boot_plan.info_addr,
-                                         layout.PML4, layout.BOOT_GDT, linux.BOOT_GDT_LIMIT)
-        self._firmware_pending = True
 
     def _run_firmware(self) -> None:
         """What SeaBIOS would have done before the kernel: PCI resources and IRQ routing."""
@@ -715,7 +722,7 @@ class Machine:
     def cont(self) -> None:
         if self.runstate in NEEDS_RESET:
             raise RunStateError("Resetting the Virtual Machine is required")
-        if self.runstate == "running":
+        if self.runstate in ("running", "suspended"):     # only a wake-up ends S3
             return
         self.runstate = "running"
         self._resume_all()
@@ -737,6 +744,49 @@ class Machine:
             self._resume_all()
         else:
             self.runstate = "prelaunch"
+
+    def suspend(self) -> None:
+        """ACPI S3: the vCPUs stop, RAM stays; a wake-up source brings the guest back."""
+        if self.runstate != "running":
+            return
+        self._pause_all()
+        with self.lock:
+            self.rtc.cmos[SHUTDOWN_STATUS] = SHUTDOWN_STATUS_S3_RESUME  # QEMU's RTC does
+        self.runstate = "suspended"
+        self.emit("SUSPEND")
+
+    def wakeup(self, reason: str = "other") -> None:
+        """From S3: every device and vCPU reset, then what SeaBIOS's resume path does:
+        the boot CPU enters the guest's FACS waking vector in real mode (no vector:
+        a normal boot). reason: 'rtc' (the RTC alarm) or 'other' (system_wakeup)."""
+        if self.runstate != "suspended":
+            raise RunStateError("Unable to wake up: guest is not in suspended state")
+        if reason == "rtc" and not self.pm.rtc_wakeup_enabled:
+            return
+        vector = self._waking_vector()
+        if vector:
+            self._reset_hardware()
+            cpustate.set_real_mode_entry(self.vcpus[0].vcpu, vector)
+            self._firmware_pending = True
+        else:
+            self._reset_to_boot_state()
+        with self.lock:
+            self.rtc.cmos[SHUTDOWN_STATUS] = 0
+            self.pm.woke_up(reason)
+        self.runstate = "running"
+        self._resume_all()
+        self.emit("WAKEUP")
+
+    def _waking_vector(self) -> int:
+        facs = self.acpi_tables.tables.get("FACS")
+        if facs is None:
+            return 0
+        return self.memory.read_u32(facs[0] + acpi.FACS_WAKING_VECTOR)
+
+    def _rtc_alarm(self) -> None:
+        """The RTC's alarm fired (loop thread, machine lock held): wake up if asleep."""
+        if self.runstate == "suspended":
+            self._from_vcpu(self.wakeup, "rtc")
 
     def system_powerdown(self) -> None:
         with self.lock:
@@ -780,6 +830,15 @@ class Machine:
     def request_guest_poweroff(self) -> None:
         self._pause_calling_vcpu()
         self._from_vcpu(self.shutdown, True, "guest-shutdown")
+
+    def request_guest_sleep(self, slp_typ: int) -> None:
+        """PM1 control: S3 suspends; S4 is SUSPEND_DISK then a power-off, as QEMU's."""
+        self._pause_calling_vcpu()
+        if slp_typ == SLP_TYP_S3:
+            self._from_vcpu(self.suspend)
+        else:
+            self._from_vcpu(self.emit, "SUSPEND_DISK")
+            self._from_vcpu(self.shutdown, True, "guest-shutdown")
 
     def _guest_reset(self) -> None:
         if self.cfg.no_reboot:

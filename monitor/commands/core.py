@@ -34,6 +34,9 @@ REGISTRY.event("SHUTDOWN", [Member("guest", BOOL), Member("reason", SHUTDOWN_CAU
 REGISTRY.event("POWERDOWN")
 REGISTRY.event("RESET", [Member("guest", BOOL), Member("reason", SHUTDOWN_CAUSE)])
 REGISTRY.event("STOP")
+REGISTRY.event("SUSPEND")
+REGISTRY.event("SUSPEND_DISK")
+REGISTRY.event("WAKEUP")
 REGISTRY.event("RESUME")
 
 

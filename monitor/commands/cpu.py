@@ -9,6 +9,7 @@ from monitor.types import ANY, BOOL, STR, Enum, ListOf, Member, Struct
 from vmm.cpu_models import (
     ALIASES,
     MODEL_NAMES,
+    NAMED_MODELS,
     CpuModelError,
     expand,
     parse_cpu,
@@ -28,8 +29,8 @@ def query_cpu_definitions(ctx):
     supported = ctx.machine.kvm.supported_cpuid()
     return [{"name": name, "typename": f"{name}-x86_64-cpu",
              "unavailable-features": unavailable_features(parse_cpu(name), supported),
-             **({"alias-of": f"{name}-v1"} if name == "qemu64" else {}),   # QEMU's versions
-             "static": False, "migration-safe": name == "qemu64", "deprecated": False}
+             **({"alias-of": f"{name}-v1"} if name in NAMED_MODELS else {}),  # QEMU's versions
+             "static": False, "migration-safe": name in NAMED_MODELS, "deprecated": False}
             for name in MODEL_NAMES]
 
 

@@ -1,4 +1,4 @@
-"""stop, cont, system_reset, system_powerdown, quit."""
+"""stop, cont, system_reset, system_powerdown, system_wakeup, quit."""
 
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ def cont(ctx):
 @command("system_reset")
 def system_reset(ctx):
     ctx.machine.system_reset(guest=False, reason="host-qmp-system-reset")
+
+
+@command("system_wakeup")
+def system_wakeup(ctx):
+    from vmm.machine import RunStateError
+
+    try:
+        ctx.machine.wakeup("other")
+    except RunStateError as e:
+        raise QmpError(str(e)) from None
 
 
 @command("system_powerdown")

@@ -45,6 +45,9 @@ def gas_io(port: int, width_bits: int, access_size: int = 0) -> bytes:
     return struct.pack("<BBBBQ", 1, width_bits, 0, access_size, port)
 
 
+FACS_WAKING_VECTOR = 12     # Firmware_Waking_Vector: real-mode resume address (S3)
+
+
 def facs() -> bytes:
     """Firmware ACPI Control Structure: no checksum, 64 bytes, version 1."""
     return struct.pack("<4sIIIIIQB3sI24s", b"FACS", 64, 0, 0, 0, 0, 0, 1, b"", 0, b"")
@@ -200,8 +203,9 @@ def dsdt_body(low_ram_end: int) -> bytes:
                              aml.device("ISA", aml.name("_ADR", aml.integer(0x00010000)),
                                         *isa_devices)))
         + pci_hotplug_aml()
-        + aml.name("\\_S5", aml.package(aml.integer(0), aml.integer(0), aml.integer(0),
-                                        aml.integer(0)))
+        + b"".join(aml.name(f"\\_S{state}", aml.package(aml.integer(typ), aml.integer(typ),
+                                                        aml.integer(0), aml.integer(0)))
+                   for state, typ in ((3, 1), (4, 2), (5, 0)))   # QEMU's sleep types
     )
 
 

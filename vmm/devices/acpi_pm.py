@@ -3,7 +3,9 @@
 Fixed-hardware registers as the FADT describes them (ACPI spec, chapter 4):
 PM1 event block (status/enable) at PM_BASE, PM1 control at PM_BASE+4, the
 24-bit 3.579545 MHz PM timer at PM_BASE+8, and GPE0 (status/enable) at
-GPE0_BASE. The SCI is ISA IRQ 9, level-triggered. Entering S5 powers off.
+GPE0_BASE. The SCI is ISA IRQ 9, level-triggered. The sleep types are QEMU's
+(the DSDT's _S3, _S4, _S5): S5 powers off, S3 suspends to RAM, S4 powers off
+as QEMU does. On wake-up, WAK_STS and the status of the wake-up source are set.
 """
 
 from __future__ import annotations
@@ -29,15 +31,21 @@ PM1_RTC_STS = 1 << 10
 PM1_WAK_STS = 1 << 15
 PM1_SCI_EN = 1 << 0
 PM1_SLP_EN = 1 << 13
-SLP_TYP_S5 = 0  # QEMU's PIIX4 DSDT: Name (_S5, Package () {0, 0, 0, 0})
+PM1_RTC_EN = 1 << 10
+# QEMU's PIIX4 DSDT: _S3 {1, 1, 0, 0}, _S4 {2, 2, 0, 0}, _S5 {0, 0, 0, 0}
+SLP_TYP_S5, SLP_TYP_S3, SLP_TYP_S4 = 0, 1, 2
+WAKEUP_STATUS = {"rtc": PM1_WAK_STS | PM1_RTC_STS,
+                 "other": PM1_WAK_STS | PM1_PWRBTN_STS}   # QEMU's: as if the button woke it
 
 
 class AcpiPm(PciDevice):
     def __init__(self, set_sci: Callable[[int], None], power_off: Callable[[], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[int], None] = lambda slp_typ: None) -> None:
         super().__init__(0x8086, 0x7113, 0x068000, revision=0x03, interrupt_pin=1)
         self.set_sci = set_sci
         self.power_off = power_off
+        self.sleep = sleep              # S3 and S4, with the sleep type
         self.clock = clock
         self.config[PMBA:PMBA + 4] = (PM_BASE | 1).to_bytes(4, "little")
         self.config[PMREGMISC] = 1
@@ -55,6 +63,15 @@ class AcpiPm(PciDevice):
     # -- events from the host ---------------------------------------------
     def press_power_button(self) -> None:
         self.pm1_sts |= PM1_PWRBTN_STS
+        self._update_sci()
+
+    @property
+    def rtc_wakeup_enabled(self) -> bool:
+        return bool(self.pm1_en & PM1_RTC_EN)
+
+    def woke_up(self, reason: str) -> None:
+        """After the wake-up reset: what the guest's resume code finds in PM1_STS."""
+        self.pm1_sts |= WAKEUP_STATUS[reason]
         self._update_sci()
 
     def raise_gpe(self, bit: int) -> None:
@@ -101,8 +118,11 @@ class AcpiPm(PciDevice):
             self.pm1_cnt = (self.pm1_cnt & ~mask) | value
             if self.pm1_cnt & PM1_SLP_EN:
                 self.pm1_cnt &= ~PM1_SLP_EN
-                if (self.pm1_cnt >> 10) & 7 == SLP_TYP_S5:
+                slp_typ = (self.pm1_cnt >> 10) & 7
+                if slp_typ == SLP_TYP_S5:
                     self.power_off()
+                elif slp_typ in (SLP_TYP_S3, SLP_TYP_S4):
+                    self.sleep(slp_typ)
             self._update_sci()
 
     def gpe_read(self, offset: int, size: int) -> int:

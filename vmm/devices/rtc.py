@@ -1,25 +1,45 @@
 """MC146818 RTC and CMOS memory (ports 0x70/0x71).
 
 The clock follows the host's UTC clock plus whatever offset the guest sets.
-The CMOS also carries what PC firmware and Linux read from it: memory sizes
-(in the slots SeaBIOS uses) and the number of CPUs.
+Register A's update-in-progress bit is set for the last 244 us before each
+second, as the chip's; at each second the update-ended flag, and the alarm flag
+where the alarm matches ("don't care" fields match anything), are set in
+register C and raise IRQ 8 when enabled in register B. An alarm with AIE can
+also wake a suspended machine (through ACPI). The CMOS carries what PC firmware
+and Linux read from it: memory sizes (in SeaBIOS's slots) and the CPU count.
 """
 
 from __future__ import annotations
 
 import calendar
+import math
 import time
+from collections.abc import Callable
 
 REG_SECONDS, REG_MINUTES, REG_HOURS = 0x00, 0x02, 0x04
 REG_WEEKDAY, REG_DAY, REG_MONTH, REG_YEAR = 0x06, 0x07, 0x08, 0x09
 REG_A, REG_B, REG_C, REG_D = 0x0A, 0x0B, 0x0C, 0x0D
 REG_CENTURY = 0x32
 
+REG_SECONDS_ALARM, REG_MINUTES_ALARM, REG_HOURS_ALARM = 0x01, 0x03, 0x05
+SHUTDOWN_STATUS = 0x0F           # CMOS byte firmware reads after a reset
+SHUTDOWN_STATUS_S3_RESUME = 0xFE
+
 B_SET = 0x80
+B_AIE = 0x20
+B_UIE = 0x10
 B_24H = 0x02
 B_BINARY = 0x04
 A_UIP = 0x80
+A_DIVIDER = 0x70
+A_DIVIDER_NORMAL = 0x20
+C_IRQF = 0x80
+C_AF = 0x20
+C_UF = 0x10
 D_VALID = 0x80
+ALARM_DONT_CARE = 0xC0
+UIP_WINDOW = 244e-6          # seconds before each update that UIP reads 1
+RTC_IRQ = 8
 
 
 def _bcd(v: int) -> int:
@@ -32,11 +52,17 @@ def _from_bcd(v: int) -> int:
 
 class Rtc:
     def __init__(self, ram_below_4g: int, ram_above_4g: int, cpus: int,
-                 clock=time.time) -> None:
+                 clock=time.time, set_irq: Callable[[int, int], None] | None = None,
+                 timer_factory: Callable[[Callable[[], None]], object] | None = None,
+                 alarm_wakeup: Callable[[], None] | None = None) -> None:
         self.clock = clock
         self.offset = 0.0
         self.cmos = bytearray(128)
         self.index = 0
+        self.set_irq = set_irq or (lambda irq, level: None)
+        self.alarm_wakeup = alarm_wakeup or (lambda: None)
+        self._timer = timer_factory(self._second_ended) if timer_factory else None
+        self._irq_level = 0
         self._set_memory(ram_below_4g, ram_above_4g, cpus)
         self.reset()
 
@@ -57,6 +83,52 @@ class Rtc:
         self.cmos[REG_B] = B_24H
         self.cmos[REG_C] = 0
         self.cmos[REG_D] = D_VALID
+        self._lower_irq()
+        self._arm()
+
+    # -- the once-a-second update: flags, IRQ 8, alarm wake-up ---------------
+    def _seconds(self) -> float:
+        return self.clock() + self.offset
+
+    def _running(self) -> bool:
+        return (self.cmos[REG_A] & A_DIVIDER) == A_DIVIDER_NORMAL and \
+            not self.cmos[REG_B] & B_SET
+
+    def _arm(self) -> None:
+        """The timer runs only while the guest asked for update or alarm interrupts."""
+        if self._timer is None:
+            return
+        if self.cmos[REG_B] & (B_AIE | B_UIE) and self._running():
+            now = self._seconds()
+            self._timer.arm(math.floor(now) + 1 - now + 1e-4)
+        else:
+            self._timer.cancel()
+
+    def _alarm_matches(self) -> bool:
+        for alarm, now in ((REG_SECONDS_ALARM, REG_SECONDS), (REG_MINUTES_ALARM, REG_MINUTES),
+                           (REG_HOURS_ALARM, REG_HOURS)):
+            value = self.cmos[alarm]
+            if value & ALARM_DONT_CARE != ALARM_DONT_CARE and value != self._time_register(now):
+                return False
+        return True
+
+    def _second_ended(self) -> None:
+        flags = C_UF | (C_AF if self._alarm_matches() else 0)
+        self.cmos[REG_C] |= flags
+        reg_b = self.cmos[REG_B]
+        if reg_b & B_UIE or (flags & C_AF and reg_b & B_AIE):
+            self.cmos[REG_C] |= C_IRQF
+            if not self._irq_level:
+                self._irq_level = 1
+                self.set_irq(RTC_IRQ, 1)
+        if flags & C_AF and reg_b & B_AIE:
+            self.alarm_wakeup()
+        self._arm()
+
+    def _lower_irq(self) -> None:
+        if self._irq_level:
+            self._irq_level = 0
+            self.set_irq(RTC_IRQ, 0)
 
     # -- clock -------------------------------------------------------------
     def _encode(self, value: int) -> int:
@@ -120,10 +192,13 @@ class Rtc:
                    REG_YEAR, REG_CENTURY):
             return self._time_register(reg)
         if reg == REG_A:
-            return self.cmos[REG_A] & ~A_UIP
+            now = self._seconds()
+            updating = self._running() and now - math.floor(now) >= 1 - UIP_WINDOW
+            return (self.cmos[REG_A] & ~A_UIP) | (A_UIP if updating else 0)
         if reg == REG_C:
             value = self.cmos[REG_C]
             self.cmos[REG_C] = 0
+            self._lower_irq()
             return value
         return self.cmos[reg]
 
@@ -142,3 +217,5 @@ class Rtc:
             return  # derived from the date
         else:
             self.cmos[reg] = value
+            if reg in (REG_A, REG_B):
+                self._arm()
