@@ -157,3 +157,72 @@ def test_guest_memory_checks_every_range():
         assert mem.read(0x200000, 8192) == b"\0" * 8192
     finally:
         mem.close()
+
+
+class FakeTimer:
+    def __init__(self, callback):
+        self.callback = callback
+        self.armed = None
+
+    def arm(self, seconds):
+        self.armed = seconds
+
+    def cancel(self):
+        self.armed = None
+
+
+def cmos_write(rtc, reg, value):
+    rtc.bus_write(0, 1, reg)
+    rtc.bus_write(1, 1, value)
+
+
+def test_rtc_update_in_progress_in_the_last_244_us_of_each_second():
+    now = [FIXED_TIME + 0.5]
+    rtc = Rtc(512 * MiB, 0, 1, clock=lambda: now[0])
+    assert not cmos(rtc, 0x0A) & 0x80
+    now[0] = FIXED_TIME + 1 - 100e-6
+    assert cmos(rtc, 0x0A) & 0x80
+    cmos_write(rtc, 0x0B, 0x82)               # SET: the clock stops updating
+    assert not cmos(rtc, 0x0A) & 0x80
+
+
+def test_rtc_alarm_and_update_interrupts_and_wakeup():
+    now = [FIXED_TIME + 0.25]
+    irqs, wakeups, timers = [], [], []
+    rtc = Rtc(512 * MiB, 0, 1, clock=lambda: now[0],
+              set_irq=lambda irq, level: irqs.append((irq, level)),
+              timer_factory=lambda cb: timers.append(FakeTimer(cb)) or timers[-1],
+              alarm_wakeup=lambda: wakeups.append(1))
+    timer = timers[0]
+    assert timer.armed is None                # nothing enabled: no timer runs
+    for reg in (1, 3, 5):                     # alarm at any second
+        cmos_write(rtc, reg, 0xC0)
+    cmos_write(rtc, 0x0B, 0x22)               # AIE, 24h
+    assert timer.armed == pytest.approx(0.75, abs=1e-3)
+    now[0] += 0.75
+    timer.callback()
+    assert irqs == [(8, 1)] and wakeups == [1]
+    assert cmos(rtc, 0x0C) == 0x80 | 0x20 | 0x10   # IRQF, AF, UF
+    assert irqs == [(8, 1), (8, 0)]           # reading C lowers the line
+    assert cmos(rtc, 0x0C) == 0
+    cmos_write(rtc, 1, 0x59)                  # an alarm at :59 does not match :31
+    now[0] += 1
+    timer.callback()
+    assert cmos(rtc, 0x0C) == 0x10 and wakeups == [1] and irqs[-1] == (8, 0)
+    cmos_write(rtc, 0x0B, 0x02)
+    assert timer.armed is None
+
+
+def test_pm1_sleep_types_are_qemus():
+    off, sleeps = [], []
+    pm = AcpiPm(lambda level: None, lambda: off.append(1), sleep=sleeps.append)
+    for slp_typ in (1, 2, 0):
+        pm.pm_write(4, 2, (slp_typ << 10) | 0x2000)
+    assert sleeps == [1, 2] and off == [1]
+    pm.pm_write(2, 2, 0x400)                  # RTC_EN
+    assert pm.rtc_wakeup_enabled
+    pm.woke_up("rtc")
+    assert pm.pm_read(0, 2) == 0x8400         # WAK_STS | RTC_STS
+    pm.reset_pm()
+    pm.woke_up("other")
+    assert pm.pm_read(0, 2) == 0x8100         # as if the power button woke it

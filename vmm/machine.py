@@ -764,16 +764,17 @@ class Machine:
         if reason == "rtc" and not self.pm.rtc_wakeup_enabled:
             return
         vector = self._waking_vector()
-        if vector:
-            self._reset_hardware()
-            cpustate.set_real_mode_entry(self.vcpus[0].vcpu, vector)
-            self._firmware_pending = True
-        else:
-            self._reset_to_boot_state()
+        self.runstate = "running"
+        if not vector:              # SeaBIOS finds no vector and resets the machine
+            self.emit("WAKEUP")
+            self._guest_reset()
+            return
+        self._reset_hardware()
+        cpustate.set_real_mode_entry(self.vcpus[0].vcpu, vector)
+        self._firmware_pending = True
         with self.lock:
             self.rtc.cmos[SHUTDOWN_STATUS] = 0
             self.pm.woke_up(reason)
-        self.runstate = "running"
         self._resume_all()
         self.emit("WAKEUP")
 
