@@ -25,11 +25,17 @@ class BusConflict(ValueError):
     pass
 
 
+HIT_CACHE_SIZE = 4096
+
+
 class Bus:
     def __init__(self, name: str) -> None:
         self.name = name
         self._starts: list[int] = []
         self._ranges: list[tuple[int, int, BusDevice]] = []  # (start, end, device)
+        # address -> find()'s answer: a guest polls a few addresses over and over, and
+        # a dict lookup is the cheapest part of a VM exit. Emptied whenever ranges change.
+        self._hits: dict[int, tuple[int, BusDevice] | None] = {}
 
     def map(self, start: int, length: int, device: BusDevice) -> None:
         end = start + length
@@ -40,14 +46,26 @@ class Bus:
             raise BusConflict(f"{self.name}: 0x{start:x}+0x{length:x} overlaps an existing range")
         self._starts.insert(i, start)
         self._ranges.insert(i, (start, end, device))
+        self._hits.clear()
 
     def unmap(self, start: int) -> None:
         i = bisect.bisect_left(self._starts, start)
         if i < len(self._starts) and self._starts[i] == start:
             del self._starts[i]
             del self._ranges[i]
+            self._hits.clear()
 
     def find(self, addr: int) -> tuple[int, BusDevice] | None:
+        try:
+            return self._hits[addr]
+        except KeyError:
+            pass
+        if len(self._hits) >= HIT_CACHE_SIZE:
+            self._hits.clear()
+        hit = self._hits[addr] = self._lookup(addr)
+        return hit
+
+    def _lookup(self, addr: int) -> tuple[int, BusDevice] | None:
         i = bisect.bisect_right(self._starts, addr) - 1
         if i >= 0:
             start, end, device = self._ranges[i]

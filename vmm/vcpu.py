@@ -177,7 +177,12 @@ class VcpuThread:
         if end > len(page):
             return
         with self.lock:
-            if direction == lib.KVM_EXIT_IO_OUT:
+            if count == 1:                   # nearly every exit: no string I/O loop
+                if direction == lib.KVM_EXIT_IO_OUT:
+                    self.pio.write(port, size, int.from_bytes(page[offset:end], "little"))
+                else:
+                    page[offset:end] = self.pio.read(port, size).to_bytes(size, "little")
+            elif direction == lib.KVM_EXIT_IO_OUT:
                 for pos in range(offset, end, size):
                     self.pio.write(port, size, int.from_bytes(page[pos:pos + size], "little"))
             else:
