@@ -24,3 +24,21 @@ def wire_nic(nic) -> tuple[FakeNetdev, list[int]]:
     irqs: list[int] = []
     nic.set_intx = irqs.append
     return netdev, irqs
+
+
+class FakeTimer:
+    """Stands in for the machine's DeviceTimer: the test fires it by hand."""
+
+    def __init__(self, callback):
+        self.callback = callback
+        self.armed = None
+
+    def arm(self, seconds):
+        self.armed = seconds
+
+    def cancel(self):
+        self.armed = None
+
+    def fire(self):
+        self.armed = None
+        self.callback()

@@ -3,6 +3,7 @@
 import calendar
 
 import pytest
+from fakes import FakeTimer
 
 from vmm.bus import Bus, BusConflict
 from vmm.devices.acpi_pm import AcpiPm
@@ -159,18 +160,6 @@ def test_guest_memory_checks_every_range():
         mem.close()
 
 
-class FakeTimer:
-    def __init__(self, callback):
-        self.callback = callback
-        self.armed = None
-
-    def arm(self, seconds):
-        self.armed = seconds
-
-    def cancel(self):
-        self.armed = None
-
-
 def cmos_write(rtc, reg, value):
     rtc.bus_write(0, 1, reg)
     rtc.bus_write(1, 1, value)
@@ -200,14 +189,14 @@ def test_rtc_alarm_and_update_interrupts_and_wakeup():
     cmos_write(rtc, 0x0B, 0x22)               # AIE, 24h
     assert timer.armed == pytest.approx(0.75, abs=1e-3)
     now[0] += 0.75
-    timer.callback()
+    timer.fire()
     assert irqs == [(8, 1)] and wakeups == [1]
     assert cmos(rtc, 0x0C) == 0x80 | 0x20 | 0x10   # IRQF, AF, UF
     assert irqs == [(8, 1), (8, 0)]           # reading C lowers the line
     assert cmos(rtc, 0x0C) == 0
     cmos_write(rtc, 1, 0x59)                  # an alarm at :59 does not match :31
     now[0] += 1
-    timer.callback()
+    timer.fire()
     assert cmos(rtc, 0x0C) == 0x10 and wakeups == [1] and irqs[-1] == (8, 0)
     cmos_write(rtc, 0x0B, 0x02)
     assert timer.armed is None

@@ -5,30 +5,13 @@ from __future__ import annotations
 import struct
 
 import pytest
+from fakes import FakeTimer
 
 from vmm.devices.virtio_balloon import VirtioBalloon
 from vmm.memory import GuestMemory
 from vmm.virtio.pci import S_DRIVER_OK, S_FEATURES_OK, S_NEEDS_RESET, VirtioPciDevice
 
 MiB = 1 << 20
-
-
-class FakeTimer:
-    """Stands in for the machine's DeviceTimer: the test fires it by hand."""
-
-    def __init__(self, callback):
-        self.callback = callback
-        self.armed = None
-
-    def arm(self, seconds):
-        self.armed = seconds
-
-    def cancel(self):
-        self.armed = None
-
-    def fire(self):
-        self.armed = None
-        self.callback()
 
 
 def make(ram=64 * MiB, legacy=False, **options):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from vmm.boot import layout
 from vmm.boot.elf import ElfError, parse_elf
 from vmm.memory import GuestMemory, GuestMemoryError
+from vmm.qemuopts import split_opts
 
 HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002
@@ -59,27 +60,10 @@ def find_header(kernel: bytes) -> tuple[int, int] | None:
     return None
 
 
-def split_modules(spec: str) -> list[str]:
-    """-initrd 'a.bin args,b.bin': entries split at commas, ',,' being a comma."""
-    entries, current, i = [], [], 0
-    while i < len(spec):
-        if spec[i] == ",":
-            if spec[i + 1:i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            entries.append("".join(current))
-            current = []
-        else:
-            current.append(spec[i])
-        i += 1
-    entries.append("".join(current))
-    return entries
-
-
 def read_modules(spec: str) -> list[Module]:
     modules = []
-    for entry in split_modules(spec):
+    # entries split at commas, ',,' being a comma: QEMU's option syntax
+    for entry in split_opts(spec):
         path = entry.split(" ", 1)[0]
         try:
             with open(path, "rb") as f:
