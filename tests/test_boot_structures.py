@@ -146,3 +146,15 @@ def test_bad_kernels_are_user_errors(mem):
         load_kernel(mem, files(small_elf()[:80]), "", 0)
     with pytest.raises(BootError, match="command line is too long"):
         load_kernel(mem, files(small_elf()), "x" * 70000, 0)
+
+
+def test_firmware_ivt_points_every_vector_at_a_handler(mem):
+    from vmm.boot import firmware
+
+    firmware.write_ivt(mem)
+    entries = [struct.unpack_from("<HH", mem.read(4 * v, 4)) for v in range(256)]
+    assert {segment for _, segment in entries} == {0xF000}
+    code = {v: mem.read(0xF0000 + offset, 9) for v, (offset, _) in enumerate(entries)}
+    assert code[0x03][0] == 0xCF                               # iret
+    assert code[0x08][:7] == firmware.MASTER_EOI               # IRQ 0: EOI to the master
+    assert code[0x73] == firmware.SLAVE_EOI                    # IRQ 11: both PICs

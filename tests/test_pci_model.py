@@ -138,3 +138,14 @@ def test_config_address_register_and_reset_control():
     assert ports.bus_read(1, 1) == 0x02 and resets == []
     ports.bus_write(1, 1, 0x06)
     assert resets == [1]
+
+
+def test_config_address_low_bits_select_the_byte_as_qemu(world):
+    """kvm-unit-tests writes the register's offset whole to 0xCF8 (reg 2 for the device
+    id) and reads a word at 0xCFC; QEMU ORs the low bits with the data port's."""
+    _, _, _, dev, ports, _, _ = world
+    ports.bus_write(0, 4, 0x80000000 | dev.slot << 11 | 2)
+    assert ports.bus_read(0, 4) == 0x80000000 | dev.slot << 11 | 2
+    assert ports.bus_read(4, 2) == 0x1000
+    ports.bus_write(0, 4, 0x80000000 | dev.slot << 11 | 1)
+    assert ports.bus_read(4, 1) == 0x1A
