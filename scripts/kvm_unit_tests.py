@@ -98,6 +98,9 @@ def table(columns: dict[str, dict[str, Result]]) -> str:
         differs = ""
         if len(set(statuses)) > 1 or len(set(details)) > 1:
             differs = " | ".join(f"{n}: {d or '-'}" for n, d in zip(names, details))
+        # a VMM that refused the test's options while another ran it does not support it
+        statuses = [s + " (not supported)" if s == "SKIP" and set(statuses) - {"SKIP", "-"}
+                    else s for s in statuses]
         rows.append([test] + statuses + [differs])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1]
