@@ -166,3 +166,23 @@ def test_virtio_doorbells_arrive_through_ioeventfds(tmp_path):
         machine.close()
     assert signals, "no doorbell came through an eventfd"
     assert not notify_exits, "a doorbell took the vCPU exit path"
+
+
+def test_reset_puts_msrs_back_as_qemu(tmp_path):
+    """What a guest left in PAT, MISC_ENABLE, the syscall MSRs or the machine-check
+    banks does not survive a reset: QEMU writes its reset values back."""
+    machine, events, console = make_machine(tmp_path)
+    try:
+        vcpu = machine.vcpus[0].vcpu
+        changed = {0x277: 0x0606060606060606, 0x1A0: 0x0, 0xC0000082: 0xFFFFFFFF81000000,
+                   0x174: 0x10, 0x400: 0x0}
+        assert vcpu.set_msrs(changed) == len(changed)
+        assert vcpu.get_msrs(list(changed)) == changed
+        machine.system_reset()
+        assert vcpu.get_msrs(list(changed)) == {
+            0x277: 0x0007040600070406, 0x1A0: 0x1, 0xC0000082: 0, 0x174: 0,
+            0x400: 0xFFFFFFFFFFFFFFFF}                    # MC0_CTL: every error enabled
+        mcg_cap = vcpu.get_msrs([0x179])[0x179]
+        assert mcg_cap & 0xFF == 10 and mcg_cap & (1 << 8)    # 10 banks and MCG_CTL_P
+    finally:
+        machine.close()
