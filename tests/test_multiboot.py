@@ -106,6 +106,12 @@ def test_header_search_and_bad_images(mem):
     with pytest.raises(BootError, match="invalid mh_load_addr address"):
         hdr = header(multiboot.FLAG_ADDRESSES, (0x100000, 0x200000, 0, 0, 0x200000))
         load_kernel(mem, BootFiles("k", hdr, None, []), "", 0)
+    huge_bss = header(multiboot.FLAG_ADDRESSES, (0x100000, 0x100000, 0, 0xFFFFFFF0, 0x100000))
+    with pytest.raises(BootError, match="do not fit in guest RAM"):
+        load_kernel(mem, BootFiles("k", huge_bss, None, []), "", 0)
+    far_apart = elf32([(0x200000, header(), 12), (0xF0000000, b"x", 1)], 0x200000)
+    with pytest.raises(BootError, match="do not fit in guest RAM"):
+        load_kernel(mem, BootFiles("k", far_apart, None, []), "", 0)
     plain32 = elf32([(0x200000, b"\x90" * 16, 16)], 0x200000)
     with pytest.raises(BootError, match="neither a PVH note nor a multiboot header"):
         load_kernel(mem, BootFiles("k", plain32, None, []), "", 0)

@@ -73,8 +73,10 @@ def read_modules(spec: str) -> list[Module]:
     return modules
 
 
-def _kernel_image(kernel: bytes, offset: int, flags: int) -> tuple[int, bytes, int]:
-    """(load address, bytes to copy, size in memory with bss) and entry point."""
+def _kernel_image(kernel: bytes, offset: int, flags: int,
+                  ram_end: int) -> tuple[int, bytes, int]:
+    """(load address, the image with its bss, entry point). Nothing larger than RAM
+    below 4 GiB is built: a header may claim any size."""
     if flags & FLAG_ADDRESSES:
         header_addr, load_addr, load_end, bss_end, entry = struct.unpack_from(
             "<IIIII", kernel, offset + 12)
@@ -94,6 +96,7 @@ def _kernel_image(kernel: bytes, offset: int, flags: int) -> tuple[int, bytes, i
             if bss_end < load_addr + load_size:
                 raise MultibootError("invalid mh_bss_end_addr address")
             size = bss_end - load_addr
+        _check_fits(load_addr, size, ram_end)
         data = kernel[text_offset:text_offset + load_size]
         return load_addr, data.ljust(size, b"\0"), entry
     try:
@@ -106,6 +109,7 @@ def _kernel_image(kernel: bytes, offset: int, flags: int) -> tuple[int, bytes, i
         raise MultibootError("Error while loading elf kernel: no loadable segment")
     low = min(s.paddr for s in image.segments)
     high = max(s.paddr + s.memsz for s in image.segments)
+    _check_fits(low, high - low, ram_end)
     buf = bytearray(high - low)
     for seg in image.segments:
         start = seg.paddr - low
@@ -117,7 +121,7 @@ def load(mem: GuestMemory, kernel: bytes, header: tuple[int, int], kernel_name: 
          cmdline: str, modules: list[Module]) -> tuple[int, int]:
     """Lays out kernel, modules and info; returns (entry, info address)."""
     offset, flags = header
-    load_addr, image, entry = _kernel_image(kernel, offset, flags)
+    load_addr, image, entry = _kernel_image(kernel, offset, flags, mem.below_4g)
     # Page-aligned after the kernel: module entries, command lines, loader name.
     info_start = load_addr + _page_align(len(image))
     module_cmdlines = [m.cmdline.encode() + b"\0" for m in modules]
@@ -165,6 +169,11 @@ def _mmap(mem: GuestMemory) -> bytes:
     """The e820 map in multiboot's form (a size word before each entry)."""
     return b"".join(struct.pack("<IQQI", 20, e.addr, e.size, e.type)
                     for e in layout.e820_map(mem.below_4g, mem.above_4g))
+
+
+def _check_fits(start: int, size: int, ram_end: int) -> None:
+    if start + size > ram_end:
+        raise MultibootError("multiboot kernel and modules do not fit in guest RAM")
 
 
 def _page_align(n: int) -> int:
