@@ -217,10 +217,11 @@ class Machine:
         """-global kvm-pit.lost_tick_policy: delay (KVM re-injects missed ticks, the
         default) or discard."""
         policy = self.cfg.globals.get("kvm-pit", {}).get("lost_tick_policy", "delay")
+        if policy == "slew":
+            raise MachineError("kvm-pit: lost tick policy not supported")
         if policy not in ("delay", "discard"):
             raise MachineError(f"Parameter 'lost_tick_policy' does not accept value "
-                               f"'{policy}'" if policy != "slew" else
-                               "kvm-pit: lost tick policy not supported")
+                               f"'{policy}'")
         return policy == "delay"
 
     def set_irq(self, gsi: int, level: int) -> None:
@@ -758,7 +759,7 @@ class Machine:
     def wakeup(self, reason: str = "other") -> None:
         """From S3: every device and vCPU reset, then what SeaBIOS's resume path does:
         the boot CPU enters the guest's FACS waking vector in real mode (no vector:
-        a normal boot). reason: 'rtc' (the RTC alarm) or 'other' (system_wakeup)."""
+        SeaBIOS resets the machine). reason: 'rtc' (the RTC alarm) or 'other'."""
         if self.runstate != "suspended":
             raise RunStateError("Unable to wake up: guest is not in suspended state")
         if reason == "rtc" and not self.pm.rtc_wakeup_enabled:
@@ -787,7 +788,11 @@ class Machine:
     def _rtc_alarm(self) -> None:
         """The RTC's alarm fired (loop thread, machine lock held): wake up if asleep."""
         if self.runstate == "suspended":
-            self._from_vcpu(self.wakeup, "rtc")
+            self._from_vcpu(self._wake_on_alarm)
+
+    def _wake_on_alarm(self) -> None:
+        if self.runstate == "suspended":       # system_wakeup may have come first
+            self.wakeup("rtc")
 
     def system_powerdown(self) -> None:
         with self.lock:
