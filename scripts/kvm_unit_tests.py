@@ -15,6 +15,7 @@ VMMs and, where they differ, the summaries.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kvmkit-kvm-unit-tests"))
     parser.add_argument("--kvmkit", default=default_kvmkit())
     parser.add_argument("--qemu", default="qemu-system-x86_64")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
     tree = build(args.workdir)
     vmms = {"qemu": args.qemu, "kvmkit": args.kvmkit}
@@ -134,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     columns = {name: run_suite(tree, name, vmms[name], args.tests, args.timeout, args.jobs)
                for name in wanted}
     sys.stdout.write(table(columns))
+    if args.json:
+        args.json.write_text(json.dumps({vmm: {test: [r.status, r.detail]
+                                                for test, r in results.items()}
+                                          for vmm, results in columns.items()}, indent=1))
     return 0
 
 
