@@ -125,3 +125,14 @@ def test_cpu_queries_match_a_live_qemu(tmp_path):
         assert len(props) > 150
         assert {k: v for k, v in props.items() if reference.get(k) != v} == {}
     assert ours[3:] == theirs[3:]
+
+
+def test_check_and_enforce():
+    quiet = []
+    model_cpuid(parse_cpu("qemu64,check=off"), SUPPORTED, quiet.append)
+    assert quiet == []
+    model_cpuid(parse_cpu("qemu64,-pni,enforce"), SUPPORTED)          # nothing missing
+    with pytest.raises(CpuModelError, match="Host doesn't support requested features"):
+        model_cpuid(parse_cpu("qemu64,enforce"), SUPPORTED)
+    with pytest.raises(CpuModelError, match="Property 'qemu64-x86_64-cpu.pmu' not found"):
+        parse_cpu("qemu64,pmu=off")

@@ -118,6 +118,8 @@ class CpuConfig:
     vendor: str | None = None
     phys_bits: int | None = None
     host_phys_bits: bool = False
+    check: bool = True           # warn about features the host cannot give
+    enforce: bool = False        # and refuse to start instead
 
 
 def _feature_name(text: str) -> str:
@@ -152,12 +154,14 @@ def parse_cpu(arg: str) -> CpuConfig:
                 cfg.phys_bits = int(value, 0)
             except ValueError:
                 raise CpuModelError("Parameter 'phys-bits' expects uint32") from None
-        elif key in ("host-phys-bits", "migratable", "check", "enforce", "pmu") or \
+        elif key in ("host-phys-bits", "migratable", "check", "enforce") or \
                 _feature_name(key) in FEATURES:
             on = _switch(typename, key, value if has_value else "on")
             name = _feature_name(key)
             if key == "host-phys-bits":
                 cfg.host_phys_bits = on
+            elif key in ("check", "enforce"):
+                setattr(cfg, key, on)
             elif name in FEATURES:
                 (cfg.plus if on else cfg.minus).add(name)
                 (cfg.minus if on else cfg.plus).discard(name)
@@ -209,12 +213,14 @@ def model_cpuid(cfg: CpuConfig, supported: list[CpuidEntry],
         wanted[(leaf, reg)] = value | (1 << bit) if name in cfg.plus else value & ~(1 << bit)
     vendor = cfg.vendor or (NAMED_MODELS[cfg.model].vendor if cfg.model in NAMED_MODELS
                             else None)
+    unavailable = False
     for (leaf, reg), bits in sorted(wanted.items()):
         missing = bits & ~host(leaf, reg) if masked else 0
         if leaf == 1 and reg == ECX:
             missing &= ~(1 << 31)                # the hypervisor bit is ours to give
+        unavailable = unavailable or bool(missing)
         for bit in range(32):
-            if missing >> bit & 1:
+            if missing >> bit & 1 and (cfg.check or cfg.enforce):
                 warn(f"warning: host doesn't support requested feature: "
                      f"{_leaf_name(leaf)}:{reg.upper()}.{_name_of(leaf, reg, bit)} [bit {bit}]")
         value = bits & ~missing
@@ -222,6 +228,8 @@ def model_cpuid(cfg: CpuConfig, supported: list[CpuidEntry],
             value |= getattr(entries.get((1, 0)), EDX, 0) & AMD_ALIASES
         entry = entries.get((leaf, 0)) or CpuidEntry(leaf, 0, 0, 0, 0, 0, 0)
         entries[(leaf, 0)] = replace(entry, **{reg: value})
+    if unavailable and cfg.enforce:
+        raise CpuModelError("Host doesn't support requested features")
     if vendor is not None:
         ebx, ecx, edx = _vendor_regs(vendor)
         for leaf in (0, 0x80000000):
