@@ -6,6 +6,7 @@ Each model lists its properties as name -> (kind, default). The machine asks
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from vmm.devices.virtio_net import FEATURE_PROPERTIES as NET_FEATURES
@@ -24,6 +25,8 @@ class DeviceModel:
 
 
 COMMON = {"id": ("str", None)}
+# QEMU's id_wellformed: a letter, then letters, digits, '-', '.' and '_'
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
 MODELS: dict[str, DeviceModel] = {}
 
@@ -96,7 +99,12 @@ register(DeviceModel("virtconsole", "virtio-serial", "", {
 
 
 class DeviceError(ValueError):
-    pass
+    """A -device/device_add error. The hint is a line QEMU adds on the command line
+    only (its error_append_hint)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def validate(driver: str, options: dict[str, str], chardevs: set[str]) -> dict[str, object]:
@@ -109,6 +117,10 @@ def validate(driver: str, options: dict[str, str], chardevs: set[str]) -> dict[s
     typed["id"] = None
     for key, value in options.items():
         if key in COMMON:
+            if key == "id" and not _IDENTIFIER.fullmatch(value):
+                raise DeviceError("Parameter 'id' expects an identifier",
+                                  hint="Identifiers consist of letters, digits, '-', '.', "
+                                       "'_', starting with a letter.")
             typed[key] = value
             continue
         if key not in model.properties:

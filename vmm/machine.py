@@ -293,7 +293,8 @@ class Machine:
                 props = validate(spec.driver, {**defaults, **spec.options}, chardev_ids)
                 self._add_device(resolve(spec.driver), props)
             except DeviceError as e:
-                raise MachineError(f"{spec.origin}: {e}") from None
+                hint = f"\n{e.hint}" if e.hint else ""
+                raise MachineError(f"{spec.origin}: {e}{hint}") from None
         for warning in self.network.unpeered_warnings():
             log.warning(warning)
 
@@ -505,6 +506,8 @@ class Machine:
     def request_unplug(self, instance: DeviceInstance) -> None:
         """device_del: the guest is asked; its eject (or the next reset) removes it."""
         with self.lock:
+            if instance.device.slot in self.pcihp.pending_unplugs():
+                raise DeviceError(f"Device {instance.id} is already in the process of unplug")
             self.pcihp.unplug_requested(instance.device.slot)
 
     def _hotpluggable_in(self, slot: int) -> bool:

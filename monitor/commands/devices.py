@@ -30,8 +30,10 @@ def device_add(ctx, driver, props, bus=None, id=None):
     if model.bus != "pci" or hotplug is None:
         raise QmpError(f"Bus '{model.bus}.0' does not support hotplugging")
     options = {k: option_text(v) for k, v in props.items()}
+    if bus is not None:
+        options["bus"] = bus
     try:
-        hotplug(driver, {**options, **({"id": id} if id else {})})
+        hotplug(driver, {**options, **({"id": id} if id is not None else {})})
     except ValueError as e:
         raise QmpError(str(e)) from None
 
@@ -46,7 +48,10 @@ def device_del(ctx, id):
     unplug = getattr(ctx.machine, "request_unplug", None)
     if bus != "pci" or unplug is None:
         raise QmpError(f"Bus '{bus}.0' does not support hotplugging")
-    unplug(instance)
+    try:
+        unplug(instance)
+    except ValueError as e:       # already being unplugged
+        raise QmpError(str(e)) from None
 
 
 @command("set_link", args=[Member("name", STR), Member("up", BOOL)])
@@ -73,6 +78,11 @@ def qom_list_types(ctx, implements=None, abstract=False):
             if wanted is None or m.bus == wanted]
 
 
+# QOM types kvmkit shows that are not devices (QEMU answers these differently)
+NON_DEVICE_TYPES = ("container", "pc-i440fx-7.2-machine", "device", "pci-device",
+                    "isa-device")
+
+
 @command("device-list-properties", args=[Member("typename", STR)],
          returns=ListOf(Struct("ObjectPropertyInfo", (Member("name", STR),
                                                       Member("type", STR)))))
@@ -81,7 +91,9 @@ def device_list_properties(ctx, typename):
     from vmm.device_models import MODELS
 
     model = MODELS.get(typename)
+    if model is None and typename in NON_DEVICE_TYPES:
+        raise QmpError("Parameter 'typename' expects a non-abstract device type")
     if model is None:
-        raise QmpError("Parameter 'typename' expects device type")
+        raise device_not_found(typename)
     return [{"name": name, "type": QOM_TYPES.get(kind, "str")}
             for name, (kind, _default) in model.properties.items()]

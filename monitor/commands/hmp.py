@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monitor.errors import QmpError
 from monitor.registry import command
 from monitor.types import INT, STR, Member
 
@@ -12,5 +13,7 @@ from monitor.types import INT, STR, Member
 async def human_monitor_command(ctx, command_line, cpu_index=None):
     from monitor.hmp import run_line
 
-    output = await run_line(ctx.monitor, ctx.session, command_line)
+    if cpu_index is not None and not 0 <= cpu_index < len(ctx.machine.vcpus):
+        raise QmpError("Parameter 'cpu-index' expects a CPU number")
+    output = await run_line(ctx.monitor, ctx.session, command_line, cpu=cpu_index or 0)
     return output.replace("\n", "\r\n")

@@ -220,7 +220,7 @@ def _parse_format(cur: _Cursor) -> tuple[int, str, int]:
 
 
 async def run_line(monitor: Monitor, session: Session, line: str,
-                   state: HmpState | None = None) -> str:
+                   state: HmpState | None = None, cpu: int = 0) -> str:
     """Runs one HMP command line; returns its output, errors included, as QEMU prints it."""
     if state is None:
         if session.hmp_state is None:
@@ -240,7 +240,7 @@ async def run_line(monitor: Monitor, session: Session, line: str,
         cmd = INFO.get(sub_name)
         if cmd is None:
             return f"unknown command: 'info {sub_name}'\n"
-    ctx = HmpContext(monitor, session)
+    ctx = HmpContext(monitor, session, cpu)
     try:
         args = parse_arguments(cmd, rest, state, lambda reg: _register(ctx, reg))
     except ArgError as e:
