@@ -18,7 +18,7 @@ COMMANDS = [
     ("device_add", {"driver": "virtio-net-pci", "id": "bad id!"}),
     ("device_add", {"driver": "e1000", "id": "net0"}),
     ("device_del", {"id": "net0"}),
-    ("device_del", {"id": "net0"}),              # the unplug is still pending
+    ("device_del", {"id": "net0"}),              # pending since before the guest ran
 ]
 
 

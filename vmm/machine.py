@@ -120,6 +120,8 @@ class Machine:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.exit_status: asyncio.Future[int] | None = None
         self._firmware_pending = True
+        self._has_run = False                  # QEMU's virtual clock has not started
+        self._unplugs_before_first_run: set[int] = set()
         self.boot_files = self._read_boot_files()
         self.chardevs: dict[str, Chardev] = {}
         try:
@@ -506,15 +508,22 @@ class Machine:
     def request_unplug(self, instance: DeviceInstance) -> None:
         """device_del: the guest is asked; its eject (or the next reset) removes it."""
         with self.lock:
-            if instance.device.slot in self.pcihp.pending_unplugs():
+            slot = instance.device.slot
+            # QEMU lets a request be repeated once the guest's clock has moved on since
+            # the last one (it asks the guest again); a request made before the guest
+            # ever ran never expires ("expires at virtual time 0").
+            if slot in self._unplugs_before_first_run and slot in self.pcihp.pending_unplugs():
                 raise DeviceError(f"Device {instance.id} is already in the process of unplug")
-            self.pcihp.unplug_requested(instance.device.slot)
+            if not self._has_run:
+                self._unplugs_before_first_run.add(slot)
+            self.pcihp.unplug_requested(slot)
 
     def _hotpluggable_in(self, slot: int) -> bool:
         return any(getattr(i.device, "slot", -1) == slot for i in self.device_instances)
 
     def _eject_slot(self, slot: int) -> None:
         """The guest ejected `slot` (or a reset completes its unplug): remove it."""
+        self._unplugs_before_first_run.discard(slot)
         for instance in [i for i in self.device_instances
                          if getattr(i.device, "slot", -1) == slot]:
             path = self._device_path(instance.id, self.device_instances.index(instance))
@@ -719,6 +728,7 @@ class Machine:
             runner.wait_parked()
 
     def _resume_all(self) -> None:
+        self._has_run = True
         self._run_firmware()
         for runner in self.vcpus:
             runner.resume()
