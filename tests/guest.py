@@ -191,3 +191,15 @@ class QmpLine:
         reply = self.execute("human-monitor-command", **{"command-line": line})
         assert "return" in reply, (line, reply)
         return reply["return"]
+
+
+def qmp_answers(argv: list[str], sock: str, commands: list[tuple[str, dict]]) -> list[dict]:
+    """Starts a VMM stopped (-S, no devices, no display), runs each (command, arguments)
+    over QMP and returns the replies: the same questions for kvmkit and for QEMU."""
+    proc = start_with_qmp(argv + ["-S", "-display", "none", "-nodefaults"], sock)
+    try:
+        qmp = QmpLine(sock)
+        return [qmp.execute(name, **args) for name, args in commands]
+    finally:
+        proc.kill()
+        proc.wait()

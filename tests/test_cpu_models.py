@@ -89,22 +89,9 @@ def test_machine_check_banks_as_qemu():
     assert parse_cpu("qemu64,sse4_1=on,-sse4.1").minus == {"sse4.1"}
 
 
-def _qmp_answers(argv: list[str], tmp_path, commands: list[tuple[str, dict]]) -> list[dict]:
-    from guest import QmpLine, start_with_qmp
-
-    sock = str(tmp_path / f"qmp-{len(argv)}.sock")
-    proc = start_with_qmp(argv + ["-S", "-display", "none", "-nodefaults"], sock)
-    try:
-        qmp = QmpLine(sock)
-        return [qmp.execute(name, **args) for name, args in commands]
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.mark.qemu
 def test_cpu_queries_match_a_live_qemu(tmp_path):
-    from guest import QEMU, kvmkit_command
+    from guest import QEMU, kvmkit_command, qmp_answers
 
     commands = [
         ("query-cpu-definitions", {}),
@@ -115,8 +102,8 @@ def test_cpu_queries_match_a_live_qemu(tmp_path):
         ("query-cpu-model-expansion", {"type": "full", "model": {"name": "nosuch"}}),
         ("query-cpu-model-expansion", {"type": "sideways", "model": {"name": "qemu64"}}),
     ]
-    ours = _qmp_answers(kvmkit_command(), tmp_path, commands)
-    theirs = _qmp_answers([QEMU, "-accel", "kvm"], tmp_path, commands)
+    ours = qmp_answers(kvmkit_command(), str(tmp_path / "kvmkit.sock"), commands)
+    theirs = qmp_answers([QEMU, "-accel", "kvm"], str(tmp_path / "qemu.sock"), commands)
     wanted = {d["name"]: d for d in theirs[0]["return"]}
     assert [d for d in ours[0]["return"]] == [wanted[d["name"]] for d in ours[0]["return"]]
     for mine, qemu in zip(ours[1:3], theirs[1:3]):

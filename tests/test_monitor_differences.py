@@ -4,7 +4,7 @@ QEMU with the same machine: each must be QEMU's, class and text."""
 from __future__ import annotations
 
 import pytest
-from guest import QEMU, QmpLine, kvmkit_command, start_with_qmp
+from guest import QEMU, kvmkit_command, qmp_answers
 
 pytestmark = [pytest.mark.kvm, pytest.mark.qemu]
 
@@ -22,19 +22,9 @@ COMMANDS = [
 ]
 
 
-def answers(argv: list[str], sock: str) -> list[dict]:
-    proc = start_with_qmp(argv + ["-S", "-display", "none", "-nodefaults"], sock)
-    try:
-        qmp = QmpLine(sock)
-        return [qmp.execute(name, **args) for name, args in COMMANDS]
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def test_answers_are_qemus(tmp_path):
-    ours = answers(kvmkit_command(), str(tmp_path / "kvmkit.sock"))
-    theirs = answers([QEMU, "-accel", "kvm"], str(tmp_path / "qemu.sock"))
+    ours = qmp_answers(kvmkit_command(), str(tmp_path / "kvmkit.sock"), COMMANDS)
+    theirs = qmp_answers([QEMU, "-accel", "kvm"], str(tmp_path / "qemu.sock"), COMMANDS)
     for (name, args), mine, reference in zip(COMMANDS, ours, theirs):
         assert mine == reference, (name, args)
     assert theirs[0]["error"]["class"] == "DeviceNotFound"
