@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 PT_LOAD = 1
 PT_NOTE = 4
+EM_X86_64 = 62
 
 
 class ElfError(ValueError):

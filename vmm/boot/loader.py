@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from vmm.boot import layout, linux, multiboot, pvh
-from vmm.boot.elf import ElfError, ElfImage, is_elf, parse_elf
+from vmm.boot.elf import EM_X86_64, ElfError, ElfImage, is_elf, parse_elf
 from vmm.memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,6 @@ log = logging.getLogger(__name__)
 
 class BootError(ValueError):
     """The kernel or initrd cannot be booted; the message is for the user."""
-
-
-EM_X86_64 = 62
 
 
 @dataclass(frozen=True)

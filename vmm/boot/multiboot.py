@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from vmm.boot import layout
-from vmm.boot.elf import ElfError, parse_elf
+from vmm.boot.elf import EM_X86_64, ElfError, parse_elf
 from vmm.memory import GuestMemory, GuestMemoryError
 from vmm.qemuopts import split_opts
 
@@ -37,7 +37,6 @@ INFO_MODULES, INFO_MMAP, INFO_BOOTLOADER = 1 << 3, 1 << 6, 1 << 9
 INFO_FLAGS = (INFO_MEMORY | INFO_BOOT_DEVICE | INFO_CMDLINE | INFO_MODULES | INFO_MMAP
               | INFO_BOOTLOADER)
 BOOT_DEVICE_NONE = 0x8000FFFF
-EM_X86_64 = 62
 PAGE = 0x1000
 
 
