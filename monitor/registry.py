@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.errors import COMMAND_NOT_FOUND, QmpError
-from monitor.types import Builtin, Enum, ListOf, Member, Struct, Type, check_members
+from monitor.types import Builtin, Enum, ListOf, Member, Struct, Type, Union, check_members
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Command:
     allow_oob: bool = False
     features: tuple[str, ...] = ()
     extra_args: bool = False        # device_add: any further key=value is a property
+    lock: bool = True               # runs under the machine lock (run control must not)
 
 
 @dataclass
@@ -42,12 +43,13 @@ class Registry:
 
     def command(self, name: str, args: list[Member] | tuple[Member, ...] = (),
                 returns: Type | None = None, allow_oob: bool = False,
-                features: tuple[str, ...] = (), extra_args: bool = False) -> Callable:
+                features: tuple[str, ...] = (), extra_args: bool = False,
+                lock: bool = True) -> Callable:
         def register(handler: Callable) -> Callable:
             if name in self.commands:
                 raise ValueError(f"QMP command {name} declared twice")
             self.commands[name] = Command(name, handler, tuple(args), returns, allow_oob,
-                                          features, extra_args)
+                                          features, extra_args, lock)
             return handler
         return register
 
@@ -104,19 +106,27 @@ class _SchemaBuilder:
         self.counter += 1
         return name
 
-    def object_type(self, members: tuple[Member, ...]) -> str:
-        key = ("object", members)
+    def object_type(self, members: tuple[Member, ...],
+                    variants: tuple[str, tuple[tuple[str, Struct], ...]] | None = None) -> str:
+        key = ("object", members, variants)
         if key in self.names:
             return self.names[key]
         name = self._new_name()
         self.names[key] = name
+        entry: dict = {"name": name, "meta-type": "object"}
+        self.types.append(entry)
         entry_members = []
         for m in members:
             member = {"name": m.name, "type": self.type_name(m.type)}
             if m.optional:
                 member["default"] = None
             entry_members.append(member)
-        self.types.append({"name": name, "meta-type": "object", "members": entry_members})
+        entry["members"] = entry_members
+        if variants is not None:
+            tag, cases = variants
+            entry["tag"] = tag
+            entry["variants"] = [{"case": case, "type": self.object_type(struct.members)}
+                                 for case, struct in cases]
         return name
 
     def type_name(self, t: Type | None) -> str:
@@ -144,6 +154,8 @@ class _SchemaBuilder:
             return self.names[t]
         if isinstance(t, Struct):
             return self.object_type(t.members)
+        if isinstance(t, Union):
+            return self.object_type(t.base, (t.tag, t.variants))
         raise TypeError(t)
 
 

@@ -155,3 +155,62 @@ def option_text(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
+
+
+@dataclass(frozen=True)
+class Union(Type):
+    """A flat union: the base members, then those of the variant the tag selects."""
+
+    schema_name: str
+    base: tuple[Member, ...]
+    tag: str
+    variants: tuple[tuple[str, Struct], ...]
+    json_type = "object"
+
+    def variant(self, value: str) -> Struct | None:
+        return next((s for case, s in self.variants if case == value), None)
+
+    def check(self, name: str, value: object) -> object:
+        if not isinstance(value, dict):
+            raise _type_error(name, "object")
+        variant = self.variant(value.get(self.tag))
+        members = self.base + (variant.members if variant else ())
+        return check_members(members, value, prefix=f"{name}.")
+
+
+def reply_problems(t: Type | None, value: object, where: str = "return") -> list[str]:
+    """How a command's reply differs from its declared return type (None: an empty
+    object): missing or unexpected members, wrong JSON types, unknown enum values."""
+    if t is None:
+        return [] if value == {} else [f"{where}: expected {{}}"]
+    if isinstance(t, Builtin):
+        kinds = {"int": int, "number": (int, float), "string": str, "boolean": bool,
+                 "null": type(None)}
+        wanted = kinds.get(t.json_type)
+        if wanted is None:
+            return []
+        if not isinstance(value, wanted) or (wanted in (int, (int, float)) and
+                                             isinstance(value, bool)):
+            return [f"{where}: {value!r} is not {t.json_type}"]
+        return []
+    if isinstance(t, Enum):
+        return [] if value in t.values else [f"{where}: {value!r} not in {t.schema_name}"]
+    if isinstance(t, ListOf):
+        if not isinstance(value, list):
+            return [f"{where}: not an array"]
+        return [p for i, item in enumerate(value)
+                for p in reply_problems(t.element, item, f"{where}[{i}]")]
+    if isinstance(t, (Struct, Union)):
+        if not isinstance(value, dict):
+            return [f"{where}: not an object"]
+        members = t.members if isinstance(t, Struct) else \
+            t.base + getattr(t.variant(value.get(t.tag)), "members", ())
+        problems = [f"{where}: unexpected '{k}'" for k in value
+                    if k not in {m.name for m in members}]
+        for m in members:
+            if m.name in value:
+                problems += reply_problems(m.type, value[m.name], f"{where}.{m.name}")
+            elif not m.optional:
+                problems.append(f"{where}: missing '{m.name}'")
+        return problems
+    return []

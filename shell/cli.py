@@ -43,7 +43,17 @@ def format_event(event: dict) -> str:
 
 
 async def run_line(conn: Connection, line: str, rich: bool, console) -> None:
+    """An HMP line, or `qmp COMMAND [arg=value ...]` (values read as JSON where they
+    parse, else as strings), whose reply is printed as JSON."""
     key = " ".join(line.split())
+    if key.split(" ")[0] == "qmp":
+        words = key.split(" ")[1:]
+        if not words:
+            raise ValueError("usage: qmp COMMAND [arg=value ...]")
+        reply = await conn.qmp(words[0], **dict(qmp_argument(w) for w in words[1:]))
+        sys.stdout.write(json.dumps(reply, indent=2) + "\n")
+        sys.stdout.flush()
+        return
     if rich and key in RENDERERS:
         try:
             console.print(await RENDERERS[key](conn))
@@ -54,6 +64,14 @@ async def run_line(conn: Connection, line: str, rich: bool, console) -> None:
     if text:
         sys.stdout.write(text)
         sys.stdout.flush()
+
+
+def qmp_argument(word: str) -> tuple[str, object]:
+    name, _, text = word.partition("=")
+    try:
+        return name, json.loads(text)
+    except ValueError:
+        return name, text
 
 
 async def one_shot(args, conn: Connection, console) -> int:

@@ -1,5 +1,7 @@
-"""Tab completion from what the server says: commands, info subcommands, device
-drivers and their properties, device ids and netdev ids."""
+"""Tab completion from what the server says: HMP commands and info subcommands
+(from `help`), QMP commands with their argument names and enum values (from
+query-qmp-schema, so the same on kvmkit and QEMU), device drivers and their
+properties, device ids and netdev ids."""
 
 from __future__ import annotations
 
@@ -31,10 +33,15 @@ class Vocabulary:
         self.device_ids: list[str] = []
         self.netdev_ids: list[str] = []
         self.properties: dict[str, list[str]] = {}
+        self.qmp_args: dict[str, dict[str, list[str]]] = {}   # command -> arg -> values
 
     async def refresh(self, conn: Connection) -> None:
         self.commands = names_from_help(await conn.hmp("help"))
         self.info = names_from_help(await conn.hmp("info"))
+        try:
+            self.qmp_args = qmp_arguments(await conn.qmp("query-qmp-schema"))
+        except Exception:
+            self.qmp_args = {}
         try:
             types = await conn.qmp("qom-list-types", implements="device", abstract=False)
             self.drivers = sorted(t["name"] for t in types)
@@ -63,6 +70,19 @@ class Vocabulary:
         return self.properties[driver]
 
 
+def qmp_arguments(schema: list[dict]) -> dict[str, dict[str, list[str]]]:
+    """Each QMP command's argument names, and for enum-typed ones their values."""
+    types = {entity["name"]: entity for entity in schema}
+    commands = {}
+    for entity in schema:
+        if entity.get("meta-type") != "command":
+            continue
+        members = types.get(entity["arg-type"], {}).get("members", [])
+        commands[entity["name"]] = {
+            m["name"]: list(types.get(m["type"], {}).get("values", [])) for m in members}
+    return commands
+
+
 class ShellCompleter(Completer):
     def __init__(self, vocabulary: Vocabulary, conn: Connection | None = None) -> None:
         self.vocab = vocabulary
@@ -71,8 +91,10 @@ class ShellCompleter(Completer):
     def candidates(self, text: str) -> list[str]:
         words = text.split(" ")
         if len(words) == 1:
-            return self.vocab.commands
+            return sorted({*self.vocab.commands, "qmp"})
         command = words[0]
+        if command == "qmp":
+            return self._qmp_candidates(words[1:])
         if len(words) == 2:
             if command == "info":
                 return self.vocab.info
@@ -94,6 +116,18 @@ class ShellCompleter(Completer):
         if len(words) == 3 and command == "set_link":
             return ["on", "off"]
         return []
+
+    def _qmp_candidates(self, words: list[str]) -> list[str]:
+        """`qmp COMMAND arg=value ...`: command names, then its arguments and values."""
+        if len(words) == 1:
+            return sorted(self.vocab.qmp_args)
+        args = self.vocab.qmp_args.get(words[0], {})
+        current = words[-1]
+        if "=" in current:
+            name = current.split("=", 1)[0]
+            return [f"{name}={value}" for value in args.get(name, [])]
+        given = {w.split("=", 1)[0] for w in words[1:-1]}
+        return [f"{name}=" for name in args if name not in given]
 
     def get_completions(self, document, complete_event):
         text = document.text_before_cursor

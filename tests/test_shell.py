@@ -147,3 +147,39 @@ def test_interactive_completion_history_events_and_quit(vmms, tmp_path, vmm_kind
         peer.close()
     finally:
         term.close()
+
+
+def test_qmp_lines_and_completion_from_the_schema(vmms, tmp_path, vmm_kind):
+    """`qmp COMMAND arg=value` runs QMP; completion offers QMP commands, their
+    arguments and enum values as the server's query-qmp-schema describes them."""
+    import asyncio
+
+    from shell.client import Connection
+    from shell.completion import ShellCompleter, Vocabulary
+
+    sock = str(tmp_path / "m.sock")
+    vmms(vmm_kind, sock)
+    result = shell(sock, "-c", "qmp query-status", "-c", "qmp qom-get "
+                   "path=/machine property=type")
+    assert result.returncode == 0, result.stderr
+    assert '"status": "prelaunch"' in result.stdout
+    assert '"pc-i440fx-7.2-machine"' in result.stdout
+
+    async def complete() -> dict:
+        conn = Connection()
+        await conn.connect(sock)
+        try:
+            vocab = Vocabulary()
+            await vocab.refresh(conn)
+        finally:
+            await conn.close()
+        completer = ShellCompleter(vocab)
+        return {text: completer.candidates(text) for text in (
+            "qmp query-sta", "qmp device-list-properties ", "qmp set_link name=n0 ",
+            "qmp query-cpu-model-expansion type=")}
+    got = asyncio.run(complete())
+    assert "query-status" in got["qmp query-sta"]
+    assert got["qmp device-list-properties "] == ["typename="]
+    assert got["qmp set_link name=n0 "] == ["up="]
+    assert got["qmp query-cpu-model-expansion type="] == [
+        "type=static", "type=full"]

@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 from monitor.registry import command
-from monitor.types import ANY, ListOf
+from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
+
+# QEMU's qapi/block-core.json, for the members kvmkit reports
+IMAGE_INFO = Struct("ImageInfo", (
+    Member("filename", STR), Member("format", STR), Member("dirty-flag", BOOL, True),
+    Member("actual-size", INT, True), Member("virtual-size", INT)))
+BLOCK_DEVICE_INFO = Struct("BlockDeviceInfo", (
+    Member("file", STR), Member("node-name", STR, True), Member("ro", BOOL),
+    Member("drv", STR), Member("backing_file_depth", INT), Member("encrypted", BOOL),
+    Member("detect_zeroes", Enum("BlockdevDetectZeroesOptions", ("off", "on", "unmap"))),
+    Member("bps", INT), Member("bps_rd", INT), Member("bps_wr", INT), Member("iops", INT),
+    Member("iops_rd", INT), Member("iops_wr", INT), Member("image", IMAGE_INFO),
+    Member("cache", Struct("BlockdevCacheInfo", (Member("writeback", BOOL),
+                                                 Member("direct", BOOL),
+                                                 Member("no-flush", BOOL)))),
+    Member("write_threshold", INT)))
+BLOCK_INFO = Struct("BlockInfo", (
+    Member("device", STR), Member("qdev", STR, True), Member("type", STR),
+    Member("removable", BOOL), Member("locked", BOOL),
+    Member("inserted", BLOCK_DEVICE_INFO, True), Member("tray_open", BOOL, True),
+    Member("io-status", Enum("BlockDeviceIoStatus", ("ok", "failed", "nospace")), True)))
 
 
-@command("query-block", returns=ListOf(ANY))
+@command("query-block", returns=ListOf(BLOCK_INFO))
 def query_block(ctx):
     out = []
     for drive_id, drive in ctx.machine.drives.items():

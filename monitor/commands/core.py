@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monitor.errors import QmpError
 from monitor.registry import REGISTRY, command
-from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
+from monitor.types import ANY, BOOL, INT, STR, Enum, ListOf, Member, Struct, Union
 from vmm import __version__
 
 QEMU_VERSION = (7, 2, 22)
@@ -66,7 +66,35 @@ def query_commands(ctx):
     return [{"name": name} for name in ctx.monitor.registry.command_names()]
 
 
-@command("query-qmp-schema", returns=ListOf(Struct("SchemaInfo", ())))
+# QEMU's qapi/introspect.json
+_FEATURES = Member("features", ListOf(STR), True)
+SCHEMA_INFO = Union(
+    "SchemaInfo",
+    (Member("name", STR), Member("meta-type", Enum("SchemaMetaType", (
+        "builtin", "enum", "array", "object", "alternate", "command", "event"))), _FEATURES),
+    "meta-type", (
+        ("builtin", Struct("SchemaInfoBuiltin", (Member("json-type", Enum("JSONType", (
+            "string", "number", "int", "boolean", "null", "object", "array", "value"))),))),
+        ("enum", Struct("SchemaInfoEnum", (
+            Member("members", ListOf(Struct("SchemaInfoEnumMember",
+                                            (Member("name", STR), _FEATURES)))),
+            Member("values", ListOf(STR))))),
+        ("array", Struct("SchemaInfoArray", (Member("element-type", STR),))),
+        ("object", Struct("SchemaInfoObject", (
+            Member("members", ListOf(Struct("SchemaInfoObjectMember", (
+                Member("name", STR), Member("type", STR), Member("default", ANY, True),
+                _FEATURES)))),
+            Member("tag", STR, True),
+            Member("variants", ListOf(Struct("SchemaInfoObjectVariant", (
+                Member("case", STR), Member("type", STR)))), True)))),
+        ("alternate", Struct("SchemaInfoAlternate", (Member("members", ListOf(Struct(
+            "SchemaInfoAlternateMember", (Member("type", STR),)))),))),
+        ("command", Struct("SchemaInfoCommand", (
+            Member("arg-type", STR), Member("ret-type", STR), Member("allow-oob", BOOL, True)))),
+        ("event", Struct("SchemaInfoEvent", (Member("arg-type", STR),)))))
+
+
+@command("query-qmp-schema", returns=ListOf(SCHEMA_INFO))
 def query_qmp_schema(ctx):
     return ctx.monitor.registry.schema()
 
@@ -149,7 +177,17 @@ def query_chardev(ctx):
             for c in ctx.machine.chardevs.values()]
 
 
-@command("query-jobs", returns=ListOf(Struct("JobInfo", (Member("id", STR),))))
+JOB_STATUS = Enum("JobStatus", ("undefined", "created", "running", "paused", "ready",
+                                "standby", "waiting", "pending", "aborting", "concluded",
+                                "null"))
+JOB_TYPE = Enum("JobType", ("commit", "stream", "mirror", "backup", "create", "amend",
+                            "snapshot-load", "snapshot-save", "snapshot-delete"))
+
+
+@command("query-jobs", returns=ListOf(Struct("JobInfo", (
+    Member("id", STR), Member("type", JOB_TYPE), Member("status", JOB_STATUS),
+    Member("current-progress", INT), Member("total-progress", INT),
+    Member("error", STR, True)))))
 def query_jobs(ctx):
     return []
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from monitor.registry import command
-from monitor.types import ListOf, Struct
+from monitor.types import BOOL, INT, STR, ListOf, Member, Struct
 
 # QEMU's pci_class_descriptions, for the classes a pc machine shows
 CLASS_NAMES = {
@@ -50,6 +50,21 @@ def device_info(device) -> dict:
     return info
 
 
-@command("query-pci", returns=ListOf(Struct("PciInfo", ())))
+# QEMU's qapi/pci.json (no bridges here, so no PciBridgeInfo)
+PCI_DEVICE_INFO = Struct("PciDeviceInfo", (
+    Member("bus", INT), Member("slot", INT), Member("function", INT),
+    Member("class_info", Struct("PciDeviceClass", (Member("desc", STR, True),
+                                                   Member("class", INT)))),
+    Member("id", Struct("PciDeviceId", (Member("device", INT), Member("vendor", INT),
+                                        Member("subsystem", INT, True),
+                                        Member("subsystem-vendor", INT, True)))),
+    Member("irq", INT, True), Member("irq_pin", INT), Member("qdev_id", STR),
+    Member("regions", ListOf(Struct("PciMemoryRegion", (
+        Member("bar", INT), Member("type", STR), Member("address", INT), Member("size", INT),
+        Member("prefetch", BOOL, True), Member("mem_type_64", BOOL, True)))))))
+
+
+@command("query-pci", returns=ListOf(Struct("PciInfo", (
+    Member("bus", INT), Member("devices", ListOf(PCI_DEVICE_INFO))))))
 def query_pci(ctx):
     return [{"bus": 0, "devices": [device_info(d) for d in ctx.machine.pci.sorted_devices()]}]

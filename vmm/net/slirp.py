@@ -155,8 +155,9 @@ class UserBackend:
         self._get_revents = _ffi.callback("int(int, void *)", self._on_get_revents)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._running = True
-        if "hostfwd" in opts:
-            self.add_hostfwd(opts["hostfwd"])
+        rules = opts.get("hostfwd", [])
+        for rule in [rules] if isinstance(rules, str) else rules:   # [String] from JSON
+            self.add_hostfwd(rule)
         self._thread = threading.Thread(target=self._poll_sockets, daemon=True,
                                         name="slirp")
         self._thread.start()

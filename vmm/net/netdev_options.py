@@ -1,0 +1,58 @@
+"""-netdev and netdev_add members by back-end type, with QEMU's QAPI types
+(NetdevUserOptions, NetdevTapOptions, NetdevBridgeOptions), for the back ends
+kvmkit has.
+
+Option text (-netdev user,ipv4=on) is read as QEMU's keyval does; JSON
+(-netdev {...}, netdev_add) is checked as QEMU's QAPI visitor checks it, and
+both become the option-text dictionary the back ends take. A list member
+(hostfwd, guestfwd, dnssearch: QEMU's [String]) becomes a list of texts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmm.errors import UserError
+
+STR, BOOL, INT, SIZE, STRINGS = "str", "bool", "int", "size", "[String]"
+MEMBERS: dict[str, dict[str, str]] = {
+    "user": {"net": STR, "host": STR, "dhcpstart": STR, "dns": STR, "hostfwd": STRINGS,
+             "restrict": BOOL, "ipv4": BOOL, "ipv6": BOOL, "hostname": STR,
+             "domainname": STR, "tftp": STR, "bootfile": STR, "smb": STR,
+             "dnssearch": STRINGS, "guestfwd": STRINGS},
+    "tap": {"ifname": STR, "fd": STR, "fds": STR, "script": STR, "downscript": STR,
+            "br": STR, "helper": STR, "sndbuf": SIZE, "vnet_hdr": BOOL, "vhost": BOOL,
+            "vhostfd": STR, "vhostfds": STR, "vhostforce": BOOL, "queues": INT,
+            "poll-us": INT},
+    "bridge": {"br": STR, "helper": STR},
+}
+NETDEV_TYPES = tuple(MEMBERS)
+EXPECTED = {STR: "string", BOOL: "boolean", INT: "integer", SIZE: "integer"}
+
+
+def from_json(kind: str, members: dict[str, Any]) -> dict[str, Any]:
+    """JSON members as option text, after QEMU's type checks."""
+    known = MEMBERS.get(kind, {})
+    opts: dict[str, Any] = {}
+    for key, value in members.items():
+        member_type = known.get(key)
+        if member_type is None:
+            raise UserError(f"Parameter '{key}' is unexpected")
+        if member_type == STRINGS:
+            if not isinstance(value, list):
+                raise UserError(f"Invalid parameter type for '{key}', expected: array")
+            texts = []
+            for index, item in enumerate(value):
+                if not isinstance(item, dict) or not isinstance(item.get("str"), str) or \
+                        set(item) != {"str"}:
+                    raise UserError(f"Invalid parameter type for '{key}[{index}]', "
+                                    f"expected: object")
+                texts.append(item["str"])
+            opts[key] = texts
+            continue
+        wanted = {STR: str, BOOL: bool, INT: int, SIZE: int}[member_type]
+        if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+            raise UserError(f"Invalid parameter type for '{key}', expected: "
+                            f"{EXPECTED[member_type]}")
+        opts[key] = ("on" if value else "off") if member_type == BOOL else str(value)
+    return opts
