@@ -1,5 +1,6 @@
 """Build steps pyproject.toml cannot express: the cffi extensions (the KVM bindings,
-compiled against <linux/kvm.h>, and the virtqueue's C fast path), and the probe
+compiled against <linux/kvm.h>, the virtqueue's C fast path, and the virtio
+constants read from <linux/virtio_*.h>), and the probe
 guest ELF, compiled with gcc."""
 
 import importlib.util
@@ -30,6 +31,7 @@ class BuildPyWithProbe(build_py):
 
 
 setup(
-    cffi_modules=["vmm/_kvm_build.py:ffibuilder", "vmm/virtio/_ring_build.py:ffibuilder"],
+    cffi_modules=["vmm/_kvm_build.py:ffibuilder", "vmm/virtio/_ring_build.py:ffibuilder",
+                  "vmm/virtio/_spec_build.py:ffibuilder"],
     cmdclass={"build_py": BuildPyWithProbe},
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vmm.errors import UserError
+
 GENERIC = "GenericError"
 COMMAND_NOT_FOUND = "CommandNotFound"
 DEVICE_NOT_FOUND = "DeviceNotFound"
@@ -9,11 +11,16 @@ DEVICE_NOT_ACTIVE = "DeviceNotActive"
 KVM_MISSING_CAP = "KVMMissingCap"
 
 
-class QmpError(Exception):
+class QmpError(UserError):
+    """A user error as the monitor answers it (vmm.errors.UserError with its class)."""
+
     def __init__(self, desc: str, error_class: str = GENERIC) -> None:
-        super().__init__(desc)
+        super().__init__(desc, error_class)
         self.desc = desc
-        self.error_class = error_class
+
+    @classmethod
+    def of(cls, error: UserError) -> QmpError:
+        return error if isinstance(error, QmpError) else cls(str(error), error.error_class)
 
     def to_json(self) -> dict:
         return {"class": self.error_class, "desc": self.desc}

@@ -16,6 +16,7 @@ from typing import Any
 
 from monitor.errors import QmpError
 from monitor.registry import REGISTRY, Command, Registry
+from vmm.errors import UserError
 
 EventSink = Callable[[dict], None]
 
@@ -107,12 +108,25 @@ class Monitor:
         return self.registry.find(name)
 
     async def execute(self, command: Command, arguments: dict, session: Session) -> Any:
-        """Runs a validated call; returns its result or raises QmpError."""
-        args = self.registry.check_args(command, arguments)
-        kwargs = {name.replace("-", "_"): value for name, value in args.items()}
-        result = command.handler(Context(self, session), **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
+        """Runs a validated call; returns its result or raises QmpError.
+
+        Commands run under the machine lock unless they say otherwise (run control
+        waits for the vCPUs, which take it) or are coroutines (which call others).
+        A user error from any layer becomes a QmpError here, and only here.
+        """
+        try:
+            args = self.registry.check_args(command, arguments)
+            kwargs = {name.replace("-", "_"): value for name, value in args.items()}
+            context = Context(self, session)
+            if command.lock and not inspect.iscoroutinefunction(command.handler):
+                with self.machine.lock:
+                    result = command.handler(context, **kwargs)
+            else:
+                result = command.handler(context, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except UserError as e:
+            raise QmpError.of(e) from None
         return {} if result is None else result
 
     async def call(self, command: str, session: Session | None = None, /,

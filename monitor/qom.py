@@ -14,8 +14,9 @@ from typing import Any
 from monitor.errors import QmpError, device_not_found
 from monitor.types import BOOL, INT, STR, UINT32, Type
 
-QOM_TYPES = {"int": "uint32", "bool": "bool", "str": "str", "chardev": "str", "size": "size"}
-CHECKS: dict[str, Type] = {"uint32": UINT32, "bool": BOOL, "str": STR, "size": INT, "int": INT}
+CHECKS: dict[str, Type] = {"uint32": UINT32, "bool": BOOL, "str": STR, "size": INT, "int": INT,
+                           "int32": INT, "uint16": INT, "uint8": INT, "uint64": INT,
+                           "OnOffAuto": STR}
 
 
 @dataclass
@@ -50,48 +51,40 @@ def _container() -> QomObject:
     return QomObject("container")
 
 
-def _device_object(machine, instance) -> QomObject:
-    from vmm.device_models import MODELS
+def _device_object(machine, device) -> QomObject:
+    from vmm import qdev
 
-    model = MODELS[instance.driver]
-    obj = QomObject(instance.driver)
+    obj = QomObject(device.driver)
+    bus = next((name for name, bus_type, _ in machine.devices.buses()
+                if bus_type == device.type.bus), "")
     obj.props += [
-        Prop("parent_bus", "link<bus>", lambda: f"/machine/unattached/{model.bus}.0"),
+        Prop("parent_bus", "link<bus>", lambda: f"/machine/unattached/{bus}"),
         Prop("realized", "bool", lambda: True),
-        Prop("hotplugged", "bool", lambda: instance.hotplugged),
-        Prop("hotpluggable", "bool", lambda: model.bus == "pci"),
+        Prop("hotplugged", "bool", lambda: device.hotplugged),
+        Prop("hotpluggable", "bool", lambda: device.type.hotpluggable),
     ]
-    for name, (kind, _default) in reversed(model.properties.items()):  # QEMU lists newest first
-        obj.props.append(Prop(name, QOM_TYPES.get(kind, "str"),
-                              (lambda name=name: _prop_value(instance, name)),
-                              _after_realize(instance, name)))
+    for prop in reversed(qdev.all_props(device.type)):   # QEMU lists the newest first
+        if prop.writable:
+            obj.props.append(Prop(prop.name, prop.type,
+                                  (lambda name=prop.name: _prop_value(device, name)),
+                                  _after_realize(device, prop.name)))
     # Properties a running device answers itself (the balloon's guest-stats...).
-    backend = getattr(instance.device, "backend", instance.device)
+    backend = getattr(device.obj, "backend", device.obj)
     for name, kind, get, set_ in getattr(backend, "live_properties", list)():
         obj.props = [p for p in obj.props if p.name != name]
-        obj.props.append(Prop(name, kind, get, set_ and _qmp_errors(set_)))
+        obj.props.append(Prop(name, kind, get, set_))
     return obj
 
 
-def _qmp_errors(setter: Callable[[Any], None]) -> Callable[[Any], None]:
-    """Device setters raise ValueError with QEMU's text; the monitor wants QmpError."""
-    def set_(value: Any) -> None:
-        try:
-            setter(value)
-        except ValueError as e:
-            raise QmpError(str(e)) from None
-    return set_
-
-
-def _prop_value(instance, name: str) -> Any:
-    value = instance.props.get(name)
+def _prop_value(device, name: str) -> Any:
+    value = device.props.get(name)
     return "" if value is None else value
 
 
-def _after_realize(instance, name: str) -> Callable[[Any], None]:
+def _after_realize(device, name: str) -> Callable[[Any], None]:
     def refuse(value: Any) -> None:
         raise QmpError(f"Attempt to set property '{name}' on device "
-                       f"'{instance.id or ''}' (type '{instance.driver}') after it was realized")
+                       f"'{device.id or ''}' (type '{device.driver}') after it was realized")
     return refuse
 
 
@@ -105,14 +98,10 @@ def build_tree(machine) -> QomObject:
         cpu = QomObject(f"{machine.cfg.cpu.model}-x86_64-cpu")
         cpu.props.append(Prop("apic-id", "uint32", lambda index=index: index))
         unattached.add_child(f"device[{index}]", cpu)
-    anon_index = 0
-    for instance in machine.device_instances:
-        obj = _device_object(machine, instance)
-        if instance.id:
-            peripheral.add_child(instance.id, obj)
-        else:
-            anon.add_child(f"device[{anon_index}]", obj)
-            anon_index += 1
+    for device in machine.devices.user_devices():
+        parent, _, name = machine.devices.path(device).rpartition("/")
+        (peripheral if parent.endswith("/peripheral") else anon).add_child(
+            name, _device_object(machine, device))
     chardevs = root.add_child("chardevs", _container())
     for chardev in machine.chardevs.values():
         chardevs.add_child(chardev.id, QomObject(f"chardev-{chardev.backend}"))

@@ -12,10 +12,9 @@ import os
 import signal
 import sys
 
-from vmm import __version__
+from vmm import __version__, qdev
 from vmm.config import MACHINE_TYPES, USAGE, ConfigError, MachineConfig, parse_args
 from vmm.cpu_models import help_text as cpu_help
-from vmm.device_models import help_text as device_help
 
 PROG = "kvmkit"
 KVM_DEVICE = "/dev/kvm"
@@ -75,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         print(cpu_help(), end="")
         return 0
     if cfg.list_devices:
-        print(device_help(), end="")
+        print(qdev.device_help(), end="")
+        return 0
+    if cfg.device_help is not None:
+        device_type = qdev.lookup(cfg.device_help)
+        if device_type is None:          # QEMU prints this and exits 0
+            error(f"-device {cfg.device_help},help: Device '{cfg.device_help}' not found")
+            return 0
+        print(qdev.help_text(device_type), end="")
         return 0
     if cfg.logfile:
         try:

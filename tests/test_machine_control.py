@@ -97,7 +97,7 @@ def test_emulation_failure_enters_internal_error(tmp_path):
 
     async def scenario():
         await run_until_ready(machine, console)
-        machine.serials[0].uart.receive(b"crash\n")
+        machine.devices.find_type("isa-serial").obj.receive(b"crash\n")
         await wait_runstate(machine, "internal-error")
         assert events[-1] == ("STOP", None)
         with pytest.raises(RunStateError, match="Resetting the Virtual Machine is required"):
@@ -119,7 +119,7 @@ def test_guest_power_off_with_no_shutdown_stops_in_shutdown_state(tmp_path):
 
     async def scenario():
         await run_until_ready(machine, console)
-        machine.serials[0].uart.receive(b"outw 0x604 0x2000\n")
+        machine.devices.find_type("isa-serial").obj.receive(b"outw 0x604 0x2000\n")
         await wait_runstate(machine, "shutdown")
         assert events[-2:] == [("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"}),
                                ("STOP", None)]

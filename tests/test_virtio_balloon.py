@@ -8,6 +8,7 @@ import pytest
 from fakes import FakeTimer
 
 from vmm.devices.virtio_balloon import VirtioBalloon
+from vmm.errors import UserError
 from vmm.memory import GuestMemory
 from vmm.virtio.pci import S_DRIVER_OK, S_FEATURES_OK, S_NEEDS_RESET, VirtioPciDevice
 
@@ -162,9 +163,9 @@ def test_stats_buffer_is_held_until_the_polling_period_ends():
     assert balloon.stats_timer.armed == 2
     balloon.stats_timer.fire()
     assert mem.read_u16(used + 2) == 1                       # handed back to be refilled
-    with pytest.raises(ValueError, match="greater than zero"):
+    with pytest.raises(UserError, match="greater than zero"):
         balloon.set_stats_interval(-1)
-    with pytest.raises(ValueError, match="too big"):
+    with pytest.raises(UserError, match="too big"):
         balloon.set_stats_interval(1 << 32)
 
 

@@ -19,12 +19,15 @@ import time
 import tty
 from collections.abc import Callable
 
+from vmm.errors import UserError
+from vmm.qemuopts import OptsError, parse_bool, parse_int
+
 Receiver = Callable[[bytes], None]
 OUTPUT_LIMIT = 16 << 20   # bytes a slow socket client may have pending before we drop it
 MAX_FDS = 16              # file descriptors accepted with one message (SCM_RIGHTS)
 
 
-class ChardevError(ValueError):
+class ChardevError(UserError):
     pass
 
 
@@ -531,3 +534,39 @@ class MuxChardev(Chardev):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def make_chardev(spec, on_terminate: Callable[[], None]) -> Chardev:
+    """A chardev from its -chardev spec (vmm.config.ChardevSpec); mux=on puts a
+    multiplexer in front, whose C-a x calls ``on_terminate``. ChardevError
+    names the option."""
+    o = spec.options
+    try:
+        if spec.backend == "stdio":
+            chardev: Chardev = StdioChardev(spec.id,
+                                            signal=parse_bool("signal", o.get("signal", "on")))
+        elif spec.backend == "file":
+            chardev = FileChardev(spec.id, o["path"],
+                                  append=parse_bool("append", o.get("append", "off")))
+        elif spec.backend == "pty":
+            chardev = PtyChardev(spec.id)
+        elif spec.backend == "socket":
+            server = parse_bool("server", o.get("server", "off"))
+            wait = parse_bool("wait", o.get("wait", "on"))
+            if "fd" in o:
+                chardev = SocketChardev(spec.id, listen_fd=parse_int("fd", o["fd"]), wait=wait)
+            elif "path" in o:
+                chardev = SocketChardev(spec.id, path=o["path"], server=server, wait=wait)
+            else:
+                chardev = SocketChardev(spec.id, host=o.get("host", "0.0.0.0"),
+                                        port=parse_int("port", o.get("port", "")),
+                                        server=server, wait=wait)
+        else:
+            chardev = NullChardev(spec.id)
+    except (ChardevError, OptsError) as e:
+        raise ChardevError(f"-chardev {spec.backend},id={spec.id}: {e}") from None
+    if o.get("mux") == "on":
+        mux = MuxChardev(spec.id, chardev)
+        mux.on_terminate = on_terminate
+        return mux
+    return chardev

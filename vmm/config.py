@@ -6,12 +6,15 @@ Every user error raises ConfigError whose text is QEMU's (``-m foo: Parameter
 
 from __future__ import annotations
 
+import json
 import random
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from vmm.cpu_models import CpuConfig, CpuModelError, parse_cpu
 from vmm.drives import DISCARD_MODES
+from vmm.errors import UserError
+from vmm.net import netdev_options
 from vmm.qemuopts import SIZE_HELP, OptsError, parse_bool, parse_opts, parse_size
 
 DEFAULT_RAM = 128 << 20
@@ -19,7 +22,7 @@ MACHINE_TYPES = {"pc": "Standard PC (i440FX + PIIX, 1996)",
                  "pc-i440fx-7.2": "Standard PC (i440FX + PIIX, 1996)"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A command-line error; str() is the full message without the program name."""
 
 
@@ -35,6 +38,7 @@ class DeviceSpec:
     driver: str
     options: dict[str, str]
     origin: str                        # the option text, for error messages
+    json: bool = False                 # given as JSON: values keep their JSON types
 
 
 @dataclass
@@ -75,6 +79,7 @@ class MachineConfig:
     show_help: bool = False
     list_machines: bool = False
     list_devices: bool = False
+    device_help: str | None = None     # -device DRIVER,help
     list_cpus: bool = False
 
 
@@ -282,12 +287,32 @@ class _Parser:
         self.cfg.chardevs.append(ChardevSpec(cid, backend, opts))
 
     def opt_device(self, arg: str) -> None:
+        """-device DRIVER,prop=value,... or, as libvirt gives it, -device {JSON}."""
+        if arg.startswith("{"):
+            opts = self._json_object(arg)
+            driver = opts.pop("driver", None)
+            if driver is None:
+                raise self.fail("Parameter 'driver' is missing")
+            self.cfg.devices.append(DeviceSpec(driver, opts, f"-device {arg}", json=True))
+            return
         opts = parse_opts(arg, implied="driver")
         driver = opts.pop("driver", "")
         if driver in ("help", "?"):
             self.cfg.list_devices = True
             return
+        if opts.get("help") == "on" or opts.get("?") == "on":
+            self.cfg.device_help = driver
+            return
         self.cfg.devices.append(DeviceSpec(driver, opts, f"-device {arg}"))
+
+    def _json_object(self, arg: str) -> dict:
+        try:
+            value = json.loads(arg)
+        except ValueError as e:
+            raise self.fail(f"JSON parse error, {e.msg}") from None
+        if not isinstance(value, dict):
+            raise self.fail("Parameter 'driver' is missing")
+        return value
 
     def opt_qmp(self, arg: str) -> None:
         cid = self.chardev_from_legacy(arg, self.new_chardev_id("compat_monitor"))
@@ -314,6 +339,22 @@ class _Parser:
                                              parse_bool("pretty", opts.get("pretty", "off"))))
 
     def opt_netdev(self, arg: str) -> None:
+        """-netdev TYPE,id=ID,... or -netdev {JSON}, checked as QEMU's QAPI does."""
+        if arg.startswith("{"):
+            members = self._json_object(arg)
+            kind, netdev_id = members.pop("type", None), members.pop("id", None)
+            if not isinstance(kind, str):
+                raise self.fail("Parameter 'type' is missing")
+            if kind not in netdev_options.NETDEV_TYPES:
+                raise self.fail(f"Parameter 'type' does not accept value '{kind}'")
+            if netdev_id is None:
+                raise self.fail("Parameter 'id' is missing")
+            try:
+                opts = netdev_options.from_json(kind, members)
+            except UserError as e:
+                raise self.fail(str(e)) from None
+            self.cfg.netdevs.append((f"-netdev {arg}", {"type": kind, "id": netdev_id, **opts}))
+            return
         opts = parse_opts(arg, implied="type")
         self.cfg.netdevs.append((f"-netdev {arg}", opts))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from vmm.errors import UserError
 from vmm.kvm import CpuidEntry
 
 EAX, EBX, ECX, EDX = "eax", "ebx", "ecx", "edx"
@@ -106,7 +107,7 @@ def _model_features(model: CpuModel) -> dict[tuple[int, str], int]:
     return features
 
 
-class CpuModelError(ValueError):
+class CpuModelError(UserError):
     """An unknown model or property; the message is QEMU's."""
 
 

@@ -15,30 +15,18 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from vmm import cpu as cpustate
 from vmm.boot import acpi, firmware, layout, linux, multiboot
 from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
 from vmm.bus import Bus
-from vmm.chardev import (
-    Chardev,
-    ChardevError,
-    FileChardev,
-    MuxChardev,
-    NullChardev,
-    PtyChardev,
-    SocketChardev,
-    StdioChardev,
-)
-from vmm.config import ChardevSpec, MachineConfig
+from vmm.chardev import Chardev, ChardevError, StdioChardev, make_chardev
+from vmm.config import MachineConfig
 from vmm.cpu_models import CpuModelError, mcg_cap, model_cpuid
-from vmm.device_models import DeviceError, resolve, validate
+from vmm.device_manager import DeviceManager
 from vmm.devices import fw_cfg
 from vmm.devices.acpi_pcihp import PCIHP_BASE, PCIHP_LEN, PciHotplug
 from vmm.devices.acpi_pm import SCI_IRQ, SLP_TYP_S3, AcpiPm
-from vmm.devices.debug_exit import IsaDebugExit
-from vmm.devices.e1000 import E1000
 from vmm.devices.fw_cfg import FwCfg
 from vmm.devices.i440fx import (
     CONFIG_ADDRESS_PORT,
@@ -51,27 +39,18 @@ from vmm.devices.i440fx import (
     slot_pirq,
 )
 from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
-from vmm.devices.pc_testdev import PcTestdev
-from vmm.devices.pci_testdev import PciTestdev
 from vmm.devices.rtc import SHUTDOWN_STATUS, SHUTDOWN_STATUS_S3_RESUME, Rtc
-from vmm.devices.rtl8139 import Rtl8139
-from vmm.devices.serial import COM_PORTS, Serial16550
-from vmm.devices.virtio_balloon import VirtioBalloon
-from vmm.devices.virtio_blk import VirtioBlk
-from vmm.devices.virtio_console import VirtioConsole
-from vmm.devices.virtio_net import VirtioNet
-from vmm.devices.virtio_rng import VirtioRng
 from vmm.drives import drives_from_config
+from vmm.errors import UserError
 from vmm.ioevents import IoEvents
 from vmm.kvm import Kvm, KvmError
 from vmm.memory import GuestMemory
 from vmm.msix import MsiRoutes
-from vmm.net.network import NetError, Network, Nic, parse_mac
+from vmm.net.network import NetError, Network
 from vmm.pci import INTERRUPT_LINE, PciBus
-from vmm.qemuopts import OptsError, parse_bool, parse_int
+from vmm.qdev import Device, DeviceError
 from vmm.timer import DeviceTimer
 from vmm.vcpu import VcpuThread, install_kick_handler
-from vmm.virtio.pci import VirtioPciDevice
 
 log = logging.getLogger(__name__)
 
@@ -82,33 +61,15 @@ KVM_SYSTEM_EVENT_RESET = 2
 Listener = Callable[[str, "dict | None"], None]
 
 
-class MachineError(Exception):
+class MachineError(UserError):
     """Cannot build or start the machine; the message is for the user."""
 
 
-class RunStateError(Exception):
+class RunStateError(UserError):
     """A run-control request the current state refuses (QEMU's text)."""
 
 
 NEEDS_RESET = ("internal-error", "shutdown", "guest-panicked")
-
-
-@dataclass
-class DeviceInstance:
-    """A device made from -device (or device_add): what QOM and the monitor show."""
-
-    driver: str
-    id: str | None
-    props: dict
-    device: object
-    hotplugged: bool = False
-
-
-class SerialPort:
-    def __init__(self, index: int, iobase: int, irq: int, uart: Serial16550,
-                 chardev: Chardev | None) -> None:
-        self.index, self.iobase, self.irq = index, iobase, irq
-        self.uart, self.chardev = uart, chardev
 
 
 class Machine:
@@ -126,7 +87,10 @@ class Machine:
         self.chardevs: dict[str, Chardev] = {}
         try:
             for spec in cfg.chardevs:
-                self.chardevs[spec.id] = self._make_chardev(spec)
+                try:
+                    self.chardevs[spec.id] = make_chardev(spec, lambda: self.finish(0))
+                except ChardevError as e:
+                    raise MachineError(str(e)) from None
             self._setup_kvm(kvm_path)
             self._setup_devices()
             self._setup_vcpus()
@@ -151,39 +115,6 @@ class Machine:
             return read_boot_files(kernel_path, self.cfg.initrd)
         except BootError as e:
             raise MachineError(str(e)) from None
-
-    def _make_chardev(self, spec: ChardevSpec) -> Chardev:
-        chardev = self._make_backend(spec)
-        if spec.options.get("mux") == "on":
-            mux = MuxChardev(spec.id, chardev)
-            mux.on_terminate = lambda: self.finish(0)
-            return mux
-        return chardev
-
-    def _make_backend(self, spec: ChardevSpec) -> Chardev:
-        o = spec.options
-        try:
-            if spec.backend == "stdio":
-                return StdioChardev(spec.id, signal=parse_bool("signal", o.get("signal", "on")))
-            if spec.backend == "file":
-                return FileChardev(spec.id, o["path"],
-                                   append=parse_bool("append", o.get("append", "off")))
-            if spec.backend == "pty":
-                return PtyChardev(spec.id)
-            if spec.backend == "socket":
-                server = parse_bool("server", o.get("server", "off"))
-                wait = parse_bool("wait", o.get("wait", "on"))
-                if "fd" in o:
-                    return SocketChardev(spec.id, listen_fd=parse_int("fd", o["fd"]),
-                                         wait=wait)
-                if "path" in o:
-                    return SocketChardev(spec.id, path=o["path"], server=server, wait=wait)
-                return SocketChardev(spec.id, host=o.get("host", "0.0.0.0"),
-                                     port=parse_int("port", o.get("port", "")), server=server,
-                                     wait=wait)
-            return NullChardev(spec.id)
-        except (ChardevError, OptsError) as e:
-            raise MachineError(f"-chardev {spec.backend},id={spec.id}: {e}") from None
 
     def _setup_kvm(self, kvm_path: str) -> None:
         try:
@@ -232,10 +163,10 @@ class Machine:
         self.vm.irq_line(gsi, level)
 
     def _setup_devices(self) -> None:
-        self.serials: list[SerialPort] = []
-        self.debug_exits: list[IsaDebugExit] = []
-        self.device_instances: list[DeviceInstance] = []
-        self.balloon: VirtioBalloon | None = None
+        """The board's own devices, as QEMU's `pc` creates them, then -netdev and -device."""
+        self.devices = DeviceManager(self)
+        host = self.devices.add_builtin("i440FX-pcihost")
+        self.devices.add_builtin("kvm-ioapic")
         self.i8042 = I8042(self.request_guest_reset)
         self.pio.map(DATA_PORT, 1, self.i8042.port(DATA_PORT))
         self.pio.map(COMMAND_PORT, 1, self.i8042.port(COMMAND_PORT))
@@ -250,14 +181,24 @@ class Machine:
 
         self.piix3 = Piix3IsaBridge()
         self.pci = PciBus(self.pio, self.mmio, self._route_intx, self.set_irq)
-        self.pci.plug(I440fxHostBridge(), 0, 0)
-        self.pci.plug(self.piix3, 1, 0)
-        ide = Piix3Ide()
-        ide.add_bar(4, 16, "io", NullBarDevice())
-        self.pci.plug(ide, 1, 1)
+        for type_name, function, slot, number in (
+                ("i440FX", I440fxHostBridge(), 0, 0), ("PIIX3", self.piix3, 1, 0),
+                ("piix3-ide", Piix3Ide(), 1, 1)):
+            self.pci.plug(function, slot, number)
+            device = self.devices.add_builtin(type_name, function, parent=host,
+                                              addr=slot << 3 | number)
+            if type_name == "PIIX3":
+                isa = device
+            elif type_name == "piix3-ide":
+                function.add_bar(4, 16, "io", NullBarDevice())
+        self.devices.add_builtin("mc146818rtc", self.rtc, parent=isa)
+        if self.cfg.pit:
+            self.devices.add_builtin("kvm-pit", parent=isa)
+        self.devices.add_builtin("i8042", self.i8042, parent=isa)
         self.pm = AcpiPm(lambda level: self.set_irq(SCI_IRQ, level), self.request_guest_poweroff,
                          sleep=self.request_guest_sleep)
         self.pci.plug(self.pm, 1, 3)
+        self.devices.add_builtin("PIIX4_PM", self.pm, parent=host, addr=1 << 3 | 3)
         for base, length, block in self.pm.io_blocks():
             self.pio.map(base, length, block)
         self.pcihp = PciHotplug(self.pm.raise_gpe, self._eject_slot, self._hotpluggable_in)
@@ -272,7 +213,10 @@ class Machine:
             self.chardevs.setdefault("serial0", StdioChardev("serial0"))
             serial_ids = ["serial0"]
         for chardev_id in serial_ids:
-            self._add_serial(chardev_id or None, -1, -1, -1)
+            try:
+                self.devices.realize_builtin("isa-serial", parent=isa, chardev=chardev_id or None)
+            except DeviceError as e:
+                raise MachineError(str(e)) from None
         self.drives = drives_from_config(self.cfg.drives)
         self.network = Network(self.lock, _inherited_fd,
                                lambda name, data: self._from_vcpu(self.emit, name, data))
@@ -288,13 +232,11 @@ class Machine:
             except NetError as e:
                 suffix = " for netdev" if str(e).startswith("Duplicate ID") else ""
                 raise MachineError(f"{origin}: {e}{suffix}") from None
-        chardev_ids = set(self.chardevs)
         for spec in self.cfg.devices:
             try:
-                defaults = self.cfg.globals.get(resolve(spec.driver), {})
-                props = validate(spec.driver, {**defaults, **spec.options}, chardev_ids)
-                self._add_device(resolve(spec.driver), props)
-            except DeviceError as e:
+                self.devices.create(spec.driver, spec.options, strict=spec.json,
+                                    defaults=self.cfg.globals)
+            except UserError as e:
                 hint = f"\n{e.hint}" if e.hint else ""
                 raise MachineError(f"{spec.origin}: {e}{hint}") from None
         for warning in self.network.unpeered_warnings():
@@ -304,185 +246,14 @@ class Machine:
         spec = next((c for c in self.cfg.chardevs if c.id == chardev_id), None)
         return spec.backend if spec else None
 
-    @property
-    def _builders(self) -> dict[str, Callable[[dict], object]]:
-        """The -device models built from their properties alone."""
-        return {"virtio-balloon-pci": self._add_balloon, "virtio-net-pci": self._add_virtio_net,
-                "virtio-rng-pci": self._add_virtio_rng, "virtio-blk-pci": self._add_virtio_blk,
-                "virtio-serial-pci": self._add_virtio_serial,
-                "virtconsole": self._add_virtconsole,
-                "e1000": lambda props: self._add_emulated_nic("e1000", E1000, props),
-                "rtl8139": lambda props: self._add_emulated_nic("rtl8139", Rtl8139, props)}
-
-    def _add_device(self, driver: str, props: dict) -> None:
-        if props.get("id") is not None and any(d.id == props["id"]
-                                               for d in self.device_instances):
-            raise DeviceError(f"Duplicate device ID '{props['id']}'")
-        device: object
-        if driver == "isa-serial":
-            device = self._add_serial(props["chardev"], props["index"], props["iobase"],
-                                      props["irq"])
-        elif driver in self._builders:
-            device = self._builders[driver](props)
-        elif driver == "pc-testdev":
-            device = PcTestdev(self.set_irq, self.memory.flush_page)
-            try:
-                device.map(self.pio, self.mmio)
-            except ValueError as e:
-                raise DeviceError(str(e)) from None
-        elif driver == "pci-testdev":
-            device = PciTestdev(self.ioevents)
-            device.qdev_id = props.get("id") or ""
-            self._plug_pci(device, driver, props)
-        elif driver == "isa-debug-exit":
-            device = IsaDebugExit(self.request_exit)
-            try:
-                self.pio.map(props["iobase"], props["iosize"], device)
-            except ValueError as e:
-                raise DeviceError(str(e)) from None
-            self.debug_exits.append(device)
-        else:
-            raise DeviceError(f"'{driver}' is not a valid device model name")
-        self.device_instances.append(DeviceInstance(driver, props.get("id"), props, device))
-
-    def _virtio_pci(self, backend, class_code: int, props: dict, vectors: int = 0):
-        """A virtio device on its PCI transport, wired as the others (not yet placed)."""
-        try:
-            transport = VirtioPciDevice(backend, self.memory, class_code,
-                                        legacy=props["disable-legacy"] != "on",
-                                        modern=not props["disable-modern"],
-                                        msix_vectors=vectors,
-                                        msi_routes=self.msi_routes if vectors else None)
-        except ValueError as e:
-            raise DeviceError(str(e)) from None
-        transport.qdev_id = props.get("id") or ""
-        transport.ioevents = self.ioevents
-        return transport
-
-    def _add_balloon(self, props: dict):
-        if self.balloon is not None:
-            raise DeviceError("There is already a balloon device")
-        balloon = VirtioBalloon(
-            self.memory, self.cfg.memory, self._balloon_changed, self.device_timer,
-            deflate_on_oom=props["deflate-on-oom"],
-            free_page_reporting=props["free-page-reporting"],
-            page_poison=props["page-poison"])
-        try:
-            balloon.set_stats_interval(props["guest-stats-polling-interval"])
-        except ValueError as e:
-            raise DeviceError(str(e)) from None
-        transport = self._virtio_pci(balloon, 0x00FF00, props)
-        self._plug_pci(transport, "virtio-balloon-pci", props)
-        self.balloon = balloon
-        return transport
-
-    def _add_virtio_net(self, props: dict):
-        def make(mac: bytes, name: str, backend):
-            pairs = len(getattr(backend, "queues", ())) or 1     # a tap's queues=N
-            if props["vectors"] is None:
-                props["vectors"] = 2 * pairs + 2
-            net = VirtioNet(mac, lambda: self.network.rx_filter_changed(name), pairs, props)
-            transport = self._virtio_pci(net, 0x020000, props, props["vectors"])
-            transport.add_rom(0x40000)           # where QEMU has efi-virtio.rom
-            return transport, net
-        return self._add_nic("virtio-net-pci", "virtio-net-device", props, make,
-                             path_suffix="/virtio-backend")
-
-    def _add_virtio_blk(self, props: dict):
-        drive = self.drives.get(props.get("drive") or "")
-        if drive is None:
-            raise DeviceError("Parameter 'drive' is missing" if not props.get("drive") else
-                              f"Property 'virtio-blk-pci.drive' can't find value "
-                              f"'{props['drive']}'")
-        if drive.attached_to:
-            raise DeviceError(f"Property 'virtio-blk-pci.drive' can't take value "
-                              f"'{drive.drive_id}', it's in use")
-        # QEMU's defaults: a request queue per vCPU, and an MSI-X vector for each and
-        # for the configuration.
-        queues = props["num-queues"] if props["num-queues"] is not None else self.cfg.cpus
-        if queues < 1:
-            raise DeviceError("num-queues property must be larger than 0")
-        if queues > 1024:                    # VIRTIO_QUEUE_MAX
-            raise DeviceError("num-queues property must not be larger than 1024")
-        if props["vectors"] is None:
-            props["vectors"] = queues + 1
-        try:
-            blk = VirtioBlk(drive, props.get("serial") or "", queues)
-        except OSError as e:
-            raise DeviceError(f"Could not open '{drive.path}': {e.strerror}") from None
-        transport = self._virtio_pci(blk, 0x010000, props, props["vectors"])
-        self._plug_pci(transport, "virtio-blk-pci", props)
-        drive.attached_to = self._device_path(props.get("id")) + "/virtio-backend"
-        return transport
-
-    def _add_virtio_serial(self, props: dict):
-        console = VirtioConsole(props["max_ports"])
-        transport = self._virtio_pci(console, 0x078000, props, props["vectors"])
-        self._plug_pci(transport, "virtio-serial-pci", props)
-        return transport
-
-    def _add_virtconsole(self, props: dict):
-        """The console port (nr 0) of the first virtio-serial bus."""
-        bus = next((i.device.backend for i in self.device_instances
-                    if i.driver == "virtio-serial-pci"), None)
-        if bus is None:
-            raise DeviceError("No 'virtio-serial-bus' bus found for device 'virtconsole'")
-        if bus.output is not None:
-            raise DeviceError("virtio-serial-bus: A port already exists at id 0")
-        chardev = self.chardevs.get(props.get("chardev") or "")
-        if chardev is not None:
-            bus.output = chardev.write
-            chardev.attach(lambda data: self._locked(bus.receive, data))
-        else:
-            bus.output = lambda data: None
-        return bus
-
-    def _locked(self, func: Callable, *args) -> None:
+    # -- what devices use from the board (vmm.qdev.Board) --------------------
+    def locked(self, func: Callable, *args) -> None:
         with self.lock:
             func(*args)
 
-    def _add_virtio_rng(self, props: dict):
-        rng = VirtioRng(props["max-bytes"], props["period"])
-        transport = self._virtio_pci(rng, 0x00FF00, props, props["vectors"])
-        self._plug_pci(transport, "virtio-rng-pci", props)
-        return transport
-
-    def _add_emulated_nic(self, model: str, cls, props: dict):
-        """e1000 or rtl8139: the PCI function is the NIC itself."""
-        def make(mac: bytes, name: str, backend):
-            nic = cls(self.memory, mac)
-            return nic, nic
-        return self._add_nic(model, model, props, make)
-
-    def _add_nic(self, model: str, owner: str, props: dict, make, path_suffix: str = ""):
-        """A NIC: its MAC (QEMU's default if none), its back end, its PCI function."""
-        mac = parse_mac(props["mac"]) if props.get("mac") else self.network.default_mac()
-        if mac is None:
-            raise DeviceError(f"Property '{owner}.mac' doesn't take value '{props['mac']}'")
-        props["mac"] = ":".join(f"{b:02x}" for b in mac)    # what QOM and qtree show
-        try:
-            netdev = props.get("netdev")
-            backend = (self.network.hub_port(netdev) or
-                       self.network.find_backend(netdev, owner)) if netdev else None
-            queue_names = self.network.nic_names(props.get("id"), model, backend)
-            name = queue_names[0]
-            pci_device, nic = make(mac, name, backend)
-        except (NetError, ValueError) as e:
-            raise DeviceError(str(e)) from None
-        pci_device.qdev_id = props.get("id") or ""
-        self._plug_pci(pci_device, model, props)
-        self.network.attach_nic(Nic(name, model, mac, nic, backend, queue_names=queue_names,
-                                    path=self._device_path(props.get("id")) + path_suffix))
-        return pci_device
-
-    def _device_path(self, qdev_id: str | None, position: int | None = None) -> str:
-        """The QOM path (see monitor/qom.py) of device_instances[position], or of the
-        device being added when position is None."""
-        if qdev_id:
-            return f"/machine/peripheral/{qdev_id}"
-        earlier = self.device_instances if position is None else \
-            self.device_instances[:position]
-        return f"/machine/peripheral-anon/device[{sum(1 for d in earlier if not d.id)}]"
+    def emit_from_vcpu(self, event: str, data: dict | None) -> None:
+        """An event raised on a vCPU thread, delivered on the loop."""
+        self._from_vcpu(self.emit, event, data)
 
     @property
     def msi_routes(self) -> MsiRoutes:
@@ -494,111 +265,66 @@ class Machine:
         """A timer for a device: fires on the loop, under the machine lock."""
         return DeviceTimer(lambda: self.loop, self.lock, callback)
 
+    def plug_pci(self, function, device: Device) -> None:
+        """Puts a PCI function where addr= says (QEMU's texts), or in a free slot."""
+        devfn = device.props.get("addr", -1)
+        slot, number = (None, 0) if devfn == -1 else (devfn >> 3, devfn & 7)
+        if slot is not None and self.pci.find(slot, number) is not None:
+            taken = self.devices.of_object(self.pci.find(slot, number))
+            owner = f"{taken.driver},id={taken.id or '(null)'}" if taken else "(null)"
+            raise DeviceError(f"PCI: slot {slot} function {number} not available for "
+                              f"{device.driver}, in use by {owner}")
+        try:
+            self.pci.plug(function, slot, number)
+        except ValueError as e:
+            raise DeviceError(str(e)) from None
+        device.props["addr"] = function.slot << 3 | function.function
+
+    @property
+    def balloon(self):
+        """The balloon (a VirtioBalloon), if the machine has one."""
+        device = next((d for d in self.devices if d.driver == "virtio-balloon-pci"), None)
+        return device.obj.backend if device else None
+
     # -- PCI hotplug (ACPI, vmm/devices/acpi_pcihp.py) -----------------------
-    def hotplug_device(self, driver: str, options: dict[str, str]) -> None:
+    def hotplug_device(self, driver: str, options: dict) -> Device:
         """device_add of a PCI device: plugged now, announced to the guest by GPE."""
         with self.lock:
-            props = validate(driver, options, set(self.chardevs))
-            self._add_device(resolve(driver), props)
-            instance = self.device_instances[-1]
-            instance.hotplugged = True
+            device = self.devices.create(driver, options, hotplug=True)
             if not self._firmware_pending:       # before boot, firmware will find it
-                self.pcihp.plugged(instance.device.slot)
+                self.pcihp.plugged(device.obj.slot)
+            return device
 
-    def request_unplug(self, instance: DeviceInstance) -> None:
+    def request_unplug(self, device: Device) -> None:
         """device_del: the guest is asked; its eject (or the next reset) removes it."""
         with self.lock:
-            slot = instance.device.slot
+            slot = device.obj.slot
             # QEMU lets a request be repeated once the guest's clock has moved on since
             # the last one (it asks the guest again); a request made before the guest
             # ever ran never expires ("expires at virtual time 0").
             if slot in self._unplugs_before_first_run and slot in self.pcihp.pending_unplugs():
-                raise DeviceError(f"Device {instance.id} is already in the process of unplug")
+                raise DeviceError(f"Device {device.id} is already in the process of unplug")
             if not self._has_run:
                 self._unplugs_before_first_run.add(slot)
             self.pcihp.unplug_requested(slot)
 
+    def _on_slot(self, slot: int) -> list[Device]:
+        return [d for d in self.devices.user_devices() if getattr(d.obj, "slot", -1) == slot]
+
     def _hotpluggable_in(self, slot: int) -> bool:
-        return any(getattr(i.device, "slot", -1) == slot for i in self.device_instances)
+        return bool(self._on_slot(slot))
 
     def _eject_slot(self, slot: int) -> None:
         """The guest ejected `slot` (or a reset completes its unplug): remove it."""
         self._unplugs_before_first_run.discard(slot)
-        for instance in [i for i in self.device_instances
-                         if getattr(i.device, "slot", -1) == slot]:
-            path = self._device_path(instance.id, self.device_instances.index(instance))
-            device = instance.device
-            self.pci.unplug(device)
-            self.device_instances.remove(instance)
-            backend = getattr(device, "backend", None)      # a virtio device, if it is one
-            if backend is self.balloon:
-                self.balloon = None
-            for name, nic in list(self.network.nics.items()):
-                if nic.device is backend or nic.device is device:
-                    self.network.detach_nic(name)
-            if isinstance(device, VirtioPciDevice):   # QEMU deletes the virtio child first
+        for device in self._on_slot(slot):
+            path = self.devices.path(device)
+            self.pci.unplug(device.obj)
+            self.devices.remove(device)
+            if device.type.virtio:                 # QEMU deletes the virtio child first
                 self._from_vcpu(self.emit, "DEVICE_DELETED", {"path": f"{path}/virtio-backend"})
-            data = {"device": instance.id, "path": path} if instance.id else {"path": path}
+            data = {"device": device.id, "path": path} if device.id else {"path": path}
             self._from_vcpu(self.emit, "DEVICE_DELETED", data)
-
-    def _plug_pci(self, device, driver: str, props: dict) -> None:
-        """Puts a PCI function where bus=/addr= say (QEMU's texts), or in a free slot."""
-        if props.get("bus") not in (None, "pci.0"):
-            raise DeviceError(f"Bus '{props['bus']}' not found")
-        slot, function = None, 0
-        if props.get("addr") is not None:
-            text = props["addr"]
-            try:
-                slot_text, _, function_text = text.partition(".")
-                slot = int(slot_text, 16)
-                function = int(function_text, 16) if function_text else 0
-            except ValueError:
-                slot = -1
-            if not (0 <= slot < 32 and 0 <= function < 8):
-                raise DeviceError(f"Property '{driver}.addr' doesn't take value '{text}'")
-        if slot is not None and self.pci.find(slot, function) is not None:
-            taken = next((i for i in self.device_instances
-                          if i.device is self.pci.find(slot, function)), None)
-            owner = f"{taken.driver},id={taken.id or '(null)'}" if taken else "a chipset function"
-            raise DeviceError(f"PCI: slot {slot} function {function} not available for "
-                              f"{driver}, in use by {owner}")
-        try:
-            self.pci.plug(device, slot, function)
-        except ValueError as e:
-            raise DeviceError(str(e)) from None
-
-    def _balloon_changed(self, actual: int) -> None:
-        """The guest updated `actual` (on a vCPU thread): BALLOON_CHANGE on the loop."""
-        self._from_vcpu(self.emit, "BALLOON_CHANGE", {"actual": actual})
-
-    def _add_serial(self, chardev_id: str | None, index: int, iobase: int,
-                    irq: int) -> SerialPort:
-        used = {s.index for s in self.serials}
-        if index < 0:
-            index = next((i for i in range(len(COM_PORTS)) if i not in used), -1)
-            if index < 0:
-                raise DeviceError("Max. supported number of ISA serial ports is 4.")
-        elif index >= len(COM_PORTS) or index in used:
-            raise DeviceError(f"Invalid serial port index {index}")
-        default_base, default_irq = COM_PORTS[index]
-        iobase = default_base if iobase < 0 else iobase
-        irq = default_irq if irq < 0 else irq
-        chardev = self.chardevs.get(chardev_id) if chardev_id else None
-        output = chardev.write if chardev else (lambda data: None)
-        uart = Serial16550(output, lambda level, irq=irq: self.set_irq(irq, level))
-        try:
-            self.pio.map(iobase, 8, uart)
-        except ValueError as e:
-            raise DeviceError(str(e)) from None
-        if chardev is not None:
-            chardev.attach(lambda data, uart=uart: self._serial_input(uart, data))
-        port = SerialPort(index, iobase, irq, uart, chardev)
-        self.serials.append(port)
-        return port
-
-    def _serial_input(self, uart: Serial16550, data: bytes) -> None:
-        with self.lock:
-            uart.receive(data)
 
     def _route_intx(self, slot: int, pin: int) -> int | None:
         if not 1 <= pin <= 4:
@@ -655,15 +381,9 @@ class Machine:
             for slot in self.pcihp.pending_unplugs():    # unplugs never acknowledged
                 self._eject_slot(slot)
             self.pcihp.reset()
-            for serial in self.serials:
-                serial.uart.reset()
-            self.i8042.reset()
-            self.rtc.reset()
+            self.devices.reset()
             self.fw_cfg.reset()
             self.pm.reset_pm()
-            for device in self.pci.sorted_devices():
-                device.reset()
-            self.piix3.reset()
         for index, runner in enumerate(self.vcpus):
             regs, sregs, xsave, lapic = self._initial_state[index]
             vcpu = runner.vcpu

@@ -3,12 +3,14 @@ and its size and boolean rules. Used for -m, -smp, -device, -chardev, ..."""
 
 from __future__ import annotations
 
+from vmm.errors import UserError
+
 SIZE_SUFFIXES = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 SIZE_HELP = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
              "and exabytes, respectively.")
 
 
-class OptsError(ValueError):
+class OptsError(UserError):
     """A user error in an option string; the message is QEMU's text."""
 
 

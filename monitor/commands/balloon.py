@@ -21,8 +21,7 @@ def balloon(ctx, value):
     device = active_balloon(ctx.machine)
     if value <= 0:
         raise QmpError("Parameter 'target' expects a size")
-    with ctx.machine.lock:      # the vCPU threads touch the device under this lock
-        device.set_target(value)
+    device.set_target(value)
 
 
 @command("query-balloon", returns=Struct("BalloonInfo", (Member("actual", INT),)))

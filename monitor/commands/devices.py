@@ -1,66 +1,70 @@
-"""Device hotplug (device_add, device_del) and link state (set_link)."""
+"""Devices: hotplug (device_add, device_del), link state (set_link), and the type
+introspection libvirt reads (qom-list-types, device-list-properties,
+qom-list-properties), all from the models' declarations in vmm/devices/."""
 
 from __future__ import annotations
 
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import REGISTRY, command
-from monitor.types import BOOL, STR, ListOf, Member, Struct, option_text
+from monitor.types import ANY, BOOL, STR, ListOf, Member, Struct, option_text
+from vmm import qdev
 
 REGISTRY.event("DEVICE_DELETED", [Member("device", STR, True), Member("path", STR)])
 
 
 def find_device(machine, qdev_id: str):
-    for instance in machine.device_instances:
-        if instance.id == qdev_id:
-            return instance
-    raise device_not_found(qdev_id)
+    device = machine.devices.find(qdev_id)
+    if device is None:
+        raise device_not_found(qdev_id)
+    return device
+
+
+def _bus_of(machine, device_type) -> str:
+    """The name of the board's bus a device of this type would go on (isa.0, pci.0)."""
+    names = [name for name, bus_type, _ in machine.devices.buses()
+             if bus_type == device_type.bus]
+    return names[0] if names else device_type.bus or "main-system-bus"
 
 
 @command("device_add", args=[Member("driver", STR), Member("bus", STR, True),
                              Member("id", STR, True)], extra_args=True)
 def device_add(ctx, driver, props, bus=None, id=None):
-    from vmm.device_models import MODELS
-
-    model = MODELS.get(driver)
-    if model is None:
+    machine = ctx.machine
+    device_type = qdev.lookup(driver)
+    if device_type is None or device_type.abstract:
         raise QmpError(f"'{driver}' is not a valid device model name")
-    if id is not None and any(d.id == id for d in ctx.machine.device_instances):
+    if id is not None and machine.devices.find(id) is not None:
         raise QmpError(f"Duplicate device ID '{id}'")
-    hotplug = getattr(ctx.machine, "hotplug_device", None)
-    if model.bus != "pci" or hotplug is None:
-        raise QmpError(f"Bus '{model.bus}.0' does not support hotplugging")
+    if not device_type.hotpluggable:
+        raise QmpError(f"Bus '{_bus_of(machine, device_type)}' does not support hotplugging")
+    # QEMU 7.2 reads device_add's arguments as option text, as -device's
     options = {k: option_text(v) for k, v in props.items()}
     if bus is not None:
         options["bus"] = bus
-    try:
-        hotplug(driver, {**options, **({"id": id} if id is not None else {})})
-    except ValueError as e:
-        raise QmpError(str(e)) from None
-
+    if id is not None:
+        options["id"] = id
+    machine.hotplug_device(driver, options)
 
 
 @command("device_del", args=[Member("id", STR)])
 def device_del(ctx, id):
-    from vmm.device_models import MODELS
-
-    instance = find_device(ctx.machine, id)
-    bus = MODELS[instance.driver].bus
-    unplug = getattr(ctx.machine, "request_unplug", None)
-    if bus != "pci" or unplug is None:
-        raise QmpError(f"Bus '{bus}.0' does not support hotplugging")
-    try:
-        unplug(instance)
-    except ValueError as e:       # already being unplugged
-        raise QmpError(str(e)) from None
+    device = find_device(ctx.machine, id)
+    if not device.type.hotpluggable:
+        raise QmpError(f"Bus '{_bus_of(ctx.machine, device.type)}' does not support "
+                       f"hotplugging")
+    ctx.machine.request_unplug(device)
 
 
 @command("set_link", args=[Member("name", STR), Member("up", BOOL)])
 def set_link(ctx, name, up):
     try:
-        with ctx.machine.lock:    # the vCPUs see the link and its interrupt together
-            ctx.machine.network.set_link(name, up)
+        ctx.machine.network.set_link(name, up)
     except KeyError:
         raise device_not_found(name) from None
+
+
+# QOM types kvmkit has that are not in vmm.qdev (QEMU answers them differently)
+OTHER_TYPES = {"container": "object", "pc-i440fx-7.2-machine": "generic-pc-machine"}
 
 
 @command("qom-list-types", args=[Member("implements", STR, True),
@@ -69,31 +73,64 @@ def set_link(ctx, name, up):
                                                   Member("abstract", BOOL, True),
                                                   Member("parent", STR, True)))))
 def qom_list_types(ctx, implements=None, abstract=False):
-    from vmm.device_models import MODELS
+    found = []
+    for t in qdev.all_types():
+        if (t.abstract and not abstract) or \
+                (implements is not None and not qdev.implements(t, implements)):
+            continue
+        entry = {"name": t.name, **({"abstract": True} if t.abstract else {})}
+        if t.parent:
+            entry["parent"] = t.parent
+        found.append(entry)
+    if implements is None:
+        found += [{"name": name, "parent": parent} for name, parent in OTHER_TYPES.items()]
+    return found
 
-    if implements not in (None, "device", "pci-device", "isa-device"):
-        return []
-    wanted = {"pci-device": "pci", "isa-device": "isa"}.get(implements)
-    return [{"name": m.name, "parent": f"{m.bus}-device"} for m in MODELS.values()
-            if wanted is None or m.bus == wanted]
+
+PROPERTY_INFO = ListOf(Struct("ObjectPropertyInfo", (
+    Member("name", STR), Member("type", STR), Member("description", STR, True),
+    Member("default-value", ANY, True))))
 
 
-# QOM types kvmkit shows that are not devices (QEMU answers these differently)
-NON_DEVICE_TYPES = ("container", "pc-i440fx-7.2-machine", "device", "pci-device",
-                    "isa-device")
+def _property_info(prop: qdev.Prop, with_default: bool) -> dict:
+    info = {"name": prop.name, "type": prop.type}
+    if prop.description:
+        info["description"] = prop.description
+    if with_default and prop.default is not None:
+        info["default-value"] = prop.default
+    return info
 
 
-@command("device-list-properties", args=[Member("typename", STR)],
-         returns=ListOf(Struct("ObjectPropertyInfo", (Member("name", STR),
-                                                      Member("type", STR)))))
+@command("device-list-properties", args=[Member("typename", STR)], returns=PROPERTY_INFO)
 def device_list_properties(ctx, typename):
-    from monitor.qom import QOM_TYPES
-    from vmm.device_models import MODELS
-
-    model = MODELS.get(typename)
-    if model is None and typename in NON_DEVICE_TYPES:
+    device_type = qdev.TYPES.get(typename) if qdev.lookup(typename) else None
+    if device_type is None and typename in OTHER_TYPES:
         raise QmpError("Parameter 'typename' expects a non-abstract device type")
-    if model is None:
+    if device_type is None:
         raise device_not_found(typename)
-    return [{"name": name, "type": QOM_TYPES.get(kind, "str")}
-            for name, (kind, _default) in model.properties.items()]
+    if device_type.abstract:
+        raise QmpError("Parameter 'typename' expects a non-abstract device type")
+    return [_property_info(p, with_default=True) for p in qdev.all_props(device_type)]
+
+
+# Properties every QOM device has, which qom-list-properties lists and
+# device-list-properties leaves out
+DEVICE_OBJECT_PROPS = (qdev.Prop("type", "string"), qdev.Prop("parent_bus", "link<bus>"),
+                       qdev.Prop("realized", "bool"), qdev.Prop("hotplugged", "bool"),
+                       qdev.Prop("hotpluggable", "bool"))
+
+
+@command("qom-list-properties", args=[Member("typename", STR)], returns=PROPERTY_INFO)
+def qom_list_properties(ctx, typename):
+    """The properties of the type and its parents (not a virtio proxy's child's),
+    without defaults, as QEMU."""
+    device_type = qdev.TYPES.get(typename)
+    if device_type is None:
+        if typename in OTHER_TYPES:
+            return [{"name": "type", "type": "string"}]
+        raise QmpError(f"Class '{typename}' not found")
+    props = [p for t in reversed(qdev.ancestry(device_type)) for p in t.props]
+    if qdev.implements(device_type, "pci-device"):
+        pci = len(qdev.TYPES["pci-device"].props)
+        props.insert(pci, qdev.Prop("legacy-addr", "str"))
+    return [_property_info(p, with_default=False) for p in (*DEVICE_OBJECT_PROPS, *props)]

@@ -6,12 +6,12 @@ from monitor.errors import QmpError
 from monitor.registry import command
 
 
-@command("stop")
+@command("stop", lock=False)
 def stop(ctx):
     ctx.machine.stop()
 
 
-@command("cont")
+@command("cont", lock=False)
 def cont(ctx):
     from vmm.machine import RunStateError
 
@@ -21,12 +21,12 @@ def cont(ctx):
         raise QmpError(str(e)) from None
 
 
-@command("system_reset")
+@command("system_reset", lock=False)
 def system_reset(ctx):
     ctx.machine.system_reset(guest=False, reason="host-qmp-system-reset")
 
 
-@command("system_wakeup")
+@command("system_wakeup", lock=False)
 def system_wakeup(ctx):
     from vmm.machine import RunStateError
 
@@ -36,11 +36,11 @@ def system_wakeup(ctx):
         raise QmpError(str(e)) from None
 
 
-@command("system_powerdown")
+@command("system_powerdown", lock=False)
 def system_powerdown(ctx):
     ctx.machine.system_powerdown()
 
 
-@command("quit")
+@command("quit", lock=False)
 def quit_(ctx):
     ctx.machine.quit()

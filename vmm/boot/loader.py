@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 from vmm.boot import layout, linux, multiboot, pvh
 from vmm.boot.elf import EM_X86_64, ElfError, ElfImage, is_elf, parse_elf
+from vmm.errors import UserError
 from vmm.memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
 
 
-class BootError(ValueError):
+class BootError(UserError):
     """The kernel or initrd cannot be booted; the message is for the user."""
 
 

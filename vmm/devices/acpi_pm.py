@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from vmm.pci import PciDevice
+from vmm.qdev import DeviceType, declare, fixed, flag
 
 PM_BASE = 0x600
 PM_LEN = 0x40
@@ -157,3 +158,15 @@ class _Block:
 
     def mtree_children(self) -> list[tuple[int, int, str]]:
         return self._parts
+
+
+declare(DeviceType(
+    "PIIX4_PM", "pci-device", user_creatable=False, hotpluggable=False,
+    gpios=('gpio-out "smi-irq" 1', 'gpio-out "" 1'), props=(
+        fixed("smb_io_base", "uint32", 0x700), fixed("disable_s3", "uint8", 0),
+        fixed("disable_s4", "uint8", 0), fixed("s4_val", "uint8", 2),
+        flag("acpi-pci-hotplug-with-bridge-support", True, honoured=False),
+        flag("acpi-root-pci-hotplug", True, honoured=False),
+        flag("memory-hotplug-support", True, honoured=False),
+        flag("smm-compat", False, honoured=False), flag("smm-enabled", False, honoured=False),
+        flag("x-not-migrate-acpi-index", False, honoured=False))))

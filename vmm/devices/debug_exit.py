@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vmm.qdev import DeviceError, DeviceType, Prop, declare
+
 
 class IsaDebugExit:
     def __init__(self, request_exit: Callable[[int], None]) -> None:
@@ -14,3 +16,16 @@ class IsaDebugExit:
 
     def bus_write(self, offset: int, size: int, value: int) -> None:
         self.request_exit(((value << 1) | 1) & 0xFF)
+
+
+def _realize(board, device):
+    exit_port = IsaDebugExit(board.request_exit)
+    try:
+        board.pio.map(device.props["iobase"], device.props["iosize"], exit_port)
+    except ValueError as e:
+        raise DeviceError(str(e)) from None
+    return exit_port
+
+
+declare(DeviceType("isa-debug-exit", "isa-device", realize=_realize, props=(
+    Prop("iobase", "uint32", 0x501), Prop("iosize", "uint32", 2))))

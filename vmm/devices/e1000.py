@@ -22,8 +22,10 @@ import logging
 import struct
 
 from vmm.memory import GuestMemory, GuestMemoryError
+from vmm.net.network import MAC_DESCRIPTION, NETDEV_DESCRIPTION, emulated_nic, unrealize_nic
 from vmm.net.offload import put_checksum, tcp_segments
 from vmm.pci import PciDevice
+from vmm.qdev import DeviceType, Prop, bootindex, declare, on_off
 
 log = logging.getLogger(__name__)
 
@@ -458,3 +460,14 @@ class _IoWindow:
         elif offset == 4:
             self.dev.write(self.address & 0x1FFFC, value)
 
+
+# -- the model, as QEMU declares it ---------------------------------------
+declare(DeviceType(
+    "e1000", "pci-device", category="Network", alias="e1000-82540em",
+    description="Intel Gigabit Ethernet", realize=emulated_nic(E1000, "efi-e1000.rom"),
+    unrealize=unrealize_nic, props=(
+        Prop("mac", "str", None, MAC_DESCRIPTION), Prop("netdev", "str", None, NETDEV_DESCRIPTION),
+        on_off("autonegotiation", True, honoured=False), on_off("mitigation", True, honoured=False),
+        on_off("extra_mac_registers", True, honoured=False),
+        on_off("migrate_tso_props", True, honoured=False), on_off("init-vet", True, honoured=False),
+        bootindex())))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vmm.pci import PciBus, PciDevice
+from vmm.qdev import DeviceType, declare, fixed, flag
 
 CONFIG_ADDRESS_PORT = 0xCF8
 CONFIG_PORTS_LEN = 8            # 0xCF8-0xCFF: address, reset control, data
@@ -118,3 +119,18 @@ class PciConfigPorts:
             device, register = self._target()
             if device is not None:
                 device.config_write(register | (offset - 4), size, value)
+
+
+# -- the board's chipset, as QEMU declares it (built by the board, not -device) --
+declare(DeviceType("i440FX-pcihost", "sys-bus-device", user_creatable=False,
+                   buses=(("pci.0", "PCI"),), props=(
+                       fixed("pci-hole64-size", "size", 2 << 30),
+                       fixed("short_root_bus", "uint32", 0),
+                       flag("x-pci-hole64-fix", True, honoured=False),
+                       flag("x-config-reg-migration-enabled", True, honoured=False),
+                       flag("bypass-iommu", False, honoured=False))))
+declare(DeviceType("i440FX", "pci-device", user_creatable=False, hotpluggable=False))
+declare(DeviceType("PIIX3", "pci-device", user_creatable=False, hotpluggable=False,
+                   buses=(("isa.0", "ISA"),)))
+declare(DeviceType("piix3-ide", "pci-device", user_creatable=False, hotpluggable=False,
+                   buses=(("ide.1", "IDE"), ("ide.0", "IDE"))))

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from vmm.qdev import DeviceType, declare, fixed
+
 DATA_PORT = 0x60
 COMMAND_PORT = 0x64
 
@@ -77,3 +79,7 @@ class _Port:
 
     def bus_write(self, offset: int, size: int, value: int) -> None:
         self.controller.write(self.base + offset, value & 0xFF)
+
+
+declare(DeviceType("i8042", "isa-device", user_creatable=False, props=(
+    fixed("kbd-irq", "uint32", 1), fixed("mouse-irq", "uint32", 12))))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vmm.qdev import DeviceError, DeviceType, declare
+
 SCRATCH_PORT = 0xE0
 FLUSH_PORT = 0xE4
 SCRATCH_BYTE_PORT = 0xE8
@@ -93,3 +95,15 @@ class PcTestdev:
         for port, length, device in self.regions:
             pio.map(port, length, device)
         mmio.map(IOMEM_ADDR, IOMEM_LEN, self.iomem)
+
+
+def _realize(board, device):
+    testdev = PcTestdev(board.set_irq, board.memory.flush_page)
+    try:
+        testdev.map(board.pio, board.mmio)
+    except ValueError as e:
+        raise DeviceError(str(e)) from None
+    return testdev
+
+
+declare(DeviceType("pc-testdev", "isa-device", realize=_realize))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 
 from vmm.pci import UNMAPPED, PciDevice
+from vmm.qdev import DeviceType, declare, fixed
 
 VENDOR_REDHAT = 0x1B36
 DEVICE_TEST = 0x0005
@@ -121,3 +122,14 @@ class PciTestdev(PciDevice):
     def reset(self) -> None:
         self._stop()
         super().reset()
+
+
+def _realize(board, device):
+    testdev = PciTestdev(board.ioevents)
+    testdev.qdev_id = device.id or ""
+    board.plug_pci(testdev, device)
+    return testdev
+
+
+declare(DeviceType("pci-testdev", "pci-device", description="PCI Test Device",
+                   realize=_realize, props=(fixed("membar", "size", 0),)))

@@ -16,6 +16,8 @@ import math
 import time
 from collections.abc import Callable
 
+from vmm.qdev import DeviceType, declare, fixed
+
 REG_SECONDS, REG_MINUTES, REG_HOURS = 0x00, 0x02, 0x04
 REG_WEEKDAY, REG_DAY, REG_MONTH, REG_YEAR = 0x06, 0x07, 0x08, 0x09
 REG_A, REG_B, REG_C, REG_D = 0x0A, 0x0B, 0x0C, 0x0D
@@ -219,3 +221,7 @@ class Rtc:
             self.cmos[reg] = value
             if reg in (REG_A, REG_B):
                 self._arm()
+
+
+declare(DeviceType("mc146818rtc", "isa-device", user_creatable=False, gpios=('gpio-out "" 1',),
+                   props=(fixed("base_year", "int32", 0),)))

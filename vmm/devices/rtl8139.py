@@ -25,8 +25,10 @@ import struct
 import zlib
 
 from vmm.memory import GuestMemory, GuestMemoryError
+from vmm.net.network import MAC_DESCRIPTION, NETDEV_DESCRIPTION, emulated_nic, unrealize_nic
 from vmm.net.offload import fill_ipv4_checksums, tcp_segments
 from vmm.pci import PciDevice
+from vmm.qdev import DeviceType, Prop, bootindex, declare
 
 log = logging.getLogger(__name__)
 
@@ -380,3 +382,11 @@ class _Registers:
 
     def bus_write(self, offset: int, size: int, value: int) -> None:
         self.dev.write(offset, size, value)
+
+
+# -- the model, as QEMU declares it ---------------------------------------
+declare(DeviceType(
+    "rtl8139", "pci-device", category="Network",
+    realize=emulated_nic(Rtl8139, "efi-rtl8139.rom"), unrealize=unrealize_nic,
+    props=(Prop("mac", "str", None, MAC_DESCRIPTION),
+           Prop("netdev", "str", None, NETDEV_DESCRIPTION), bootindex())))

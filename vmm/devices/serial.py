@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from vmm.qdev import CHARDEV_DESCRIPTION, DeviceError, DeviceType, Prop, declare
+
 # ISA defaults per index: (iobase, irq)
 COM_PORTS = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
 
@@ -163,3 +165,44 @@ class Serial16550:
         if level != self._irq_level:
             self._irq_level = level
             self.set_irq(level)
+
+
+# -- the model, as QEMU declares it ---------------------------------------
+UNSET = 0xFFFFFFFF
+
+
+def _realize(board, device):
+    """A 16550 at COMn's port and IRQ (or those given), its chardev attached."""
+    props = device.props
+    used = {d.props["index"] for d in board.devices
+            if d.driver == "isa-serial" and d is not device and d.obj is not None}
+    index = props["index"]
+    if index == UNSET:
+        index = next((i for i in range(len(COM_PORTS)) if i not in used), -1)
+        if index < 0:
+            raise DeviceError("Max. supported number of ISA serial ports is 4.")
+    elif index >= len(COM_PORTS) or index in used:
+        raise DeviceError(f"Invalid serial port index {index}")
+    default_base, default_irq = COM_PORTS[index]
+    iobase = default_base if props["iobase"] == UNSET else props["iobase"]
+    irq = default_irq if props["irq"] == UNSET else props["irq"]
+    chardev = board.chardevs.get(props["chardev"]) if props["chardev"] else None
+    uart = Serial16550(chardev.write if chardev else (lambda data: None),
+                       lambda level: board.set_irq(irq, level))
+    try:
+        board.pio.map(iobase, 8, uart)
+    except ValueError as e:
+        raise DeviceError(str(e)) from None
+    if chardev is not None:
+        chardev.attach(lambda data: board.locked(uart.receive, data))
+    props.update(index=index, iobase=iobase, irq=irq)
+    return uart
+
+
+declare(DeviceType("isa-serial", "isa-device", category="Input", realize=_realize, props=(
+    Prop("index", "uint32", UNSET), Prop("iobase", "uint32", UNSET), Prop("irq", "uint32", UNSET),
+    Prop("chardev", "str", None, CHARDEV_DESCRIPTION, qdev=False, kind="chardev",
+         owner="serial"),
+    Prop("baudbase", "uint32", 115200, qdev=False, honoured=False),
+    Prop("wakeup", "bool", False, qdev=False, honoured=False),
+    Prop("serial", "child<serial>", qdev=False, writable=False))))

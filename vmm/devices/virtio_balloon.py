@@ -20,8 +20,13 @@ import struct
 import time
 from collections.abc import Callable
 
+from vmm.errors import UserError
 from vmm.memory import GuestMemory, GuestMemoryError
+from vmm.qdev import TRANSITIONAL_PROPS, DeviceError, DeviceType, Prop, declare, flag, on_off
+from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice
+from vmm.virtio.proxy import realize_proxy
+from vmm.virtio.spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, feature
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +34,10 @@ PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
 INFLATE_Q, DEFLATE_Q, STATS_Q, REPORTING_Q = 0, 1, 2, 3
 
-F_STATS_VQ = 1 << 1
-F_DEFLATE_ON_OOM = 1 << 2
-F_PAGE_POISON = 1 << 4
-F_REPORTING = 1 << 5
-F_RING_INDIRECT_DESC = 1 << 28
-F_RING_EVENT_IDX = 1 << 29
+F_STATS_VQ = feature(spec.VIRTIO_BALLOON_F_STATS_VQ)
+F_DEFLATE_ON_OOM = feature(spec.VIRTIO_BALLOON_F_DEFLATE_ON_OOM)
+F_PAGE_POISON = feature(spec.VIRTIO_BALLOON_F_PAGE_POISON)
+F_REPORTING = feature(spec.VIRTIO_BALLOON_F_REPORTING)
 
 # Tags of struct virtio_balloon_stat, in order, with QEMU's QOM names.
 STAT_NAMES = ("stat-swap-in", "stat-swap-out", "stat-major-faults", "stat-minor-faults",
@@ -47,7 +50,7 @@ MAX_POLL_INTERVAL = 0xFFFFFFFF
 
 class VirtioBalloon(VirtioDevice):
     name = "virtio-balloon"
-    device_type = 5
+    device_type = spec.VIRTIO_ID_BALLOON
     config_size = 16            # num_pages, actual, free_page_hint_cmd_id, poison_val
 
     def __init__(self, memory: GuestMemory, ram_size: int,
@@ -100,11 +103,11 @@ class VirtioBalloon(VirtioDevice):
                 "last-update": self.stats_last_update}
 
     def set_stats_interval(self, seconds: int) -> None:
-        """QOM `guest-stats-polling-interval`; raises ValueError with QEMU's text."""
+        """QOM `guest-stats-polling-interval`; raises UserError with QEMU's text."""
         if seconds < 0:
-            raise ValueError("timer value must be greater than zero")
+            raise UserError("timer value must be greater than zero")
         if seconds > MAX_POLL_INTERVAL:
-            raise ValueError("timer value is too big")
+            raise UserError("timer value is too big")
         self.stats_interval = seconds
         if seconds == 0:
             self.stats_timer.cancel()
@@ -216,3 +219,29 @@ class VirtioBalloon(VirtioDevice):
             self.reported_pages += (end - start) >> PAGE_SHIFT
         except GuestMemoryError:
             log.warning("balloon: guest reported free memory outside RAM at 0x%x", gpa)
+
+
+# -- the models, as QEMU declares them -------------------------------------
+def _realize(board, device):
+    props = device.props
+    if any(d.driver == "virtio-balloon-pci" for d in board.devices if d is not device):
+        raise DeviceError("There is already a balloon device")
+    balloon = VirtioBalloon(
+        board.memory, board.cfg.memory,
+        lambda actual: board.emit_from_vcpu("BALLOON_CHANGE", {"actual": actual}),
+        board.device_timer, deflate_on_oom=props["deflate-on-oom"],
+        free_page_reporting=props["free-page-reporting"], page_poison=props["page-poison"])
+    balloon.set_stats_interval(props["guest-stats-polling-interval"] or 0)
+    return realize_proxy(board, device, balloon, 0x00FF00)
+
+
+declare(DeviceType("virtio-balloon-device", "virtio-device", user_creatable=False, props=(
+    on_off("deflate-on-oom", False), on_off("free-page-hint", False, honoured=False),
+    on_off("page-poison", True), on_off("free-page-reporting", False),
+    flag("qemu-4-0-config-size", False, honoured=False),
+    Prop("guest-stats-polling-interval", "int", qdev=False),
+    Prop("guest-stats", "guest statistics", qdev=False, writable=False),
+    Prop("iothread", "link<iothread>", qdev=False))))
+declare(DeviceType("virtio-balloon-pci", "virtio-pci", alias="virtio-balloon",
+                   virtio="virtio-balloon-device", realize=_realize,
+                   props=TRANSITIONAL_PROPS))

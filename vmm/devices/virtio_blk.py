@@ -22,18 +22,47 @@ import os
 import struct
 
 from vmm.drives import Drive
+from vmm.qdev import (
+    IOEVENTFD,
+    TRANSITIONAL_PROPS,
+    DeviceError,
+    DeviceType,
+    Prop,
+    bootindex,
+    declare,
+    fixed,
+    flag,
+    on_off,
+    vectors,
+)
+from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice
+from vmm.virtio.proxy import realize_proxy
 from vmm.virtio.queue import VirtqueueError
+from vmm.virtio.spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, feature
 
 log = logging.getLogger(__name__)
 
 SECTOR = 512
-T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
-S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
-F_SEG_MAX, F_GEOMETRY, F_RO, F_BLK_SIZE, F_FLUSH = 1 << 2, 1 << 4, 1 << 5, 1 << 6, 1 << 9
-F_TOPOLOGY, F_CONFIG_WCE, F_MQ, F_DISCARD, F_WRITE_ZEROES = \
-    1 << 10, 1 << 11, 1 << 12, 1 << 13, 1 << 14
-F_RING_INDIRECT_DESC, F_RING_EVENT_IDX = 1 << 28, 1 << 29
+T_IN = spec.VIRTIO_BLK_T_IN
+T_OUT = spec.VIRTIO_BLK_T_OUT
+T_FLUSH = spec.VIRTIO_BLK_T_FLUSH
+T_GET_ID = spec.VIRTIO_BLK_T_GET_ID
+T_DISCARD = spec.VIRTIO_BLK_T_DISCARD
+T_WRITE_ZEROES = spec.VIRTIO_BLK_T_WRITE_ZEROES
+S_OK = spec.VIRTIO_BLK_S_OK
+S_IOERR = spec.VIRTIO_BLK_S_IOERR
+S_UNSUPP = spec.VIRTIO_BLK_S_UNSUPP
+F_SEG_MAX = feature(spec.VIRTIO_BLK_F_SEG_MAX)
+F_GEOMETRY = feature(spec.VIRTIO_BLK_F_GEOMETRY)
+F_RO = feature(spec.VIRTIO_BLK_F_RO)
+F_BLK_SIZE = feature(spec.VIRTIO_BLK_F_BLK_SIZE)
+F_FLUSH = feature(spec.VIRTIO_BLK_F_FLUSH)
+F_TOPOLOGY = feature(spec.VIRTIO_BLK_F_TOPOLOGY)
+F_CONFIG_WCE = feature(spec.VIRTIO_BLK_F_CONFIG_WCE)
+F_MQ = feature(spec.VIRTIO_BLK_F_MQ)
+F_DISCARD = feature(spec.VIRTIO_BLK_F_DISCARD)
+F_WRITE_ZEROES = feature(spec.VIRTIO_BLK_F_WRITE_ZEROES)
 QUEUE_SIZE = 256                    # QEMU's queue-size
 SEG_MAX = QUEUE_SIZE - 2            # QEMU's: the queue less the header and status
 MAX_DISCARD_SECTORS = MAX_WRITE_ZEROES_SECTORS = 0x3FFFFF
@@ -71,7 +100,7 @@ def guess_geometry(fd: int, sectors: int) -> tuple[int, int, int]:
 
 class VirtioBlk(VirtioDevice):
     name = "virtio-blk"
-    device_type = 2
+    device_type = spec.VIRTIO_ID_BLOCK
     config_size = 57                # struct virtio_blk_config to write_zeroes_may_unmap
 
     def __init__(self, drive: Drive, serial: str = "", queues: int = 1) -> None:
@@ -198,3 +227,71 @@ class VirtioBlk(VirtioDevice):
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+# -- the models, as QEMU declares them -------------------------------------
+def _realize(board, device):
+    props = device.props
+    drive = board.drives.get(props.get("drive") or "")
+    if drive is None:
+        raise DeviceError("Parameter 'drive' is missing" if not props.get("drive") else
+                          f"Property 'virtio-blk-pci.drive' can't find value '{props['drive']}'")
+    if drive.attached_to:
+        raise DeviceError(f"Property 'virtio-blk-pci.drive' can't take value "
+                          f"'{drive.drive_id}', it's in use")
+    # QEMU's defaults: a request queue per vCPU, and an MSI-X vector for each and for
+    # the configuration.
+    if props["num-queues"] == 0xFFFF:
+        props["num-queues"] = board.cfg.cpus
+    queues = props["num-queues"]
+    if queues < 1:
+        raise DeviceError("num-queues property must be larger than 0")
+    if queues > 1024:                    # VIRTIO_QUEUE_MAX
+        raise DeviceError("num-queues property must not be larger than 1024")
+    if props["vectors"] == 0xFFFFFFFF:
+        props["vectors"] = queues + 1
+    try:
+        blk = VirtioBlk(drive, props.get("serial") or "", queues)
+    except OSError as e:
+        raise DeviceError(f"Could not open '{drive.path}': {e.strerror}") from None
+    props["cyls"], props["heads"], props["secs"] = blk.geometry
+    props["logical_block_size"] = props["physical_block_size"] = SECTOR
+    transport = realize_proxy(board, device, blk, 0x010000, props["vectors"])
+    drive.attached_to = board.devices.path(device) + "/virtio-backend"
+    return transport
+
+
+def _unrealize(board, device):
+    device.obj.backend.drive.attached_to = None
+
+
+_POLICY = "Error handling policy, report/ignore/enospc/stop/auto"
+_BLOCK_SIZE = "A power of two between 512 B and 2 MiB"
+declare(DeviceType("virtio-blk-device", "virtio-device", user_creatable=False, props=(
+    Prop("drive", "str", None, "Node name or ID of a block device to use as a backend"),
+    fixed("backend_defaults", "OnOffAuto", "auto", "on/off/auto"),
+    fixed("logical_block_size", "size", 0, _BLOCK_SIZE),
+    fixed("physical_block_size", "size", 0, _BLOCK_SIZE),
+    fixed("min_io_size", "size", 0), fixed("opt_io_size", "size", 0),
+    fixed("discard_granularity", "size", 0xFFFFFFFF),
+    fixed("write-cache", "OnOffAuto", "auto", "on/off/auto"), flag("share-rw", False, False),
+    fixed("account-invalid", "OnOffAuto", "auto", "on/off/auto"),
+    fixed("account-failed", "OnOffAuto", "auto", "on/off/auto"),
+    fixed("rerror", "BlockdevOnError", "auto", _POLICY),
+    fixed("werror", "BlockdevOnError", "auto", _POLICY),
+    fixed("cyls", "uint32", 0), fixed("heads", "uint32", 0), fixed("secs", "uint32", 0),
+    fixed("lcyls", "uint32", 0), fixed("lheads", "uint32", 0), fixed("lsecs", "uint32", 0),
+    Prop("serial", "str"), on_off("config-wce", True, honoured=False),
+    on_off("scsi", False, honoured=False), on_off("request-merging", True, honoured=False),
+    Prop("num-queues", "uint16", 0xFFFF), fixed("queue-size", "uint16", 256),
+    flag("seg-max-adjust", True, honoured=False), on_off("discard", True, honoured=False),
+    flag("report-discard-granularity", True, honoured=False),
+    on_off("write-zeroes", True, honoured=False),
+    fixed("max-discard-sectors", "uint32", 4194303),
+    fixed("max-write-zeroes-sectors", "uint32", 4194303),
+    flag("x-enable-wce-if-config-wce", True, honoured=False),
+    Prop("iothread", "link<iothread>", qdev=False), bootindex())))
+declare(DeviceType("virtio-blk-pci", "virtio-pci", category="Storage", alias="virtio-blk",
+                   virtio="virtio-blk-device", realize=_realize, unrealize=_unrealize,
+                   props=(*TRANSITIONAL_PROPS, fixed("class", "uint32", 0), IOEVENTFD,
+                          vectors())))

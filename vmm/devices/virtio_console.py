@@ -14,19 +14,32 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from vmm.qdev import (
+    CHARDEV_DESCRIPTION,
+    IOEVENTFD,
+    TRANSITIONAL_PROPS,
+    DeviceError,
+    DeviceType,
+    Prop,
+    declare,
+    fixed,
+    on_off,
+    vectors,
+)
+from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice
+from vmm.virtio.proxy import realize_proxy
+from vmm.virtio.spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, feature
 
-F_MULTIPORT = 1 << 1
-F_EMERG_WRITE = 1 << 2
-F_RING_INDIRECT_DESC = 1 << 28
-F_RING_EVENT_IDX = 1 << 29
+F_MULTIPORT = feature(spec.VIRTIO_CONSOLE_F_MULTIPORT)
+F_EMERG_WRITE = feature(spec.VIRTIO_CONSOLE_F_EMERG_WRITE)
 RX_Q, TX_Q = 0, 1
 MAX_PENDING = 1 << 20                  # host-side input kept while the guest reads none
 
 
 class VirtioConsole(VirtioDevice):
     name = "virtio-serial"
-    device_type = 3
+    device_type = spec.VIRTIO_ID_CONSOLE
     config_size = 12                   # cols, rows, max_nr_ports, emerg_wr
     features = F_MULTIPORT | F_EMERG_WRITE | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX
 
@@ -70,3 +83,42 @@ class VirtioConsole(VirtioDevice):
             del self.pending[:written]
             queue.push(chain.head, written)
         self.transport.interrupt_queue(RX_Q)
+
+
+# -- the models, as QEMU declares them -------------------------------------
+def _realize_serial(board, device):
+    props = device.props
+    props["class"] = 0x0780              # QEMU's PCI_CLASS_COMMUNICATION_OTHER
+    console = VirtioConsole(props["max_ports"])
+    return realize_proxy(board, device, console, 0x078000, props["vectors"])
+
+
+def _realize_console(board, device):
+    """The console port (nr 0) of its virtio-serial bus."""
+    console = device.parent.obj.backend
+    if device.props["nr"] not in (0, 0xFFFFFFFF):
+        raise DeviceError("virtio-serial-bus: kvmkit has only the console port, nr 0")
+    if console.output is not None:
+        raise DeviceError("virtio-serial-bus: A port already exists at id 0")
+    device.props["nr"] = 0
+    chardev = board.chardevs.get(device.props.get("chardev") or "")
+    if chardev is not None:
+        console.output = chardev.write
+        chardev.attach(lambda data: board.locked(console.receive, data))
+    else:
+        console.output = lambda data: None
+    return console
+
+
+# its port bus is named after the proxy's id ("vs0.0"), else "virtio-serial-bus.0"
+declare(DeviceType("virtio-serial-device", "virtio-device", user_creatable=False,
+                   buses=(("{id}.0|virtio-serial-bus.0", "virtio-serial-bus"),), props=(
+    Prop("max_ports", "uint32", 31), on_off("emergency-write", True, honoured=False))))
+declare(DeviceType("virtio-serial-pci", "virtio-pci", category="Input", alias="virtio-serial",
+                   virtio="virtio-serial-device", realize=_realize_serial,
+                   props=(*TRANSITIONAL_PROPS, IOEVENTFD, vectors(2), fixed("class", "uint32", 0))))
+declare(DeviceType("virtio-serial-port", "device", abstract=True, bus="virtio-serial-bus",
+                   props=(Prop("nr", "uint32", 0xFFFFFFFF), Prop("name", "str"))))
+declare(DeviceType("virtconsole", "virtio-serial-port", category="Input",
+                   realize=_realize_console, props=(
+                       Prop("chardev", "str", None, CHARDEV_DESCRIPTION, kind="chardev"),)))

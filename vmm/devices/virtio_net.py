@@ -27,29 +27,48 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vmm.net.network import MAC_DESCRIPTION, NETDEV_DESCRIPTION, realize_nic, unrealize_nic
+from vmm.qdev import (
+    IOEVENTFD,
+    TRANSITIONAL_PROPS,
+    DeviceType,
+    Prop,
+    bootindex,
+    declare,
+    fixed,
+    flag,
+    on_off,
+    vectors,
+)
+from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice
+from vmm.virtio.proxy import realize_proxy
 from vmm.virtio.queue import FILL_NO_BUFFERS, Chain, VirtqueueError, new_rx_filter
+from vmm.virtio.spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, feature
 
 log = logging.getLogger(__name__)
 
-F_CSUM = 1 << 0
-F_GUEST_CSUM = 1 << 1
-F_CTRL_GUEST_OFFLOADS = 1 << 2
-F_MAC = 1 << 5
-F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_GUEST_UFO = 1 << 7, 1 << 8, 1 << 9, 1 << 10
-F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_HOST_UFO = 1 << 11, 1 << 12, 1 << 13, 1 << 14
-F_MRG_RXBUF = 1 << 15
-F_STATUS = 1 << 16
-F_CTRL_VQ = 1 << 17
-F_CTRL_RX = 1 << 18
-F_CTRL_VLAN = 1 << 19
-F_CTRL_RX_EXTRA = 1 << 20
-F_GUEST_ANNOUNCE = 1 << 21
-F_MQ = 1 << 22
-F_CTRL_MAC_ADDR = 1 << 23
-F_RING_INDIRECT_DESC = 1 << 28
-F_RING_EVENT_IDX = 1 << 29
-F_VERSION_1 = 1 << 32
+F_CSUM = feature(spec.VIRTIO_NET_F_CSUM)
+F_GUEST_CSUM = feature(spec.VIRTIO_NET_F_GUEST_CSUM)
+F_CTRL_GUEST_OFFLOADS = feature(spec.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS)
+F_MAC = feature(spec.VIRTIO_NET_F_MAC)
+F_GUEST_TSO4 = feature(spec.VIRTIO_NET_F_GUEST_TSO4)
+F_GUEST_TSO6 = feature(spec.VIRTIO_NET_F_GUEST_TSO6)
+F_GUEST_ECN = feature(spec.VIRTIO_NET_F_GUEST_ECN)
+F_GUEST_UFO = feature(spec.VIRTIO_NET_F_GUEST_UFO)
+F_HOST_TSO4 = feature(spec.VIRTIO_NET_F_HOST_TSO4)
+F_HOST_TSO6 = feature(spec.VIRTIO_NET_F_HOST_TSO6)
+F_HOST_ECN = feature(spec.VIRTIO_NET_F_HOST_ECN)
+F_HOST_UFO = feature(spec.VIRTIO_NET_F_HOST_UFO)
+F_MRG_RXBUF = feature(spec.VIRTIO_NET_F_MRG_RXBUF)
+F_STATUS = feature(spec.VIRTIO_NET_F_STATUS)
+F_CTRL_VQ = feature(spec.VIRTIO_NET_F_CTRL_VQ)
+F_CTRL_RX = feature(spec.VIRTIO_NET_F_CTRL_RX)
+F_CTRL_VLAN = feature(spec.VIRTIO_NET_F_CTRL_VLAN)
+F_CTRL_RX_EXTRA = feature(spec.VIRTIO_NET_F_CTRL_RX_EXTRA)
+F_GUEST_ANNOUNCE = feature(spec.VIRTIO_NET_F_GUEST_ANNOUNCE)
+F_MQ = feature(spec.VIRTIO_NET_F_MQ)
+F_CTRL_MAC_ADDR = feature(spec.VIRTIO_NET_F_CTRL_MAC_ADDR)
 
 # Offered only when the back end passes virtio_net_hdr through (a vnet_hdr tap).
 GUEST_OFFLOADS = F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN | F_GUEST_UFO
@@ -69,8 +88,8 @@ FEATURE_PROPERTIES = {
     "guest_announce": (F_GUEST_ANNOUNCE, True), "mq": (F_MQ, False),
     "indirect_desc": (F_RING_INDIRECT_DESC, True), "event_idx": (F_RING_EVENT_IDX, True)}
 
-S_LINK_UP, S_ANNOUNCE = 1, 2
-ACK_OK, ACK_ERR = 0, 1
+S_LINK_UP, S_ANNOUNCE = spec.VIRTIO_NET_S_LINK_UP, spec.VIRTIO_NET_S_ANNOUNCE
+ACK_OK, ACK_ERR = spec.VIRTIO_NET_OK, spec.VIRTIO_NET_ERR
 MAX_VLAN = 4096
 MAC_TABLE_ENTRIES = 64          # QEMU's MAC_TABLE_ENTRIES
 RX_QUEUE_SIZE, TX_QUEUE_SIZE, CTRL_QUEUE_SIZE = 256, 256, 64
@@ -95,7 +114,7 @@ class RxFilter:
 
 class VirtioNet(VirtioDevice):
     name = "virtio-net"
-    device_type = 1
+    device_type = spec.VIRTIO_ID_NET
 
     def __init__(self, mac: bytes, on_rx_filter_changed: Callable[[], None] = lambda: None,
                  queue_pairs: int = 1, properties: dict | None = None) -> None:
@@ -483,3 +502,45 @@ class _PairPort:
 
     def receive_from_fd(self, fd: int, budget: int) -> bool | None:
         return self.net.receive_from_fd(fd, budget, self.pair)
+
+
+# -- the models, as QEMU declares them -------------------------------------
+_FEATURE_ORDER = ("csum", "guest_csum", "gso", "guest_tso4", "guest_tso6", "guest_ecn",
+                  "guest_ufo", "guest_announce", "host_tso4", "host_tso6", "host_ecn",
+                  "host_ufo", "mrg_rxbuf", "status", "ctrl_vq", "ctrl_rx", "ctrl_vlan",
+                  "ctrl_rx_extra", "ctrl_mac_addr", "ctrl_guest_offloads")
+
+
+def _realize(board, device):
+    props = device.props
+
+    def make(mac, name, backend):
+        pairs = len(getattr(backend, "queues", ())) or 1     # a tap's queues=N
+        if props["vectors"] == 0xFFFFFFFF:                  # QEMU: 2 per pair, and 2 more
+            props["vectors"] = 2 * pairs + 2
+        net = VirtioNet(mac, lambda: board.network.rx_filter_changed(name), pairs, props)
+        transport = realize_proxy(board, device, net, 0x020000, props["vectors"], plug=False)
+        transport.add_rom(0x40000)           # where QEMU has efi-virtio.rom
+        return transport, net
+    props["romfile"] = "efi-virtio.rom"
+    return realize_nic(board, device, "virtio-net-device", make, path_suffix="/virtio-backend")
+
+
+declare(DeviceType(
+    "virtio-net-device", "virtio-device", user_creatable=False, honours=(
+        "indirect_desc", "event_idx"), props=(
+        *(on_off(name, True) if name in FEATURE_PROPERTIES else
+          on_off(name, True, honoured=False) for name in _FEATURE_ORDER),
+        on_off("mq", False), on_off("rss", False, honoured=False),
+        on_off("hash", False, honoured=False), on_off("guest_rsc_ext", False, honoured=False),
+        fixed("rsc_interval", "uint32", 300000), Prop("mac", "str", None, MAC_DESCRIPTION),
+        Prop("netdev", "str", None, NETDEV_DESCRIPTION), fixed("x-txtimer", "uint32", 150000),
+        fixed("x-txburst", "int32", 256), fixed("tx", "str", None),
+        fixed("rx_queue_size", "uint16", 256), fixed("tx_queue_size", "uint16", 256),
+        fixed("host_mtu", "uint16", 0), flag("x-mtu-bypass-backend", True, honoured=False),
+        fixed("speed", "int32", -1), fixed("duplex", "str", None),
+        flag("failover", False, honoured=False), bootindex())))
+declare(DeviceType(
+    "virtio-net-pci", "virtio-pci", category="Network", alias="virtio-net",
+    virtio="virtio-net-device", realize=_realize, unrealize=unrealize_nic,
+    props=(*TRANSITIONAL_PROPS, IOEVENTFD, vectors())))

@@ -9,17 +9,27 @@ from __future__ import annotations
 import os
 import time
 
+from vmm.qdev import (
+    IOEVENTFD,
+    TRANSITIONAL_PROPS,
+    DeviceError,
+    DeviceType,
+    Prop,
+    declare,
+    vectors,
+)
+from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice
+from vmm.virtio.proxy import realize_proxy
+from vmm.virtio.spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC
 
-F_RING_INDIRECT_DESC = 1 << 28
-F_RING_EVENT_IDX = 1 << 29
 UNLIMITED = (1 << 63) - 1
 MAX_PER_BUFFER = 64 * 1024
 
 
 class VirtioRng(VirtioDevice):
     name = "virtio-rng"
-    device_type = 4
+    device_type = spec.VIRTIO_ID_RNG
     queue_sizes = (8,)
     features = F_RING_INDIRECT_DESC | F_RING_EVENT_IDX
 
@@ -50,3 +60,21 @@ class VirtioRng(VirtioDevice):
         if (now - self.window_start) * 1000 >= self.period_ms:
             self.window_start, self.window_bytes = now, 0
         return self.max_bytes - self.window_bytes
+
+
+# -- the models, as QEMU declares them -------------------------------------
+def _realize(board, device):
+    props = device.props
+    if props["max-bytes"] >= 1 << 63:
+        raise DeviceError("'max-bytes' parameter must be non-negative, and less than 2^63")
+    if props["vectors"] == 0xFFFFFFFF:
+        props["vectors"] = 2
+    rng = VirtioRng(props["max-bytes"], props["period"])
+    return realize_proxy(board, device, rng, 0x00FF00, props["vectors"])
+
+
+declare(DeviceType("virtio-rng-device", "virtio-device", user_creatable=False, props=(
+    Prop("max-bytes", "uint64", (1 << 63) - 1), Prop("period", "uint32", 65536),
+    Prop("rng", "link<rng-backend>", qdev=False))))
+declare(DeviceType("virtio-rng-pci", "virtio-pci", alias="virtio-rng", virtio="virtio-rng-device",
+                   realize=_realize, props=(*TRANSITIONAL_PROPS, IOEVENTFD, vectors())))

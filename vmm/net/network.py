@@ -12,23 +12,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vmm.errors import UserError
 from vmm.net.hub import Hub, HubPort
+from vmm.net.netdev_options import MEMBERS, NETDEV_TYPES
 from vmm.net.slirp import SlirpError, UserBackend
 from vmm.net.tap import TapBackend, TapError
 
-NETDEV_TYPES = ("user", "tap", "bridge", "l2tpv3", "socket", "stream", "dgram", "vde",
-                "hubport", "netmap", "vhost-user", "vhost-vdpa")
-TAP_OPTIONS = {"id", "type", "ifname", "fd", "fds", "script", "downscript", "br", "helper",
-               "sndbuf", "vnet_hdr", "vhost", "vhostfd", "vhostfds", "vhostforce", "queues",
-               "poll-us"}
-BRIDGE_OPTIONS = {"id", "type", "br", "helper"}
-USER_OPTIONS = {"id", "type", "net", "host", "dhcpstart", "dns", "hostfwd", "restrict",
-                "ipv4", "ipv6", "hostname", "domainname", "tftp", "bootfile", "smb",
-                "dnssearch", "guestfwd"}
 DEFAULT_MAC_PREFIX = bytes([0x52, 0x54, 0x00, 0x12, 0x34])
+# QEMU's descriptions of the properties every NIC has
+MAC_DESCRIPTION = "Ethernet 6-byte MAC Address, example: 52:54:00:12:34:56"
+NETDEV_DESCRIPTION = "ID of a netdev to use as a backend"
 
 
-class NetError(ValueError):
+class NetError(UserError):
     pass
 
 
@@ -96,10 +92,7 @@ class Network:
             raise NetError(f"Duplicate ID '{netdev_id}'")    # -netdev adds " for netdev"
         if kind not in NETDEV_TYPES:
             raise NetError(f"Parameter 'type' does not accept value '{kind}'")
-        if kind not in ("tap", "bridge", "user"):
-            raise NetError(f"network backend '{kind}' is not compiled into this binary")
-        known = {"tap": TAP_OPTIONS, "bridge": BRIDGE_OPTIONS, "user": USER_OPTIONS}[kind]
-        unknown = sorted(set(opts) - known)
+        unknown = sorted(set(opts) - {"id", "type", *MEMBERS[kind]})
         if unknown:
             raise NetError(f"Invalid parameter '{unknown[0]}'")
         try:
@@ -186,10 +179,10 @@ class Network:
             self.emit("NIC_RX_FILTER_CHANGED", {"name": name, "path": nic.path})
 
     def query_rx_filter(self, name: str | None) -> list[dict]:
-        """query-rx-filter; raises KeyError/ValueError with QEMU's cases."""
+        """query-rx-filter; raises KeyError/NetError with QEMU's cases."""
         if name is not None and name not in self.nics:
             if name in self.netdevs:
-                raise ValueError(f"net client({name}) isn't a NIC")
+                raise NetError(f"net client({name}) isn't a NIC")
             raise KeyError(name)
         out = []
         for nic_name in self.order:
@@ -198,7 +191,7 @@ class Network:
                 continue
             if not hasattr(nic.device, "rx_filter_info"):
                 if name is not None:
-                    raise ValueError(f"net client({name}) doesn't support rx-filter querying")
+                    raise NetError(f"net client({name}) doesn't support rx-filter querying")
                 continue
             out.append(nic.device.rx_filter_info(nic_name))
             nic.rx_filter_notify = True
@@ -268,3 +261,52 @@ class Network:
         for backend in list(self.netdevs.values()):
             backend.close()
         self.netdevs.clear()
+
+
+def realize_nic(board, device, owner: str, make, path_suffix: str = ""):
+    """A NIC's realize: its MAC (QEMU's default if none), its back end, its PCI
+    function. ``make(mac, client_name, backend)`` returns (pci_function, nic);
+    ``owner`` is the type QEMU names in mac/netdev errors."""
+    from vmm.qdev import DeviceError
+
+    props = device.props
+    network = board.network
+    mac = parse_mac(props["mac"]) if props.get("mac") else network.default_mac()
+    if mac is None:
+        raise DeviceError(f"Property '{owner}.mac' doesn't take value '{props['mac']}'")
+    props["mac"] = ":".join(f"{b:02x}" for b in mac)    # what QOM and qtree show
+    try:
+        netdev = props.get("netdev")
+        backend = (network.hub_port(netdev) or network.find_backend(netdev, owner)) \
+            if netdev else None
+        queue_names = network.nic_names(device.id, device.driver, backend)
+        function, nic = make(mac, queue_names[0], backend)
+    except (NetError, ValueError) as e:
+        raise DeviceError(str(e)) from None
+    function.qdev_id = device.id or ""
+    board.plug_pci(function, device)
+    network.attach_nic(Nic(queue_names[0], device.driver, mac, nic, backend,
+                           queue_names=queue_names,
+                           path=board.devices.path(device) + path_suffix))
+    return function
+
+
+def emulated_nic(cls, romfile: str):
+    """The realize of a NIC that is its own PCI function (e1000, rtl8139):
+    ``cls(memory, mac)`` builds it; ``romfile`` is the ROM QEMU would give it."""
+    def realize(board, device):
+        def make(mac, name, backend):
+            nic = cls(board.memory, mac)
+            return nic, nic
+        device.props["romfile"] = romfile
+        return realize_nic(board, device, device.driver, make)
+    return realize
+
+
+def unrealize_nic(board, device) -> None:
+    """A NIC leaves the board: its network clients go with it."""
+    obj = device.obj
+    backend = getattr(obj, "backend", obj)
+    for name, nic in list(board.network.nics.items()):
+        if nic.device is backend or nic.device is obj:
+            board.network.detach_nic(name)

@@ -28,8 +28,10 @@ from functools import partial
 from vmm.memory import GuestMemory
 from vmm.msix import MsiRoutes, Msix
 from vmm.pci import UNMAPPED, Bar, PciDevice
+from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice, read_le
 from vmm.virtio.queue import SplitQueue, VirtqueueError
+from vmm.virtio.spec import F_RING_EVENT_IDX, F_VERSION_1, feature
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +39,31 @@ VIRTIO_VENDOR = 0x1AF4
 COMMON, ISR, DEVICE_CFG, NOTIFY = 0x0000, 0x1000, 0x2000, 0x3000
 REGION_SIZE = 0x1000
 NOTIFY_MULTIPLIER = 4
-NO_VECTOR = 0xFFFF
-F_RING_EVENT_IDX = 1 << 29
-F_VERSION_1 = 1 << 32
-F_RING_RESET = 1 << 40           # per-queue reset through queue_reset (virtio 1.2)
+NO_VECTOR = spec.VIRTIO_MSI_NO_VECTOR
+F_RING_RESET = feature(spec.VIRTIO_F_RING_RESET)  # per-queue reset through queue_reset (1.2)
 
-S_ACKNOWLEDGE, S_DRIVER, S_DRIVER_OK, S_FEATURES_OK = 1, 2, 4, 8
-S_NEEDS_RESET, S_FAILED = 0x40, 0x80
-ISR_QUEUE, ISR_CONFIG = 1, 2
+S_ACKNOWLEDGE, S_DRIVER = spec.VIRTIO_CONFIG_S_ACKNOWLEDGE, spec.VIRTIO_CONFIG_S_DRIVER
+S_DRIVER_OK, S_FEATURES_OK = spec.VIRTIO_CONFIG_S_DRIVER_OK, spec.VIRTIO_CONFIG_S_FEATURES_OK
+S_NEEDS_RESET, S_FAILED = spec.VIRTIO_CONFIG_S_NEEDS_RESET, spec.VIRTIO_CONFIG_S_FAILED
+ISR_QUEUE, ISR_CONFIG = 1, spec.VIRTIO_PCI_ISR_CONFIG    # the header names only the config bit
 
-CAP_VENDOR = 0x09
-CFG_COMMON, CFG_NOTIFY, CFG_ISR, CFG_DEVICE, CFG_PCI = 1, 2, 3, 4, 5
+CAP_VENDOR = 0x09                # PCI's vendor-specific capability id
+CFG_COMMON, CFG_NOTIFY = spec.VIRTIO_PCI_CAP_COMMON_CFG, spec.VIRTIO_PCI_CAP_NOTIFY_CFG
+CFG_ISR, CFG_DEVICE = spec.VIRTIO_PCI_CAP_ISR_CFG, spec.VIRTIO_PCI_CAP_DEVICE_CFG
+CFG_PCI = spec.VIRTIO_PCI_CAP_PCI_CFG
 
 # Transitional PCI device ids by virtio device type (virtio 1.x, 4.1.2.1).
-TRANSITIONAL_IDS = {1: 0x1000, 2: 0x1001, 5: 0x1002, 3: 0x1003, 8: 0x1004, 4: 0x1005, 9: 0x1009}
-LEGACY_HEADER = 20              # the legacy register block before the device config
-LEGACY_MSIX_HEADER = 24         # ... with the two MSI-X vector registers, once enabled
+TRANSITIONAL_IDS = {spec.VIRTIO_ID_NET: spec.VIRTIO_TRANS_ID_NET,
+                    spec.VIRTIO_ID_BLOCK: spec.VIRTIO_TRANS_ID_BLOCK,
+                    spec.VIRTIO_ID_BALLOON: spec.VIRTIO_TRANS_ID_BALLOON,
+                    spec.VIRTIO_ID_CONSOLE: spec.VIRTIO_TRANS_ID_CONSOLE,
+                    spec.VIRTIO_ID_SCSI: spec.VIRTIO_TRANS_ID_SCSI,
+                    spec.VIRTIO_ID_RNG: spec.VIRTIO_TRANS_ID_RNG,
+                    spec.VIRTIO_ID_9P: spec.VIRTIO_TRANS_ID_9P}
+LEGACY_HEADER = spec.VIRTIO_MSI_CONFIG_VECTOR   # the legacy block before the device config
+LEGACY_MSIX_HEADER = spec.VIRTIO_MSI_QUEUE_VECTOR + 2   # ... with the MSI-X vector registers
 MSIX_BAR = 1
-LEGACY_PAGE = 4096              # legacy queue PFN unit and used-ring alignment
+LEGACY_PAGE = 1 << spec.VIRTIO_PCI_QUEUE_ADDR_SHIFT   # legacy queue PFN unit, ring alignment
 # What QEMU adds for legacy drivers: NOTIFY_ON_EMPTY, ANY_LAYOUT, and BAD_FEATURE
 # (which no correct driver acks).
 LEGACY_ONLY_FEATURES = (1 << 24) | (1 << 27) | (1 << 30)
@@ -80,6 +89,8 @@ class VirtioPciDevice(PciDevice):
         if not (legacy or modern):
             raise ValueError("device cannot work as neither modern nor legacy mode is enabled")
         kind = backend.device_type
+        if legacy and kind not in TRANSITIONAL_IDS:
+            raise ValueError("device has no transitional id, so no legacy interface")
         if legacy:
             ids = dict(device_id=TRANSITIONAL_IDS[kind], revision=0, subsystem_id=kind)
         else:
@@ -265,39 +276,39 @@ class VirtioPciDevice(PciDevice):
 
     def common_write(self, offset: int, size: int, value: int) -> None:
         q = self._selected()
-        if offset == 0x00:
+        if offset == spec.VIRTIO_PCI_COMMON_DFSELECT:
             self.device_feature_select = value
-        elif offset == 0x08:
+        elif offset == spec.VIRTIO_PCI_COMMON_GFSELECT:
             self.driver_feature_select = value
-        elif offset == 0x0C and self.driver_feature_select < 2 and \
+        elif offset == spec.VIRTIO_PCI_COMMON_GF and self.driver_feature_select < 2 and \
                 not self.device_status & S_FEATURES_OK:
             shift = 32 * self.driver_feature_select
             self.driver_features = (self.driver_features & ~(0xFFFFFFFF << shift)) | \
                 ((value & 0xFFFFFFFF) << shift)
-        elif offset == 0x10:
+        elif offset == spec.VIRTIO_PCI_COMMON_MSIX:
             self.config_vector = self._vector(value & 0xFFFF)
-        elif offset == 0x14:
+        elif offset == spec.VIRTIO_PCI_COMMON_STATUS:
             self._write_modern_status(value & 0xFF)
-        elif offset == 0x16:
+        elif offset == spec.VIRTIO_PCI_COMMON_Q_SELECT:
             self.queue_select = value & 0xFFFF
-        elif offset == 0x1A and q is not None:
+        elif offset == spec.VIRTIO_PCI_COMMON_Q_MSIX and q is not None:
             q.vector = self._vector(value & 0xFFFF)
-        elif offset == 0x3A and q is not None:
+        elif offset == spec.VIRTIO_PCI_COMMON_Q_RESET and q is not None:
             if value & 1 and self.driver_features & F_RING_RESET:
                 self._reset_queue(self.queue_select)
-        elif q is None or q.enabled and offset != 0x1C:
+        elif q is None or q.enabled and offset != spec.VIRTIO_PCI_COMMON_Q_ENABLE:
             return
-        elif offset == 0x18:
+        elif offset == spec.VIRTIO_PCI_COMMON_Q_SIZE:
             if value and not value & (value - 1) and value <= q.max_size:
                 q.size = value
-        elif offset == 0x1C:
+        elif offset == spec.VIRTIO_PCI_COMMON_Q_ENABLE:
             if value & 1 and not q.enabled:
                 q.reset = False
                 self._enable_queue(q)
-        elif 0x20 <= offset < 0x38:
-            field = ("desc", "driver", "device")[(offset - 0x20) // 8]
+        elif spec.VIRTIO_PCI_COMMON_Q_DESCLO <= offset < spec.VIRTIO_PCI_COMMON_Q_NDATA:
+            field = ("desc", "driver", "device")[(offset - spec.VIRTIO_PCI_COMMON_Q_DESCLO) // 8]
             old = getattr(q, field)
-            shift = 8 * ((offset - 0x20) % 8)
+            shift = 8 * ((offset - spec.VIRTIO_PCI_COMMON_Q_DESCLO) % 8)
             mask = ((1 << (8 * size)) - 1) << shift
             setattr(q, field, (old & ~mask) | ((value << shift) & mask))
 
@@ -332,29 +343,29 @@ class VirtioPciDevice(PciDevice):
                              q.max_size if q else 0, self.queue_select, 0,
                              self.device_status, 0)
         value = read_le(header, offset, min(size, LEGACY_HEADER - offset))
-        if offset <= 0x13 < offset + size:
-            value |= self.isr_read() << (8 * (0x13 - offset))
+        if offset <= spec.VIRTIO_PCI_ISR < offset + size:
+            value |= self.isr_read() << (8 * (spec.VIRTIO_PCI_ISR - offset))
         return value
 
     def legacy_write(self, offset: int, size: int, value: int) -> None:
         if offset >= self._legacy_config_at:
             self.backend.config_write(offset - self._legacy_config_at, size, value)
-        elif offset == 0x14:
+        elif offset == spec.VIRTIO_MSI_CONFIG_VECTOR:
             self.config_vector = self._vector(value & 0xFFFF)
-        elif offset == 0x16:
+        elif offset == spec.VIRTIO_MSI_QUEUE_VECTOR:
             q = self._selected()
             if q is not None:
                 q.vector = self._vector(value & 0xFFFF)
-        elif offset == 0x04:
+        elif offset == spec.VIRTIO_PCI_GUEST_FEATURES:
             self.driver_features = value & self.backend.features & 0xFFFFFFFF
             self.backend.features_negotiated(self.driver_features)
-        elif offset == 0x08:
+        elif offset == spec.VIRTIO_PCI_QUEUE_PFN:
             self._legacy_queue_pfn(value & 0xFFFFFFFF)
-        elif offset == 0x0E:
+        elif offset == spec.VIRTIO_PCI_QUEUE_SEL:
             self.queue_select = value & 0xFFFF
-        elif offset == 0x10:
+        elif offset == spec.VIRTIO_PCI_QUEUE_NOTIFY:
             self.notify(value & 0xFFFF)
-        elif offset == 0x12:
+        elif offset == spec.VIRTIO_PCI_STATUS:
             if value & 0xFF == 0:
                 self.reset_transport()
             else:

@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass, field
 
 from vmm.memory import GuestMemory, GuestMemoryError
+from vmm.virtio import spec
 
 try:                              # the C fast path (vmm/virtio/_ring_build.py)
     from vmm.virtio._ring import ffi as _ffi
@@ -26,11 +27,11 @@ try:                              # the C fast path (vmm/virtio/_ring_build.py)
 except ImportError:               # a source tree that was not built: Python does it all
     _ffi = _lib = None
 
-DESC_F_NEXT = 1
-DESC_F_WRITE = 2
-DESC_F_INDIRECT = 4
-AVAIL_F_NO_INTERRUPT = 1
-USED_F_NO_NOTIFY = 1
+DESC_F_NEXT = spec.VRING_DESC_F_NEXT
+DESC_F_WRITE = spec.VRING_DESC_F_WRITE
+DESC_F_INDIRECT = spec.VRING_DESC_F_INDIRECT
+AVAIL_F_NO_INTERRUPT = spec.VRING_AVAIL_F_NO_INTERRUPT
+USED_F_NO_NOTIFY = spec.VRING_USED_F_NO_NOTIFY
 DESC_SIZE = 16
 MAX_QUEUE_SIZE = 32768
 

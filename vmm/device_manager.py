@@ -1,0 +1,186 @@
+"""The devices on a board: creation from -device and device_add, QOM paths,
+removal, reset, and their saved state.
+
+Every device, the board's own chipset included, is a ``qdev.Device`` made from
+its declared type. The manager knows nothing of particular models: their files
+declare them (vmm/devices/) and their realize builds them on the board.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from vmm import qdev
+from vmm.errors import UserError
+from vmm.qdev import Board, Device, DeviceError, DeviceType
+
+
+class DeviceManager:
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.devices: list[Device] = []
+        self._paths: dict[int, str] = {}
+        self._anonymous = 0              # QEMU numbers peripheral-anon devices for good
+
+    def __iter__(self) -> Iterator[Device]:
+        return iter(list(self.devices))
+
+    # -- creation ----------------------------------------------------------
+    def create(self, driver: str, options: dict[str, Any], strict: bool = False,
+               hotplug: bool = False, defaults: dict[str, dict] | None = None) -> Device:
+        """A device from -device or device_add options (text, or JSON values when
+        ``strict``), realized on the board; DeviceError with QEMU's message if not."""
+        device_type = qdev.lookup(driver) if isinstance(driver, str) else None
+        if device_type is None or device_type.abstract:
+            raise DeviceError(f"'{driver}' is not a valid device model name")
+        if device_type.realize is None or not device_type.user_creatable:
+            bus = device_type.bus or "System"
+            raise DeviceError(f"No '{bus}' bus found for device '{device_type.name}'")
+        options = dict(options)
+        qdev_id = options.pop("id", None)
+        if qdev_id is not None:
+            # QEMU 7.2 checks an id given as option text only, not in JSON
+            qdev_id = str(qdev_id) if strict else qdev.check_id(qdev_id)
+            if self.find(qdev_id) is not None:
+                raise DeviceError(f"Duplicate device ID '{qdev_id}'")
+        parent = self._bus_owner(device_type, options.pop("bus", None))
+        given = {**(defaults or {}).get(device_type.name, {}), **options}
+        props = qdev.parse_props(device_type, given, strict, set(self.board.chardevs))
+        device = Device(device_type, qdev_id, props, hotplugged=hotplug, parent=parent)
+        self._paths[id(device)] = self._new_path(qdev_id)
+        self.devices.append(device)
+        try:
+            device.obj = device_type.realize(self.board, device)
+        except BaseException:
+            self.devices.remove(device)
+            raise
+        return device
+
+    def add_builtin(self, type_name: str, obj: Any = None, parent: Device | None = None,
+                    **values: Any) -> Device:
+        """A device the board itself builds (the chipset, the RTC, -serial ports)."""
+        device_type = qdev.lookup(type_name)
+        props = {p.name: p.default for p in qdev.all_props(device_type) if p.writable}
+        props.update(values)
+        device = Device(device_type, None, props, obj=obj, parent=parent, builtin=True)
+        self.devices.append(device)
+        return device
+
+    def realize_builtin(self, type_name: str, parent: Device | None = None,
+                        **values: Any) -> Device:
+        """A board device built by its own type's realize (a -serial port)."""
+        device = self.add_builtin(type_name, parent=parent, **values)
+        try:
+            device.obj = device.type.realize(self.board, device)
+        except BaseException:
+            self.devices.remove(device)
+            raise
+        return device
+
+    def buses(self) -> list[tuple[str, str, Device]]:
+        """Every bus on the board: (name, bus type, the device that provides it)."""
+        found = []
+        for device in self.devices:
+            types = [device.type] + ([qdev.TYPES[device.type.virtio]] if device.type.virtio
+                                     else [])
+            for device_type in types:
+                for template, bus_type in device_type.buses:
+                    found.append((bus_name(template, device), bus_type, device))
+        return found
+
+    def _bus_owner(self, device_type: DeviceType, name: str | None) -> Device | None:
+        """The device whose bus a new device goes on: the named bus, else the first."""
+        for bus, bus_type, owner in self.buses():
+            if name is None and bus_type == device_type.bus:
+                return owner
+            if name == bus:
+                if bus_type != device_type.bus:
+                    raise DeviceError(f"Device '{device_type.name}' can't go on {bus_type} "
+                                      f"bus")
+                return owner
+        if name is not None:
+            raise DeviceError(f"Bus '{name}' not found")
+        raise DeviceError(f"No '{device_type.bus}' bus found for device '{device_type.name}'")
+
+    # -- lookup ------------------------------------------------------------
+    def find(self, qdev_id: str) -> Device | None:
+        return next((d for d in self.devices if d.id == qdev_id), None)
+
+    def find_type(self, type_name: str) -> Device | None:
+        """The first device of a type."""
+        return next((d for d in self.devices if d.driver == type_name), None)
+
+    def user_devices(self) -> list[Device]:
+        """Devices from -device and device_add, in creation order."""
+        return [d for d in self.devices if not d.builtin]
+
+    def of_object(self, obj: Any) -> Device | None:
+        return next((d for d in self.devices if d.obj is obj), None)
+
+    def children(self, parent: Device, bus_type: str) -> list[Device]:
+        """The devices on ``parent``'s bus of that type, in creation order."""
+        return [d for d in self.devices if d.parent is parent and d.type.bus == bus_type]
+
+    def path(self, device: Device) -> str:
+        """Its QOM path: /machine/peripheral/ID, or /machine/peripheral-anon/device[N]."""
+        return self._paths.get(id(device), "")
+
+    def _new_path(self, qdev_id: str | None) -> str:
+        if qdev_id:
+            return f"/machine/peripheral/{qdev_id}"
+        path = f"/machine/peripheral-anon/device[{self._anonymous}]"
+        self._anonymous += 1
+        return path
+
+    # -- lifecycle -----------------------------------------------------------
+    def remove(self, device: Device) -> None:
+        """Unrealizes a device (its type's unrealize, nearest first) and forgets it."""
+        for device_type in qdev.ancestry(device.type):
+            if device_type.unrealize is not None:
+                device_type.unrealize(self.board, device)
+                break
+        self.devices.remove(device)
+
+    def reset(self) -> None:
+        """Every device on the ISA, PCI and system buses to its power-on state, in
+        creation order (a device on another device's bus is reset by it)."""
+        for device in self.devices:
+            reset = getattr(device.obj, "reset", None)
+            if reset is not None and device.type.bus in ("ISA", "PCI", "System"):
+                reset()
+
+    def save_state(self) -> dict[str, dict]:
+        """Each device's state section, keyed by QOM path (for migration and snapshots)."""
+        sections = {}
+        for device in self.devices:
+            save = getattr(device.obj, "save_state", None)
+            if save is None:
+                raise UserError(f"State of device '{device.driver}' cannot be saved")
+            sections[self.path(device) or f"{device.driver}[{self.devices.index(device)}]"] = {
+                "type": device.driver, "version": device.type.state_version, "state": save()}
+        return sections
+
+    def load_state(self, sections: dict[str, dict]) -> None:
+        """Loads sections saved by save_state; an unknown device or version is refused
+        before anything is loaded."""
+        plan = []
+        for device in self.devices:
+            key = self.path(device) or f"{device.driver}[{self.devices.index(device)}]"
+            section = sections.get(key)
+            if section is None or section.get("type") != device.driver:
+                raise UserError(f"Missing section for device '{key}'")
+            if section.get("version") != device.type.state_version:
+                raise UserError(f"Device '{key}' section version {section.get('version')} "
+                                f"is not {device.type.state_version}")
+            plan.append((device, section["state"]))
+        for device, state in plan:
+            device.obj.load_state(state)
+
+
+def bus_name(template: str, device: Device) -> str:
+    """A bus's name; "{id}.0|other.0" is named after its device's id if it has one."""
+    named, _, anonymous = template.partition("|")
+    if not anonymous:
+        return named
+    return named.format(id=device.id) if device.id else anonymous
