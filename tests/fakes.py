@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from vmm.net.backend import SingleQueueBackend
 
-class FakeNetdev:
+
+class FakeNetdev(SingleQueueBackend):
     """A network back end that keeps what the NIC sends and counts receive_ready()."""
 
     def __init__(self) -> None:

@@ -22,6 +22,7 @@ import logging
 import struct
 
 from vmm.memory import GuestMemory, GuestMemoryError
+from vmm.net.backend import NetBackend
 from vmm.net.network import MAC_DESCRIPTION, NETDEV_DESCRIPTION, emulated_nic, unrealize_nic
 from vmm.net.offload import put_checksum, tcp_segments
 from vmm.pci import PciDevice
@@ -85,7 +86,7 @@ class E1000(PciDevice):
         super().__init__(0x8086, 0x100E, 0x020000, revision=3, interrupt_pin=1)
         self.memory = memory
         self.mac = mac
-        self.netdev = None           # send(frame), receive_ready()
+        self.netdev: NetBackend | None = None
         self.link_up = True
         self.eeprom = self._eeprom(mac)
         self.add_bar(0, 0x20000, "mem32", _Registers(self))

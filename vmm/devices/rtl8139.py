@@ -25,6 +25,7 @@ import struct
 import zlib
 
 from vmm.memory import GuestMemory, GuestMemoryError
+from vmm.net.backend import NetBackend
 from vmm.net.network import MAC_DESCRIPTION, NETDEV_DESCRIPTION, emulated_nic, unrealize_nic
 from vmm.net.offload import fill_ipv4_checksums, tcp_segments
 from vmm.pci import PciDevice
@@ -66,7 +67,7 @@ class Rtl8139(PciDevice):
         super().__init__(0x10EC, 0x8139, 0x020000, revision=0x20, interrupt_pin=1)
         self.memory = memory
         self.mac = mac
-        self.netdev = None               # send(frame), receive_ready()
+        self.netdev: NetBackend | None = None
         self.link_up = True
         self.add_bar(0, 0x100, "io", _Registers(self, "rtl8139"))
         # QEMU's memory BAR is an alias of the I/O region, and info mtree says so.

@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vmm.net.backend import NetBackend
 from vmm.net.network import MAC_DESCRIPTION, NETDEV_DESCRIPTION, realize_nic, unrealize_nic
 from vmm.qdev import (
     IOEVENTFD,
@@ -131,7 +132,7 @@ class VirtioNet(VirtioDevice):
         # mac and status, then max_virtqueue_pairs when MQ is offered (QEMU's sizes)
         self.config_size = 10 if self.base_features & F_MQ else 8
         self.vnet_peer = False         # fixed when the first back end is attached
-        self._netdev = None            # has send(frame); set when a netdev is attached
+        self._netdev: NetBackend | None = None     # set when a netdev is attached
         self.link_up = True
         self.reset()
 
@@ -156,20 +157,20 @@ class VirtioNet(VirtioDevice):
     def netdev(self, backend) -> None:
         if backend is not None and self._netdev is None and not self.vnet_peer:
             # As QEMU at realize: a vnet_hdr tap makes the offload features offered.
-            self.vnet_peer = bool(getattr(backend, "has_vnet_hdr", False))
+            self.vnet_peer = backend.has_vnet_hdr
         self._netdev = backend
         self._apply_to_tap()
 
     @property
     def passes_header(self) -> bool:
         """Whether frames to and from the back end keep their virtio_net_hdr."""
-        return self.vnet_peer and getattr(self._netdev, "has_vnet_hdr", False)
+        return self.vnet_peer and self._netdev is not None and self._netdev.has_vnet_hdr
 
     def _apply_to_tap(self) -> None:
         """The tap's header length, offloads and attached queues, from what the driver
         negotiated (QEMU's virtio_net_apply_guest_offloads and set_queue_pairs)."""
         tap = self._netdev
-        if tap is None or not hasattr(tap, "set_offload"):
+        if tap is None:
             return
         if self.passes_header:
             tap.use_vnet_hdr(self.header_size)
@@ -515,7 +516,7 @@ def _realize(board, device):
     props = device.props
 
     def make(mac, name, backend):
-        pairs = len(getattr(backend, "queues", ())) or 1     # a tap's queues=N
+        pairs = backend.queue_count if backend is not None else 1   # a tap's queues=N
         if props["vectors"] == 0xFFFFFFFF:                  # QEMU: 2 per pair, and 2 more
             props["vectors"] = 2 * pairs + 2
         net = VirtioNet(mac, lambda: board.network.rx_filter_changed(name), pairs, props)

@@ -5,9 +5,11 @@ back end; `info network` shows the hub with each port's peer, as QEMU's.
 
 from __future__ import annotations
 
+from vmm.net.backend import SingleQueueBackend
 
-class HubPort:
-    """Looks like a back end to a NIC, and like a NIC to a back end."""
+
+class HubPort(SingleQueueBackend):
+    """Looks like a back end to a NIC (a NetBackend), and like a NIC to a back end."""
 
     def __init__(self, hub: Hub, index: int) -> None:
         self.hub = hub
@@ -26,6 +28,15 @@ class HubPort:
         for port in self.hub.ports:
             if port is not self and not port.peer_is_nic and port.peer is not None:
                 port.peer.receive_ready()
+
+    def info(self, index: int) -> str:
+        return f"index={index},type=hubport,hubid={self.hub.hub_id}"
+
+    def start(self, loop) -> None:
+        pass                              # a port has nothing of its own to run
+
+    def close(self) -> None:
+        pass
 
     # -- what a back end calls (its nic) -----------------------------------------------
     def can_receive(self) -> bool:

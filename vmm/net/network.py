@@ -133,7 +133,7 @@ class Network:
         """QEMU's names for a new NIC's clients, one per queue of its back end (a
         multiqueue tap): its id for each, else the next free "model.N" for each, N
         counting every client of that model so far."""
-        queues = 1 if isinstance(backend, HubPort) else len(getattr(backend, "queues", [0]))
+        queues = backend.queue_count if backend is not None else 1
         if qdev_id:
             return [qdev_id] * queues
         count = sum(len(nic.queue_names) for nic in self.nics.values() if nic.model == model)
@@ -235,7 +235,7 @@ class Network:
                         out.append(f" \\ {names[id(nic.peer)]}: {nic.peer.info(index)}")
             elif id(self.netdevs[name]) not in attached:
                 backend = self.netdevs[name]
-                out += [f"{name}: {backend.info(0)}"] * len(getattr(backend, "queues", [0]))
+                out += [f"{name}: {backend.info(0)}"] * backend.queue_count
         return out
 
     def unpeered_warnings(self) -> list[str]:
@@ -245,7 +245,7 @@ class Network:
         return [f"warning: netdev {name} has no peer"
                 for name, backend in self.netdevs.items()
                 if id(backend) not in attached and id(backend) not in on_hubs
-                for _ in getattr(backend, "queues", [0])]
+                for _ in range(backend.queue_count)]
 
     def _port_peer_info(self, port: HubPort) -> str:
         if port.peer_is_nic:

@@ -24,6 +24,7 @@ import time
 
 from cffi import FFI
 
+from vmm.net.backend import SingleQueueBackend
 from vmm.timer import DeviceTimer
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def parse_hostfwd(rule: str) -> tuple[bool, str, int, str, int]:
         raise SlirpError(0, f"Invalid host forwarding rule '{rule}'") from None
 
 
-class UserBackend:
+class UserBackend(SingleQueueBackend):
     """A slirp instance as a network back end: send(frame) in, nic.receive() out."""
 
     kind = "user"

@@ -209,6 +209,10 @@ class TapBackend:
             raise TapError(0, f"network script {script} failed with status "
                               f"{result.returncode}")
 
+    @property
+    def queue_count(self) -> int:
+        return len(self.queues)
+
     def info(self, index: int) -> str:
         """Its `info network` text, as QEMU's (net/tap.c)."""
         if self.bridge is not None:
