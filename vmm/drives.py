@@ -6,6 +6,9 @@ import os
 import random
 from dataclasses import dataclass
 
+from vmm.block.backend import BlockBackend
+from vmm.block.raw import RawImage
+
 # -drive discard= values, as QEMU spells and means them
 DISCARD_MODES = {"ignore": "ignore", "off": "ignore", "unmap": "unmap", "on": "unmap"}
 
@@ -26,6 +29,10 @@ class Drive:
 
     def allocated(self) -> int:
         return os.stat(self.path).st_blocks * 512
+
+    def open(self) -> BlockBackend:
+        """Its image, as a device reads and writes it."""
+        return RawImage(self.path, self.read_only, unmap=self.discard == "unmap")
 
 
 def drives_from_config(drives: dict[str, dict[str, str]]) -> dict[str, Drive]:

@@ -3,24 +3,23 @@ and configuration.
 
 Each request is a chain: a readable header (type, reserved, sector), data
 buffers (readable for writes, writable for reads) and one writable status
-byte. Reads and writes go to the file with pread/pwrite, FLUSH is fsync,
-GET_ID returns the drive's serial. DISCARD and WRITE_ZEROES take one segment
-(sector, count, flags): a discard punches a hole in the image when the drive
-says ``discard=unmap`` (QEMU's default, ``ignore``, does nothing); write-zeroes
-punches one too when both the guest and the drive allow unmapping, else
-zeroes the range. The write cache is on unless the guest turns it off
-(CONFIG_WCE, or no FLUSH); with it off every write is followed by fdatasync.
+byte. The device sees its image only as a BlockBackend (vmm/block/backend.py):
+reads, writes, FLUSH, DISCARD and WRITE_ZEROES (one segment each: sector,
+count, flags) run on the device's I/O engine, off the vCPU thread and the
+machine lock, and complete under the lock with an interrupt. GET_ID returns
+the drive's serial. The write cache is on unless the guest turns it off
+(CONFIG_WCE, or no FLUSH); with it off every write is followed by a flush.
 A request past the end of the disk, or of an unknown type, gets IOERR/UNSUPP
 rather than touching anything. The geometry is QEMU's guess (see guess_geometry).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import struct
 
+from vmm.block.backend import BlockBackend
+from vmm.block.engine import IoEngine
 from vmm.drives import Drive
 from vmm.qdev import (
     IOEVENTFD,
@@ -69,20 +68,10 @@ MAX_DISCARD_SECTORS = MAX_WRITE_ZEROES_SECTORS = 0x3FFFFF
 WRITEBACK_AT = 32                   # the config's writeback byte
 WRITE_ZEROES_UNMAP = 1
 ID_BYTES = 20
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-
-
-def _fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
-    return _libc.fallocate(fd, mode, offset, length) == 0
-
-
-def guess_geometry(fd: int, sectors: int) -> tuple[int, int, int]:
+def guess_geometry(mbr: bytes, sectors: int) -> tuple[int, int, int]:
     """QEMU's guess at a disk's cylinders, heads and sectors: those an MBR partition
     ending on a cylinder boundary implies, if it has at most 16 heads; otherwise
     16 heads of 63 sectors and as many cylinders as fit (2 to 16383)."""
-    mbr = os.pread(fd, SECTOR, 0)
     if len(mbr) == SECTOR and mbr[510:512] == b"\x55\xaa":
         for entry in range(0x1BE, 0x1FE, 16):
             end_head, end_sector = mbr[entry + 5], mbr[entry + 6] & 63
@@ -103,15 +92,19 @@ class VirtioBlk(VirtioDevice):
     device_type = spec.VIRTIO_ID_BLOCK
     config_size = 57                # struct virtio_blk_config to write_zeroes_may_unmap
 
-    def __init__(self, drive: Drive, serial: str = "", queues: int = 1) -> None:
+    def __init__(self, drive: Drive, image: BlockBackend, engine: IoEngine, serial: str = "",
+                 queues: int = 1) -> None:
         super().__init__()
         self.queue_sizes = (QUEUE_SIZE,) * queues      # request queues, all alike
-        self.drive = drive
-        self.read_only = drive.read_only
-        self.fd = os.open(drive.path, (os.O_RDONLY if self.read_only else os.O_RDWR)
-                          | os.O_CLOEXEC)
-        self.size = os.fstat(self.fd).st_size
-        self.geometry = guess_geometry(self.fd, self.size // SECTOR)
+        self.drive = drive                 # its cache mode, which the guest may change
+        self.image = image
+        self.engine = engine
+        self.read_only = image.read_only
+        self.size = image.size
+        mbr = memoryview(bytearray(SECTOR))
+        if self.size >= SECTOR:
+            image.read_into(0, [mbr])
+        self.geometry = guess_geometry(bytes(mbr), self.size // SECTOR)
         self.serial = serial.encode()[:ID_BYTES]
         self.features = (F_SEG_MAX | F_GEOMETRY | F_BLK_SIZE | F_FLUSH | F_TOPOLOGY
                          | F_CONFIG_WCE | F_DISCARD | F_WRITE_ZEROES | F_RING_INDIRECT_DESC
@@ -120,6 +113,7 @@ class VirtioBlk(VirtioDevice):
 
     def reset(self) -> None:
         super().reset()
+        self.engine.cancel()                 # requests of the driver before the reset
         self.drive.writeback = True
 
     def features_negotiated(self, features: int) -> None:
@@ -141,14 +135,27 @@ class VirtioBlk(VirtioDevice):
             self.drive.writeback = bool((value >> (8 * (WRITEBACK_AT - offset))) & 1)
 
     def queue_notify(self, index: int) -> None:
+        """Takes the new requests (vCPU thread, machine lock held) and hands each to
+        the I/O engine; each completes, in order, with an interrupt."""
         queue = self.transport.queue(index)
         while (chain := queue.pop()) is not None:
-            written = self._request(chain)
-            queue.push(chain.head, written)
+            self.engine.submit(lambda chain=chain: self._request(chain),
+                               lambda written, head=chain.head: self._complete(
+                                   index, head, written))
+
+    def _complete(self, index: int, head: int, written: int | str | None) -> None:
+        queue = self.transport.queue(index) if self.transport is not None else None
+        if queue is None:
+            return
+        if isinstance(written, str):
+            self.transport.guest_error(written)
+            return
+        queue.push(head, written or 0)
         self.transport.interrupt_queue(index)
 
-    def _request(self, chain) -> int:
-        """Carries out one request; returns the bytes written to the guest."""
+    def _request(self, chain) -> int | str:
+        """Carries out one request (on the I/O engine's thread); returns the bytes
+        written to the guest, or what makes the request one the device rejects."""
         readable = chain.read_all()
         if len(readable) < 16 or not chain.writable or len(chain.writable[-1]) < 1:
             log.warning("virtio-blk: malformed request dropped")
@@ -161,28 +168,24 @@ class VirtioBlk(VirtioDevice):
         status, written = S_OK, 0
         try:
             if kind == T_IN:
-                for view in buffers:
-                    if offset + len(view) > self.size:
-                        status = S_IOERR
-                        break
-                    data = os.pread(self.fd, len(view), offset)
-                    view[:len(data)] = data
-                    offset += len(view)
-                    written += len(view)
-            elif kind == T_OUT:
-                if self.read_only:
-                    status = S_IOERR
-                elif offset + len(data_out) > self.size:
+                length = sum(len(view) for view in buffers)
+                if offset + length > self.size:
                     status = S_IOERR
                 else:
-                    os.pwrite(self.fd, data_out, offset)
+                    self.image.read_into(offset, buffers)
+                    written = length
+            elif kind == T_OUT:
+                if self.read_only or offset + len(data_out) > self.size:
+                    status = S_IOERR
+                else:
+                    self.image.write(offset, data_out)
                     if not self.drive.writeback:
-                        os.fdatasync(self.fd)
+                        self.image.flush()
             elif kind in (T_DISCARD, T_WRITE_ZEROES):
                 status = self._discard_or_zero(kind == T_WRITE_ZEROES, data_out)
             elif kind == T_FLUSH:
                 if not self.read_only:
-                    os.fsync(self.fd)
+                    self.image.flush()
             elif kind == T_GET_ID:
                 ident = self.serial.ljust(ID_BYTES, b"\0")
                 for view in buffers:
@@ -194,6 +197,8 @@ class VirtioBlk(VirtioDevice):
         except OSError as e:
             log.warning("virtio-blk: I/O error: %s", e)
             status = S_IOERR
+        except VirtqueueError as e:       # a broken request: the device needs a reset
+            return str(e)
         status_view[len(status_view) - 1] = status
         return written + 1
 
@@ -212,21 +217,15 @@ class VirtioBlk(VirtioDevice):
         if self.read_only:
             return S_IOERR
         offset, length = sector * SECTOR, count * SECTOR
-        unmap = self.drive.discard == "unmap"
-        if not zeroes:
-            if unmap:
-                _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
-            return S_OK
-        if unmap and flags & WRITE_ZEROES_UNMAP and _fallocate(
-                self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length):
-            return S_OK
-        if not _fallocate(self.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length):
-            for start in range(offset, offset + length, 1 << 20):     # no ZERO_RANGE here
-                os.pwrite(self.fd, bytes(min(1 << 20, offset + length - start)), start)
+        if zeroes:
+            self.image.write_zeroes(offset, length, bool(flags & WRITE_ZEROES_UNMAP))
+        else:
+            self.image.discard(offset, length)
         return S_OK
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.engine.close()
+        self.image.close()
 
 
 # -- the models, as QEMU declares them -------------------------------------
@@ -251,9 +250,11 @@ def _realize(board, device):
     if props["vectors"] == 0xFFFFFFFF:
         props["vectors"] = queues + 1
     try:
-        blk = VirtioBlk(drive, props.get("serial") or "", queues)
+        image = drive.open()
     except OSError as e:
         raise DeviceError(f"Could not open '{drive.path}': {e.strerror}") from None
+    engine = IoEngine(board.lock, name=f"virtio-blk {drive.drive_id}")
+    blk = VirtioBlk(drive, image, engine, props.get("serial") or "", queues)
     props["cyls"], props["heads"], props["secs"] = blk.geometry
     props["logical_block_size"] = props["physical_block_size"] = SECTOR
     transport = realize_proxy(board, device, blk, 0x010000, props["vectors"])
@@ -262,7 +263,9 @@ def _realize(board, device):
 
 
 def _unrealize(board, device):
-    device.obj.backend.drive.attached_to = None
+    blk = device.obj.backend
+    blk.drive.attached_to = ""
+    blk.close()
 
 
 _POLICY = "Error handling policy, report/ignore/enospc/stop/auto"
