@@ -72,3 +72,14 @@ def test_qemus_replies_conform_to_kvmkits_declarations(tmp_path):
     problems = {name: reply_problems(REGISTRY.commands[name].returns, reply.get("return"))
                 for name, reply in zip(QEMU_QUERIES, replies)}
     assert {name: found for name, found in problems.items() if found} == {}
+
+
+def test_hmp_commands_that_forward_name_a_registered_command():
+    from monitor.hmp import COMMANDS
+
+    forwarding = [c for c in COMMANDS.values() if c.qmp]
+    assert {c.name for c in forwarding} >= {"stop", "cont", "balloon", "set_link"}
+    for cmd in forwarding:
+        declared = {m.name for m in REGISTRY.commands[cmd.qmp].args}
+        hmp_args = {spec.split(":")[0] for spec in cmd.args_type.split(",") if spec}
+        assert hmp_args <= declared, cmd.name

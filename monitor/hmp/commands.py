@@ -33,11 +33,12 @@ async def info_cmd(ctx: HmpContext, args: dict) -> str:
 def _forward(name: str, args_type: str, params: str, help: str,
              aliases: tuple[str, ...] = ()) -> None:
     """HMP commands that run the QMP command of the same name, with the same
-    argument names, and print nothing on success."""
+    argument names, and print nothing on success: they name it, and the registry
+    checks the arguments."""
     async def handler(ctx: HmpContext, args: dict) -> str:
         await ctx.call(name, **args)
         return ""
-    hmp(name, args_type, params, help, aliases=aliases)(handler)
+    hmp(name, args_type, params, help, aliases=aliases, qmp=name)(handler)
 
 
 _forward("stop", "", "", "stop emulation", ("s",))

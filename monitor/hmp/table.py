@@ -33,6 +33,7 @@ class HmpCommand:
     handler: Handler
     aliases: tuple[str, ...] = ()
     full_name: str = ""  # "info status" for info subcommands
+    qmp: str = ""        # the QMP command it runs with its own arguments, if that is all
 
 
 @dataclass
@@ -62,11 +63,11 @@ INFO: dict[str, HmpCommand] = {}
 
 
 def hmp(name: str, args_type: str = "", params: str = "", help: str = "",
-        aliases: tuple[str, ...] = (), info: bool = False):
+        aliases: tuple[str, ...] = (), info: bool = False, qmp: str = ""):
     def register(handler: Handler) -> Handler:
         table = INFO if info else COMMANDS
         full = f"info {name}" if info else name
-        cmd = HmpCommand(name, args_type, params, help, handler, aliases, full)
+        cmd = HmpCommand(name, args_type, params, help, handler, aliases, full, qmp)
         for key in (name, *aliases):
             table[key] = cmd
         return handler
