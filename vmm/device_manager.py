@@ -8,12 +8,15 @@ declare them (vmm/devices/) and their realize builds them on the board.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from vmm import qdev
 from vmm.errors import UserError
 from vmm.qdev import Board, Device, DeviceError, DeviceType
+
+log = logging.getLogger(__name__)
 
 
 class DeviceManager:
@@ -141,6 +144,14 @@ class DeviceManager:
                 device_type.unrealize(self.board, device)
                 break
         self.devices.remove(device)
+
+    def close(self) -> None:
+        """Unrealizes every device, newest first, as the VMM ends."""
+        for device in reversed(self.devices):
+            try:
+                self.remove(device)
+            except Exception:                # one device's failure must not stop the rest
+                log.exception("unrealizing %s failed", device.driver)
 
     def reset(self) -> None:
         """Every device on the ISA, PCI and system buses to its power-on state, in

@@ -290,7 +290,8 @@ class Machine:
     def hotplug_device(self, driver: str, options: dict) -> Device:
         """device_add of a PCI device: plugged now, announced to the guest by GPE."""
         with self.lock:
-            device = self.devices.create(driver, options, hotplug=True)
+            device = self.devices.create(driver, options, hotplug=True,
+                                         defaults=self.cfg.globals)
             if not self._firmware_pending:       # before boot, firmware will find it
                 self.pcihp.plugged(device.obj.slot)
             return device
@@ -639,6 +640,8 @@ class Machine:
     def close(self) -> None:
         for runner in getattr(self, "vcpus", []):
             runner.stop()
+        if hasattr(self, "devices"):
+            self.devices.close()
         for chardev in self.chardevs.values():
             chardev.close()
         if hasattr(self, "network"):
