@@ -37,9 +37,11 @@ class DeviceManager:
         device_type = qdev.lookup(driver) if isinstance(driver, str) else None
         if device_type is None or device_type.abstract:
             raise DeviceError(f"'{driver}' is not a valid device model name")
+        if not any(bus_type == device_type.bus for _, bus_type, _ in self.buses()):
+            raise DeviceError(f"No '{device_type.bus or 'System'}' bus found for device "
+                              f"'{device_type.name}'")
         if device_type.realize is None or not device_type.user_creatable:
-            bus = device_type.bus or "System"
-            raise DeviceError(f"No '{bus}' bus found for device '{device_type.name}'")
+            raise DeviceError(f"kvmkit cannot create a '{device_type.name}' device")
         options = dict(options)
         qdev_id = options.pop("id", None)
         if qdev_id is not None:

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from vmm import cpu as cpustate
+from vmm import qdev
 from vmm.boot import acpi, firmware, layout, linux, multiboot
 from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
 from vmm.bus import Bus
@@ -283,7 +284,8 @@ class Machine:
     @property
     def balloon(self):
         """The balloon (a VirtioBalloon), if the machine has one."""
-        device = next((d for d in self.devices if d.driver == "virtio-balloon-pci"), None)
+        device = next((d for d in self.devices
+                       if qdev.implements(d.type, "virtio-balloon-pci-base")), None)
         return device.obj.backend if device else None
 
     # -- PCI hotplug (ACPI, vmm/devices/acpi_pcihp.py) -----------------------

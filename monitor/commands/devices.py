@@ -78,9 +78,8 @@ def qom_list_types(ctx, implements=None, abstract=False):
         if (t.abstract and not abstract) or \
                 (implements is not None and not qdev.implements(t, implements)):
             continue
-        entry = {"name": t.name, **({"abstract": True} if t.abstract else {})}
-        if t.parent:
-            entry["parent"] = t.parent
+        entry = {"name": t.name, **({"abstract": True} if t.abstract else {}),
+                 "parent": t.parent or "object"}
         found.append(entry)
     if implements is None:
         found += [{"name": name, "parent": parent} for name, parent in OTHER_TYPES.items()]

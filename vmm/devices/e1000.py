@@ -464,11 +464,12 @@ class _IoWindow:
 
 # -- the model, as QEMU declares it ---------------------------------------
 declare(DeviceType(
-    "e1000", "pci-device", category="Network", alias="e1000-82540em",
-    description="Intel Gigabit Ethernet", realize=emulated_nic(E1000, "efi-e1000.rom"),
-    unrealize=unrealize_nic, props=(
+    "e1000-base", "pci-device", abstract=True, props=(
         Prop("mac", "str", None, MAC_DESCRIPTION), Prop("netdev", "str", None, NETDEV_DESCRIPTION),
         on_off("autonegotiation", True, honoured=False), on_off("mitigation", True, honoured=False),
         on_off("extra_mac_registers", True, honoured=False),
         on_off("migrate_tso_props", True, honoured=False), on_off("init-vet", True, honoured=False),
         bootindex())))
+declare(DeviceType("e1000", "e1000-base", category="Network", alias="e1000-82540em",
+                   description="Intel Gigabit Ethernet",
+                   realize=emulated_nic(E1000, "efi-e1000.rom"), unrealize=unrealize_nic))

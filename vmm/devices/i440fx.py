@@ -122,7 +122,10 @@ class PciConfigPorts:
 
 
 # -- the board's chipset, as QEMU declares it (built by the board, not -device) --
-declare(DeviceType("i440FX-pcihost", "sys-bus-device", user_creatable=False,
+declare(DeviceType("pci-host-bridge", "sys-bus-device", abstract=True))
+declare(DeviceType("pci-piix3", "pci-device", abstract=True, hotpluggable=False))
+declare(DeviceType("pci-ide", "pci-device", abstract=True, hotpluggable=False))
+declare(DeviceType("i440FX-pcihost", "pci-host-bridge", user_creatable=False,
                    buses=(("pci.0", "PCI"),), props=(
                        fixed("pci-hole64-size", "size", 2 << 30),
                        fixed("short_root_bus", "uint32", 0),
@@ -130,7 +133,7 @@ declare(DeviceType("i440FX-pcihost", "sys-bus-device", user_creatable=False,
                        flag("x-config-reg-migration-enabled", True, honoured=False),
                        flag("bypass-iommu", False, honoured=False))))
 declare(DeviceType("i440FX", "pci-device", user_creatable=False, hotpluggable=False))
-declare(DeviceType("PIIX3", "pci-device", user_creatable=False, hotpluggable=False,
+declare(DeviceType("PIIX3", "pci-piix3", user_creatable=False,
                    buses=(("isa.0", "ISA"),)))
-declare(DeviceType("piix3-ide", "pci-device", user_creatable=False, hotpluggable=False,
+declare(DeviceType("piix3-ide", "pci-ide", user_creatable=False,
                    buses=(("ide.1", "IDE"), ("ide.0", "IDE"))))

@@ -8,8 +8,10 @@ from vmm.qdev import DeviceType, declare, fixed
 
 IOAPIC_BASE, IOAPIC_SIZE = 0xFEC00000, 0x1000
 
-declare(DeviceType("kvm-ioapic", "sys-bus-device", user_creatable=False,
+declare(DeviceType("ioapic-common", "sys-bus-device", abstract=True))
+declare(DeviceType("pit-common", "isa-device", abstract=True))
+declare(DeviceType("kvm-ioapic", "ioapic-common", user_creatable=False,
                    gpios=('gpio-in "" 24',), props=(fixed("gsi_base", "uint32", 0),),
                    extra={"mmio": ((IOAPIC_BASE, IOAPIC_SIZE),)}))
-declare(DeviceType("kvm-pit", "isa-device", user_creatable=False, gpios=('gpio-in "" 1',),
+declare(DeviceType("kvm-pit", "pit-common", user_creatable=False, gpios=('gpio-in "" 1',),
                    props=(fixed("iobase", "uint32", 0x40),)))

@@ -22,10 +22,10 @@ from collections.abc import Callable
 
 from vmm.errors import UserError
 from vmm.memory import GuestMemory, GuestMemoryError
-from vmm.qdev import TRANSITIONAL_PROPS, DeviceError, DeviceType, Prop, declare, flag, on_off
+from vmm.qdev import DeviceError, DeviceType, Prop, declare, flag, implements, on_off
 from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice
-from vmm.virtio.proxy import realize_proxy
+from vmm.virtio.proxy import declare_proxies, realize_proxy
 from vmm.virtio.spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, feature
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,8 @@ class VirtioBalloon(VirtioDevice):
 # -- the models, as QEMU declares them -------------------------------------
 def _realize(board, device):
     props = device.props
-    if any(d.driver == "virtio-balloon-pci" for d in board.devices if d is not device):
+    if any(implements(d.type, "virtio-balloon-pci-base") for d in board.devices
+           if d is not device):
         raise DeviceError("There is already a balloon device")
     balloon = VirtioBalloon(
         board.memory, board.cfg.memory,
@@ -242,6 +243,5 @@ declare(DeviceType("virtio-balloon-device", "virtio-device", user_creatable=Fals
     Prop("guest-stats-polling-interval", "int", qdev=False),
     Prop("guest-stats", "guest statistics", qdev=False, writable=False),
     Prop("iothread", "link<iothread>", qdev=False))))
-declare(DeviceType("virtio-balloon-pci", "virtio-pci", alias="virtio-balloon",
-                   virtio="virtio-balloon-device", realize=_realize,
-                   props=TRANSITIONAL_PROPS))
+declare_proxies("virtio-balloon-pci", "virtio-balloon-device", _realize,
+                alias="virtio-balloon")

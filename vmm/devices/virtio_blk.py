@@ -23,7 +23,6 @@ from vmm.block.engine import IoEngine
 from vmm.drives import Drive
 from vmm.qdev import (
     IOEVENTFD,
-    TRANSITIONAL_PROPS,
     DeviceError,
     DeviceType,
     Prop,
@@ -36,7 +35,7 @@ from vmm.qdev import (
 )
 from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice
-from vmm.virtio.proxy import realize_proxy
+from vmm.virtio.proxy import declare_proxies, realize_proxy
 from vmm.virtio.queue import VirtqueueError
 from vmm.virtio.spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, feature
 
@@ -294,7 +293,6 @@ declare(DeviceType("virtio-blk-device", "virtio-device", user_creatable=False, p
     fixed("max-write-zeroes-sectors", "uint32", 4194303),
     flag("x-enable-wce-if-config-wce", True, honoured=False),
     Prop("iothread", "link<iothread>", qdev=False), bootindex())))
-declare(DeviceType("virtio-blk-pci", "virtio-pci", category="Storage", alias="virtio-blk",
-                   virtio="virtio-blk-device", realize=_realize, unrealize=_unrealize,
-                   props=(*TRANSITIONAL_PROPS, fixed("class", "uint32", 0), IOEVENTFD,
-                          vectors())))
+declare_proxies("virtio-blk-pci", "virtio-blk-device", _realize,
+                (fixed("class", "uint32", 0), IOEVENTFD, vectors()), unrealize=_unrealize,
+                category="Storage", alias="virtio-blk")

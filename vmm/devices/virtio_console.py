@@ -17,7 +17,6 @@ from collections.abc import Callable
 from vmm.qdev import (
     CHARDEV_DESCRIPTION,
     IOEVENTFD,
-    TRANSITIONAL_PROPS,
     DeviceError,
     DeviceType,
     Prop,
@@ -28,7 +27,7 @@ from vmm.qdev import (
 )
 from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice
-from vmm.virtio.proxy import realize_proxy
+from vmm.virtio.proxy import declare_proxies, realize_proxy
 from vmm.virtio.spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, feature
 
 F_MULTIPORT = feature(spec.VIRTIO_CONSOLE_F_MULTIPORT)
@@ -114,11 +113,12 @@ def _realize_console(board, device):
 declare(DeviceType("virtio-serial-device", "virtio-device", user_creatable=False,
                    buses=(("{id}.0|virtio-serial-bus.0", "virtio-serial-bus"),), props=(
     Prop("max_ports", "uint32", 31), on_off("emergency-write", True, honoured=False))))
-declare(DeviceType("virtio-serial-pci", "virtio-pci", category="Input", alias="virtio-serial",
-                   virtio="virtio-serial-device", realize=_realize_serial,
-                   props=(*TRANSITIONAL_PROPS, IOEVENTFD, vectors(2), fixed("class", "uint32", 0))))
+declare_proxies("virtio-serial-pci", "virtio-serial-device", _realize_serial,
+                (IOEVENTFD, vectors(2), fixed("class", "uint32", 0)), category="Input",
+                alias="virtio-serial")
 declare(DeviceType("virtio-serial-port", "device", abstract=True, bus="virtio-serial-bus",
                    props=(Prop("nr", "uint32", 0xFFFFFFFF), Prop("name", "str"))))
-declare(DeviceType("virtconsole", "virtio-serial-port", category="Input",
-                   realize=_realize_console, props=(
-                       Prop("chardev", "str", None, CHARDEV_DESCRIPTION, kind="chardev"),)))
+declare(DeviceType("virtserialport", "virtio-serial-port", user_creatable=False, props=(
+    Prop("chardev", "str", None, CHARDEV_DESCRIPTION, kind="chardev"),)))
+declare(DeviceType("virtconsole", "virtserialport", category="Input",
+                   realize=_realize_console))

@@ -31,7 +31,6 @@ from vmm.net.backend import NetBackend
 from vmm.net.network import MAC_DESCRIPTION, NETDEV_DESCRIPTION, realize_nic, unrealize_nic
 from vmm.qdev import (
     IOEVENTFD,
-    TRANSITIONAL_PROPS,
     DeviceType,
     Prop,
     bootindex,
@@ -43,7 +42,7 @@ from vmm.qdev import (
 )
 from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice
-from vmm.virtio.proxy import realize_proxy
+from vmm.virtio.proxy import declare_proxies, realize_proxy
 from vmm.virtio.queue import FILL_NO_BUFFERS, Chain, VirtqueueError, new_rx_filter
 from vmm.virtio.spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, feature
 
@@ -541,7 +540,5 @@ declare(DeviceType(
         fixed("host_mtu", "uint16", 0), flag("x-mtu-bypass-backend", True, honoured=False),
         fixed("speed", "int32", -1), fixed("duplex", "str", None),
         flag("failover", False, honoured=False), bootindex())))
-declare(DeviceType(
-    "virtio-net-pci", "virtio-pci", category="Network", alias="virtio-net",
-    virtio="virtio-net-device", realize=_realize, unrealize=unrealize_nic,
-    props=(*TRANSITIONAL_PROPS, IOEVENTFD, vectors())))
+declare_proxies("virtio-net-pci", "virtio-net-device", _realize, (IOEVENTFD, vectors()),
+                unrealize=unrealize_nic, category="Network", alias="virtio-net")

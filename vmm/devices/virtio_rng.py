@@ -11,7 +11,6 @@ import time
 
 from vmm.qdev import (
     IOEVENTFD,
-    TRANSITIONAL_PROPS,
     DeviceError,
     DeviceType,
     Prop,
@@ -20,7 +19,7 @@ from vmm.qdev import (
 )
 from vmm.virtio import spec
 from vmm.virtio.device import VirtioDevice
-from vmm.virtio.proxy import realize_proxy
+from vmm.virtio.proxy import declare_proxies, realize_proxy
 from vmm.virtio.spec import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC
 
 UNLIMITED = (1 << 63) - 1
@@ -76,5 +75,5 @@ def _realize(board, device):
 declare(DeviceType("virtio-rng-device", "virtio-device", user_creatable=False, props=(
     Prop("max-bytes", "uint64", (1 << 63) - 1), Prop("period", "uint32", 65536),
     Prop("rng", "link<rng-backend>", qdev=False))))
-declare(DeviceType("virtio-rng-pci", "virtio-pci", alias="virtio-rng", virtio="virtio-rng-device",
-                   realize=_realize, props=(*TRANSITIONAL_PROPS, IOEVENTFD, vectors())))
+declare_proxies("virtio-rng-pci", "virtio-rng-device", _realize, (IOEVENTFD, vectors()),
+                alias="virtio-rng")
