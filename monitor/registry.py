@@ -28,6 +28,8 @@ class Command:
     features: tuple[str, ...] = ()
     extra_args: bool = False        # device_add: any further key=value is a property
     lock: bool = True               # runs under the machine lock (run control must not)
+    variants: Union | None = None   # a flat union's branches (netdev_add): their members
+                                    # are checked, and reach the handler as ``props``
 
 
 @dataclass
@@ -44,12 +46,12 @@ class Registry:
     def command(self, name: str, args: list[Member] | tuple[Member, ...] = (),
                 returns: Type | None = None, allow_oob: bool = False,
                 features: tuple[str, ...] = (), extra_args: bool = False,
-                lock: bool = True) -> Callable:
+                lock: bool = True, variants: Union | None = None) -> Callable:
         def register(handler: Callable) -> Callable:
             if name in self.commands:
                 raise ValueError(f"QMP command {name} declared twice")
             self.commands[name] = Command(name, handler, tuple(args), returns, allow_oob,
-                                          features, extra_args, lock)
+                                          features, extra_args, lock, variants)
             return handler
         return register
 
@@ -63,6 +65,14 @@ class Registry:
             raise QmpError(f"The command {name} has not been found", COMMAND_NOT_FOUND) from None
 
     def check_args(self, command: Command, arguments: dict) -> dict:
+        if command.variants is not None:
+            union = command.variants
+            variant = union.variant(arguments.get(union.tag))
+            checked = check_members(command.args + (variant.members if variant else ()),
+                                    arguments)
+            base = {m.name for m in command.args}
+            return {**{k: v for k, v in checked.items() if k in base},
+                    "props": {k: v for k, v in checked.items() if k not in base}}
         if command.extra_args:
             declared = {m.name for m in command.args}
             checked = check_members(command.args, {k: v for k, v in arguments.items()
@@ -79,8 +89,9 @@ class Registry:
         """query-qmp-schema: commands and events by name, other types masked as numbers."""
         builder = _SchemaBuilder()
         for cmd in self.commands.values():
-            entry = {"name": cmd.name, "meta-type": "command",
-                     "arg-type": builder.object_type(cmd.args),
+            arg_type = builder.object_type(cmd.args) if cmd.variants is None else \
+                builder.object_type(cmd.args, (cmd.variants.tag, cmd.variants.variants))
+            entry = {"name": cmd.name, "meta-type": "command", "arg-type": arg_type,
                      "ret-type": builder.type_name(cmd.returns)}
             if cmd.allow_oob:
                 entry["allow-oob"] = True

@@ -135,3 +135,21 @@ def test_netdev_add_checks_member_types_as_qemu(tmp_path):
     theirs = qmp_answers([QEMU, "-accel", "kvm"], str(tmp_path / "q.sock"), questions)
     assert ours == theirs
     assert theirs[1] == {"return": {}}
+
+
+def test_netdev_add_from_hmp_and_its_schema(tmp_path):
+    """HMP's option text is typed as QEMU's keyval does, and the schema describes each
+    back end's members (QEMU's Netdev union), as libvirt reads them."""
+    lines = ["netdev_add user,id=u1,ipv4=on,restrict=off", "netdev_add user,id=u2,ipv4=maybe",
+             "netdev_add user,id=u3,hostfwd=tcp::0-:22", "info network"]
+    questions = [("human-monitor-command", {"command-line": line}) for line in lines]
+    ours = qmp_answers(kvmkit_command(), str(tmp_path / "k.sock"),
+                       questions + [("query-qmp-schema", {})])
+    theirs = qmp_answers([QEMU, "-accel", "kvm"], str(tmp_path / "q.sock"), questions)
+    assert ours[:-1] == theirs
+    schema = {entity["name"]: entity for entity in ours[-1]["return"]}
+    union = schema[schema["netdev_add"]["arg-type"]]
+    assert union["tag"] == "type" and [m["name"] for m in union["members"]] == ["id", "type"]
+    user = schema[next(v["type"] for v in union["variants"] if v["case"] == "user")]
+    members = {m["name"]: m["type"] for m in user["members"]}
+    assert members["ipv4"] == "bool" and schema[members["hostfwd"]]["meta-type"] == "array"

@@ -6,7 +6,7 @@ import re
 
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import REGISTRY, command
-from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
+from monitor.types import BOOL, INT, SIZE, STR, Enum, ListOf, Member, Struct, Union
 from vmm.net import netdev_options
 from vmm.net.netdev_options import NETDEV_TYPES
 
@@ -20,8 +20,21 @@ def valid_id(name: str) -> bool:
 
 
 
-@command("netdev_add", args=[Member("id", STR), Member("type", NET_CLIENT_DRIVER)],
-         extra_args=True)
+def _member_type(kind: str):
+    return {netdev_options.STR: STR, netdev_options.BOOL: BOOL, netdev_options.INT: INT,
+            netdev_options.SIZE: SIZE,
+            netdev_options.STRINGS: ListOf(Struct("String", (Member("str", STR),)))}[kind]
+
+
+NETDEV_BASE = (Member("id", STR), Member("type", NET_CLIENT_DRIVER))
+# QEMU's Netdev: a flat union on 'type', a branch per back end kvmkit has
+NETDEV = Union("Netdev", NETDEV_BASE, "type", tuple(
+    (kind, Struct(f"Netdev{kind.capitalize()}Options",
+                  tuple(Member(name, _member_type(t), True) for name, t in members.items())))
+    for kind, members in netdev_options.MEMBERS.items()))
+
+
+@command("netdev_add", args=NETDEV_BASE, variants=NETDEV)
 def netdev_add(ctx, id, type, props):
     from vmm.net.network import NetError
 

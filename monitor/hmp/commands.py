@@ -110,13 +110,16 @@ def _from_string(text: str):
      "[,prop=value][,...]", "add host network device")
 async def netdev_add_cmd(ctx: HmpContext, args: dict) -> str:
     from monitor.commands.netdev import valid_id
+    from vmm.net import netdev_options
     from vmm.qemuopts import parse_opts
 
     opts = parse_opts(args["netdev"], implied="type")
     if "id" in opts and not valid_id(opts["id"]):
         # QEMU reports the bad id on its stderr; the monitor only shows this line
         return 'Try "help netdev_add" for more information\n'
-    await ctx.call("netdev_add", **opts)
+    base = {key: opts.pop(key) for key in ("id", "type") if key in opts}
+    await ctx.call("netdev_add", **base,
+                   **netdev_options.from_text(base.get("type", ""), opts))
     return ""
 
 

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.errors import QmpError
 from monitor.hmp.expr import ExprError, ExprParser
 from monitor.monitor import Monitor, Session
+from vmm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +248,8 @@ async def run_line(monitor: Monitor, session: Session, line: str,
         return f"{e}\nTry \"help {cmd.full_name}\" for more information\n"
     try:
         return await cmd.handler(ctx, args)
-    except QmpError as e:
-        return f"Error: {e.desc}\n"
+    except UserError as e:                   # the user's error, from whichever layer
+        return f"Error: {e}\n"
     except Exception as e:  # a bug in one command: report it, keep the monitor
         log.exception("HMP command %s failed", cmd.full_name)
         return f"Error: internal error: {e}\n"

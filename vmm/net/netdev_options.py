@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmm.errors import UserError
+from vmm.qemuopts import OptsError, parse_bool, parse_int, parse_size
 
 STR, BOOL, INT, SIZE, STRINGS = "str", "bool", "int", "size", "[String]"
 MEMBERS: dict[str, dict[str, str]] = {
@@ -56,3 +57,26 @@ def from_json(kind: str, members: dict[str, Any]) -> dict[str, Any]:
                             f"{EXPECTED[member_type]}")
         opts[key] = ("on" if value else "off") if member_type == BOOL else str(value)
     return opts
+
+
+def from_text(kind: str, opts: dict[str, str]) -> dict[str, Any]:
+    """Option text (HMP's netdev_add user,ipv4=on) as the JSON values QMP takes."""
+    known = MEMBERS.get(kind, {})
+    typed: dict[str, Any] = {}
+    for key, text in opts.items():
+        member_type = known.get(key)
+        try:
+            if member_type == BOOL:
+                typed[key] = parse_bool(key, text)
+            elif member_type == INT:
+                typed[key] = parse_int(key, text)
+            elif member_type == SIZE:
+                typed[key] = parse_size(text)
+            elif member_type == STRINGS:
+                typed[key] = [{"str": text}]
+            else:
+                typed[key] = text
+        except OptsError as e:
+            raise UserError(str(e) if member_type != SIZE else
+                            f"Parameter '{key}' expects a size") from None
+    return typed
