@@ -153,3 +153,25 @@ def test_netdev_add_from_hmp_and_its_schema(tmp_path):
     user = schema[next(v["type"] for v in union["variants"] if v["case"] == "user")]
     members = {m["name"]: m["type"] for m in user["members"]}
     assert members["ipv4"] == "bool" and schema[members["hostfwd"]]["meta-type"] == "array"
+
+
+@pytest.mark.parametrize("args", [
+    ["-global", "e1000.nosuch=1", "-device", "e1000"],
+    ["-global", "e1000.mitigation=maybe", "-device", "e1000"],
+    ["-global", "virtio-pci.disable-legacy=x", "-device", "virtio-rng-pci"]])
+def test_globals_that_do_not_apply_are_refused_as_qemu(args):
+    argv = ["-nodefaults", "-display", "none", "-S", *args]
+    ours = _stderr_and_stdout(kvmkit_command() + argv)
+    theirs = _stderr_and_stdout([QEMU, "-accel", "kvm"] + argv)
+    assert ours[0] == theirs[0] == 1
+    assert ours[1].split(": ", 1)[1] == theirs[1].split(": ", 1)[1]
+
+
+def test_a_global_for_a_parent_type_reaches_its_devices(tmp_path):
+    argv = kvmkit_command() + ["-global", "virtio-pci.disable-legacy=on",
+                               "-device", "virtio-rng-pci,id=r0"]
+    answers = qmp_answers(argv, str(tmp_path / "k.sock"), [
+        ("qom-get", {"path": "/machine/peripheral/r0", "property": "disable-legacy"}),
+        ("human-monitor-command", {"command-line": "info pci"})])
+    assert answers[0] == {"return": "on"}
+    assert "1af4:1044" in answers[1]["return"]            # modern only: 0x1040 + 4

@@ -50,8 +50,10 @@ class DeviceManager:
             if self.find(qdev_id) is not None:
                 raise DeviceError(f"Duplicate device ID '{qdev_id}'")
         parent = self._bus_owner(device_type, options.pop("bus", None))
-        given = {**(defaults or {}).get(device_type.name, {}), **options}
-        props = qdev.parse_props(device_type, given, strict, set(self.board.chardevs))
+        chardevs = set(self.board.chardevs)
+        props = self._globals(device_type, defaults or {}, chardevs)
+        props.update(qdev.parse_props(device_type, options, strict, chardevs,
+                                      only_given=True))
         device = Device(device_type, qdev_id, props, hotplugged=hotplug, parent=parent)
         self._paths[id(device)] = self._new_path(qdev_id)
         self.devices.append(device)
@@ -61,6 +63,21 @@ class DeviceManager:
             self.devices.remove(device)
             raise
         return device
+
+    @staticmethod
+    def _globals(device_type: DeviceType, defaults: dict[str, dict], chardevs) -> dict:
+        """Every property's default, with -global's for the type and its parents (the
+        most derived type's last), in QEMU's words when one does not apply."""
+        props = qdev.parse_props(device_type, {})
+        for t in reversed(qdev.ancestry(device_type)):
+            for key, value in defaults.get(t.name, {}).items():
+                try:
+                    props.update(qdev.parse_props(device_type, {key: value}, False, chardevs,
+                                                  only_given=True))
+                except DeviceError as e:
+                    raise DeviceError(f"can't apply global {t.name}.{key}={value}: {e}") \
+                        from None
+        return props
 
     def add_builtin(self, type_name: str, obj: Any = None, parent: Device | None = None,
                     **values: Any) -> Device:

@@ -233,6 +233,10 @@ class Machine:
             except NetError as e:
                 suffix = " for netdev" if str(e).startswith("Duplicate ID") else ""
                 raise MachineError(f"{origin}: {e}{suffix}") from None
+        for driver, props in self.cfg.globals.items():
+            if qdev.lookup(driver) is None:
+                for prop in props:
+                    log.warning(f"warning: global {driver}.{prop} has invalid class name")
         for spec in self.cfg.devices:
             try:
                 self.devices.create(spec.driver, spec.options, strict=spec.json,

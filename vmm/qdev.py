@@ -311,9 +311,11 @@ def find_prop(device_type: DeviceType, name: str) -> tuple[DeviceType, Prop] | N
 
 
 def parse_props(device_type: DeviceType, options: dict[str, Any], strict: bool = False,
-                chardevs=()) -> dict[str, Any]:
-    """Every property's value: defaults, then ``options`` checked as QEMU checks them."""
-    values = {p.name: p.default for p in all_props(device_type) if p.writable}
+                chardevs=(), only_given: bool = False) -> dict[str, Any]:
+    """Every property's value: defaults, then ``options`` checked as QEMU checks them
+    (with ``only_given``, just the options)."""
+    values = {} if only_given else \
+        {p.name: p.default for p in all_props(device_type) if p.writable}
     types = ancestry(device_type)
     if device_type.virtio:
         types += ancestry(TYPES[device_type.virtio])
