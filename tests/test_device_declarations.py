@@ -15,7 +15,7 @@ from vmm import qdev
 pytestmark = [pytest.mark.kvm, pytest.mark.qemu]
 
 MODELS = sorted(t.name for t in qdev.all_types() if not t.abstract and t.realize)
-VIRTIO_DEVICES = sorted(t.virtio for t in qdev.all_types() if t.virtio)
+VIRTIO_DEVICES = sorted({t.virtio for t in qdev.all_types() if t.virtio})
 QOM_TYPES = ["e1000", "isa-debug-exit", "pci-device", "virtio-device", "rtl8139", "virtio-pci",
              "isa-serial", "pci-testdev"]
 

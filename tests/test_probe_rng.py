@@ -28,10 +28,12 @@ def test_max_bytes_limits_what_one_period_gives(launch, vmm_kind):
 
 
 @pytest.mark.parametrize("model", ["virtio-rng-pci-transitional",
-                                   "virtio-rng-pci-non-transitional"])
+                                   "virtio-rng-pci-non-transitional",
+                                   "virtio-rng-pci,ioeventfd=off"])
 def test_transitional_and_modern_only_models(launch, vmm_kind, model):
     """QEMU's -transitional (legacy and modern) and -non-transitional (modern only)
-    models of the same device: the guest's driver finds and uses each."""
+    models of the same device, and doorbells without an ioeventfd: the guest's
+    driver finds and uses each."""
     vm = launch(machine_args(extra=["-device", f"{model},id=rng0"]), vmm_kind)
     vm.wait_event("ready", timeout=60)
     assert vm.command("rng 64")["bytes"] == 64

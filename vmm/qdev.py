@@ -395,7 +395,7 @@ declare(DeviceType("isa-device", "device", abstract=True, bus="ISA"))
 declare(DeviceType("pci-device", "device", abstract=True, bus="PCI", hotpluggable=True, props=(
     Prop("addr", "int32", -1, "Slot and optional function number, example: 06.0 or 06",
          kind="devfn"),
-    Prop("romfile", "str"),
+    Prop("romfile", "str", honoured=False),     # kvmkit has no option ROMs to load
     fixed("romsize", "uint32", 0xFFFFFFFF),
     fixed("rombar", "uint32", 1),
     Prop("multifunction", "bool", False, "on/off", honoured=False),
@@ -427,7 +427,7 @@ declare(DeviceType("virtio-pci", "pci-device", abstract=True, props=(
 # What every virtio-pci proxy QEMU builds from a generic type has first.
 TRANSITIONAL_PROPS = (Prop("disable-legacy", "OnOffAuto", "auto", "on/off/auto"),
                       flag("disable-modern", False))
-IOEVENTFD = on_off("ioeventfd", True, honoured=False)
+IOEVENTFD = on_off("ioeventfd", True)
 
 
 def vectors(default: int = 0xFFFFFFFF) -> Prop:

@@ -46,7 +46,8 @@ def realize_proxy(board: Board, device: Device, backend: VirtioDevice, class_cod
     if "vectors" in props:
         props["vectors"] = vectors
     transport.qdev_id = device.id or ""
-    transport.ioevents = board.ioevents
+    if props.get("ioeventfd", True):          # off: every doorbell is an exit to us
+        transport.ioevents = board.ioevents
     if plug:
         board.plug_pci(transport, device)
     return transport
