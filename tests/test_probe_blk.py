@@ -143,6 +143,7 @@ def test_write_cache_follows_the_guest(launch, tmp_path, vmm_kind):
 
 @pytest.mark.parametrize("drive_opts, device_opts, message", [
     (",discard=foo", "", "-drive {drive}: Invalid discard option"),
+    (",cache=bogus", "", "-drive {drive}: invalid cache option"),
     ("", ",num-queues=0", "-device {device}: num-queues property must be larger than 0")])
 def test_bad_options_are_refused_as_qemu(tmp_path, vmm_kind, drive_opts, device_opts,
                                          message):
@@ -159,3 +160,49 @@ def test_bad_options_are_refused_as_qemu(tmp_path, vmm_kind, drive_opts, device_
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].endswith(
         message.format(drive=drive, device=device))
+
+
+CACHE_MODES = {"writeback": (True, False, False), "writethrough": (False, False, False),
+               "none": (True, True, False), "directsync": (False, True, False),
+               "unsafe": (True, False, True)}
+
+
+@pytest.mark.parametrize("mode", list(CACHE_MODES))
+def test_cache_modes_as_qemus(launch, tmp_path, vmm_kind, mode):
+    """-drive cache=: query-block's cache and `info block` as QEMU's; the guest sees
+    the write cache the mode gives (WCE) and its writes reach the image, O_DIRECT
+    included; a second disk from -drive if=virtio gets QEMU's id and device."""
+    image, second = tmp_path / "disk.img", tmp_path / "second.img"
+    image.write_bytes(bytes(1 << 20))
+    second.write_bytes(bytes(1 << 20))
+    sock = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(extra=[
+        "-drive", f"file={image},format=raw,if=none,id=d0,cache={mode}",
+        "-device", "virtio-blk-pci,drive=d0,id=blk0",
+        "-drive", f"file={second},format=raw,if=virtio,cache={mode}",
+        "-qmp", f"unix:{sock},server=on,wait=off"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    qmp = Qmp(sock)
+    # after the guest's driver has reset the device (QEMU's SeaBIOS set up the disk
+    # with features of its own before)
+    assert vm.command("blk")["present"]
+    blocks = qmp.execute("query-block")["return"]
+    writeback, direct, no_flush = CACHE_MODES[mode]
+    # (the second disk's write cache is what QEMU's SeaBIOS left, so it is not compared)
+    assert [(b["device"], b["qdev"], b["inserted"]["cache"]["direct"],
+             b["inserted"]["cache"]["no-flush"]) for b in blocks] == [
+        ("d0", "/machine/peripheral/blk0/virtio-backend", direct, no_flush),
+        ("virtio0", "/machine/peripheral-anon/device[1]/virtio-backend", direct, no_flush)]
+    assert blocks[0]["inserted"]["cache"]["writeback"] is writeback
+    text = re.sub(r"#block\d+", "#block", qmp.hmp("info block"))
+    words = ("writeback" if writeback else "writethrough") + (", direct" if direct else "") + \
+        (", ignore flushes" if no_flush else "")
+    assert text.splitlines()[:3] == [
+        f"d0 (#block): {image} (raw)", "    Attached to:      /machine/peripheral/blk0/"
+        "virtio-backend", f"    Cache mode:       {words}"]
+    config = bytes.fromhex(vm.command("blk config")["config"])
+    assert config[32] == int(writeback)               # the write cache the guest sees
+    assert vm.command("blk write 9 cached") == {"status": 0}
+    assert vm.command("blk flush") == {"status": 0}
+    assert image.read_bytes()[9 * 512:9 * 512 + 6] == b"cached"
+    assert vm.command("blk read 9") == {"status": 0, "text": "cached"}

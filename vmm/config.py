@@ -12,7 +12,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from vmm.cpu_models import CpuConfig, CpuModelError, parse_cpu
-from vmm.drives import DISCARD_MODES
+from vmm.drives import CACHE_MODES, DISCARD_MODES
 from vmm.errors import UserError
 from vmm.net import netdev_options
 from vmm.qemuopts import SIZE_HELP, OptsError, parse_bool, parse_opts, parse_size
@@ -103,6 +103,7 @@ class _Parser:
         self.auto_chardev = 0
         self._nic_count = 0             # back ends without an id: QEMU's "#netNxx"
         self._hub_ports = 0             # -net: ports of hub 0, in command-line order
+        self.drive_devices: list[DeviceSpec] = []   # -drive if=virtio's devices
         self.opt = ""
         self.arg = ""
 
@@ -373,22 +374,32 @@ class _Parser:
         self.cfg.devices.append(DeviceSpec(model, nic, f"-nic {arg}"))
 
     def opt_drive(self, arg: str) -> None:
-        """-drive file=F,format=raw,if=none,id=ID[,readonly=on]: a block back end for
-        -device virtio-blk-pci,drive=ID (only raw files, only if=none)."""
+        """-drive file=F,format=raw,if=none|virtio[,id=ID][,readonly=on][,cache=MODE]
+        [,discard=MODE]: a block back end for -device virtio-blk-pci,drive=ID, or
+        (if=virtio) with a virtio-blk-pci of its own. Raw files only."""
         opts = parse_opts(arg, implied="file")
-        if opts.get("if", "ide") != "none":
-            raise self.fail(f"machine type does not support if={opts.get('if', 'ide')},"
-                            "bus=0,unit=0")
+        interface = opts.get("if", "ide")
+        if interface not in ("none", "virtio"):
+            raise self.fail(f"machine type does not support if={interface},bus=0,unit=0")
+        if opts.get("cache", "writeback") not in CACHE_MODES:
+            raise self.fail("invalid cache option")
         if opts.get("format", "raw") != "raw":
             raise self.fail(f"Unknown driver '{opts['format']}'")
         if "file" not in opts:
             raise self.fail("A block device must be specified for \"file\"")
         if opts.get("discard", "ignore") not in DISCARD_MODES:
             raise self.fail("Invalid discard option")
-        drive_id = opts.get("id") or f"drive{len(self.cfg.drives)}"
+        if interface == "virtio":           # QEMU names them by their index
+            default_id = f"virtio{len(self.drive_devices)}"
+        else:
+            default_id = f"drive{len(self.cfg.drives)}"
+        drive_id = opts.get("id") or default_id
         if drive_id in self.cfg.drives:
             raise self.fail(f"Duplicate ID '{drive_id}' for drive")
         self.cfg.drives[drive_id] = opts
+        if interface == "virtio":           # its device comes after every -device, as QEMU's
+            self.drive_devices.append(DeviceSpec("virtio-blk-pci", {"drive": drive_id},
+                                                 f"-drive {arg}"))
 
     def opt_net(self, arg: str) -> None:
         """-net nic[,model=][,macaddr=][,netdev=] and -net TYPE,...: the legacy form,
@@ -471,6 +482,7 @@ def parse_args(argv: list[str]) -> MachineConfig:
                 getattr(parser, "opt_" + name.replace("-", "_"))(arg)
         except OptsError as e:
             raise parser.fail(str(e)) from None
+    cfg.devices += parser.drive_devices
     if cfg.nographic and not cfg.serials and not cfg.nodefaults:
         parser.opt, parser.arg = "nographic", ""
         cfg.serials.append(parser.chardev_from_legacy("mon:stdio", "serial0"))

@@ -11,6 +11,10 @@ from vmm.block.raw import RawImage
 
 # -drive discard= values, as QEMU spells and means them
 DISCARD_MODES = {"ignore": "ignore", "off": "ignore", "unmap": "unmap", "on": "unmap"}
+# -drive cache= modes: (write cache on, O_DIRECT, flushes ignored), as QEMU's
+CACHE_MODES = {"writeback": (True, False, False), "writethrough": (False, False, False),
+               "none": (True, True, False), "directsync": (False, True, False),
+               "unsafe": (True, False, True)}
 
 
 @dataclass
@@ -21,7 +25,24 @@ class Drive:
     node_name: str                   # QEMU's generated "#block" node name
     attached_to: str = ""            # QOM path of the device using it
     discard: str = "ignore"          # -drive discard=: "unmap" passes the guest's discards
-    writeback: bool = True           # the write cache (the guest may turn it off)
+    cache: str = "writeback"         # -drive cache=
+    writeback: bool = True           # the write cache now (the guest may switch it)
+
+    def __post_init__(self) -> None:
+        self.writeback = self.cache_writeback
+
+    @property
+    def cache_writeback(self) -> bool:
+        """The write cache as -drive cache= sets it (a device reset goes back to it)."""
+        return CACHE_MODES[self.cache][0]
+
+    @property
+    def direct(self) -> bool:
+        return CACHE_MODES[self.cache][1]
+
+    @property
+    def no_flush(self) -> bool:
+        return CACHE_MODES[self.cache][2]
 
     @property
     def size(self) -> int:
@@ -32,7 +53,8 @@ class Drive:
 
     def open(self) -> BlockBackend:
         """Its image, as a device reads and writes it."""
-        return RawImage(self.path, self.read_only, unmap=self.discard == "unmap")
+        return RawImage(self.path, self.read_only, unmap=self.discard == "unmap",
+                        direct=self.direct, no_flush=self.no_flush)
 
 
 def drives_from_config(drives: dict[str, dict[str, str]]) -> dict[str, Drive]:
@@ -41,5 +63,6 @@ def drives_from_config(drives: dict[str, dict[str, str]]) -> dict[str, Drive]:
         out[drive_id] = Drive(drive_id, opts["file"],
                               opts.get("readonly") in ("on", "true", "yes"),
                               f"#block{counter}{random.randrange(100):02d}",
-                              discard=DISCARD_MODES[opts.get("discard", "ignore")])
+                              discard=DISCARD_MODES[opts.get("discard", "ignore")],
+                              cache=opts.get("cache", "writeback"))
     return out

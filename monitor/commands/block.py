@@ -39,7 +39,7 @@ def query_block(ctx):
                     "iops_wr": 0, "ro": drive.read_only, "node-name": drive.node_name,
                     "backing_file_depth": 0, "drv": "raw", "iops": 0, "bps_wr": 0,
                     "write_threshold": 0, "encrypted": False, "bps": 0, "bps_rd": 0,
-                    "cache": {"no-flush": False, "direct": False,
+                    "cache": {"no-flush": drive.no_flush, "direct": drive.direct,
                               "writeback": drive.writeback},
                     "file": drive.path},
                 "io-status": "ok", "type": "unknown"}

@@ -72,7 +72,11 @@ async def info_block(ctx: HmpContext, args: dict) -> str:
                  f"{', read-only' if image['ro'] else ''})"]
         if "qdev" in drive:
             lines.append(f"    Attached to:      {drive['qdev']}")
-        lines.append("    Cache mode:       writeback")
+        cache = image["cache"]
+        mode = "writeback" if cache["writeback"] else "writethrough"
+        mode += ", direct" if cache["direct"] else ""
+        mode += ", ignore flushes" if cache["no-flush"] else ""
+        lines.append(f"    Cache mode:       {mode}")
         entries.append("".join(line + "\n" for line in lines))
     return "\n".join(entries)
 

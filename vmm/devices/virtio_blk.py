@@ -113,7 +113,7 @@ class VirtioBlk(VirtioDevice):
     def reset(self) -> None:
         super().reset()
         self.engine.cancel()                 # requests of the driver before the reset
-        self.drive.writeback = True
+        self.drive.writeback = self.drive.cache_writeback
 
     def features_negotiated(self, features: int) -> None:
         super().features_negotiated(features)
