@@ -206,3 +206,34 @@ def test_cache_modes_as_qemus(launch, tmp_path, vmm_kind, mode):
     assert vm.command("blk flush") == {"status": 0}
     assert image.read_bytes()[9 * 512:9 * 512 + 6] == b"cached"
     assert vm.command("blk read 9") == {"status": 0, "text": "cached"}
+
+
+def test_block_resize_is_seen_by_the_guest(launch, tmp_path, vmm_kind):
+    """block_resize (QMP and HMP) grows the image; the guest reads the new capacity
+    from its config; QEMU's errors for a missing drive, a negative size and a
+    read-only image."""
+    image, readonly = tmp_path / "disk.img", tmp_path / "ro.img"
+    image.write_bytes(bytes(1 << 20))
+    readonly.write_bytes(bytes(1 << 20))
+    sock = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(extra=[
+        "-drive", f"file={image},format=raw,if=none,id=d0",
+        "-drive", f"file={readonly},format=raw,if=none,id=d1,readonly=on",
+        "-device", "virtio-blk-pci,drive=d0", "-qmp", f"unix:{sock},server=on,wait=off"]),
+        vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    qmp = Qmp(sock)
+    assert vm.command("blk")["sectors"] == 2048
+    assert qmp.execute("block_resize", device="d0", size=2 << 20) == {"return": {}}
+    assert image.stat().st_size == 2 << 20
+    assert vm.command("blk")["sectors"] == 4096
+    assert qmp.hmp("block_resize d0 3M") == ""
+    assert vm.command("blk")["sectors"] == 6144
+    assert vm.command("blk write 6000 grown") == {"status": 0}
+    assert image.read_bytes()[6000 * 512:6000 * 512 + 5] == b"grown"
+    errors = [qmp.execute("block_resize", **args)["error"]["desc"] for args in (
+        {"device": "nosuch", "size": 1 << 20}, {"node-name": "nosuch", "size": 1 << 20},
+        {"device": "d0", "size": -1}, {"device": "d1", "size": 4 << 20})]
+    assert errors == ["Cannot find device='nosuch' nor node-name=''",
+                      "Cannot find device='' nor node-name='nosuch'",
+                      "Parameter 'size' expects a >0 size", "Image is read-only"]

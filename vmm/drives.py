@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmm.block.backend import BlockBackend
 from vmm.block.raw import RawImage
+from vmm.errors import UserError
 
 # -drive discard= values, as QEMU spells and means them
 DISCARD_MODES = {"ignore": "ignore", "off": "ignore", "unmap": "unmap", "on": "unmap"}
@@ -27,6 +29,8 @@ class Drive:
     discard: str = "ignore"          # -drive discard=: "unmap" passes the guest's discards
     cache: str = "writeback"         # -drive cache=
     writeback: bool = True           # the write cache now (the guest may switch it)
+    image: BlockBackend | None = None    # open while a device uses it
+    on_resize: Callable[[], None] | None = None   # the device's, to tell its guest
 
     def __post_init__(self) -> None:
         self.writeback = self.cache_writeback
@@ -53,8 +57,20 @@ class Drive:
 
     def open(self) -> BlockBackend:
         """Its image, as a device reads and writes it."""
-        return RawImage(self.path, self.read_only, unmap=self.discard == "unmap",
-                        direct=self.direct, no_flush=self.no_flush)
+        self.image = RawImage(self.path, self.read_only, unmap=self.discard == "unmap",
+                              direct=self.direct, no_flush=self.no_flush)
+        return self.image
+
+    def resize(self, size: int) -> None:
+        """block_resize: the image grows or shrinks; its device tells the guest."""
+        if self.read_only:
+            raise UserError("Image is read-only")
+        if self.image is not None:
+            self.image.truncate(size)
+        else:
+            os.truncate(self.path, size)
+        if self.on_resize is not None:
+            self.on_resize()
 
 
 def drives_from_config(drives: dict[str, dict[str, str]]) -> dict[str, Drive]:

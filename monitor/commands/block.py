@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monitor.errors import QmpError
 from monitor.registry import command
 from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
 
@@ -47,3 +48,17 @@ def query_block(ctx):
             info["qdev"] = drive.attached_to
         out.append(info)
     return out
+
+
+@command("block_resize", args=[Member("device", STR, True), Member("node-name", STR, True),
+                               Member("size", INT)])
+def block_resize(ctx, size, device=None, node_name=None):
+    """A drive, by its id or its node name, to ``size`` bytes; its guest is told."""
+    drives = ctx.machine.drives.values()
+    drive = next((d for d in drives if d.drive_id == device), None) if device is not None \
+        else next((d for d in drives if d.node_name == node_name), None)
+    if drive is None:
+        raise QmpError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
+    if size < 0:
+        raise QmpError("Parameter 'size' expects a >0 size")
+    drive.resize(size)

@@ -2,9 +2,10 @@
 
 A command declares its arguments with QEMU's args_type letters:
 ``s`` word, ``S`` rest of line, ``O`` option string, ``i``/``l`` integer
-expression, ``M`` size in MiB (no negatives), ``b`` on|off, ``-x`` flag,
-``/`` x/xp format; a trailing ``?`` makes an argument optional. Parse errors
-print QEMU's message and ``Try "help NAME" for more information``.
+expression, ``M`` size in MiB (no negatives), ``o`` size in bytes (with
+suffixes), ``b`` on|off, ``-x`` flag, ``/`` x/xp format; a trailing ``?``
+makes an argument optional. Parse errors print QEMU's message and
+``Try "help NAME" for more information``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from monitor.hmp.expr import ExprError, ExprParser
 from monitor.monitor import Monitor, Session
 from vmm.errors import UserError
+from vmm.qemuopts import OptsError, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,12 @@ def parse_arguments(cmd: HmpCommand, text: str, state: HmpState,
         elif kind == "O":
             word = cur.word()
             args[name] = "" if word is None else word   # QEMU parses an empty option string
+        elif kind == "o":                                # bytes, with QEMU's size suffixes
+            word = cur.word()
+            try:
+                args[name] = parse_size(word or "")
+            except OptsError:
+                raise ArgError("invalid size") from None
         elif kind in ("i", "l", "M"):
             parser = ExprParser(cur.text, cur.pos, register)
             try:

@@ -29,4 +29,7 @@ class BlockBackend(Protocol):
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         """The range reads back as zeroes; ``may_unmap`` lets it be deallocated."""
 
+    def truncate(self, size: int) -> None:
+        """The image now holds ``size`` bytes (block_resize)."""
+
     def close(self) -> None: ...

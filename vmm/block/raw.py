@@ -94,6 +94,10 @@ class RawImage:
         for start in range(offset, offset + length, ZERO_CHUNK):   # no ZERO_RANGE here
             self.write(start, bytes(min(ZERO_CHUNK, offset + length - start)))
 
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+        self.size = size
+
     def close(self) -> None:
         os.close(self.fd)
         if self.bounce is not None:

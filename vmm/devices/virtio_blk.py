@@ -110,6 +110,12 @@ class VirtioBlk(VirtioDevice):
                          | F_RING_EVENT_IDX | (F_RO if self.read_only else 0)
                          | (F_MQ if queues > 1 else 0))
 
+    def resized(self) -> None:
+        """block_resize (machine lock held): the new capacity, and a config interrupt."""
+        self.size = self.image.size
+        if self.transport is not None:
+            self.transport.config_changed()
+
     def reset(self) -> None:
         super().reset()
         self.engine.cancel()                 # requests of the driver before the reset
@@ -258,12 +264,14 @@ def _realize(board, device):
     props["logical_block_size"] = props["physical_block_size"] = SECTOR
     transport = realize_proxy(board, device, blk, 0x010000, props["vectors"])
     drive.attached_to = board.devices.path(device) + "/virtio-backend"
+    drive.on_resize = blk.resized
     return transport
 
 
 def _unrealize(board, device):
     blk = device.obj.backend
     blk.drive.attached_to = ""
+    blk.drive.on_resize = blk.drive.image = None
     blk.close()
 
 
