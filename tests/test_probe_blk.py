@@ -119,17 +119,27 @@ def test_discard_and_write_zeroes(launch, tmp_path, vmm_kind, discard):
     assert image.read_bytes()[:512] == bytes(512)
 
 
+def start_with_disks(launch, tmp_path, vmm_kind, *args: str):
+    """The probe guest with the given -drive/-device options and a QMP socket, once
+    it is ready; each FILE in them names a 1 MiB image of zeroes made in tmp_path."""
+    sock = str(tmp_path / "qmp.sock")
+    extra = []
+    for arg in args:
+        for name in re.findall(r"file=([^,]+)", arg):
+            (tmp_path / name).write_bytes(bytes(1 << 20))
+        extra.append(re.sub(r"file=([^,]+)", lambda m: f"file={tmp_path / m.group(1)}", arg))
+    vm = launch(machine_args(extra=[*extra, "-qmp", f"unix:{sock},server=on,wait=off"]),
+                vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    return vm, Qmp(sock)
+
+
 def test_write_cache_follows_the_guest(launch, tmp_path, vmm_kind):
     """CONFIG_WCE: the guest turns the write cache off and on; query-block says so."""
+    vm, qmp = start_with_disks(launch, tmp_path, vmm_kind,
+                               "-drive", "file=disk.img,format=raw,if=none,id=d0",
+                               "-device", "virtio-blk-pci,drive=d0")
     image = tmp_path / "disk.img"
-    image.write_bytes(bytes(1 << 20))
-    sock = str(tmp_path / "qmp.sock")
-    vm = launch(machine_args(extra=[
-        "-drive", f"file={image},format=raw,if=none,id=d0",
-        "-device", "virtio-blk-pci,drive=d0", "-qmp", f"unix:{sock},server=on,wait=off"]),
-        vmm_kind)
-    vm.wait_event("ready", timeout=60)
-    qmp = Qmp(sock)
 
     def writeback() -> bool:
         return qmp.execute("query-block")["return"][0]["inserted"]["cache"]["writeback"]
@@ -172,17 +182,11 @@ def test_cache_modes_as_qemus(launch, tmp_path, vmm_kind, mode):
     """-drive cache=: query-block's cache and `info block` as QEMU's; the guest sees
     the write cache the mode gives (WCE) and its writes reach the image, O_DIRECT
     included; a second disk from -drive if=virtio gets QEMU's id and device."""
-    image, second = tmp_path / "disk.img", tmp_path / "second.img"
-    image.write_bytes(bytes(1 << 20))
-    second.write_bytes(bytes(1 << 20))
-    sock = str(tmp_path / "qmp.sock")
-    vm = launch(machine_args(extra=[
-        "-drive", f"file={image},format=raw,if=none,id=d0,cache={mode}",
-        "-device", "virtio-blk-pci,drive=d0,id=blk0",
-        "-drive", f"file={second},format=raw,if=virtio,cache={mode}",
-        "-qmp", f"unix:{sock},server=on,wait=off"]), vmm_kind)
-    vm.wait_event("ready", timeout=60)
-    qmp = Qmp(sock)
+    vm, qmp = start_with_disks(launch, tmp_path, vmm_kind,
+                               "-drive", f"file=disk.img,format=raw,if=none,id=d0,cache={mode}",
+                               "-device", "virtio-blk-pci,drive=d0,id=blk0",
+                               "-drive", f"file=second.img,format=raw,if=virtio,cache={mode}")
+    image = tmp_path / "disk.img"
     # after the guest's driver has reset the device (QEMU's SeaBIOS set up the disk
     # with features of its own before)
     assert vm.command("blk")["present"]
@@ -212,17 +216,11 @@ def test_block_resize_is_seen_by_the_guest(launch, tmp_path, vmm_kind):
     """block_resize (QMP and HMP) grows the image; the guest reads the new capacity
     from its config; QEMU's errors for a missing drive, a negative size and a
     read-only image."""
-    image, readonly = tmp_path / "disk.img", tmp_path / "ro.img"
-    image.write_bytes(bytes(1 << 20))
-    readonly.write_bytes(bytes(1 << 20))
-    sock = str(tmp_path / "qmp.sock")
-    vm = launch(machine_args(extra=[
-        "-drive", f"file={image},format=raw,if=none,id=d0",
-        "-drive", f"file={readonly},format=raw,if=none,id=d1,readonly=on",
-        "-device", "virtio-blk-pci,drive=d0", "-qmp", f"unix:{sock},server=on,wait=off"]),
-        vmm_kind)
-    vm.wait_event("ready", timeout=60)
-    qmp = Qmp(sock)
+    vm, qmp = start_with_disks(launch, tmp_path, vmm_kind,
+                               "-drive", "file=disk.img,format=raw,if=none,id=d0",
+                               "-drive", "file=ro.img,format=raw,if=none,id=d1,readonly=on",
+                               "-device", "virtio-blk-pci,drive=d0")
+    image = tmp_path / "disk.img"
     assert vm.command("blk")["sectors"] == 2048
     assert qmp.execute("block_resize", device="d0", size=2 << 20) == {"return": {}}
     assert image.stat().st_size == 2 << 20
