@@ -193,11 +193,17 @@ static const int RUN_FAIL_ENTRY_REASON;
 /* ioctl wrappers that return -errno, so no errno juggling across threads. */
 int kk_ioctl(int fd, unsigned long request, void *arg);
 int kk_ioctl_val(int fd, unsigned long request, unsigned long arg);
+
+/* A do-nothing C handler for the vCPU kick signal: it interrupts KVM_RUN without
+   Python's signal machinery, whose wakeup fd may be closing when a kick lands. */
+int kk_install_kick_handler(int signum);
 """
 
 SOURCE = r"""
 #include <errno.h>
+#include <signal.h>
 #include <stddef.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <linux/kvm.h>
 
@@ -230,6 +236,20 @@ int kk_ioctl_val(int fd, unsigned long request, unsigned long arg)
 {
     int r = ioctl(fd, request, arg);
     return r < 0 ? -errno : r;
+}
+
+static void kk_kick(int signum)
+{
+    (void)signum;
+}
+
+int kk_install_kick_handler(int signum)
+{
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = kk_kick;            /* no SA_RESTART: KVM_RUN returns EINTR */
+    sigemptyset(&action.sa_mask);
+    return sigaction(signum, &action, NULL) < 0 ? -errno : 0;
 }
 """
 

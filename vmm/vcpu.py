@@ -34,9 +34,12 @@ _unpack_mmio = struct.Struct("<Q8sIB").unpack_from      # phys_addr data len is_
 
 
 def install_kick_handler() -> None:
-    """A no-op handler, so the kick interrupts KVM_RUN instead of killing us."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(SIG_KICK, lambda signum, frame: None)
+    """A no-op handler, so the kick interrupts KVM_RUN instead of killing us. It is
+    C's, not Python's: a Python handler writes to asyncio's wakeup fd, which may be
+    closing as the VMM ends while a last kick lands."""
+    from vmm._kvm import lib
+
+    lib.kk_install_kick_handler(SIG_KICK)
 
 
 class VcpuThread:
