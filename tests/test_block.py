@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from vmm.block.engine import IoEngine
 from vmm.block.raw import RawImage
 
@@ -74,3 +76,58 @@ def test_cancel_drops_completions_of_earlier_work():
         time.sleep(0.01)
     assert completed == [3]
     engine.close()
+
+
+@pytest.mark.kvm
+@pytest.mark.qemu
+@pytest.mark.parametrize("first, second, readonly, message", [
+    ("qemu", "kvmkit", False, 'Failed to get "write" lock'),
+    ("kvmkit", "qemu", False, 'Failed to get "write" lock'),
+    ("kvmkit", "kvmkit", True, 'Failed to get shared "write" lock'),
+    ("qemu", "kvmkit", True, 'Failed to get shared "write" lock')])
+def test_an_image_in_use_is_locked_against_qemu_and_kvmkit(tmp_path, first, second, readonly,
+                                                           message):
+    """QEMU's image locks, both ways: a second writer, or a reader that would not let
+    the first write, is refused with QEMU's words, whichever VMM came first."""
+    import subprocess
+
+    from guest import QEMU, kvmkit_command, start_with_qmp
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    vmm = {"kvmkit": kvmkit_command(), "qemu": [QEMU, "-accel", "kvm"]}
+    args = ["-nodefaults", "-display", "none", "-S", "-drive",
+            f"file={image},format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0"]
+    holder = start_with_qmp(vmm[first] + args, str(tmp_path / "first.sock"))
+    try:
+        drive = f"file={image},format=raw,if=none,id=d0" + (",readonly=on" if readonly else "")
+        result = subprocess.run(vmm[second] + args[:-3] + [drive, "-device",
+                                                           "virtio-blk-pci,drive=d0"],
+                                capture_output=True, text=True, timeout=30,
+                                stdin=subprocess.DEVNULL)
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-2:] == [
+            f"{result.stderr.splitlines()[-2].split(':')[0]}: -device virtio-blk-pci,drive=d0: "
+            f"{message}", f"Is another process using the image [{image}]?"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.kvm
+def test_readers_share_an_image(tmp_path):
+    from guest import kvmkit_command, start_with_qmp
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    args = ["-nodefaults", "-display", "none", "-S", "-drive",
+            f"file={image},format=raw,if=none,id=d0,readonly=on",
+            "-device", "virtio-blk-pci,drive=d0"]
+    first = start_with_qmp(kvmkit_command() + args, str(tmp_path / "a.sock"))
+    second = start_with_qmp(kvmkit_command() + args, str(tmp_path / "b.sock"))
+    try:
+        assert first.poll() is None and second.poll() is None
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()

@@ -177,7 +177,8 @@ def _qtree_pci_bus(text: str) -> list[str]:
     ["virtio-net-pci,id=n0", "virtio-net-pci,mac=52:54:00:00:00:07"],
     ["e1000,id=e0", "virtio-balloon-pci,id=b0"], ["rtl8139,id=r0"],
     ["virtio-rng-pci,id=rng0"],
-    ["-drive file={disk},format=raw,if=none,id=d0", "virtio-blk-pci,drive=d0,id=blk0,serial=s1",
+    ["-drive file={disk},format=raw,if=none,id=d0,readonly=on",   # both VMMs read it at once
+     "virtio-blk-pci,drive=d0,id=blk0,serial=s1",
      "virtio-serial-pci,id=vs0", "-chardev null,id=c0", "virtconsole,chardev=c0,id=con0"]])
 def test_pci_devices_print_as_on_live_qemu(tmp_path, devices):
     """info pci, info network and the PCI part of info qtree, running: ids, BAR

@@ -37,8 +37,9 @@ def test_info_pci_shows_the_disk_as_qemu_does(tmp_path):
     """Class, ids and BARs (the legacy BAR's size follows the config size)."""
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(1 << 20))
+    # read-only: both VMMs use the image at once, which QEMU's locks allow readers
     common = ["-m", "256", "-nodefaults", "-display", "none", "-kernel", probe_elf(),
-              "-drive", f"file={image},format=raw,if=none,id=d0",
+              "-drive", f"file={image},format=raw,if=none,id=d0,readonly=on",
               "-device", "virtio-blk-pci,drive=d0,id=blk0"]
     procs = [start_with_qmp([QEMU, "-accel", "kvm", *common], str(tmp_path / "q.sock")),
              start_with_qmp(kvmkit_command() + common, str(tmp_path / "k.sock"))]

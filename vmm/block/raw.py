@@ -12,6 +12,8 @@ import ctypes
 import mmap
 import os
 
+from vmm.block import locking
+
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 ZERO_CHUNK = 1 << 20
 BOUNCE_SIZE = 1 << 20            # O_DIRECT transfers go through this much at a time
@@ -33,6 +35,14 @@ class RawImage:
         self.no_flush = no_flush
         self.size = os.fstat(self.fd).st_size
         self.bounce = mmap.mmap(-1, BOUNCE_SIZE) if direct else None
+        # as a virtio-blk with share-rw=off takes it: writers exclude other writers,
+        # and a reader excludes writers too
+        perm = locking.CONSISTENT_READ | (0 if read_only else locking.WRITE | locking.RESIZE)
+        try:
+            locking.lock(self.fd, path, perm, locking.ALL & ~locking.WRITE)
+        except BaseException:
+            self.close()
+            raise
 
     def read_into(self, offset: int, buffers: list[memoryview]) -> None:
         if self.bounce is not None:
