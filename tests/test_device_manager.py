@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from vmm.bus import BusConflict
 from vmm.device_manager import DeviceManager
 from vmm.errors import UserError
 from vmm.qdev import DeviceError
@@ -18,7 +19,7 @@ class FakeBus:
 
     def map(self, start: int, length: int, device: object) -> None:
         if start in self.maps:
-            raise ValueError(f"port {start:#x} is taken")
+            raise BusConflict(f"port {start:#x} is taken")      # as vmm.bus.Bus does
         self.maps[start] = device
 
 
@@ -51,7 +52,7 @@ def test_creation_checks_and_paths():
         manager.create("isa-debug-exit", {"id": "9lives"})
     with pytest.raises(DeviceError, match="Bus 'nosuch' not found"):
         manager.create("isa-debug-exit", {"bus": "nosuch"})
-    with pytest.raises(DeviceError, match="port 0x501 is taken"):
+    with pytest.raises(BusConflict, match="port 0x501 is taken"):
         manager.create("isa-debug-exit", {})            # a failed realize leaves nothing
     assert [d.driver for d in manager.user_devices()] == ["isa-debug-exit"] * 2
     manager.remove(first)

@@ -12,6 +12,8 @@ import bisect
 import logging
 from typing import Protocol
 
+from vmm.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -21,8 +23,9 @@ class BusDevice(Protocol):
     def bus_write(self, offset: int, size: int, value: int) -> None: ...
 
 
-class BusConflict(ValueError):
-    pass
+class BusConflict(UserError):
+    """A device asked for ports or addresses another already has (the user's
+    -device options, so a user error with its text)."""
 
 
 HIT_CACHE_SIZE = 4096

@@ -216,7 +216,7 @@ class Machine:
         for chardev_id in serial_ids:
             try:
                 self.devices.realize_builtin("isa-serial", parent=isa, chardev=chardev_id or None)
-            except DeviceError as e:
+            except UserError as e:
                 raise MachineError(str(e)) from None
         self.drives = drives_from_config(self.cfg.drives)
         self.network = Network(self.lock, _inherited_fd,

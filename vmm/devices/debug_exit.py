@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vmm.qdev import DeviceError, DeviceType, Prop, declare
+from vmm.qdev import DeviceType, Prop, declare
 
 
 class IsaDebugExit:
@@ -20,10 +20,7 @@ class IsaDebugExit:
 
 def _realize(board, device):
     exit_port = IsaDebugExit(board.request_exit)
-    try:
-        board.pio.map(device.props["iobase"], device.props["iosize"], exit_port)
-    except ValueError as e:
-        raise DeviceError(str(e)) from None
+    board.pio.map(device.props["iobase"], device.props["iosize"], exit_port)
     return exit_port
 
 

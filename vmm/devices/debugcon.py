@@ -4,7 +4,7 @@ which a guest tells that the console is there."""
 
 from __future__ import annotations
 
-from vmm.qdev import CHARDEV_DESCRIPTION, DeviceError, DeviceType, Prop, declare
+from vmm.qdev import CHARDEV_DESCRIPTION, DeviceType, Prop, declare
 
 
 class DebugConsole:
@@ -26,10 +26,7 @@ def _realize(board, device):
     props = device.props
     chardev = board.chardevs.get(props["chardev"]) if props["chardev"] else None
     console = DebugConsole(chardev.write if chardev else None, props["readback"])
-    try:
-        board.pio.map(props["iobase"], 1, console)
-    except ValueError as e:
-        raise DeviceError(str(e)) from None
+    board.pio.map(props["iobase"], 1, console)
     return console
 
 

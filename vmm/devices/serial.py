@@ -189,10 +189,7 @@ def _realize(board, device):
     chardev = board.chardevs.get(props["chardev"]) if props["chardev"] else None
     uart = Serial16550(chardev.write if chardev else (lambda data: None),
                        lambda level: board.set_irq(irq, level))
-    try:
-        board.pio.map(iobase, 8, uart)
-    except ValueError as e:
-        raise DeviceError(str(e)) from None
+    board.pio.map(iobase, 8, uart)
     if chardev is not None:
         chardev.attach(lambda data: board.locked(uart.receive, data))
     props.update(index=index, iobase=iobase, irq=irq)
