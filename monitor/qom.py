@@ -55,8 +55,7 @@ def _device_object(machine, device) -> QomObject:
     from vmm import qdev
 
     obj = QomObject(device.driver)
-    bus = next((name for name, bus_type, _ in machine.devices.buses()
-                if bus_type == device.type.bus), "")
+    bus = machine.devices.first_bus(device.type.bus) or ""
     obj.props += [
         Prop("parent_bus", "link<bus>", lambda: f"/machine/unattached/{bus}"),
         Prop("realized", "bool", lambda: True),

@@ -37,7 +37,7 @@ class DeviceManager:
         device_type = qdev.lookup(driver) if isinstance(driver, str) else None
         if device_type is None or device_type.abstract:
             raise DeviceError(f"'{driver}' is not a valid device model name")
-        if not any(bus_type == device_type.bus for _, bus_type, _ in self.buses()):
+        if self.first_bus(device_type.bus) is None:
             raise DeviceError(f"No '{device_type.bus or 'System'}' bus found for device "
                               f"'{device_type.name}'")
         if device_type.realize is None or not device_type.user_creatable:
@@ -57,12 +57,7 @@ class DeviceManager:
         device = Device(device_type, qdev_id, props, hotplugged=hotplug, parent=parent)
         self._paths[id(device)] = self._new_path(qdev_id)
         self.devices.append(device)
-        try:
-            device.obj = device_type.realize(self.board, device)
-        except BaseException:
-            self.devices.remove(device)
-            raise
-        return device
+        return self._realize(device)
 
     @staticmethod
     def _globals(device_type: DeviceType, defaults: dict[str, dict], chardevs) -> dict:
@@ -83,8 +78,7 @@ class DeviceManager:
                     **values: Any) -> Device:
         """A device the board itself builds (the chipset, the RTC, -serial ports)."""
         device_type = qdev.lookup(type_name)
-        props = {p.name: p.default for p in qdev.all_props(device_type) if p.writable}
-        props.update(values)
+        props = {**qdev.parse_props(device_type, {}), **values}
         device = Device(device_type, None, props, obj=obj, parent=parent, builtin=True)
         self.devices.append(device)
         return device
@@ -92,7 +86,11 @@ class DeviceManager:
     def realize_builtin(self, type_name: str, parent: Device | None = None,
                         **values: Any) -> Device:
         """A board device built by its own type's realize (a -serial port)."""
-        device = self.add_builtin(type_name, parent=parent, **values)
+        return self._realize(self.add_builtin(type_name, parent=parent, **values))
+
+    def _realize(self, device: Device) -> Device:
+        """Builds a device already on the list with its type's realize; one that fails
+        leaves nothing behind."""
         try:
             device.obj = device.type.realize(self.board, device)
         except BaseException:
@@ -111,8 +109,13 @@ class DeviceManager:
                     found.append((bus_name(template, device), bus_type, device))
         return found
 
-    def _bus_owner(self, device_type: DeviceType, name: str | None) -> Device | None:
-        """The device whose bus a new device goes on: the named bus, else the first."""
+    def first_bus(self, bus_type: str | None) -> str | None:
+        """The name of the board's first bus of a type (isa.0, pci.0), if it has one."""
+        return next((name for name, kind, _ in self.buses() if kind == bus_type), None)
+
+    def _bus_owner(self, device_type: DeviceType, name: str | None) -> Device:
+        """The device whose bus a new device goes on: the named bus, else the first of
+        its type (create has made sure there is one)."""
         for bus, bus_type, owner in self.buses():
             if name is None and bus_type == device_type.bus:
                 return owner
@@ -121,9 +124,7 @@ class DeviceManager:
                     raise DeviceError(f"Device '{device_type.name}' can't go on {bus_type} "
                                       f"bus")
                 return owner
-        if name is not None:
-            raise DeviceError(f"Bus '{name}' not found")
-        raise DeviceError(f"No '{device_type.bus}' bus found for device '{device_type.name}'")
+        raise DeviceError(f"Bus '{name}' not found")
 
     # -- lookup ------------------------------------------------------------
     def find(self, qdev_id: str) -> Device | None:
@@ -180,6 +181,10 @@ class DeviceManager:
             if reset is not None and device.type.bus in ("ISA", "PCI", "System"):
                 reset()
 
+    def _section_key(self, device: Device) -> str:
+        """A device's state section: its QOM path, or (the board's own) type[position]."""
+        return self.path(device) or f"{device.driver}[{self.devices.index(device)}]"
+
     def save_state(self) -> dict[str, dict]:
         """Each device's state section, keyed by QOM path (for migration and snapshots)."""
         sections = {}
@@ -187,7 +192,7 @@ class DeviceManager:
             save = getattr(device.obj, "save_state", None)
             if save is None:
                 raise UserError(f"State of device '{device.driver}' cannot be saved")
-            sections[self.path(device) or f"{device.driver}[{self.devices.index(device)}]"] = {
+            sections[self._section_key(device)] = {
                 "type": device.driver, "version": device.type.state_version, "state": save()}
         return sections
 
@@ -196,7 +201,7 @@ class DeviceManager:
         before anything is loaded."""
         plan = []
         for device in self.devices:
-            key = self.path(device) or f"{device.driver}[{self.devices.index(device)}]"
+            key = self._section_key(device)
             section = sections.get(key)
             if section is None or section.get("type") != device.driver:
                 raise UserError(f"Missing section for device '{key}'")

@@ -70,7 +70,7 @@ class Prop:
             if strict and (isinstance(value, bool) or not isinstance(value, (int, str))):
                 raise DeviceError(f"Invalid parameter type for '{self.name}', "
                                   f"expected int or str")
-            parsed = _devfn(value, strict)
+            parsed = _devfn(value)
             if parsed is None:
                 raise DeviceError(f"Property '{owner}.{self.name}' doesn't take value '{value}'")
         else:
@@ -127,7 +127,7 @@ def _by_type(name: str, type_name: str, value: Any, strict: bool) -> Any:
     return str(value)
 
 
-def _devfn(value: Any, strict: bool) -> int | None:
+def _devfn(value: Any) -> int | None:
     """A PCI address: 'slot[.function]' in hex, or (from JSON) devfn as a number."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value if -1 <= value <= 255 else None
@@ -196,10 +196,11 @@ class Stateful(Protocol):
     def load_state(self, state: dict) -> None: ...
 
 
-@dataclass
+@dataclass(eq=False)
 class Device:
     """A device on the board: its type, id, every property's value and what
-    realize built (a PCI function, ports on the ISA bus, ...)."""
+    realize built (a PCI function, ports on the ISA bus, ...). Each is itself:
+    two devices never compare equal, whatever their properties."""
 
     type: DeviceType
     id: str | None
@@ -233,7 +234,7 @@ class DeviceType:
     unrealize: Callable[[Board, Device], None] | None = None
     virtio: str = ""                   # a virtio-pci proxy: its virtio device's type
     honours: tuple[str, ...] = ()      # inherited properties this type implements fully
-    buses: tuple[str, ...] = ()        # the buses this device provides (name, type) pairs
+    buses: tuple[tuple[str, str], ...] = ()   # the buses it provides: (name, bus type)
     gpios: tuple[str, ...] = ()        # info qtree's gpio lines
     state_version: int = 1             # the version of its saved-state section
     extra: dict = field(default_factory=dict)
@@ -289,10 +290,14 @@ def all_props(device_type: DeviceType) -> list[Prop]:
     QEMU aliases onto the proxy), and the child<> the proxy has."""
     props = [p for t in ancestry(device_type) for p in t.props]
     if device_type.virtio:
-        child = TYPES[device_type.virtio]
-        props += all_props(child)
-        props.append(Prop("virtio-backend", f"child<{child.name}>", writable=False, qdev=False))
+        props += all_props(TYPES[device_type.virtio])
+        props.append(_backend_child(device_type))
     return props
+
+
+def _backend_child(device_type: DeviceType) -> Prop:
+    """A virtio proxy's child<> property, its virtio device."""
+    return Prop("virtio-backend", f"child<{device_type.virtio}>", writable=False, qdev=False)
 
 
 def find_prop(device_type: DeviceType, name: str) -> tuple[DeviceType, Prop] | None:
@@ -306,7 +311,7 @@ def find_prop(device_type: DeviceType, name: str) -> tuple[DeviceType, Prop] | N
         if found:
             return found
         if name == "virtio-backend":
-            return device_type, Prop(name, f"child<{device_type.virtio}>", writable=False)
+            return device_type, _backend_child(device_type)
     return None
 
 
@@ -316,18 +321,17 @@ def parse_props(device_type: DeviceType, options: dict[str, Any], strict: bool =
     (with ``only_given``, just the options)."""
     values = {} if only_given else \
         {p.name: p.default for p in all_props(device_type) if p.writable}
-    types = ancestry(device_type)
-    if device_type.virtio:
-        types += ancestry(TYPES[device_type.virtio])
+    own = ancestry(device_type)
+    types = own + (ancestry(TYPES[device_type.virtio]) if device_type.virtio else [])
     honours = {name for t in types for name in t.honours}
     for key, value in options.items():
         found = find_prop(device_type, key)
         if found is None:
-            if key in ("type", "legacy-addr") or (key == "parent_bus"):
+            if key in ("type", "legacy-addr", "parent_bus"):
                 raise DeviceError(f"Property '{device_type.name}.{key}' is not writable")
             raise DeviceError(f"Property '{device_type.name}.{key}' not found")
         declaring, prop = found
-        owner_name = device_type.name if declaring in ancestry(device_type) else declaring.name
+        owner_name = device_type.name if declaring in own else declaring.name
         values[key] = prop.parse(owner_name, value, strict, chardevs,
                                  honoured=prop.honoured or key in honours)
     return values
@@ -363,7 +367,7 @@ def json_default(value: Any) -> str:
     return str(value)
 
 
-# QEMU's -device help sections, in its order, and its bus type names
+# QEMU's -device help sections, in its order
 CATEGORIES = ("Controller/Bridge/Hub", "USB", "Storage", "Network", "Input", "Display",
               "Sound", "Misc", "CPU", "Watchdog", "Uncategorized")
 
@@ -398,7 +402,7 @@ declare(DeviceType("pci-device", "device", abstract=True, bus="PCI", hotpluggabl
     Prop("romfile", "str", honoured=False),     # kvmkit has no option ROMs to load
     fixed("romsize", "uint32", 0xFFFFFFFF),
     fixed("rombar", "uint32", 1),
-    Prop("multifunction", "bool", False, "on/off", honoured=False),
+    on_off("multifunction", False, honoured=False),
     on_off("x-pcie-lnksta-dllla", True, honoured=False),
     on_off("x-pcie-extcap-init", True, honoured=False),
     fixed("failover_pair_id", "str", None),

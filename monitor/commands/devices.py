@@ -21,9 +21,7 @@ def find_device(machine, qdev_id: str):
 
 def _bus_of(machine, device_type) -> str:
     """The name of the board's bus a device of this type would go on (isa.0, pci.0)."""
-    names = [name for name, bus_type, _ in machine.devices.buses()
-             if bus_type == device_type.bus]
-    return names[0] if names else device_type.bus or "main-system-bus"
+    return machine.devices.first_bus(device_type.bus) or device_type.bus or "main-system-bus"
 
 
 @command("device_add", args=[Member("driver", STR), Member("bus", STR, True),
