@@ -182,24 +182,18 @@ class Machine:
 
         self.piix3 = Piix3IsaBridge()
         self.pci = PciBus(self.pio, self.mmio, self._route_intx, self.set_irq)
-        for type_name, function, slot, number in (
-                ("i440FX", I440fxHostBridge(), 0, 0), ("PIIX3", self.piix3, 1, 0),
-                ("piix3-ide", Piix3Ide(), 1, 1)):
-            self.pci.plug(function, slot, number)
-            device = self.devices.add_builtin(type_name, function, parent=host,
-                                              addr=slot << 3 | number)
-            if type_name == "PIIX3":
-                isa = device
-            elif type_name == "piix3-ide":
-                function.add_bar(4, 16, "io", NullBarDevice())
+        self._chipset_function("i440FX", I440fxHostBridge(), host, 0, 0)
+        isa = self._chipset_function("PIIX3", self.piix3, host, 1, 0)
+        ide = Piix3Ide()
+        ide.add_bar(4, 16, "io", NullBarDevice())
+        self._chipset_function("piix3-ide", ide, host, 1, 1)
         self.devices.add_builtin("mc146818rtc", self.rtc, parent=isa)
         if self.cfg.pit:
             self.devices.add_builtin("kvm-pit", parent=isa)
         self.devices.add_builtin("i8042", self.i8042, parent=isa)
         self.pm = AcpiPm(lambda level: self.set_irq(SCI_IRQ, level), self.request_guest_poweroff,
                          sleep=self.request_guest_sleep)
-        self.pci.plug(self.pm, 1, 3)
-        self.devices.add_builtin("PIIX4_PM", self.pm, parent=host, addr=1 << 3 | 3)
+        self._chipset_function("PIIX4_PM", self.pm, host, 1, 3)
         for base, length, block in self.pm.io_blocks():
             self.pio.map(base, length, block)
         self.pcihp = PciHotplug(self.pm.raise_gpe, self._eject_slot, self._hotpluggable_in)
@@ -247,6 +241,13 @@ class Machine:
         for warning in self.network.unpeered_warnings():
             log.warning(warning)
 
+    def _chipset_function(self, type_name: str, function, host: Device, slot: int,
+                          number: int) -> Device:
+        """One of the board's own PCI functions, at its fixed address."""
+        self.pci.plug(function, slot, number)
+        return self.devices.add_builtin(type_name, function, parent=host,
+                                        addr=slot << 3 | number)
+
     def cfg_chardev_backend(self, chardev_id: str) -> str | None:
         spec = next((c for c in self.cfg.chardevs if c.id == chardev_id), None)
         return spec.backend if spec else None
@@ -274,8 +275,9 @@ class Machine:
         """Puts a PCI function where addr= says (QEMU's texts), or in a free slot."""
         devfn = device.props.get("addr", -1)
         slot, number = (None, 0) if devfn == -1 else (devfn >> 3, devfn & 7)
-        if slot is not None and self.pci.find(slot, number) is not None:
-            taken = self.devices.of_object(self.pci.find(slot, number))
+        occupant = self.pci.find(slot, number) if slot is not None else None
+        if occupant is not None:
+            taken = self.devices.of_object(occupant)
             owner = f"{taken.driver},id={taken.id or '(null)'}" if taken else "(null)"
             raise DeviceError(f"PCI: slot {slot} function {number} not available for "
                               f"{device.driver}, in use by {owner}")
@@ -329,9 +331,9 @@ class Machine:
             self.pci.unplug(device.obj)
             self.devices.remove(device)
             if device.type.virtio:                 # QEMU deletes the virtio child first
-                self._from_vcpu(self.emit, "DEVICE_DELETED", {"path": f"{path}/virtio-backend"})
+                self.emit_from_vcpu("DEVICE_DELETED", {"path": f"{path}/virtio-backend"})
             data = {"device": device.id, "path": path} if device.id else {"path": path}
-            self._from_vcpu(self.emit, "DEVICE_DELETED", data)
+            self.emit_from_vcpu("DEVICE_DELETED", data)
 
     def _route_intx(self, slot: int, pin: int) -> int | None:
         if not 1 <= pin <= 4:
