@@ -66,10 +66,7 @@ class Registry:
 
     def check_args(self, command: Command, arguments: dict) -> dict:
         if command.variants is not None:
-            union = command.variants
-            variant = union.variant(arguments.get(union.tag))
-            checked = check_members(command.args + (variant.members if variant else ()),
-                                    arguments)
+            checked = check_members(command.variants.members_of(arguments), arguments)
             base = {m.name for m in command.args}
             return {**{k: v for k, v in checked.items() if k in base},
                     "props": {k: v for k, v in checked.items() if k not in base}}

@@ -167,15 +167,15 @@ class Union(Type):
     variants: tuple[tuple[str, Struct], ...]
     json_type = "object"
 
-    def variant(self, value: str) -> Struct | None:
-        return next((s for case, s in self.variants if case == value), None)
+    def members_of(self, value: dict) -> tuple[Member, ...]:
+        """The base members, and those of the branch ``value``'s tag selects."""
+        variant = next((s for case, s in self.variants if case == value.get(self.tag)), None)
+        return self.base + (variant.members if variant else ())
 
     def check(self, name: str, value: object) -> object:
         if not isinstance(value, dict):
             raise _type_error(name, "object")
-        variant = self.variant(value.get(self.tag))
-        members = self.base + (variant.members if variant else ())
-        return check_members(members, value, prefix=f"{name}.")
+        return check_members(self.members_of(value), value, prefix=f"{name}.")
 
 
 def reply_problems(t: Type | None, value: object, where: str = "return") -> list[str]:
@@ -203,8 +203,7 @@ def reply_problems(t: Type | None, value: object, where: str = "return") -> list
     if isinstance(t, (Struct, Union)):
         if not isinstance(value, dict):
             return [f"{where}: not an object"]
-        members = t.members if isinstance(t, Struct) else \
-            t.base + getattr(t.variant(value.get(t.tag)), "members", ())
+        members = t.members if isinstance(t, Struct) else t.members_of(value)
         problems = [f"{where}: unexpected '{k}'" for k in value
                     if k not in {m.name for m in members}]
         for m in members:

@@ -40,7 +40,7 @@ def netdev_add(ctx, id, type, props):
 
     if not valid_id(id):
         raise QmpError("Parameter 'id' expects an identifier")
-    opts = netdev_options.from_json(type, props)    # QEMU reads netdev_add as QAPI
+    opts = netdev_options.to_text(type, props)      # typed as QEMU's Netdev, by the registry
 
     def session_fd(name: str) -> int:
         """fd=NAME: a descriptor passed with getfd (the back end takes it over)."""

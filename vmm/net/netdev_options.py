@@ -34,7 +34,6 @@ EXPECTED = {STR: "string", BOOL: "boolean", INT: "integer", SIZE: "integer"}
 def from_json(kind: str, members: dict[str, Any]) -> dict[str, Any]:
     """JSON members as option text, after QEMU's type checks."""
     known = MEMBERS.get(kind, {})
-    opts: dict[str, Any] = {}
     for key, value in members.items():
         member_type = known.get(key)
         if member_type is None:
@@ -42,20 +41,31 @@ def from_json(kind: str, members: dict[str, Any]) -> dict[str, Any]:
         if member_type == STRINGS:
             if not isinstance(value, list):
                 raise UserError(f"Invalid parameter type for '{key}', expected: array")
-            texts = []
             for index, item in enumerate(value):
                 if not isinstance(item, dict) or not isinstance(item.get("str"), str) or \
                         set(item) != {"str"}:
                     raise UserError(f"Invalid parameter type for '{key}[{index}]', "
                                     f"expected: object")
-                texts.append(item["str"])
-            opts[key] = texts
             continue
         wanted = {STR: str, BOOL: bool, INT: int, SIZE: int}[member_type]
         if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
             raise UserError(f"Invalid parameter type for '{key}', expected: "
                             f"{EXPECTED[member_type]}")
-        opts[key] = ("on" if value else "off") if member_type == BOOL else str(value)
+    return to_text(kind, members)
+
+
+def to_text(kind: str, members: dict[str, Any]) -> dict[str, Any]:
+    """Members already of their QAPI types (netdev_add's, checked by the registry) as
+    the option text the back ends take."""
+    known = MEMBERS.get(kind, {})
+    opts: dict[str, Any] = {}
+    for key, value in members.items():
+        if known.get(key) == STRINGS:
+            opts[key] = [item["str"] for item in value]
+        elif known.get(key) == BOOL:
+            opts[key] = "on" if value else "off"
+        else:
+            opts[key] = str(value)
     return opts
 
 
