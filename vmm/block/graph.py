@@ -1,0 +1,278 @@
+"""The block node graph, as the monitor sees it: named nodes (a file protocol node,
+a format node over it, its backing chain), opened from BlockdevOptions
+(-blockdev, blockdev-add, and what -drive becomes).
+
+Children defined inline inherit their parent's cache and read-only settings, and
+backing images are opened read-only, as QEMU does. Nodes without a name get
+QEMU's generated "#blockNNN" ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmm.block import options as blockdev_options
+from vmm.block.qcow2 import MAGIC as QCOW2_MAGIC
+from vmm.block.qcow2 import Qcow2Image
+from vmm.block.raw import RawFormat, RawImage
+from vmm.errors import UserError
+
+MAX_BACKING_DEPTH = 16
+
+
+@dataclass(eq=False)
+class Node:
+    name: str
+    driver: str                      # file, host_device, raw, qcow2
+    image: Any                       # what does its I/O (a BlockBackend)
+    filename: str                    # as QEMU shows it: a path, or json:{...}
+    read_only: bool
+    direct: bool
+    no_flush: bool
+    detect_zeroes: str = "off"
+    discard: str = "ignore"
+    file: Node | None = None
+    backing: Node | None = None
+    options: dict = field(default_factory=dict)   # the full options, as opened
+    users: int = 0                   # parent nodes and drives that use it
+
+    @property
+    def size(self) -> int:
+        if self.driver in ("file", "host_device"):
+            return os.fstat(self.image.fd).st_size
+        return self.image.size
+
+    def allocated(self) -> int:
+        """Bytes the host file takes on disk (the protocol node's)."""
+        node = self
+        while node.file is not None:
+            node = node.file
+        return os.fstat(node.image.fd).st_blocks * 512
+
+    def chain(self) -> list[Node]:
+        """It and its backing images, top first."""
+        out, node = [], self
+        while node is not None:
+            out.append(node)
+            node = node.backing
+        return out
+
+    def set_in_use(self, in_use: bool) -> None:
+        """The image locks of every file under it, for a device using it or not."""
+        for child in (self.file, self.backing):
+            if child is not None:
+                child.set_in_use(in_use)
+        if self.driver in ("file", "host_device"):
+            self.image.set_permissions(in_use)
+
+    def close(self) -> None:
+        self.image.close()
+
+
+class BlockGraph:
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []          # in the order they were made
+        self._counter = 0
+
+    def find(self, name: str) -> Node | None:
+        return next((node for node in self.nodes if node.name == name), None)
+
+    def _auto_name(self) -> str:
+        name = f"#block{self._counter}{random.randrange(100):02d}"
+        self._counter += 1
+        return name
+
+    # -- opening -------------------------------------------------------------------
+    def add(self, options: dict[str, Any]) -> Node:
+        """-blockdev / blockdev-add: JSON options, checked, made a node tree."""
+        options = blockdev_options.check(options)
+        if "node-name" not in options:
+            raise UserError("'node-name' must be specified for the root node")
+        return self.open(options, inherited={})
+
+    def open(self, options: dict[str, Any], inherited: dict[str, Any],
+             seen: frozenset[str] = frozenset()) -> Node:
+        """A node for checked options; ``inherited`` is what an inline child takes
+        from its parent (read-only, cache, discard)."""
+        name = options.get("node-name")
+        if name is not None:
+            _check_node_name(name)
+            if self.find(name) is not None:
+                raise UserError(f"Duplicate nodes with node-name='{name}'")
+        cache = {**inherited.get("cache", {}), **options.get("cache", {})}
+        direct, no_flush = cache.get("direct", False), cache.get("no-flush", False)
+        read_only = options.get("read-only", inherited.get("read-only", False))
+        discard = options.get("discard", inherited.get("discard", "ignore"))
+        detect_zeroes = options.get("detect-zeroes", "off")
+        if detect_zeroes == "unmap" and discard != "unmap":
+            detect_zeroes = "on"             # QEMU unmaps only where discards reach the file
+        driver = options["driver"]
+        child_inherits = {"read-only": read_only, "cache": cache, "discard": discard}
+        file_node = None
+        if driver in ("file", "host_device"):
+            filename = options["filename"]
+            image = self._open_file(filename, options, read_only, discard, direct, no_flush)
+            shown = filename
+        else:
+            file_node = self._child(options["file"], child_inherits, seen)
+            try:
+                if driver == "raw":
+                    image = RawFormat(file_node.image, options.get("offset", 0),
+                                      options.get("size"))
+                else:
+                    image = Qcow2Image(file_node.image, read_only,
+                                       unmap=discard == "unmap" and
+                                       options.get("pass-discard-request", True))
+            except BaseException:
+                self._release(file_node)
+                raise
+            shown = self._shown_filename(options, file_node, None)
+        # the node is named, and listed, before its backing chain is opened (QEMU's order)
+        node = Node(name or self._auto_name(), driver, image, shown, read_only, direct,
+                    no_flush, detect_zeroes, discard, file_node, None, options)
+        self.nodes.append(node)
+        if driver == "qcow2":
+            try:
+                node.backing = self._open_backing(options, image, file_node, child_inherits,
+                                                  seen)
+            except BaseException:
+                self.nodes.remove(node)
+                image.close()
+                file_node.users -= 1
+                self._drop_anonymous(file_node)
+                raise
+            image.backing = node.backing.image if node.backing is not None else None
+            node.filename = self._shown_filename(options, file_node, node.backing)
+        return node
+
+    def _open_file(self, filename: str, options: dict, read_only: bool, discard: str,
+                   direct: bool, no_flush: bool) -> RawImage:
+        aio = options.get("aio", "threads")
+        if aio == "native" and not direct:
+            raise UserError("aio=native was specified, but it requires cache.direct=on, "
+                            "which was not specified.")
+        try:
+            return RawImage(filename, read_only, unmap=discard == "unmap", direct=direct,
+                            no_flush=no_flush, locking=options.get("locking", "auto") != "off")
+        except OSError as e:
+            raise UserError(f"Could not open '{filename}': {e.strerror}") from None
+
+    def _child(self, ref: Any, inherited: dict, seen: frozenset[str]) -> Node:
+        if isinstance(ref, str):
+            node = self.find(ref)
+            if node is None:
+                raise UserError(f"Cannot find device='{ref}' nor node-name='{ref}'")
+        else:
+            node = self.open(ref, inherited, seen)
+        node.users += 1
+        return node
+
+    def _open_backing(self, options: dict, image: Qcow2Image, file_node: Node,
+                      inherited: dict, seen: frozenset[str]) -> Node | None:
+        inherited = {**inherited, "read-only": True}
+        if "backing" in options:
+            ref = options["backing"]
+            return None if ref is None else self._child(ref, inherited, seen)
+        if not image.backing_file:
+            return None
+        path = self.backing_path(file_node, image.backing_file)
+        real = os.path.realpath(path)
+        top = os.path.realpath(file_node.filename) if file_node.driver == "file" else ""
+        if real in seen or real == top:
+            raise UserError(f"Backing file '{image.backing_file}' creates an infinite loop.")
+        if len(seen) >= MAX_BACKING_DEPTH:
+            raise UserError("Backing chain too deep")
+        fmt = image.backing_format or probe_format(path)
+        child = {"driver": fmt, "file": {"driver": "file", "filename": path}}
+        try:
+            return self._child(blockdev_options.check(child), inherited, seen | {top, real})
+        except UserError as e:
+            raise UserError(f"Could not open backing file: {e}") from None
+
+    @staticmethod
+    def backing_path(file_node: Node, backing: str) -> str:
+        """A relative backing file name is relative to the image's directory."""
+        if os.path.isabs(backing) or file_node.driver not in ("file", "host_device"):
+            return backing
+        return os.path.join(os.path.dirname(file_node.filename), backing)
+
+    @staticmethod
+    def _shown_filename(options: dict, file_node: Node, backing: Node | None) -> str:
+        """The file's name, or QEMU's json:{...} when options change what it reads."""
+        if "backing" in options and options["backing"] is not None and \
+                isinstance(options["backing"], dict):
+            described = {"backing": _describe(backing), "driver": options["driver"],
+                         "file": _describe(file_node)}
+            return "json:" + json.dumps(described)
+        return file_node.filename
+
+    # -- dropping ------------------------------------------------------------------
+    def delete(self, name: str) -> None:
+        """blockdev-del: a node nothing uses, with the children only it used."""
+        node = self.find(name)
+        if node is None:
+            raise UserError(f"Failed to find node with node-name='{name}'")
+        if node.users:
+            raise UserError(f"Block device {name} is in use")
+        if "node-name" not in node.options:
+            raise UserError(f"Node {name} is not owned by the monitor")
+        self._remove(node)
+
+    def _remove(self, node: Node) -> None:
+        node.close()
+        self.nodes.remove(node)
+        for child in (node.file, node.backing):
+            if child is not None:
+                self._release(child)
+
+    def _release(self, node: Node) -> None:
+        node.users -= 1
+        self._drop_anonymous(node)
+
+    def _drop_anonymous(self, node: Node) -> None:
+        """Nodes made inline for a parent go with it; named ones stay for blockdev-del."""
+        if not node.users and "node-name" not in node.options and node in self.nodes:
+            self._remove(node)
+
+    def release(self, node: Node) -> None:
+        """A drive lets go of its root node."""
+        self._release(node)
+
+    def close(self) -> None:
+        for node in reversed(self.nodes):
+            try:
+                node.close()
+            except OSError:
+                pass
+        self.nodes.clear()
+
+
+def _describe(node: Node | None) -> Any:
+    if node is None:
+        return None
+    if node.driver in ("file", "host_device"):
+        return {"driver": node.driver, "filename": node.filename}
+    out: dict[str, Any] = {"driver": node.driver, "file": _describe(node.file)}
+    if node.backing is not None:
+        out = {"backing": _describe(node.backing), **out}
+    return out
+
+
+def _check_node_name(name: str) -> None:
+    if not name or len(name) > 31 or not (name[0].isalpha()) or \
+            not all(c.isalnum() or c in "-._" for c in name):
+        raise UserError("Invalid node-name: '" + name + "'")
+
+
+def probe_format(path: str) -> str:
+    """The format an image's first bytes say (qcow2), else raw."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UserError(f"Could not open '{path}': {e.strerror}") from None
+    return "qcow2" if head == QCOW2_MAGIC else "raw"
