@@ -1,5 +1,6 @@
-"""The I/O engine: a device's blocking block I/O runs on a worker thread of its
-own, in submission order, without the machine lock; its completion then runs
+"""The I/O engine: a device's blocking block I/O runs on a few worker threads of
+its own (several requests in flight, as a guest's queue depth wants; the host
+calls release the GIL), without the machine lock; each completion then runs
 under the lock, where it may touch virtqueues and raise interrupts.
 
 A device reset cancels what was submitted before it: ``cancel`` waits only for
@@ -18,29 +19,35 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+WORKERS = 4
+
+
 class IoEngine:
-    def __init__(self, lock: threading.RLock, name: str = "io") -> None:
+    def __init__(self, lock: threading.RLock, name: str = "io", workers: int = WORKERS) -> None:
         self.lock = lock
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._generation = 0
         self._idle = threading.Condition()
-        self._busy = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._busy = 0
+        self._threads = [threading.Thread(target=self._run, name=f"{name} #{n}", daemon=True)
+                         for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
         """Runs ``work()`` on the worker, then ``done(result)`` under the machine lock."""
         self._jobs.put((self._generation, work, done))
 
     def cancel(self) -> None:
-        """Forgets submitted work and waits for a call in progress to return."""
+        """Forgets submitted work and waits for calls in progress to return."""
         with self._idle:
             self._generation += 1
             self._idle.wait_for(lambda: not self._busy)
 
     def close(self) -> None:
         self.cancel()
-        self._jobs.put(None)
+        for _thread in self._threads:
+            self._jobs.put(None)
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -48,7 +55,7 @@ class IoEngine:
             with self._idle:
                 if generation != self._generation:
                     continue
-                self._busy = True
+                self._busy += 1
             try:
                 result = work()
             except Exception:            # a bug in the device's work: keep serving
@@ -56,7 +63,7 @@ class IoEngine:
                 result = None
             finally:
                 with self._idle:
-                    self._busy = False
+                    self._busy -= 1
                     self._idle.notify_all()
             with self.lock:
                 if generation == self._generation:

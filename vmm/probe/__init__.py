@@ -38,6 +38,7 @@ COM1:
     udpecho PORT [MS]       answer one UDP datagram to PORT with its own payload
     rng [N]                 N bytes from virtio-rng: how many came, how varied
     blk [read S | write S TEXT | flush | discard S N | zeroes S N [unmap] | wce 0|1 | config]
+    blk bench r|w rand|seq BYTES DEPTH COUNT   COUNT requests DEPTH at a time: their time
                             virtio-blk: capacity, one-sector I/O, flush, discard,
                             write-zeroes, the write cache, the raw config
     console [write TEXT | read [MS]]      virtio-console port 0

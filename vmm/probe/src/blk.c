@@ -1,6 +1,7 @@
 /* virtio-blk driver (virtio spec 5.2): one-sector reads and writes, flush, discard
  * and write-zeroes, the capacity from config and the raw config itself; each
- * request is header, data and status in one chain. */
+ * request is header, data and status in one chain. `blk bench` keeps a number of
+ * requests in flight (each slot its own three descriptors) and times them. */
 #include "virtio.h"
 
 #define BLK_TYPE 2
@@ -49,6 +50,84 @@ static u8 request(u32 type, u64 sector, int with_data, int data_in)
     }
     vq_chain_wait(&q, with_data ? 3 : 2, bufs, lens, writable);
     return status;
+}
+
+#define BENCH_POOL (4u << 20)
+#define BENCH_SLOTS 16
+static u8 bench_pool[BENCH_POOL] __attribute__((aligned(4096)));
+static struct blk_header bench_headers[BENCH_SLOTS];
+static u8 bench_status[BENCH_SLOTS];
+static u8 bench_busy[BENCH_SLOTS];          /* posted, and not yet taken back */
+
+/* bench r|w rand|seq BYTES DEPTH COUNT: COUNT requests of BYTES each, DEPTH at a
+ * time, at random (aligned) or consecutive offsets; the time they took. */
+static void bench(const char *p)
+{
+    int writing = *p == 'w';
+    p = skip_spaces(p + 1);
+    int random = *p == 'r';
+    while (*p && *p != ' ')
+        p++;
+    u64 bytes = 4096, depth = 1, count = 100;
+    parse_u64(&p, &bytes);
+    parse_u64(&p, &depth);
+    parse_u64(&p, &count);
+    u64 capacity = (u64)mmio_read32(dev.device) | (u64)mmio_read32(dev.device + 4) << 32;
+    u64 units = capacity * 512 / bytes;
+    if (!bytes || bytes % 512 || !depth || depth > BENCH_SLOTS || depth * bytes > BENCH_POOL ||
+        !units || depth * 3 > q.size) {
+        printf("{\"error\": \"bad bench parameters\"}\n");
+        return;
+    }
+    u64 seed = 0x9e3779b97f4a7c15UL, next_unit = 0, issued = 0, done = 0, errors = 0;
+    for (u64 i = 0; i < bytes * depth; i++)
+        bench_pool[i] = (u8)(i * 131 + 7);
+    u64 start = now_us();
+    while (done < count) {
+        while (issued < count && issued - done < depth) {
+            u16 slot = (u16)(issued % depth);
+            for (u16 s = 0; s < depth; s++)          /* a slot whose request is back */
+                if (!bench_busy[(slot + s) % depth]) {
+                    slot = (u16)((slot + s) % depth);
+                    break;
+                }
+            u64 unit;
+            if (random) {
+                seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17;
+                unit = seed % units;
+            } else {
+                unit = next_unit++ % units;
+            }
+            bench_headers[slot].type = writing ? 1 : 0;
+            bench_headers[slot].reserved = 0;
+            bench_headers[slot].sector = unit * bytes / 512;
+            bench_status[slot] = 0xfe;
+            bench_busy[slot] = 1;
+            u16 d = (u16)(slot * 3);
+            vq_set_desc(&q, d, &bench_headers[slot], sizeof(struct blk_header), 0, 1);
+            vq_set_desc(&q, (u16)(d + 1), bench_pool + slot * bytes, (u32)bytes, !writing, 1);
+            vq_set_desc(&q, (u16)(d + 2), &bench_status[slot], 1, 1, 0);
+            vq_post_head(&q, d);
+            issued++;
+            if (issued == count || issued - done == depth)
+                vq_kick(&q);
+        }
+        u16 head;
+        for (u32 spins = 0;; spins++) {
+            u32 generation = irq_generation;
+            if (vq_take_used_id(&q, &head))
+                break;
+            if (spins > 2000000)
+                wait_for_irq(generation);
+        }
+        errors += bench_status[head / 3] != 0;
+        bench_busy[head / 3] = 0;
+        done++;
+    }
+    u64 elapsed = now_us() - start;
+    /* what the ring's own allocator hands out next must not be a bench slot's */
+    q.next_desc = 0;
+    printf("{\"status\": %lu, \"ops\": %lu, \"us\": %lu}\n", errors, count, elapsed);
 }
 
 void cmd_blk(const char *args)
@@ -113,10 +192,13 @@ void cmd_blk(const char *args)
         for (int i = 0; i < 60; i++)
             printf("%02x", mmio_read8(dev.device + i));
         printf("\"}\n");
+    } else if (!strncmp(p, "bench", 5)) {
+        bench(skip_spaces(p + 5));
     } else if (!strncmp(p, "flush", 5)) {
         printf("{\"status\": %u}\n", request(4, 0, 0, 0));
     } else {
         printf("{\"error\": \"usage: blk [read S | write S TEXT | flush | discard S N | "
-               "zeroes S N [unmap] | wce 0|1 | config]\"}\n");
+               "zeroes S N [unmap] | wce 0|1 | config | bench r|w rand|seq BYTES DEPTH "
+               "COUNT]\"}\n");
     }
 }

@@ -213,6 +213,26 @@ void vq_post(struct virtqueue *vq, void *buf, u32 len, int writable)
     vq_post_chain(vq, vq_desc(vq, buf, len, writable ? 2 : 0));
 }
 
+void vq_set_desc(struct virtqueue *vq, u16 d, void *buf, u32 len, int writable, int more)
+{
+    vq->desc[d].addr = (u64)buf;
+    vq->desc[d].len = len;
+    vq->desc[d].flags = (u16)((writable ? 2 : 0) | (more ? 1 : 0));
+    vq->desc[d].next = (u16)(d + 1);
+}
+
+void vq_post_head(struct virtqueue *vq, u16 head) { vq_post_chain(vq, head); }
+
+int vq_take_used_id(struct virtqueue *vq, u16 *id)
+{
+    barrier();
+    if (*(volatile u16 *)&vq->used->idx == vq->last_used)
+        return 0;
+    *id = (u16)vq->used->ring[vq->last_used % vq->size].id;
+    vq->last_used++;
+    return 1;
+}
+
 int vq_take_used(struct virtqueue *vq, u32 *len)
 {
     barrier();

@@ -41,6 +41,12 @@ void vq_post(struct virtqueue *vq, void *buf, u32 len, int writable);
 void vq_kick(struct virtqueue *vq);
 /* Takes one used buffer if the device returned one: 1 and its length, else 0. */
 int vq_take_used(struct virtqueue *vq, u32 *len);
+/* Chains of fixed descriptors, for requests that complete out of order: sets one
+ * descriptor (chained to the next when `more`), posts a chain by its head, and
+ * takes a used chain's head. */
+void vq_set_desc(struct virtqueue *vq, u16 d, void *buf, u32 len, int writable, int more);
+void vq_post_head(struct virtqueue *vq, u16 head);
+int vq_take_used_id(struct virtqueue *vq, u16 *id);
 /* A device-readable request and a device-writable reply in one chain; waits for it. */
 u32 vq_request_wait(struct virtqueue *vq, void *out, u32 out_len, void *in, u32 in_len);
 /* A chain of n buffers (device-writable where writable[i]); waits for it. */
