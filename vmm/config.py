@@ -11,8 +11,8 @@ import random
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
+from vmm.block import options as blockdev_options
 from vmm.cpu_models import CpuConfig, CpuModelError, parse_cpu
-from vmm.drives import CACHE_MODES, DISCARD_MODES
 from vmm.errors import UserError
 from vmm.net import netdev_options
 from vmm.qemuopts import SIZE_HELP, OptsError, parse_bool, parse_opts, parse_size
@@ -71,7 +71,10 @@ class MachineConfig:
     devices: list[DeviceSpec] = field(default_factory=list)
     monitors: list[MonitorSpec] = field(default_factory=list)
     netdevs: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (origin, opts)
-    drives: dict[str, dict[str, str]] = field(default_factory=dict)         # id -> options
+    # (origin, options, default id): -drive, opened by the block layer (vmm/block/)
+    drives: list[tuple[str, dict[str, str], str]] = field(default_factory=list)
+    blockdevs: list[tuple[str, dict]] = field(default_factory=list)   # (origin, JSON)
+    snapshot: bool = False          # -snapshot: every -drive writes to a temporary overlay
     pidfile: str | None = None
     daemonize: bool = False
     logfile: str | None = None
@@ -93,6 +96,7 @@ OPTIONS: dict[str, bool] = {
     "D": True, "d": True, "version": False, "h": False, "help": False, "qmp": True,
     "qmp-pretty": True, "monitor": True, "mon": True, "netdev": True, "nic": True, "net": True,
     "no-user-config": False, "boot": True, "drive": True, "global": True,
+    "blockdev": True, "snapshot": False,
 }
 
 
@@ -374,32 +378,39 @@ class _Parser:
         self.cfg.devices.append(DeviceSpec(model, nic, f"-nic {arg}"))
 
     def opt_drive(self, arg: str) -> None:
-        """-drive file=F,format=raw,if=none|virtio[,id=ID][,readonly=on][,cache=MODE]
-        [,discard=MODE]: a block back end for -device virtio-blk-pci,drive=ID, or
-        (if=virtio) with a virtio-blk-pci of its own. Raw files only."""
+        """-drive file=F[,format=][,if=none|virtio][,id=][,cache=][,...]: a drive for
+        -device virtio-blk-pci,drive=ID, or (if=virtio) with a virtio-blk-pci of its
+        own. The block layer opens it (vmm/block/layer.py) and checks the rest."""
         opts = parse_opts(arg, implied="file")
         interface = opts.get("if", "ide")
         if interface not in ("none", "virtio"):
             raise self.fail(f"machine type does not support if={interface},bus=0,unit=0")
-        if opts.get("cache", "writeback") not in CACHE_MODES:
-            raise self.fail("invalid cache option")
-        if opts.get("format", "raw") != "raw":
-            raise self.fail(f"Unknown driver '{opts['format']}'")
-        if "file" not in opts:
-            raise self.fail("A block device must be specified for \"file\"")
-        if opts.get("discard", "ignore") not in DISCARD_MODES:
-            raise self.fail("Invalid discard option")
         if interface == "virtio":           # QEMU names them by their index
             default_id = f"virtio{len(self.drive_devices)}"
         else:
             default_id = f"drive{len(self.cfg.drives)}"
         drive_id = opts.get("id") or default_id
-        if drive_id in self.cfg.drives:
+        if any((o.get("id") or d) == drive_id for _origin, o, d in self.cfg.drives):
             raise self.fail(f"Duplicate ID '{drive_id}' for drive")
-        self.cfg.drives[drive_id] = opts
+        self.cfg.drives.append((f"-drive {arg}", opts, default_id))
         if interface == "virtio":           # its device comes after every -device, as QEMU's
             self.drive_devices.append(DeviceSpec("virtio-blk-pci", {"drive": drive_id},
                                                  f"-drive {arg}"))
+
+    def opt_blockdev(self, arg: str) -> None:
+        """-blockdev {JSON} or -blockdev driver=D,node-name=N,file.filename=F,...: a
+        block node (format, file, backing) for -device ...,drive=N."""
+        try:
+            if arg.startswith("{"):
+                options = blockdev_options.check(self._json_object(arg))
+            else:
+                options = blockdev_options.check(blockdev_options.from_keyval(
+                    parse_opts(arg)))
+        except UserError as e:
+            raise self.fail(str(e)) from None
+        if "node-name" not in options:
+            raise self.fail("'node-name' must be specified for the root node")
+        self.cfg.blockdevs.append((f"-blockdev {arg}", options))
 
     def opt_net(self, arg: str) -> None:
         """-net nic[,model=][,macaddr=][,netdev=] and -net TYPE,...: the legacy form,
@@ -444,8 +455,8 @@ SIMPLE = {
 }
 FLAGS = {
     "S": "start_paused", "no-reboot": "no_reboot", "no-shutdown": "no_shutdown",
-    "nodefaults": "nodefaults", "daemonize": "daemonize", "version": "show_version",
-    "h": "show_help", "help": "show_help",
+    "nodefaults": "nodefaults", "daemonize": "daemonize", "snapshot": "snapshot",
+    "version": "show_version", "h": "show_help", "help": "show_help",
 }
 IGNORED_FLAGS = ("enable-kvm", "no-user-config")
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from vmm import cpu as cpustate
 from vmm import qdev
+from vmm.block.layer import BlockLayer
 from vmm.boot import acpi, firmware, layout, linux, multiboot
 from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
 from vmm.bus import Bus
@@ -41,7 +42,6 @@ from vmm.devices.i440fx import (
 )
 from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
 from vmm.devices.rtc import SHUTDOWN_STATUS, SHUTDOWN_STATUS_S3_RESUME, Rtc
-from vmm.drives import drives_from_config
 from vmm.errors import UserError
 from vmm.ioevents import IoEvents
 from vmm.kvm import Kvm, KvmError
@@ -212,7 +212,19 @@ class Machine:
                 self.devices.realize_builtin("isa-serial", parent=isa, chardev=chardev_id or None)
             except UserError as e:
                 raise MachineError(str(e)) from None
-        self.drives = drives_from_config(self.cfg.drives)
+        self.block = BlockLayer()
+        for origin, options in self.cfg.blockdevs:
+            try:
+                self.block.add_blockdev(options)
+            except UserError as e:
+                raise MachineError(f"{origin}: {e}" + (f"\n{e.hint}" if e.hint else "")) \
+                    from None
+        for origin, opts, default_id in self.cfg.drives:
+            try:
+                self.block.add_drive(opts, default_id, snapshot=self.cfg.snapshot)
+            except UserError as e:
+                raise MachineError(f"{origin}: {e}" + (f"\n{e.hint}" if e.hint else "")) \
+                    from None
         self.network = Network(self.lock, _inherited_fd,
                                lambda name, data: self._from_vcpu(self.emit, name, data))
         self._msi_routes: MsiRoutes | None = None
@@ -654,6 +666,8 @@ class Machine:
             chardev.close()
         if hasattr(self, "network"):
             self.network.close()
+        if hasattr(self, "block"):
+            self.block.close()
         for runner in getattr(self, "vcpus", []):
             runner.vcpu.close()
         if hasattr(self, "vm"):

@@ -175,7 +175,7 @@ class Board(Protocol):
     mmio: Any
     ioevents: Any
     network: Any
-    drives: Any
+    block: Any
     chardevs: dict
     cfg: Any
     lock: Any

@@ -1,11 +1,12 @@
 """HMP: QEMU's human monitor commands, with QEMU 7.2's text.
 
 table.py has the table and argument syntax; the commands live in
-commands.py (control and devices), info.py (`info ...`), memory.py (x, xp,
+commands.py (control and devices), block.py (drives and their info), info.py
+(`info ...`), memory.py (x, xp,
 gpa2hva) and registers.py (`info registers`).
 """
 
-from monitor.hmp import commands, info, memory, registers  # noqa: F401  (registration)
+from monitor.hmp import block, commands, info, memory, registers  # noqa: F401  (registration)
 from monitor.hmp.table import COMMANDS, INFO, HmpState, run_line
 
 __all__ = ["COMMANDS", "INFO", "HmpState", "run_line"]

@@ -50,7 +50,6 @@ _forward("quit", "", "", "quit the emulator", ("q",))
 _forward("balloon", "value:M", "target", "request VM to change its memory allocation (in MB)")
 _forward("device_del", "id:s", "device", "remove device")
 _forward("set_link", "name:s,up:b", "name on|off", "change the link status of a network adapter")
-_forward("block_resize", "device:B,size:o", "device size", "resize a block image")
 
 
 @hmp("device_add", "device:O", "driver[,prop=value][,...]",

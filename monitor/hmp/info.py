@@ -59,28 +59,6 @@ async def info_balloon(ctx: HmpContext, args: dict) -> str:
     return f"balloon: actual={info['actual'] >> 20}\n"
 
 
-@hmp("block", "nodes:-n,verbose:-v,device:B?", "[-n] [-v] [device]",
-     "show info of one block device or all block devices (-n: show named nodes; "
-     "-v: show details)", info=True)
-async def info_block(ctx: HmpContext, args: dict) -> str:
-    entries = []
-    for drive in await ctx.call("query-block"):
-        if args.get("device") not in (None, drive["device"]):
-            continue
-        image = drive["inserted"]
-        lines = [f"{drive['device']} ({image['node-name']}): {image['file']} ({image['drv']}"
-                 f"{', read-only' if image['ro'] else ''})"]
-        if "qdev" in drive:
-            lines.append(f"    Attached to:      {drive['qdev']}")
-        cache = image["cache"]
-        mode = "writeback" if cache["writeback"] else "writethrough"
-        mode += ", direct" if cache["direct"] else ""
-        mode += ", ignore flushes" if cache["no-flush"] else ""
-        lines.append(f"    Cache mode:       {mode}")
-        entries.append("".join(line + "\n" for line in lines))
-    return "\n".join(entries)
-
-
 @hmp("network", "", "", "show the network state", info=True)
 async def info_network(ctx: HmpContext, args: dict) -> str:
     return "".join(line + "\n" for line in ctx.machine.network.lines())

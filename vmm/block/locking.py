@@ -42,8 +42,8 @@ def lock(fd: int, path: str, perm: int, shared: int) -> None:
             raise UserError(f'Failed to get "{name}" lock', hint=hint)
         if not shared & (1 << bit) and _held_by_another(fd, PERM_BASE + bit):
             raise UserError(f'Failed to get shared "{name}" lock', hint=hint)
-    for bit in range(len(PERMISSIONS)):
-        if perm & (1 << bit):
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_RDLCK, PERM_BASE + bit))
-        if not shared & (1 << bit):
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_RDLCK, SHARED_BASE + bit))
+    for bit in range(len(PERMISSIONS)):       # what it no longer holds is let go
+        held = fcntl.F_RDLCK if perm & (1 << bit) else fcntl.F_UNLCK
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(held, PERM_BASE + bit))
+        refused = fcntl.F_RDLCK if not shared & (1 << bit) else fcntl.F_UNLCK
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(refused, SHARED_BASE + bit))

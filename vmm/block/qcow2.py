@@ -96,6 +96,7 @@ class Qcow2Image:
         self._refblock_cache: dict[int, bytearray] = {}
         self._compressed_cache: tuple[int, bytes] | None = None
         self.corrupt = False
+        self.wr_highest_offset = 0           # query-blockstats' for the node
         self._read_header()
         self._read_tables()
         if not read_only:
@@ -616,6 +617,7 @@ class Qcow2Image:
         view = memoryview(data)
         with self.lock:
             self._usable()
+            self.wr_highest_offset = max(self.wr_highest_offset, offset + len(view))
             for at, piece in self._pieces(offset, [view]):
                 cluster = at // cs
                 l2, index, entry = self._entry(cluster)
@@ -625,17 +627,27 @@ class Qcow2Image:
                     self._pwrite(host + at % cs, piece)
                     continue
                 # a cluster of its own: what it reads now, with the piece over it
+                keep = host and entry & COPIED and entry & ZERO and not entry & COMPRESSED
+                new = host if keep else self._alloc_clusters(1)
                 if len(piece) == cs:
-                    content: bytes | bytearray | memoryview = piece
+                    self._pwrite(new, piece)
+                elif not keep and new >= self.file_size and self._reads_zero(cluster, entry):
+                    self._pwrite(new + at % cs, piece)     # past the end: zeroes around it
                 else:
                     content = self._cluster_now(cluster, entry)
                     content[at % cs:at % cs + len(piece)] = piece
-                keep = host and entry & COPIED and entry & ZERO and not entry & COMPRESSED
-                new = host if keep else self._alloc_clusters(1)
-                self._pwrite(new, content)
+                    self._pwrite(new, content)
                 self._set_entry(cluster, new | COPIED)
                 if not keep and (host or entry & COMPRESSED):
                     self._free(entry)
+
+    def _reads_zero(self, cluster: int, entry: int) -> bool:
+        if entry & COMPRESSED:
+            return False
+        if entry & ZERO:
+            return True
+        return not entry & OFFSET_MASK and (
+            self.backing is None or cluster * self.cluster_size >= self.backing.size)
 
     def flush(self) -> None:
         self.file.flush()
@@ -657,6 +669,7 @@ class Qcow2Image:
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         if self.read_only:
             raise OSError(errno.EROFS, "image is read-only")
+        self.wr_highest_offset = max(self.wr_highest_offset, offset + length)
         whole, parts = self._whole_clusters(offset, length)
         if self.version == 2 and self.backing is not None:
             whole, parts = range(0), [(offset, length)]     # no zero flag to say it

@@ -1,18 +1,25 @@
-"""A raw image file as a BlockBackend: pread/pwrite, fsync, and fallocate for
+"""Raw images: the file protocol node (RawImage, QEMU's "file" driver) and the raw
+format over it (RawFormat, QEMU's "raw": the file's bytes, from an offset).
+
+RawImage is a BlockBackend: pread/pwrite, fsync, and fallocate for
 discard (PUNCH_HOLE, when the drive says discard=unmap) and write-zeroes
 (PUNCH_HOLE where unmapping is allowed, else ZERO_RANGE, else written zeroes).
 
 With ``direct`` (cache=none, directsync) the file is opened O_DIRECT and data
-goes through a page-aligned bounce buffer, since guest buffers need not be
-aligned; with ``no_flush`` (cache=unsafe) flushes do nothing."""
+goes through a page-aligned bounce buffer (one per I/O thread), since guest
+buffers need not be aligned; a transfer not on the file's block size (qcow2's
+metadata updates) is widened to it, and a write read-modify-written under a
+lock so two never interleave on a block; with ``no_flush`` (cache=unsafe) flushes do nothing."""
 
 from __future__ import annotations
 
 import ctypes
 import mmap
 import os
+import threading
 
-from vmm.block import locking
+from vmm.block import locking as image_locks
+from vmm.errors import UserError
 
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 ZERO_CHUNK = 1 << 20
@@ -26,26 +33,59 @@ def _fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
 
 
 class RawImage:
+    driver = "file"
+
     def __init__(self, path: str, read_only: bool = False, unmap: bool = False,
-                 direct: bool = False, no_flush: bool = False) -> None:
+                 direct: bool = False, no_flush: bool = False, locking: bool = True) -> None:
         flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
         self.fd = os.open(path, flags | (os.O_DIRECT if direct else 0))
         self.read_only = read_only
         self.unmap = unmap                   # -drive discard=unmap
         self.no_flush = no_flush
+        self.discards_ok = self.discards_failed = self.discarded_bytes = 0
+        self.wr_highest_offset = 0           # query-blockstats' for the node
         self.size = os.fstat(self.fd).st_size
-        self.bounce = mmap.mmap(-1, BOUNCE_SIZE) if direct else None
-        # as a virtio-blk with share-rw=off takes it: writers exclude other writers,
-        # and a reader excludes writers too
-        perm = locking.CONSISTENT_READ | (0 if read_only else locking.WRITE | locking.RESIZE)
+        self.direct = direct
+        self._bounces = threading.local()
+        self._write_lock = threading.Lock()
+        self.align = self._probe_alignment() if direct else 1
+        self.path, self.locking = path, locking
         try:
-            locking.lock(self.fd, path, perm, locking.ALL & ~locking.WRITE)
+            self.set_permissions(in_use=False)
         except BaseException:
             self.close()
             raise
 
+    def set_permissions(self, in_use: bool) -> None:
+        """QEMU's locks for how the image is used. While a device uses it (as a
+        virtio-blk with share-rw=off takes it), a writer excludes other writers, and
+        a reader excludes writers too; until then it only reads, and lets others
+        write, as QEMU does for a -drive no device has taken yet."""
+        if not self.locking:
+            return
+        if not in_use:
+            image_locks.lock(self.fd, self.path, image_locks.CONSISTENT_READ, image_locks.ALL)
+            return
+        perm = image_locks.CONSISTENT_READ | (0 if self.read_only else
+                                              image_locks.WRITE | image_locks.RESIZE)
+        image_locks.lock(self.fd, self.path, perm, image_locks.ALL & ~image_locks.WRITE)
+
+    def _bounce(self) -> memoryview:
+        bounce = getattr(self._bounces, "buffer", None)
+        if bounce is None:
+            bounce = self._bounces.buffer = memoryview(mmap.mmap(-1, BOUNCE_SIZE))
+        return bounce
+
+    def _probe_alignment(self) -> int:
+        """The smallest O_DIRECT transfer the file takes: 512 bytes, else 4 KiB."""
+        try:
+            os.preadv(self.fd, [self._bounce()[:512]], 0)
+            return 512
+        except OSError:
+            return 4096
+
     def read_into(self, offset: int, buffers: list[memoryview]) -> None:
-        if self.bounce is not None:
+        if self.direct:
             self._read_direct(offset, buffers)
             return
         for view in buffers:
@@ -56,7 +96,8 @@ class RawImage:
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        if self.bounce is not None:
+        self.wr_highest_offset = max(self.wr_highest_offset, offset + len(view))
+        if self.direct:
             self._write_direct(offset, view)
             return
         while view:
@@ -67,35 +108,59 @@ class RawImage:
         if not self.no_flush:
             os.fsync(self.fd)
 
-    # -- O_DIRECT: whole sectors, through the aligned buffer -----------------------
-    def _read_direct(self, offset: int, buffers: list[memoryview]) -> None:
+    # -- O_DIRECT: whole blocks, through the aligned buffer -------------------------
+    def _read_aligned(self, offset: int, length: int) -> bytearray:
+        """``length`` bytes from ``offset``, read in whole blocks (zeroes past the end)."""
+        align, bounce = self.align, self._bounce()
+        start = offset - offset % align
+        end = -(-(offset + length) // align) * align
         data = bytearray()
-        total = sum(len(view) for view in buffers)
-        bounce = memoryview(self.bounce)
-        while len(data) < total:
-            chunk = min(BOUNCE_SIZE, total - len(data))
-            done = os.preadv(self.fd, [bounce[:chunk]], offset + len(data))
+        while start + len(data) < end:
+            chunk = min(BOUNCE_SIZE, end - start - len(data))
+            done = os.preadv(self.fd, [bounce[:chunk]], start + len(data))
             data += bounce[:done]
-            if done < chunk:                 # the end of the image
-                data += bytes(total - len(data))
+            if done < chunk:                 # the end of the file
+                data += bytes(end - start - len(data))
+        skip = offset - start
+        return data[skip:skip + length]
+
+    def _read_direct(self, offset: int, buffers: list[memoryview]) -> None:
+        data = self._read_aligned(offset, sum(len(view) for view in buffers))
         at = 0
         for view in buffers:
             view[:] = data[at:at + len(view)]
             at += len(view)
 
     def _write_direct(self, offset: int, view: memoryview) -> None:
-        bounce = memoryview(self.bounce)
-        while view:
-            chunk = min(BOUNCE_SIZE, len(view))
-            bounce[:chunk] = view[:chunk]
-            done = os.pwritev(self.fd, [bounce[:chunk]], offset)
-            view, offset = view[done:], offset + done
+        align, bounce = self.align, self._bounce()
+        with self._write_lock:
+            if offset % align or len(view) % align:
+                start = offset - offset % align
+                whole = self._read_aligned(start, -(-(offset + len(view) - start) // align)
+                                           * align)
+                whole[offset - start:offset - start + len(view)] = view
+                view, offset = memoryview(whole), start
+            while view:
+                chunk = min(BOUNCE_SIZE, len(view))
+                bounce[:chunk] = view[:chunk]
+                done = os.pwritev(self.fd, [bounce[:chunk]], offset)
+                view, offset = view[done:], offset + done
 
     def discard(self, offset: int, length: int) -> None:
         if self.unmap:
-            _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE, offset, length)
+            if _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE, offset, length):
+                self.discards_ok += 1
+                self.discarded_bytes += length
+            else:
+                self.discards_failed += 1
+
+    def discard_counts(self) -> dict[str, int]:
+        """query-blockstats' driver-specific counts for the file driver."""
+        return {"discard-nb-ok": self.discards_ok, "discard-nb-failed": self.discards_failed,
+                "discard-bytes-ok": self.discarded_bytes}
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        self.wr_highest_offset = max(self.wr_highest_offset, offset + length)
         if may_unmap and self.unmap and _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE, offset,
                                                    length):
             return
@@ -110,5 +175,48 @@ class RawImage:
 
     def close(self) -> None:
         os.close(self.fd)
-        if self.bounce is not None:
-            self.bounce.close()
+
+
+class RawFormat:
+    """The raw format: the guest sees the file's bytes from ``offset`` on (``size``
+    of them, or all the rest)."""
+
+    driver = "raw"
+
+    def __init__(self, file, offset: int = 0, size: int | None = None) -> None:
+        self.file = file
+        self.read_only = file.read_only
+        self.offset = offset
+        self.fixed_size = size
+        self.wr_highest_offset = 0
+
+    @property
+    def size(self) -> int:
+        if self.fixed_size is not None:
+            return self.fixed_size
+        return max(self.file.size - self.offset, 0)
+
+    def read_into(self, offset: int, buffers: list[memoryview]) -> None:
+        self.file.read_into(self.offset + offset, buffers)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        self.wr_highest_offset = max(self.wr_highest_offset, offset + len(data))
+        self.file.write(self.offset + offset, data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        self.file.discard(self.offset + offset, length)
+
+    def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        self.wr_highest_offset = max(self.wr_highest_offset, offset + length)
+        self.file.write_zeroes(self.offset + offset, length, may_unmap)
+
+    def truncate(self, size: int) -> None:
+        if self.offset or self.fixed_size is not None:
+            raise UserError("Cannot resize fixed-size raw disks")
+        self.file.truncate(size)
+
+    def close(self) -> None:
+        """Its file node is the graph's to close."""

@@ -1,9 +1,9 @@
-"""virtio-blk (virtio spec 5.2) over a raw image file, with QEMU 7.2's features
-and configuration.
+"""virtio-blk (virtio spec 5.2) over a drive (vmm/block/drive.py), with QEMU 7.2's
+features and configuration.
 
 Each request is a chain: a readable header (type, reserved, sector), data
 buffers (readable for writes, writable for reads) and one writable status
-byte. The device sees its image only as a BlockBackend (vmm/block/backend.py):
+byte. The device sees its drive only as a BlockBackend (vmm/block/backend.py):
 reads, writes, FLUSH, DISCARD and WRITE_ZEROES (one segment each: sector,
 count, flags) run on the device's I/O engine, off the vCPU thread and the
 machine lock, and complete under the lock with an interrupt. GET_ID returns
@@ -19,8 +19,9 @@ import logging
 import struct
 
 from vmm.block.backend import BlockBackend
+from vmm.block.drive import Drive
 from vmm.block.engine import IoEngine
-from vmm.drives import Drive
+from vmm.errors import UserError
 from vmm.qdev import (
     IOEVENTFD,
     DeviceError,
@@ -91,18 +92,18 @@ class VirtioBlk(VirtioDevice):
     device_type = spec.VIRTIO_ID_BLOCK
     config_size = 57                # struct virtio_blk_config to write_zeroes_may_unmap
 
-    def __init__(self, drive: Drive, image: BlockBackend, engine: IoEngine, serial: str = "",
+    def __init__(self, drive: Drive, engine: IoEngine, serial: str = "",
                  queues: int = 1) -> None:
         super().__init__()
         self.queue_sizes = (QUEUE_SIZE,) * queues      # request queues, all alike
         self.drive = drive                 # its cache mode, which the guest may change
-        self.image = image
+        self.image: BlockBackend = drive
         self.engine = engine
-        self.read_only = image.read_only
-        self.size = image.size
+        self.read_only = drive.read_only
+        self.size = drive.size
         mbr = memoryview(bytearray(SECTOR))
-        if self.size >= SECTOR:
-            image.read_into(0, [mbr])
+        if self.size >= SECTOR:              # not a guest request: not in its stats
+            drive.root.image.read_into(0, [mbr])
         self.geometry = guess_geometry(bytes(mbr), self.size // SECTOR)
         self.serial = serial.encode()[:ID_BYTES]
         self.features = (F_SEG_MAX | F_GEOMETRY | F_BLK_SIZE | F_FLUSH | F_TOPOLOGY
@@ -118,7 +119,9 @@ class VirtioBlk(VirtioDevice):
 
     def reset(self) -> None:
         super().reset()
-        self.engine.cancel()                 # requests of the driver before the reset
+        self.drive.cancelled.set()           # requests of the driver before the reset,
+        self.engine.cancel()                 # throttled ones too
+        self.drive.cancelled.clear()
         self.drive.writeback = self.drive.cache_writeback
 
     def features_negotiated(self, features: int) -> None:
@@ -175,17 +178,17 @@ class VirtioBlk(VirtioDevice):
             if kind == T_IN:
                 length = sum(len(view) for view in buffers)
                 if offset + length > self.size:
+                    self.drive.invalid_request("rd")
                     status = S_IOERR
                 else:
                     self.image.read_into(offset, buffers)
                     written = length
             elif kind == T_OUT:
                 if self.read_only or offset + len(data_out) > self.size:
+                    self.drive.invalid_request("wr")
                     status = S_IOERR
                 else:
                     self.image.write(offset, data_out)
-                    if not self.drive.writeback:
-                        self.image.flush()
             elif kind in (T_DISCARD, T_WRITE_ZEROES):
                 status = self._discard_or_zero(kind == T_WRITE_ZEROES, data_out)
             elif kind == T_FLUSH:
@@ -199,6 +202,8 @@ class VirtioBlk(VirtioDevice):
                     written += n
             else:
                 status = S_UNSUPP
+        except InterruptedError:          # dropped by a reset while throttled
+            return 0
         except OSError as e:
             log.warning("virtio-blk: I/O error: %s", e)
             status = S_IOERR
@@ -229,20 +234,22 @@ class VirtioBlk(VirtioDevice):
         return S_OK
 
     def close(self) -> None:
+        self.drive.cancelled.set()
         self.engine.close()
-        self.image.close()
 
 
 # -- the models, as QEMU declares them -------------------------------------
 def _realize(board, device):
     props = device.props
-    drive = board.drives.get(props.get("drive") or "")
+    name = props.get("drive") or ""
+    if not name:
+        raise DeviceError("Parameter 'drive' is missing")
+    drive = board.block.backend_for(name)
     if drive is None:
-        raise DeviceError("Parameter 'drive' is missing" if not props.get("drive") else
-                          f"Property 'virtio-blk-pci.drive' can't find value '{props['drive']}'")
+        raise DeviceError(f"Property 'virtio-blk-pci.drive' can't find value '{name}'")
     if drive.attached_to:
         raise DeviceError(f"Property 'virtio-blk-pci.drive' can't take value "
-                          f"'{drive.drive_id}', it's in use")
+                          f"'{name}', it's in use")
     # QEMU's defaults: a request queue per vCPU, and an MSI-X vector for each and for
     # the configuration.
     if props["num-queues"] == 0xFFFF:
@@ -254,25 +261,33 @@ def _realize(board, device):
         raise DeviceError("num-queues property must not be larger than 1024")
     if props["vectors"] == 0xFFFFFFFF:
         props["vectors"] = queues + 1
+    if props["write-cache"] != "auto":   # the device's say over the drive's cache mode
+        drive.cache_writeback = drive.writeback = props["write-cache"] == "on"
     try:
-        image = drive.open()
-    except OSError as e:
-        raise DeviceError(f"Could not open '{drive.path}': {e.strerror}") from None
-    engine = IoEngine(board.lock, name=f"virtio-blk {drive.drive_id}")
-    blk = VirtioBlk(drive, image, engine, props.get("serial") or "", queues)
+        board.block.attach(drive, "")
+    except UserError as e:
+        if not drive.name:
+            board.block.detach(drive)
+        raise DeviceError(str(e), hint=e.hint) from None
+    engine = IoEngine(board.lock, name=f"virtio-blk {name}")
+    blk = VirtioBlk(drive, engine, props.get("serial") or "", queues)
     props["cyls"], props["heads"], props["secs"] = blk.geometry
     props["logical_block_size"] = props["physical_block_size"] = SECTOR
-    transport = realize_proxy(board, device, blk, 0x010000, props["vectors"])
-    drive.attached_to = board.devices.path(device) + "/virtio-backend"
+    try:
+        transport = realize_proxy(board, device, blk, 0x010000, props["vectors"])
+    except BaseException:
+        engine.close()
+        board.block.detach(drive)
+        raise
+    board.block.attach(drive, board.devices.path(device) + "/virtio-backend")
     drive.on_resize = blk.resized
     return transport
 
 
 def _unrealize(board, device):
     blk = device.obj.backend
-    blk.drive.attached_to = ""
-    blk.drive.on_resize = blk.drive.image = None
     blk.close()
+    board.block.detach(blk.drive)
 
 
 _POLICY = "Error handling policy, report/ignore/enospc/stop/auto"
@@ -284,7 +299,7 @@ declare(DeviceType("virtio-blk-device", "virtio-device", user_creatable=False, p
     fixed("physical_block_size", "size", 0, _BLOCK_SIZE),
     fixed("min_io_size", "size", 0), fixed("opt_io_size", "size", 0),
     fixed("discard_granularity", "size", 0xFFFFFFFF),
-    fixed("write-cache", "OnOffAuto", "auto", "on/off/auto"), flag("share-rw", False, False),
+    Prop("write-cache", "OnOffAuto", "auto", "on/off/auto"), flag("share-rw", False, False),
     fixed("account-invalid", "OnOffAuto", "auto", "on/off/auto"),
     fixed("account-failed", "OnOffAuto", "auto", "on/off/auto"),
     fixed("rerror", "BlockdevOnError", "auto", _POLICY),

@@ -1,0 +1,122 @@
+"""HMP's block commands, with QEMU 7.2's text: info block, info blockstats,
+drive_add, drive_del, block_resize and block_set_io_throttle."""
+
+from __future__ import annotations
+
+from monitor.hmp.table import HmpContext, hmp
+from vmm.block.throttle import LIMITS
+
+
+def _cache_mode(cache: dict) -> str:
+    mode = "writeback" if cache["writeback"] else "writethrough"
+    mode += ", direct" if cache["direct"] else ""
+    return mode + (", ignore flushes" if cache["no-flush"] else "")
+
+
+def _node_lines(name: str, image: dict, attached: str | None, removable: bool) -> list[str]:
+    lines = [f"{name}: {image['file']} ({image['drv']}"
+             f"{', read-only' if image['ro'] else ''})"]
+    if attached:
+        lines.append(f"    Attached to:      {attached}")
+    if removable:
+        lines.append("    Removable device: not locked, tray closed")
+    lines.append(f"    Cache mode:       {_cache_mode(image['cache'])}")
+    if image.get("backing_file"):
+        lines.append(f"    Backing file:     {image['backing_file']} "
+                     f"(chain depth: {image['backing_file_depth']})")
+    if image.get("group"):
+        limits = " ".join(f"{n}={image.get(n, 0)}" for _o, n in LIMITS[:3]) + " " + \
+            " ".join(f"{n}_max={image.get(n + '_max', 0)}" for _o, n in LIMITS[:3]) + " " + \
+            " ".join(f"{n}={image.get(n, 0)}" for _o, n in LIMITS[3:]) + " " + \
+            " ".join(f"{n}_max={image.get(n + '_max', 0)}" for _o, n in LIMITS[3:])
+        lines.append(f"    I/O throttling:   {limits} iops_size={image.get('iops_size', 0)} "
+                     f"group={image['group']}")
+    return lines
+
+
+@hmp("block", "nodes:-n,verbose:-v,device:B?", "[-n] [-v] [device]",
+     "show info of one block device or all block devices (-n: show named nodes; "
+     "-v: show details)", info=True)
+async def info_block(ctx: HmpContext, args: dict) -> str:
+    entries = []
+    if args.get("nodes"):
+        for image in await ctx.call("query-named-block-nodes"):
+            if args.get("device") not in (None, image["node-name"]):
+                continue
+            lines = _node_lines(image["node-name"], image, None, False)
+            entries.append("".join(line + "\n" for line in lines))
+        return "\n".join(entries)
+    for drive in await ctx.call("query-block"):
+        image = drive.get("inserted")
+        name = drive["device"] or (image["node-name"] if image else drive.get("qdev", ""))
+        if args.get("device") not in (None, name):
+            continue
+        if image is None:                    # drive_del left the device without one
+            lines = [f"{name}: [not inserted]"]
+            if drive.get("qdev"):
+                lines.append(f"    Attached to:      {drive['qdev']}")
+        else:
+            title = f"{drive['device']} ({image['node-name']})" if drive["device"] else name
+            lines = _node_lines(title, image, drive.get("qdev"), drive["removable"])
+        entries.append("".join(line + "\n" for line in lines))
+    return "\n".join(entries)
+
+
+@hmp("blockstats", "", "", "show block device statistics", info=True)
+async def info_blockstats(ctx: HmpContext, args: dict) -> str:
+    out = []
+    for entry in await ctx.call("query-blockstats"):
+        s = entry["stats"]
+        out.append(f"{entry.get('device', '')}: rd_bytes={s['rd_bytes']} "
+                   f"wr_bytes={s['wr_bytes']} rd_operations={s['rd_operations']} "
+                   f"wr_operations={s['wr_operations']} "
+                   f"flush_operations={s['flush_operations']} "
+                   f"wr_total_time_ns={s['wr_total_time_ns']} "
+                   f"rd_total_time_ns={s['rd_total_time_ns']} "
+                   f"flush_total_time_ns={s['flush_total_time_ns']} "
+                   f"rd_merged={s['rd_merged']} wr_merged={s['wr_merged']} "
+                   f"idle_time_ns={s.get('idle_time_ns', 0)}\n")
+    return "".join(out)
+
+
+@hmp("drive_add", "node:-n,pci_addr:s,opts:s", "[-n] [[<domain>:]<bus>:]<slot>\n"
+     "[file=file][,if=type][,bus=n]\n[,unit=m][,media=d][,index=i]\n"
+     "[,snapshot=on|off][,cache=on|off]\n[,readonly=on|off][,copy-on-read=on|off]",
+     "add drive to PCI storage controller")
+async def drive_add(ctx: HmpContext, args: dict) -> str:
+    from vmm.qemuopts import parse_opts
+
+    block = ctx.machine.block
+    if args.get("node"):                    # -n: a node, as blockdev-add's options
+        from vmm.block import options as blockdev_options
+        with ctx.machine.lock:
+            block.add_blockdev(blockdev_options.from_keyval(parse_opts(args["opts"])))
+        return "OK\n"
+    opts = parse_opts(args["opts"], implied="file")
+    if opts.get("if", "none") != "none":
+        return f"Can't hot-add drive to type {opts['if']}\n"
+    with ctx.machine.lock:
+        block.add_drive(opts, f"drive{len(block.drives)}")
+    return "OK\n"
+
+
+@hmp("drive_del", "id:B", "device", "remove host block device")
+async def drive_del(ctx: HmpContext, args: dict) -> str:
+    with ctx.machine.lock:
+        ctx.machine.block.drive_del(args["id"])
+    return ""
+
+
+@hmp("block_resize", "device:B,size:o", "device size", "resize a block image",
+     qmp="block_resize")
+async def block_resize(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("block_resize", device=args["device"], size=args["size"])
+    return ""
+
+
+@hmp("block_set_io_throttle", "device:B,bps:l,bps_rd:l,bps_wr:l,iops:l,iops_rd:l,iops_wr:l",
+     "device bps bps_rd bps_wr iops iops_rd iops_wr",
+     "change I/O throttle limits for a block drive", qmp="block_set_io_throttle")
+async def block_set_io_throttle(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("block_set_io_throttle", **args)
+    return ""
