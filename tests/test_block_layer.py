@@ -203,3 +203,75 @@ def test_completed_writes_survive_kill_9(launch, tmp_path, vmm_kind, cache):
     for sector in range(0, 32768, 4099):
         text = f"durable-{sector}".encode()
         assert data[sector * 512:sector * 512 + len(text)] == text, sector
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 256 KiB tmpfs (writes past it fail with ENOSPC), grown by calling it."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+    def grow() -> None:
+        subprocess.run(["mount", "-o", "remount,size=4m", str(mount)], check=True)
+
+    yield mount, grow
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def wait_for(qmp, name: str, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in qmp.events if e["event"] == name]
+        if found:
+            return found[0]
+        time.sleep(0.1)
+        qmp.execute("query-status")           # reading a reply collects the events
+    raise AssertionError(f"no {name} event: {qmp.events}")
+
+
+def test_a_full_disk_stops_the_vm_until_cont(launch, small_tmpfs, vmm_kind):
+    """werror=enospc (the default): a write the host has no room for pauses the VM
+    in io-error with BLOCK_IO_ERROR, query-block says nospace; once there is room,
+    `cont` retries it and the guest never sees an error."""
+    mount, grow = small_tmpfs
+    image = mount / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(1 << 20)
+    vm, qmp = start(launch, mount.parent, vmm_kind, "-drive",
+                    f"file={image},format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0")
+    vm.send("blk bench w seq 65536 1 16")             # 1 MiB, into 256 KiB
+    error = wait_for(qmp, "BLOCK_IO_ERROR")["data"]
+    error.pop("node-name")
+    assert error == {"device": "d0", "operation": "write", "action": "stop", "nospace": True,
+                     "reason": "No space left on device"}
+    wait_for(qmp, "STOP")
+    assert qmp.execute("query-status")["return"]["status"] == "io-error"
+    assert qmp.execute("query-block")["return"][0]["io-status"] == "nospace"
+    grow()
+    assert qmp.execute("cont") == {"return": {}}
+    result = vm.read_json(30)
+    assert result["status"] == 0 and result["ops"] == 16
+    assert qmp.execute("query-status")["return"]["status"] == "running"
+    assert qmp.execute("query-block")["return"][0]["io-status"] == "ok"
+
+
+def test_werror_report_gives_the_guest_the_error(launch, small_tmpfs, vmm_kind):
+    mount, _grow = small_tmpfs
+    image = mount / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(1 << 20)
+    vm, qmp = start(launch, mount.parent, vmm_kind, "-drive",
+                    f"file={image},format=raw,if=none,id=d0,werror=report",
+                    "-device", "virtio-blk-pci,drive=d0")
+    result = vm.command("blk bench w seq 65536 1 16", timeout=30)
+    assert 0 < result["status"] < 16
+    error = wait_for(qmp, "BLOCK_IO_ERROR")["data"]
+    # (no io-status, and so no nospace, where an error cannot stop the VM: QEMU's rule)
+    assert (error["action"], "nospace" in error) == ("report", False)
+    assert "io-status" not in qmp.execute("query-block")["return"][0]
+    assert qmp.execute("query-status")["return"]["status"] == "running"
+    stats = qmp.execute("query-blockstats")["return"][0]["stats"]
+    assert stats["failed_wr_operations"] == result["status"]

@@ -79,6 +79,7 @@ class Machine:
         self.lock = threading.RLock()
         self.listeners: list[Listener] = []
         self.runstate = "prelaunch"
+        self._resume_hooks: list[Callable[[], None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.exit_status: asyncio.Future[int] | None = None
         self._firmware_pending = True
@@ -272,6 +273,25 @@ class Machine:
     def emit_from_vcpu(self, event: str, data: dict | None) -> None:
         """An event raised on a vCPU thread, delivered on the loop."""
         self._from_vcpu(self.emit, event, data)
+
+    def io_error_stop(self) -> None:
+        """A device hit an I/O error whose policy is to stop (werror/rerror=stop):
+        the VM pauses in the io-error state; `cont` retries the request."""
+        self._from_vcpu(self._stop_for_io_error)
+
+    def _stop_for_io_error(self) -> None:
+        if self.runstate != "running":
+            return
+        self._pause_all()
+        self.runstate = "io-error"
+        self.emit("STOP")
+
+    def on_resume(self, hook: Callable[[], None], add: bool = True) -> None:
+        """Calls ``hook`` (under the machine lock) each time `cont` resumes the VM."""
+        if add:
+            self._resume_hooks.append(hook)
+        elif hook in self._resume_hooks:
+            self._resume_hooks.remove(hook)
 
     @property
     def msi_routes(self) -> MsiRoutes:
@@ -480,6 +500,9 @@ class Machine:
         if self.runstate in ("running", "suspended"):     # only a wake-up ends S3
             return
         self.runstate = "running"
+        with self.lock:
+            for hook in list(self._resume_hooks):      # requests an I/O error held back
+                hook()
         self._resume_all()
         self.emit("RESUME")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from monitor.errors import QmpError, device_not_found
-from monitor.registry import command
+from monitor.registry import REGISTRY, command
 from monitor.types import (
     ANY,
     BOOL,
@@ -66,6 +66,13 @@ BLOCK_STATS = Struct("BlockStats", (
     Member("device", STR, True), Member("qdev", STR, True), Member("node-name", STR, True),
     Member("stats", BLOCK_DEVICE_STATS), Member("driver-specific", ANY, True),
     Member("parent", ANY, True), Member("backing", ANY, True)))
+
+
+REGISTRY.event("BLOCK_IO_ERROR", [
+    Member("device", STR), Member("node-name", STR, True),
+    Member("operation", Enum("IoOperationType", ("read", "write"))),
+    Member("action", Enum("BlockErrorAction", ("ignore", "report", "stop"))),
+    Member("nospace", BOOL, True), Member("reason", STR)])
 
 
 # -- what the nodes and drives look like ----------------------------------------------
@@ -132,7 +139,9 @@ def device_info(node: Node, drive: Drive | None = None) -> dict:
 
 def block_info(drive: Drive) -> dict:
     info = {"device": drive.name, "locked": False, "removable": not drive.attached_to,
-            "io-status": "ok", "type": "unknown"}
+            "type": "unknown"}
+    if drive.iostatus_enabled:
+        info["io-status"] = drive.io_status
     if drive.root is not None:
         info["inserted"] = device_info(drive.root, drive)
     if drive.attached_to:

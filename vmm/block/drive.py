@@ -54,8 +54,9 @@ class Drive:
     attached_to: str = ""            # QOM path of the device using it
     on_resize: Callable[[], None] | None = None   # the device's, to tell its guest
     throttle: ThrottleGroup | None = None
-    werror: str = "enospc"
+    werror: str = "enospc"           # what an error does: report, ignore, enospc, stop
     rerror: str = "report"
+    io_status: str = "ok"            # query-block's: failed or nospace while stopped
     stats: BlockStats = field(default_factory=BlockStats)
 
     def __post_init__(self) -> None:
@@ -126,6 +127,30 @@ class Drive:
 
     def discard(self, offset: int, length: int) -> None:
         self._timed("unmap", length, lambda: self._image().discard(offset, length))
+
+    def error_action(self, is_write: bool, error: OSError) -> str:
+        """What werror/rerror say to do about a failed request: report, ignore or
+        stop (enospc: stop when the disk is full, otherwise report)."""
+        action = self.werror if is_write else self.rerror
+        if action == "enospc":
+            return "stop" if error.errno == errno.ENOSPC else "report"
+        return action
+
+    @property
+    def iostatus_enabled(self) -> bool:
+        """Whether query-block shows an io-status (QEMU's rule: a device uses the
+        drive, and an error may stop the VM)."""
+        return bool(self.attached_to) and (self.werror in ("enospc", "stop") or
+                                           self.rerror == "stop")
+
+    def error_event(self, is_write: bool, action: str, error: OSError) -> dict:
+        """BLOCK_IO_ERROR's data, as QEMU sends it."""
+        data = {"device": self.name, "node-name": self.root.name if self.root else "",
+                "operation": "write" if is_write else "read", "action": action,
+                "reason": error.strerror or str(error)}
+        if self.iostatus_enabled:
+            data["nospace"] = error.errno == errno.ENOSPC
+        return data
 
     def invalid_request(self, kind: str) -> None:
         """A request the device refused (past the end, on a read-only drive)."""

@@ -15,8 +15,10 @@ rather than touching anything. The geometry is QEMU's guess (see guess_geometry)
 
 from __future__ import annotations
 
+import errno
 import logging
 import struct
+from collections.abc import Callable
 
 from vmm.block.backend import BlockBackend
 from vmm.block.drive import Drive
@@ -68,6 +70,13 @@ MAX_DISCARD_SECTORS = MAX_WRITE_ZEROES_SECTORS = 0x3FFFFF
 WRITEBACK_AT = 32                   # the config's writeback byte
 WRITE_ZEROES_UNMAP = 1
 ID_BYTES = 20
+class _Stopped:
+    """A request an I/O error stopped (werror/rerror=stop): it is retried on `cont`."""
+
+    def __init__(self, nospace: bool) -> None:
+        self.nospace = nospace
+
+
 def guess_geometry(mbr: bytes, sectors: int) -> tuple[int, int, int]:
     """QEMU's guess at a disk's cylinders, heads and sectors: those an MBR partition
     ending on a cylinder boundary implies, if it has at most 16 heads; otherwise
@@ -93,8 +102,12 @@ class VirtioBlk(VirtioDevice):
     config_size = 57                # struct virtio_blk_config to write_zeroes_may_unmap
 
     def __init__(self, drive: Drive, engine: IoEngine, serial: str = "",
-                 queues: int = 1) -> None:
+                 queues: int = 1, report_error: Callable[[dict], None] = lambda data: None,
+                 stop_vm: Callable[[], None] = lambda: None) -> None:
         super().__init__()
+        self.report_error = report_error     # BLOCK_IO_ERROR, from an I/O thread
+        self.stop_vm = stop_vm               # werror/rerror=stop
+        self.held: list[tuple[int, object]] = []    # stopped requests, retried on `cont`
         self.queue_sizes = (QUEUE_SIZE,) * queues      # request queues, all alike
         self.drive = drive                 # its cache mode, which the guest may change
         self.image: BlockBackend = drive
@@ -122,6 +135,7 @@ class VirtioBlk(VirtioDevice):
         self.drive.cancelled.set()           # requests of the driver before the reset,
         self.engine.cancel()                 # throttled ones too
         self.drive.cancelled.clear()
+        self.held.clear()
         self.drive.writeback = self.drive.cache_writeback
 
     def features_negotiated(self, features: int) -> None:
@@ -144,17 +158,32 @@ class VirtioBlk(VirtioDevice):
 
     def queue_notify(self, index: int) -> None:
         """Takes the new requests (vCPU thread, machine lock held) and hands each to
-        the I/O engine; each completes, in order, with an interrupt."""
+        the I/O engine; each completes, in whatever order, with an interrupt."""
         queue = self.transport.queue(index)
         while (chain := queue.pop()) is not None:
-            self.engine.submit(lambda chain=chain: self._request(chain),
-                               lambda written, head=chain.head: self._complete(
-                                   index, head, written))
+            self._submit(index, chain)
 
-    def _complete(self, index: int, head: int, written: int | str | None) -> None:
+    def _submit(self, index: int, chain) -> None:
+        self.engine.submit(lambda: self._request(chain),
+                           lambda written: self._complete(index, chain, written))
+
+    def retry_held(self) -> None:
+        """`cont` after an I/O error stopped the VM: the held requests run again."""
+        held, self.held = self.held, []
+        self.drive.io_status = "ok"
+        for index, chain in held:
+            self._submit(index, chain)
+
+    def _complete(self, index: int, chain, written: int | str | None) -> None:
         queue = self.transport.queue(index) if self.transport is not None else None
         if queue is None:
             return
+        if isinstance(written, _Stopped):           # kept for `cont`; the VM stops
+            self.held.append((index, chain))
+            self.drive.io_status = "nospace" if written.nospace else "failed"
+            self.stop_vm()
+            return
+        head = chain.head
         if isinstance(written, str):
             self.transport.guest_error(written)
             return
@@ -205,8 +234,14 @@ class VirtioBlk(VirtioDevice):
         except InterruptedError:          # dropped by a reset while throttled
             return 0
         except OSError as e:
-            log.warning("virtio-blk: I/O error: %s", e)
-            status = S_IOERR
+            is_write = kind != T_IN
+            action = self.drive.error_action(is_write, e)
+            self.report_error(self.drive.error_event(is_write, action, e))
+            if action == "stop":
+                return _Stopped(e.errno == errno.ENOSPC)
+            if action == "report":
+                log.warning("virtio-blk: I/O error: %s", e)
+                status = S_IOERR
         except VirtqueueError as e:       # a broken request: the device needs a reset
             return str(e)
         status_view[len(status_view) - 1] = status
@@ -269,8 +304,16 @@ def _realize(board, device):
         if not drive.name:
             board.block.detach(drive)
         raise DeviceError(str(e), hint=e.hint) from None
+    for policy in ("werror", "rerror"):
+        if props[policy] != "auto":
+            if policy == "rerror" and props[policy] == "enospc":
+                raise DeviceError("enospc is not a valid read error action")
+            setattr(drive, policy, props[policy])
     engine = IoEngine(board.lock, name=f"virtio-blk {name}")
-    blk = VirtioBlk(drive, engine, props.get("serial") or "", queues)
+    blk = VirtioBlk(drive, engine, props.get("serial") or "", queues,
+                    report_error=lambda data: board.emit_from_vcpu("BLOCK_IO_ERROR", data),
+                    stop_vm=board.io_error_stop)
+    board.on_resume(blk.retry_held)
     props["cyls"], props["heads"], props["secs"] = blk.geometry
     props["logical_block_size"] = props["physical_block_size"] = SECTOR
     try:
@@ -286,6 +329,7 @@ def _realize(board, device):
 
 def _unrealize(board, device):
     blk = device.obj.backend
+    board.on_resume(blk.retry_held, add=False)
     blk.close()
     board.block.detach(blk.drive)
 
@@ -302,8 +346,8 @@ declare(DeviceType("virtio-blk-device", "virtio-device", user_creatable=False, p
     Prop("write-cache", "OnOffAuto", "auto", "on/off/auto"), flag("share-rw", False, False),
     fixed("account-invalid", "OnOffAuto", "auto", "on/off/auto"),
     fixed("account-failed", "OnOffAuto", "auto", "on/off/auto"),
-    fixed("rerror", "BlockdevOnError", "auto", _POLICY),
-    fixed("werror", "BlockdevOnError", "auto", _POLICY),
+    Prop("rerror", "BlockdevOnError", "auto", _POLICY),
+    Prop("werror", "BlockdevOnError", "auto", _POLICY),
     fixed("cyls", "uint32", 0), fixed("heads", "uint32", 0), fixed("secs", "uint32", 0),
     fixed("lcyls", "uint32", 0), fixed("lheads", "uint32", 0), fixed("lsecs", "uint32", 0),
     Prop("serial", "str"), on_off("config-wce", True, honoured=False),
