@@ -6,6 +6,7 @@ writes that survive kill -9."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -275,3 +276,65 @@ def test_werror_report_gives_the_guest_the_error(launch, small_tmpfs, vmm_kind):
     assert qmp.execute("query-status")["return"]["status"] == "running"
     stats = qmp.execute("query-blockstats")["return"][0]["stats"]
     assert stats["failed_wr_operations"] == result["status"]
+
+
+@pytest.mark.qemu
+def test_hmp_drive_commands_as_qemu(launch, tmp_path):
+    """drive_add, info block (-n), info blockstats, block_set_io_throttle and
+    drive_del, with QEMU 7.2's text for each step and each error."""
+    transcripts = {}
+    for kind in ("kvmkit", "qemu"):
+        where = tmp_path / kind
+        where.mkdir()
+        for name in ("a", "b"):
+            assert qemu_img("create", "-q", "-f", "qcow2", str(where / f"{name}.qcow2"),
+                            "1M").returncode == 0
+        vm, qmp = start(launch, where, kind, "-drive",
+                        f"file={where / 'a.qcow2'},if=none,id=d0,cache=writethrough",
+                        "-device", "virtio-blk-pci,drive=d0,id=disk0")
+        lines = []
+        for line in (f"drive_add 0 if=none,file={where / 'b.qcow2'},id=d1",
+                     f"drive_add 0 if=none,file={where / 'b.qcow2'},id=d1",
+                     "drive_add 0 if=scsi,file=x,id=d2",
+                     "info block", "info block -n", "info block d1",
+                     "block_set_io_throttle d1 1000000 0 0 0 0 0",
+                     "block_set_io_throttle d1 1000000 5 0 0 0 0",
+                     "block_set_io_throttle nosuch 1 0 0 0 0 0",
+                     "info block d1", "info blockstats",
+                     "drive_del d1", "drive_del d1", "drive_del d0", "info block"):
+            lines.append((line, qmp.hmp(line)))
+        transcripts[kind] = re.sub(r"#block\d+", "#block",
+                                   json.dumps(lines).replace(str(where), "DIR"))
+        qmp.execute("quit")
+        vm.proc.wait(20)
+    ours, theirs = json.loads(transcripts["kvmkit"]), json.loads(transcripts["qemu"])
+    for (line, mine), (_line, qemus) in zip(ours, theirs):
+        if line == "info blockstats":         # SeaBIOS read the disk on QEMU
+            mine, qemus = (re.sub(r"=\d+", "=N", text) for text in (mine, qemus))
+        assert (line, mine) == (line, qemus)
+
+
+def test_snapshot_writes_go_to_a_temporary_overlay(launch, tmp_path, vmm_kind):
+    """-snapshot: the guest reads and writes as usual, the image is untouched, and
+    the overlay is gone after quit."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    before = image.read_bytes()
+    sock = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(extra=["-snapshot", "-drive", f"file={image},format=raw,if=none,"
+                                    "id=d0", "-device", "virtio-blk-pci,drive=d0",
+                                    "-qmp", f"unix:{sock},server=on,wait=off"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    qmp = Qmp(sock)
+    assert vm.command("blk write 4 in-the-overlay") == {"status": 0}
+    assert vm.command("blk read 4") == {"status": 0, "text": "in-the-overlay"}
+    inserted = qmp.execute("query-block")["return"][0]["inserted"]
+    assert (inserted["drv"], inserted["backing_file_depth"]) == ("qcow2", 1)
+    assert inserted["cache"]["no-flush"] is True
+    overlay = inserted["image"]["filename"]
+    qmp.execute("quit")
+    vm.proc.wait(20)
+    assert image.read_bytes() == before
+    temporary = re.search(r'"file": \{"driver": "file", "filename": "([^"]+)"\}\}$', overlay)
+    assert overlay.startswith("json:") and temporary, overlay
+    assert not os.path.exists(temporary.group(1))

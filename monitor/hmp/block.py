@@ -4,7 +4,13 @@ drive_add, drive_del, block_resize and block_set_io_throttle."""
 from __future__ import annotations
 
 from monitor.hmp.table import HmpContext, hmp
+from vmm.block import options as blockdev_options
 from vmm.block.throttle import LIMITS
+from vmm.errors import UserError
+from vmm.qemuopts import parse_opts
+
+# QEMU's BlockInterfaceType, in order: drive_add names one by its number
+INTERFACES = ("none", "ide", "scsi", "floppy", "pflash", "mtd", "sd", "virtio", "xen")
 
 
 def _cache_mode(cache: dict) -> str:
@@ -38,18 +44,18 @@ def _node_lines(name: str, image: dict, attached: str | None, removable: bool) -
      "show info of one block device or all block devices (-n: show named nodes; "
      "-v: show details)", info=True)
 async def info_block(ctx: HmpContext, args: dict) -> str:
-    entries = []
+    out = []
+    wanted = args.get("device")
     if args.get("nodes"):
-        for image in await ctx.call("query-named-block-nodes"):
-            if args.get("device") not in (None, image["node-name"]):
+        for position, image in enumerate(await ctx.call("query-named-block-nodes")):
+            if wanted not in (None, image["node-name"]):
                 continue
-            lines = _node_lines(image["node-name"], image, None, False)
-            entries.append("".join(line + "\n" for line in lines))
-        return "\n".join(entries)
-    for drive in await ctx.call("query-block"):
+            out.append(_entry(position, _node_lines(image["node-name"], image, None, False)))
+        return "".join(out)
+    for position, drive in enumerate(await ctx.call("query-block")):
         image = drive.get("inserted")
         name = drive["device"] or (image["node-name"] if image else drive.get("qdev", ""))
-        if args.get("device") not in (None, name):
+        if wanted not in (None, name):
             continue
         if image is None:                    # drive_del left the device without one
             lines = [f"{name}: [not inserted]"]
@@ -58,8 +64,14 @@ async def info_block(ctx: HmpContext, args: dict) -> str:
         else:
             title = f"{drive['device']} ({image['node-name']})" if drive["device"] else name
             lines = _node_lines(title, image, drive.get("qdev"), drive["removable"])
-        entries.append("".join(line + "\n" for line in lines))
-    return "\n".join(entries)
+        out.append(_entry(position, lines))
+    return "".join(out)
+
+
+def _entry(position: int, lines: list[str]) -> str:
+    """One entry; QEMU starts each but the list's first with a blank line, even when
+    the entries before it were not shown."""
+    return ("\n" if position else "") + "".join(line + "\n" for line in lines)
 
 
 @hmp("blockstats", "", "", "show block device statistics", info=True)
@@ -84,26 +96,37 @@ async def info_blockstats(ctx: HmpContext, args: dict) -> str:
      "[,snapshot=on|off][,cache=on|off]\n[,readonly=on|off][,copy-on-read=on|off]",
      "add drive to PCI storage controller")
 async def drive_add(ctx: HmpContext, args: dict) -> str:
-    from vmm.qemuopts import parse_opts
+    try:
+        return _drive_add(ctx, args)
+    except UserError as e:                  # QEMU prints these without "Error: "
+        return f"{e}\n"
 
+
+def _drive_add(ctx: HmpContext, args: dict) -> str:
     block = ctx.machine.block
     if args.get("node"):                    # -n: a node, as blockdev-add's options
-        from vmm.block import options as blockdev_options
         with ctx.machine.lock:
             block.add_blockdev(blockdev_options.from_keyval(parse_opts(args["opts"])))
         return "OK\n"
     opts = parse_opts(args["opts"], implied="file")
-    if opts.get("if", "none") != "none":
-        return f"Can't hot-add drive to type {opts['if']}\n"
+    interface = opts.get("if", "ide")
+    if interface not in INTERFACES:
+        raise UserError(f"unsupported bus type '{interface}'")
     with ctx.machine.lock:
-        block.add_drive(opts, f"drive{len(block.drives)}")
+        drive = block.add_drive(opts, f"drive{len(block.drives)}")
+        if interface != "none":              # opened first, as QEMU does, then refused
+            block.remove_drive(drive)
+            return f"Can't hot-add drive to type {INTERFACES.index(interface)}\n"
     return "OK\n"
 
 
 @hmp("drive_del", "id:B", "device", "remove host block device")
 async def drive_del(ctx: HmpContext, args: dict) -> str:
-    with ctx.machine.lock:
-        ctx.machine.block.drive_del(args["id"])
+    try:
+        with ctx.machine.lock:
+            ctx.machine.block.drive_del(args["id"])
+    except UserError as e:
+        return f"{e}\n"
     return ""
 
 

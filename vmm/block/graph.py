@@ -205,8 +205,8 @@ class BlockGraph:
         """The file's name, or QEMU's json:{...} when options change what it reads."""
         if "backing" in options and options["backing"] is not None and \
                 isinstance(options["backing"], dict):
-            described = {"backing": _describe(backing), "driver": options["driver"],
-                         "file": _describe(file_node)}
+            described = {"backing": describe(backing), "driver": options["driver"],
+                         "file": describe(file_node)}
             return "json:" + json.dumps(described)
         return file_node.filename
 
@@ -251,14 +251,14 @@ class BlockGraph:
         self.nodes.clear()
 
 
-def _describe(node: Node | None) -> Any:
+def describe(node: Node | None) -> Any:
     if node is None:
         return None
     if node.driver in ("file", "host_device"):
         return {"driver": node.driver, "filename": node.filename}
-    out: dict[str, Any] = {"driver": node.driver, "file": _describe(node.file)}
+    out: dict[str, Any] = {"driver": node.driver, "file": describe(node.file)}
     if node.backing is not None:
-        out = {"backing": _describe(node.backing), **out}
+        out = {"backing": describe(node.backing), **out}
     return out
 
 

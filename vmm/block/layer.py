@@ -5,6 +5,7 @@ commands find them here.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -12,7 +13,7 @@ from typing import Any
 
 from vmm.block import options as blockdev_options
 from vmm.block.drive import CACHE_MODES, Drive
-from vmm.block.graph import BlockGraph, Node, probe_format
+from vmm.block.graph import BlockGraph, Node, describe, probe_format
 from vmm.block.qcow2 import create
 from vmm.block.throttle import LIMITS, ThrottleConfig, ThrottleGroup
 from vmm.errors import UserError
@@ -133,7 +134,10 @@ class BlockLayer:
                    "backing": base.name,
                    "cache": {"direct": base.direct, "no-flush": True}}
         base.users += 1
-        return self.graph.open(blockdev_options.check(options), inherited={})
+        overlay = self.graph.open(blockdev_options.check(options), inherited={})
+        overlay.filename = "json:" + json.dumps({      # as QEMU names it
+            "backing": describe(base), "driver": "qcow2", "file": describe(overlay.file)})
+        return overlay
 
     def backend_for(self, name: str) -> Drive | None:
         """-device drive=NAME: the drive of that id, or an anonymous one made for the
