@@ -338,3 +338,49 @@ def test_snapshot_writes_go_to_a_temporary_overlay(launch, tmp_path, vmm_kind):
     temporary = re.search(r'"file": \{"driver": "file", "filename": "([^"]+)"\}\}$', overlay)
     assert overlay.startswith("json:") and temporary, overlay
     assert not os.path.exists(temporary.group(1))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-drive", "file=z.img,format=raw,if=none,id=d0,werror=bogus"],
+     "'bogus' invalid write error action"),
+    (["-drive", "file=z.img,format=raw,if=none,id=d0,rerror=enospc"],
+     "'enospc' invalid read error action"),
+    (["-drive", "file=z.img,format=qcow2,if=none,id=d0"], "Image is not in qcow2 format"),
+    (["-drive", "file=z.img,format=qcow3,if=none,id=d0"], "Unknown driver 'qcow3'"),
+    (["-drive", "file=z.img,format=raw,if=none,id=d0,serial=abc"],
+     "Block format 'raw' does not support the option 'serial'"),
+    (["-drive", "file=z.img,format=raw,if=none,id=d0,aio=native"],
+     "aio=native was specified, but it requires cache.direct=on, which was not specified."),
+    (["-drive", "file=z.img,format=raw,if=none,id=d0,throttling.bps-total=10,"
+      "throttling.bps-read=5"],
+     "bps/iops/max total values and read/write values cannot be used at the same time"),
+    (["-drive", "file=z.img,format=raw,if=none,id=d0,throttling.iops-size=512"],
+     "iops size requires an iops value to be set"),
+    (["-drive", "file=z.img,format=raw,if=none,id=d0,throttling.bps-total=10,"
+      "throttling.bps-total-max-length=5"], "burst length set without burst rate"),
+    (["-blockdev", '{"driver":"file","filename":1,"node-name":"x"}'],
+     "Invalid parameter type for 'filename', expected: string"),
+    (["-blockdev", '{"driver":"file","filename":"z.img"}'],
+     "'node-name' must be specified for the root node"),
+    (["-blockdev", "driver=file,filename=z.img,node-name=x,bogus=1"],
+     "Parameter 'bogus' is unexpected"),
+    (["-blockdev", "driver=qcow2,node-name=x,file.driver=file,file.filename=z.img"],
+     "Image is not in qcow2 format"),
+    (["-blockdev", "driver=file,node-name=x"], "Parameter 'filename' is missing"),
+    (["-blockdev", "driver=file,filename=z.img,node-name=x,cache.direct=maybe"],
+     "Parameter 'cache.direct' expects 'on' or 'off'"),
+    (["-blockdev", "driver=file,filename=nosuch.img,node-name=x"],
+     "Could not open 'nosuch.img': No such file or directory")],
+    ids=lambda value: "" if isinstance(value, str) else "_".join(value)[:60])
+def test_bad_block_options_are_refused_as_qemu(tmp_path, vmm_kind, args, message):
+    """The same words as QEMU 7.2, after the option they belong to."""
+    from guest import QEMU, kvmkit_command
+
+    (tmp_path / "z.img").write_bytes(bytes(1 << 20))
+    argv = (kvmkit_command() if vmm_kind == "kvmkit" else [QEMU, "-accel", "kvm"]) + [
+        "-nodefaults", "-display", "none", "-S", *args]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=20,
+                            stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].split(": ", 1)[1] == \
+        f"{args[0]} {args[1]}: {message}"

@@ -74,8 +74,6 @@ class BlockLayer:
             raise UserError(f"'{werror}' invalid write error action")
         if rerror not in ERROR_ACTIONS or rerror == "enospc":
             raise UserError(f"'{rerror}' invalid read error action")
-        if read_only and werror != "enospc":
-            raise UserError("werror is not supported by this bus type")
         throttle = self._throttle_from_opts(opts)
         group = opts.pop(THROTTLE_PREFIX + "group", None) or drive_id
         for key in ("if", "media", "index", "bus", "unit"):
