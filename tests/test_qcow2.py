@@ -295,3 +295,49 @@ def test_corruption_found_later_marks_the_image_corrupt(tmp_path):
     image.file.close()
     info = json.loads(run("qemu-img", "info", "--output=json", "-U", path).stdout)
     assert info["format-specific"]["data"]["corrupt"] is True
+
+
+def test_concurrent_requests_keep_the_image_consistent(tmp_path):
+    """Four threads (as the I/O engine's workers) write, zero and discard regions
+    of their own at once; each reads back what it wrote and the image stays clean."""
+    import threading
+
+    path = str(tmp_path / "shared.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path,
+        str(SIZE))
+    image = Qcow2Image(RawImage(path), unmap=True)
+    region = SIZE // 4
+    failures = []
+
+    def worker(n: int) -> None:
+        rnd = random.Random(n)
+        mine = bytearray(region)
+        base = n * region
+        try:
+            for _ in range(300):
+                offset = rnd.randrange(region // 512) * 512
+                length = min(rnd.choice((512, 4096, 12288, 65536)), region - offset)
+                if rnd.random() < 0.8:
+                    data = rnd.randbytes(length)
+                    image.write(base + offset, data)
+                    mine[offset:offset + length] = data
+                else:
+                    image.write_zeroes(base + offset, length, True)
+                    mine[offset:offset + length] = bytes(length)
+            back = bytearray(region)
+            image.read_into(base, [memoryview(back)])
+            if back != mine:
+                failures.append(n)
+        except Exception as e:              # reported below, with the thread
+            failures.append((n, e))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    image.close()
+    image.file.close()
+    assert failures == []
+    report = qemu_img_check(path)
+    assert report.get("corruptions", 0) == 0 and report.get("leaks", 0) == 0, report

@@ -92,6 +92,9 @@ class Qcow2Image:
         self.unmap = unmap
         self.backing = None                  # a BlockBackend, or None
         self.lock = threading.RLock()        # metadata is changed by one request at a time
+        # host clusters with data I/O in flight outside the lock: not reallocated
+        # until it ends, even if a discard freed them meanwhile
+        self._busy: dict[int, int] = {}
         self._l2_cache: dict[int, bytearray] = {}
         self._refblock_cache: dict[int, bytearray] = {}
         self._compressed_cache: tuple[int, bytes] | None = None
@@ -356,13 +359,20 @@ class Qcow2Image:
         return l2, l2_index, entry
 
     def _set_entry(self, cluster: int, entry: int) -> None:
-        """Points a guest cluster's L2 entry at ``entry``, giving the active L1 an
-        L2 table of its own first if it shares one (or has none)."""
-        l1_index, l2_index = divmod(cluster, self.l2_entries)
-        l2 = self._l2_for_write(l1_index)
-        packed = struct.pack(">Q", entry)
-        self._pwrite(l2 + l2_index * 8, packed)
-        self._l2_table(l2)[l2_index * 8:l2_index * 8 + 8] = packed
+        self._set_entries(cluster, [entry])
+
+    def _set_entries(self, cluster: int, entries: list[int]) -> None:
+        """Points consecutive guest clusters' L2 entries at ``entries`` (one write per
+        L2 table), giving the active L1 an L2 table of its own first if it shares
+        one (or has none)."""
+        while entries:
+            l1_index, l2_index = divmod(cluster, self.l2_entries)
+            count = min(len(entries), self.l2_entries - l2_index)
+            l2 = self._l2_for_write(l1_index)
+            packed = struct.pack(f">{count}Q", *entries[:count])
+            self._pwrite(l2 + l2_index * 8, packed)
+            self._l2_table(l2)[l2_index * 8:l2_index * 8 + len(packed)] = packed
+            cluster, entries = cluster + count, entries[count:]
 
     def _l2_for_write(self, l1_index: int) -> int:
         entry = self.l1[l1_index]
@@ -417,24 +427,35 @@ class Qcow2Image:
         return self._get(self._refblock(self.rt[block_index] & OFFSET_MASK), index)
 
     def _change_refcount(self, cluster: int, delta: int) -> None:
-        block_index, index = divmod(cluster, self.refblock_entries)
-        if block_index >= len(self.rt) or not self.rt[block_index] & OFFSET_MASK:
-            if delta < 0:
-                raise self._mark_corrupt(f"Freeing cluster {cluster:#x} without a refcount")
-            self._create_refblock(block_index)
-        offset = self.rt[block_index] & OFFSET_MASK
-        block = self._refblock(offset)
-        value = self._get(block, index) + delta
-        if value < 0:
-            raise self._mark_corrupt(f"Refcount of cluster {cluster:#x} drops below zero")
-        if value >= 1 << self.refcount_bits:
-            raise OSError(errno.ERANGE, f"refcount of cluster {cluster:#x} would overflow")
-        self._set(block, index, value)
-        at, width = index * self.refcount_bits // 8, max(self.refcount_bits // 8, 1)
-        self._pwrite(offset + at, bytes(block[at:at + width]))
-        if value == 0:
-            self._free_hint = min(self._free_hint, cluster)
-            self._l2_cache.pop(cluster * self.cluster_size, None)
+        self._change_refcounts(cluster, 1, delta)
+
+    def _change_refcounts(self, first: int, count: int, delta: int) -> None:
+        """Adds ``delta`` to the refcounts of ``count`` clusters from ``first`` on,
+        with one write per refcount block."""
+        bits = self.refcount_bits
+        while count:
+            block_index, index = divmod(first, self.refblock_entries)
+            if block_index >= len(self.rt) or not self.rt[block_index] & OFFSET_MASK:
+                if delta < 0:
+                    raise self._mark_corrupt(f"Freeing cluster {first:#x} without a refcount")
+                self._create_refblock(block_index)
+            offset = self.rt[block_index] & OFFSET_MASK
+            block = self._refblock(offset)
+            here = min(count, self.refblock_entries - index)
+            for n in range(index, index + here):
+                value = self._get(block, n) + delta
+                cluster = block_index * self.refblock_entries + n
+                if value < 0:
+                    raise self._mark_corrupt(f"Refcount of cluster {cluster:#x} drops below zero")
+                if value >= 1 << bits:
+                    raise OSError(errno.ERANGE, f"refcount of cluster {cluster:#x} would overflow")
+                self._set(block, n, value)
+                if value == 0:
+                    self._free_hint = min(self._free_hint, cluster)
+                    self._l2_cache.pop(cluster * self.cluster_size, None)
+            start, end = index * bits // 8, -(-(index + here) * bits // 8)
+            self._pwrite(offset + start, bytes(block[start:end]))
+            first, count = first + here, count - here
 
     _free_hint = 0
 
@@ -447,7 +468,7 @@ class Qcow2Image:
             block = self.rt[block_index] & OFFSET_MASK if block_index < len(self.rt) else 0
             if not block:                    # a block never made: none of its clusters used
                 cluster = (block_index + 1) * per_block
-            elif self._get(self._refblock(block), index):
+            elif self._get(self._refblock(block), index) or cluster in self._busy:
                 start = cluster = cluster + 1
             else:
                 cluster += 1
@@ -455,7 +476,9 @@ class Qcow2Image:
 
     def _alloc_clusters(self, count: int) -> int:
         """Allocates ``count`` contiguous clusters; their host offset."""
-        while True:
+        for _attempt in range(1024):
+            if count >= self.refblock_entries // 2 and _attempt > 16:
+                raise OSError(errno.EFBIG, f"qcow2: cannot place {count} contiguous clusters")
             start = self._find_free(count)
             first_block = start // self.refblock_entries
             last_block = (start + count - 1) // self.refblock_entries
@@ -464,8 +487,9 @@ class Qcow2Image:
             if missing is None:
                 break
             self._create_refblock(missing)       # then look again: it took a cluster
-        for cluster in range(start, start + count):
-            self._change_refcount(cluster, +1)
+        else:
+            raise OSError(errno.EFBIG, f"qcow2: cannot place {count} contiguous clusters")
+        self._change_refcounts(start, count, +1)
         self._free_hint = start + count
         return start * self.cluster_size
 
@@ -566,24 +590,61 @@ class Qcow2Image:
                 offset, view = offset + take, view[take:]
 
     def read_into(self, offset: int, buffers: list[memoryview]) -> None:
+        """Maps the pieces under the lock, then reads outside it: pieces whose host
+        clusters follow each other become one read of the file."""
         cs = self.cluster_size
-        for at, view in self._pieces(offset, buffers):
-            with self.lock:
-                self._usable()
+        runs: list[tuple[int, list[memoryview]]] = []     # data in the file
+        run_end = -1
+        with self.lock:
+            self._usable()
+            for at, view in self._pieces(offset, buffers):
                 l2, index, entry = self._entry(at // cs)
                 if entry & COMPRESSED:
                     data = self._decompress(entry)
                     view[:] = data[at % cs:at % cs + len(view)]
-                    continue
-                host = entry & OFFSET_MASK
-                if host and not entry & ZERO:
-                    host = self._check_data_offset(host, l2, index)
-            if entry & ZERO:
-                view[:] = bytes(len(view))
-            elif host:
-                self.file.read_into(host + at % cs, [view])
-            else:
-                self._read_backing(at, view)
+                elif entry & ZERO:
+                    view[:] = bytes(len(view))
+                elif entry & OFFSET_MASK:
+                    where = self._check_data_offset(entry & OFFSET_MASK, l2, index) + at % cs
+                    if runs and where == run_end:
+                        runs[-1][1].append(view)
+                    else:
+                        runs.append((where, [view]))
+                    run_end = where + len(view)
+                else:
+                    runs.append((-at - 1, [view]))        # the backing file's
+                    run_end = -1
+            busy = self._mark_busy(runs)
+        try:
+            for where, views in runs:
+                if where >= 0:
+                    self.file.read_into(where, views)
+                else:
+                    self._read_backing(-where - 1, views[0])
+        finally:
+            self._unmark_busy(busy)
+
+    def _mark_busy(self, runs: list[tuple[int, list[memoryview]]]) -> list[int]:
+        cs = self.cluster_size
+        busy = []
+        for where, views in runs:
+            if where >= 0:
+                length = sum(len(view) for view in views)
+                busy.extend(range(where // cs, (where + length - 1) // cs + 1))
+        for cluster in busy:
+            self._busy[cluster] = self._busy.get(cluster, 0) + 1
+        return busy
+
+    def _unmark_busy(self, busy: list[int]) -> None:
+        if not busy:
+            return
+        with self.lock:
+            for cluster in busy:
+                left = self._busy[cluster] - 1
+                if left:
+                    self._busy[cluster] = left
+                else:
+                    del self._busy[cluster]
 
     def _read_backing(self, offset: int, view: memoryview) -> None:
         backing = self.backing
@@ -615,31 +676,90 @@ class Qcow2Image:
             raise OSError(errno.EROFS, "image is read-only")
         cs = self.cluster_size
         view = memoryview(data)
+        overwrites: list[tuple[int, list[memoryview]]] = []     # done outside the lock
         with self.lock:
             self._usable()
             self.wr_highest_offset = max(self.wr_highest_offset, offset + len(view))
-            for at, piece in self._pieces(offset, [view]):
-                cluster = at // cs
-                l2, index, entry = self._entry(cluster)
-                host = entry & OFFSET_MASK
-                if host and entry & COPIED and not entry & (COMPRESSED | ZERO):
-                    host = self._check_data_offset(host, l2, index)
-                    self._pwrite(host + at % cs, piece)
-                    continue
-                # a cluster of its own: what it reads now, with the piece over it
-                keep = host and entry & COPIED and entry & ZERO and not entry & COMPRESSED
-                new = host if keep else self._alloc_clusters(1)
-                if len(piece) == cs:
-                    self._pwrite(new, piece)
-                elif not keep and new >= self.file_size and self._reads_zero(cluster, entry):
-                    self._pwrite(new + at % cs, piece)     # past the end: zeroes around it
+            pieces = list(self._pieces(offset, [view]))
+            i = 0
+            while i < len(pieces):
+                at, piece = pieces[i]
+                entry = self._entry(at // cs)[2]
+                if self._owned(entry):
+                    host, length, i = self._owned_run(pieces, i)
+                    overwrites.append((host, [view[at - offset:at - offset + length]]))
+                elif len(piece) == cs:
+                    i = self._write_new_clusters(pieces, i, view[at - offset:])
                 else:
-                    content = self._cluster_now(cluster, entry)
-                    content[at % cs:at % cs + len(piece)] = piece
-                    self._pwrite(new, content)
-                self._set_entry(cluster, new | COPIED)
-                if not keep and (host or entry & COMPRESSED):
-                    self._free(entry)
+                    self._write_partial(at, piece, entry)
+                    i += 1
+            busy = self._mark_busy(overwrites)
+        try:
+            for host, (data,) in overwrites:
+                self._pwrite(host, data)
+        finally:
+            self._unmark_busy(busy)
+
+    def _owned(self, entry: int) -> bool:
+        """A data cluster only the active image uses: written in place."""
+        return bool(entry & OFFSET_MASK and entry & COPIED and
+                    not entry & (COMPRESSED | ZERO))
+
+    def _owned_run(self, pieces: list, i: int) -> tuple[int, int, int]:
+        """Owned clusters that follow each other in the file, from piece ``i``: where
+        they are, how many bytes of the request, and the first piece after them."""
+        cs = self.cluster_size
+        at = pieces[i][0]
+        l2, index, entry = self._entry(at // cs)
+        host = self._check_data_offset(entry & OFFSET_MASK, l2, index) + at % cs
+        length, j = len(pieces[i][1]), i + 1
+        while j < len(pieces):
+            l2, index, entry = self._entry(pieces[j][0] // cs)
+            if not self._owned(entry) or entry & OFFSET_MASK != host + length:
+                break
+            self._check_data_offset(entry & OFFSET_MASK, l2, index)
+            length, j = length + len(pieces[j][1]), j + 1
+        return host, length, j
+
+    def _write_new_clusters(self, pieces: list, i: int, rest: memoryview) -> int:
+        """Whole clusters that need a cluster of their own: as many as follow, in
+        clusters allocated together, one data write, one L2 write per table."""
+        cs = self.cluster_size
+        first = pieces[i][0] // cs
+        old = []
+        # (a run at most a quarter of what a refcount block counts: a block made for
+        # the run goes in its own first cluster, and the run must still fit after it)
+        for at, piece in pieces[i:i + max(self.refblock_entries // 4, 1)]:
+            entry = self._entry(at // cs)[2]
+            if len(piece) != cs or self._owned(entry):
+                break
+            old.append(entry)
+        new = self._alloc_clusters(len(old))
+        self._pwrite(new, rest[:len(old) * cs])
+        self._set_entries(first, [(new + n * cs) | COPIED for n in range(len(old))])
+        for entry in old:
+            if entry & OFFSET_MASK or entry & COMPRESSED:
+                self._free(entry)
+        return i + len(old)
+
+    def _write_partial(self, at: int, piece: memoryview, entry: int) -> None:
+        """Part of a cluster that needs one of its own: what the cluster reads now,
+        with the piece over it (only the piece where the new cluster is past the end
+        of the file and the rest reads as zeroes)."""
+        cs = self.cluster_size
+        cluster = at // cs
+        host = entry & OFFSET_MASK
+        keep = host and entry & COPIED and entry & ZERO and not entry & COMPRESSED
+        new = host if keep else self._alloc_clusters(1)
+        if not keep and new >= self.file_size and self._reads_zero(cluster, entry):
+            self._pwrite(new + at % cs, piece)
+        else:
+            content = self._cluster_now(cluster, entry)
+            content[at % cs:at % cs + len(piece)] = piece
+            self._pwrite(new, content)
+        self._set_entry(cluster, new | COPIED)
+        if not keep and (host or entry & COMPRESSED):
+            self._free(entry)
 
     def _reads_zero(self, cluster: int, entry: int) -> bool:
         if entry & COMPRESSED:

@@ -5,14 +5,16 @@ RawImage is a BlockBackend: pread/pwrite, fsync, and fallocate for
 discard (PUNCH_HOLE, when the drive says discard=unmap) and write-zeroes
 (PUNCH_HOLE where unmapping is allowed, else ZERO_RANGE, else written zeroes).
 
-With ``direct`` (cache=none, directsync) the file is opened O_DIRECT and data
-goes through a page-aligned bounce buffer (one per I/O thread), since guest
-buffers need not be aligned; a transfer not on the file's block size (qcow2's
-metadata updates) is widened to it, and a write read-modify-written under a
-lock so two never interleave on a block; with ``no_flush`` (cache=unsafe) flushes do nothing."""
+With ``direct`` (cache=none, directsync) the file is opened O_DIRECT: buffers
+aligned to the file's block size (a guest's pages) go to the disk as they are;
+others go through a page-aligned bounce buffer (one per I/O thread). A transfer
+not on the block size (qcow2's metadata updates) is widened to it, and such a
+write is read-modify-written while no other write runs, so two never interleave
+on a block; with ``no_flush`` (cache=unsafe) flushes do nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -47,7 +49,7 @@ class RawImage:
         self.size = os.fstat(self.fd).st_size
         self.direct = direct
         self._bounces = threading.local()
-        self._write_lock = threading.Lock()
+        self._writes = _SharedLock()          # read-modify-writes exclude other writes
         self.align = self._probe_alignment() if direct else 1
         self.path, self.locking = path, locking
         try:
@@ -124,16 +126,49 @@ class RawImage:
         skip = offset - start
         return data[skip:skip + length]
 
+    def _aligned(self, offset: int, views: list[memoryview]) -> bool:
+        """Whether O_DIRECT can take these buffers as they are."""
+        if offset % self.align:
+            return False
+        for view in views:
+            if len(view) % self.align or view.readonly:
+                return False
+            anchor = ctypes.c_char.from_buffer(view)
+            address = ctypes.addressof(anchor)
+            del anchor
+            if address % self.align:
+                return False
+        return True
+
     def _read_direct(self, offset: int, buffers: list[memoryview]) -> None:
-        data = self._read_aligned(offset, sum(len(view) for view in buffers))
-        at = 0
+        if self._aligned(offset, buffers):
+            total = sum(len(view) for view in buffers)
+            done = os.preadv(self.fd, buffers, offset)
+            if done < total:                 # the end of the file, or a short read
+                self._scatter(self._read_aligned(offset + done, total - done), buffers, done)
+            return
+        self._scatter(self._read_aligned(offset, sum(len(v) for v in buffers)), buffers, 0)
+
+    @staticmethod
+    def _scatter(data: bytes | bytearray, buffers: list[memoryview], skip: int) -> None:
+        """``data`` into the buffers, from byte ``skip`` of them on."""
+        at = -skip
         for view in buffers:
-            view[:] = data[at:at + len(view)]
+            start = max(-at, 0)
+            if start < len(view):
+                view[start:] = data[at + start:at + len(view)]
             at += len(view)
 
     def _write_direct(self, offset: int, view: memoryview) -> None:
-        align, bounce = self.align, self._bounce()
-        with self._write_lock:
+        align = self.align
+        if self._aligned(offset, [view]):
+            with self._writes.shared():
+                while view:
+                    done = os.pwritev(self.fd, [view], offset)
+                    view, offset = view[done:], offset + done
+            return
+        bounce = self._bounce()
+        with self._writes.exclusive():
             if offset % align or len(view) % align:
                 start = offset - offset % align
                 whole = self._read_aligned(start, -(-(offset + len(view) - start) // align)
@@ -220,3 +255,36 @@ class RawFormat:
 
     def close(self) -> None:
         """Its file node is the graph's to close."""
+
+
+class _SharedLock:
+    """Many holders in shared mode, or one in exclusive mode."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._condition:
+            self._condition.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._shared -= 1
+                self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._condition:
+            self._condition.wait_for(lambda: not self._exclusive and not self._shared)
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._exclusive = False
+                self._condition.notify_all()

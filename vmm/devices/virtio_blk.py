@@ -70,6 +70,25 @@ MAX_DISCARD_SECTORS = MAX_WRITE_ZEROES_SECTORS = 0x3FFFFF
 WRITEBACK_AT = 32                   # the config's writeback byte
 WRITE_ZEROES_UNMAP = 1
 ID_BYTES = 20
+def _split_header(readable: list[memoryview]) -> tuple[bytes | None, bytes | memoryview]:
+    """A request's 16-byte header, and the data after it: the guest's own memory
+    when it is one buffer (a write's data is not copied), else joined."""
+    header = b""
+    rest: list[memoryview] = []
+    for view in readable:
+        if len(header) < 16:
+            take = 16 - len(header)
+            header += bytes(view[:take])
+            view = view[take:]
+        if len(view):
+            rest.append(view)
+    if len(header) < 16:
+        return None, b""
+    if len(rest) == 1:
+        return header, rest[0]
+    return header, b"".join(rest)
+
+
 class _Stopped:
     """A request an I/O error stopped (werror/rerror=stop): it is retried on `cont`."""
 
@@ -193,12 +212,11 @@ class VirtioBlk(VirtioDevice):
     def _request(self, chain) -> int | str:
         """Carries out one request (on the I/O engine's thread); returns the bytes
         written to the guest, or what makes the request one the device rejects."""
-        readable = chain.read_all()
-        if len(readable) < 16 or not chain.writable or len(chain.writable[-1]) < 1:
+        header, data_out = _split_header(chain.readable)
+        if header is None or not chain.writable or len(chain.writable[-1]) < 1:
             log.warning("virtio-blk: malformed request dropped")
             return 0
-        kind, _reserved, sector = struct.unpack_from("<IIQ", readable)
-        data_out = readable[16:]
+        kind, _reserved, sector = struct.unpack_from("<IIQ", header)
         buffers = chain.writable[:-1] if len(chain.writable[-1]) == 1 else chain.writable
         status_view = chain.writable[-1]
         offset = sector * SECTOR
