@@ -296,7 +296,7 @@ def test_hmp_drive_commands_as_qemu(launch, tmp_path):
         for line in (f"drive_add 0 if=none,file={where / 'b.qcow2'},id=d1",
                      f"drive_add 0 if=none,file={where / 'b.qcow2'},id=d1",
                      "drive_add 0 if=scsi,file=x,id=d2",
-                     "info block", "info block -n", "info block d1",
+                     "info block", "info block -n", "info block d1", "info block -v d0",
                      "block_set_io_throttle d1 1000000 0 0 0 0 0",
                      "block_set_io_throttle d1 1000000 5 0 0 0 0",
                      "block_set_io_throttle nosuch 1 0 0 0 0 0",
@@ -384,3 +384,33 @@ def test_bad_block_options_are_refused_as_qemu(tmp_path, vmm_kind, args, message
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].split(": ", 1)[1] == \
         f"{args[0]} {args[1]}: {message}"
+
+
+@pytest.mark.qemu
+def test_two_writers_on_one_file_are_refused_as_qemu(launch, tmp_path):
+    """QEMU's permission system, for what would corrupt an image: a second qcow2
+    node on a file a writable qcow2 node uses, or a device on that file itself."""
+    answers = {}
+    for kind in ("kvmkit", "qemu"):
+        where = tmp_path / kind
+        where.mkdir()
+        image = where / "one.qcow2"
+        assert qemu_img("create", "-q", "-f", "qcow2", str(image), "8M").returncode == 0
+        blockdevs = [arg % image if "%s" in arg else arg for arg in LIBVIRT_BLOCKDEVS]
+        vm, qmp = start(launch, where, kind, "-blockdev", blockdevs[0],
+                        "-blockdev", blockdevs[1])
+        answers[kind] = [
+            qmp.execute("blockdev-add", driver="qcow2", **{"node-name": "second"},
+                        file="libvirt-1-storage"),
+            qmp.execute("blockdev-add", driver="raw", **{"node-name": "passthrough"},
+                        file="libvirt-1-storage"),
+            qmp.execute("device_add", driver="virtio-blk-pci", drive="libvirt-1-storage",
+                        id="direct"),
+            qmp.execute("device_add", driver="virtio-blk-pci", drive="passthrough",
+                        id="through-raw"),
+            qmp.execute("device_add", driver="virtio-blk-pci", drive="libvirt-1-format",
+                        id="fine")]
+        qmp.execute("quit")
+        vm.proc.wait(20)
+    assert answers["kvmkit"] == answers["qemu"]
+    assert answers["qemu"][-1] == {"return": {}}

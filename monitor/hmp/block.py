@@ -3,6 +3,8 @@ drive_add, drive_del, block_resize and block_set_io_throttle."""
 
 from __future__ import annotations
 
+import math
+
 from monitor.hmp.table import HmpContext, hmp
 from vmm.block import options as blockdev_options
 from vmm.block.throttle import LIMITS
@@ -64,8 +66,45 @@ async def info_block(ctx: HmpContext, args: dict) -> str:
         else:
             title = f"{drive['device']} ({image['node-name']})" if drive["device"] else name
             lines = _node_lines(title, image, drive.get("qdev"), drive["removable"])
+            if args.get("verbose"):
+                lines += ["", "Images:", *_image_lines(image["image"])]
         out.append(_entry(position, lines))
     return "".join(out)
+
+
+def size_text(size: int) -> str:
+    """QEMU's size_to_str: three significant digits and a binary unit, switching
+    units at 1000 of the smaller one."""
+    units = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+    _mantissa, exponent = math.frexp(size / (1000 / 1024))
+    index = max((exponent - 1) // 10, 0)
+    return f"{size / (1 << (index * 10)):.3g} {units[index]}B"
+
+
+def _image_lines(image: dict) -> list[str]:
+    """An image and its backing chain, as qemu-img info prints them."""
+    lines = [f"image: {image['filename']}", f"file format: {image['format']}",
+             f"virtual size: {size_text(image['virtual-size'])} "
+             f"({image['virtual-size']} bytes)",
+             f"disk size: {size_text(image.get('actual-size', 0))}"]
+    if "cluster-size" in image:
+        lines.append(f"cluster_size: {image['cluster-size']}")
+    if "backing-filename" in image:
+        lines.append(f"backing file: {image['backing-filename']}")
+        if image.get("full-backing-filename", image["backing-filename"]) != \
+                image["backing-filename"]:
+            lines[-1] += f" (actual path: {image['full-backing-filename']})"
+        if "backing-filename-format" in image:
+            lines.append(f"backing file format: {image['backing-filename-format']}")
+    specific = image.get("format-specific")
+    if specific:
+        lines.append("Format specific information:")
+        for key, value in specific["data"].items():
+            shown = str(value).lower() if isinstance(value, bool) else value
+            lines.append(f"    {key.replace('-', ' ')}: {shown}")
+    if "backing-image" in image:
+        lines += _image_lines(image["backing-image"])
+    return lines
 
 
 def _entry(position: int, lines: list[str]) -> str:

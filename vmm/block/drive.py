@@ -62,6 +62,7 @@ class Drive:
     def __post_init__(self) -> None:
         self.writeback = self.cache_writeback      # the guest may switch it (WCE)
         self.cancelled = threading.Event()         # set while a device reset drops requests
+        self.claims: list = []                     # (node, Use) its device holds
         if self.root is not None:
             self.root.users += 1
 

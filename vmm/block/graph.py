@@ -22,6 +22,19 @@ from vmm.block.raw import RawFormat, RawImage
 from vmm.errors import UserError
 
 MAX_BACKING_DEPTH = 16
+# QEMU's permission names, in its order, for the ones two users of a node can fight over
+WRITE, RESIZE = "write", "resize"
+PERMISSION_ORDER = ("consistent read", WRITE, "write unchanged", RESIZE)
+
+
+@dataclass(eq=False)
+class Use:
+    """One user of a node (a parent node, or a device's drive), and the permissions it
+    needs and will not share, as QEMU's permission system has them."""
+    user: str                        # "node 'X'" or "block device '/machine/...'"
+    role: str                        # file, backing, root
+    required: frozenset[str]
+    unshared: frozenset[str]
 
 
 @dataclass(eq=False)
@@ -39,6 +52,27 @@ class Node:
     backing: Node | None = None
     options: dict = field(default_factory=dict)   # the full options, as opened
     users: int = 0                   # parent nodes and drives that use it
+    uses: list[Use] = field(default_factory=list)  # what those users need of it
+
+    def claim(self, use: Use) -> Use:
+        """Adds a user, unless it needs what another will not share (or the other
+        way round): then QEMU's "Permission conflict" error."""
+        for other in self.uses:
+            for needs, refuses in ((other, use), (use, other)):
+                clash = needs.required & refuses.unshared
+                if clash:
+                    names = ", ".join(p for p in PERMISSION_ORDER if p in clash)
+                    raise UserError(
+                        f"Permission conflict on node '{self.name}': permissions '{names}' "
+                        f"are both required by {needs.user} (uses node '{self.name}' as "
+                        f"'{needs.role}' child) and unshared by {refuses.user} (uses node "
+                        f"'{self.name}' as '{refuses.role}' child).")
+        self.uses.append(use)
+        return use
+
+    def unclaim(self, use: Use) -> None:
+        if use in self.uses:
+            self.uses.remove(use)
 
     @property
     def size(self) -> int:
@@ -134,14 +168,27 @@ class BlockGraph:
         # the node is named, and listed, before its backing chain is opened (QEMU's order)
         node = Node(name or self._auto_name(), driver, image, shown, read_only, direct,
                     no_flush, detect_zeroes, discard, file_node, None, options)
+        if file_node is not None:
+            try:
+                file_node.claim(self._file_use(node))
+            except UserError:
+                image.close()
+                self._release(file_node)
+                raise
         self.nodes.append(node)
         if driver == "qcow2":
             try:
                 node.backing = self._open_backing(options, image, file_node, child_inherits,
                                                   seen)
+                if node.backing is not None:     # a backing image: read, and kept as it is
+                    node.backing.claim(Use(f"node '{node.name}'", "backing", frozenset(),
+                                           frozenset((WRITE, RESIZE))))
             except BaseException:
                 self.nodes.remove(node)
                 image.close()
+                if node.backing is not None:
+                    self._release(node.backing)
+                self._unclaim_all(file_node, node)
                 file_node.users -= 1
                 self._drop_anonymous(file_node)
                 raise
@@ -160,6 +207,22 @@ class BlockGraph:
                             no_flush=no_flush, locking=options.get("locking", "auto") != "off")
         except OSError as e:
             raise UserError(f"Could not open '{filename}': {e.strerror}") from None
+
+    @staticmethod
+    def _file_use(node: Node) -> Use:
+        """What a format node needs of its file: qcow2 writes its metadata (when it
+        is writable) and lets nobody else write or resize under it; raw passes on
+        only what its own users need (a device adds that when it attaches)."""
+        user = f"node '{node.name}'"
+        if node.driver == "qcow2":
+            required = frozenset() if node.read_only else frozenset((WRITE, RESIZE))
+            return Use(user, "file", required, frozenset((WRITE, RESIZE)))
+        return Use(user, "file", frozenset(), frozenset())
+
+    @staticmethod
+    def _unclaim_all(child: Node, parent: Node) -> None:
+        for use in [u for u in child.uses if u.user == f"node '{parent.name}'"]:
+            child.unclaim(use)
 
     def _child(self, ref: Any, inherited: dict, seen: frozenset[str]) -> Node:
         if isinstance(ref, str):
@@ -227,6 +290,7 @@ class BlockGraph:
         self.nodes.remove(node)
         for child in (node.file, node.backing):
             if child is not None:
+                self._unclaim_all(child, node)
                 self._release(child)
 
     def _release(self, node: Node) -> None:

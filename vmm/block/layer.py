@@ -13,7 +13,7 @@ from typing import Any
 
 from vmm.block import options as blockdev_options
 from vmm.block.drive import CACHE_MODES, Drive
-from vmm.block.graph import BlockGraph, Node, describe, probe_format
+from vmm.block.graph import WRITE, BlockGraph, Node, Use, describe, probe_format
 from vmm.block.qcow2 import create
 from vmm.block.throttle import LIMITS, ThrottleConfig, ThrottleGroup
 from vmm.errors import UserError
@@ -153,9 +153,26 @@ class BlockLayer:
         return drive
 
     def attach(self, drive: Drive, qom_path: str) -> None:
-        """A device takes the drive: its images are locked for that use."""
+        """A device takes the drive: it needs to write (unless read-only) and lets
+        no one else write (share-rw=off), down through raw nodes, which pass their
+        users' needs on; its images are locked for that use."""
         if drive.root is not None:
-            drive.root.set_in_use(True)
+            required = frozenset() if drive.read_only else frozenset((WRITE,))
+            user, role, node = f"block device '{qom_path}'", "root", drive.root
+            claims: list[tuple[Node, Use]] = []
+            try:
+                while node is not None:
+                    claims.append((node, node.claim(Use(user, role, required,
+                                                        frozenset((WRITE,))))))
+                    if node.driver != "raw":
+                        break
+                    user, role, node = f"node '{node.name}'", "file", node.file
+                drive.root.set_in_use(True)
+            except UserError:
+                for claimed, use in claims:
+                    claimed.unclaim(use)
+                raise
+            drive.claims = claims
         drive.attached_to = qom_path
 
     def detach(self, drive: Drive) -> None:
@@ -163,6 +180,9 @@ class BlockLayer:
         until drive_del)."""
         drive.attached_to = ""
         drive.on_resize = None
+        for node, use in drive.claims:
+            node.unclaim(use)
+        drive.claims = []
         if drive.root is not None:
             drive.root.set_in_use(False)
         if not drive.name and drive in self.drives:
@@ -184,6 +204,9 @@ class BlockLayer:
             self.remove_drive(drive)
             return
         self._leave_group(drive)
+        for node, use in drive.claims:
+            node.unclaim(use)
+        drive.claims = []
         root, drive.root, drive.name = drive.root, None, ""
         if root is not None:
             self.graph.release(root)

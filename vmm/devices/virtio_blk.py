@@ -317,7 +317,7 @@ def _realize(board, device):
     if props["write-cache"] != "auto":   # the device's say over the drive's cache mode
         drive.cache_writeback = drive.writeback = props["write-cache"] == "on"
     try:
-        board.block.attach(drive, "")
+        board.block.attach(drive, board.devices.path(device) + "/virtio-backend")
     except UserError as e:
         if not drive.name:
             board.block.detach(drive)
@@ -340,7 +340,6 @@ def _realize(board, device):
         engine.close()
         board.block.detach(drive)
         raise
-    board.block.attach(drive, board.devices.path(device) + "/virtio-backend")
     drive.on_resize = blk.resized
     return transport
 
