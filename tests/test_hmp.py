@@ -143,7 +143,9 @@ def test_against_live_qemu_on_the_probe_guest(tmp_path):
         ql = [ln for ln in q.hmp("qom-list /machine/peripheral/dbg").splitlines()
               if "memory-region" not in ln]
         assert kl == ql
-        layout = re.compile(r"[A-Z0-9 ]{3}=")
+        # (DPL= shows only for a present segment: a guest sampled just after an
+        # interrupt has a null SS, so whether SS has one depends on the moment)
+        layout = re.compile(r"(?!DPL=)[A-Z0-9 ]{3}=")
         kr = k.hmp("info registers").splitlines()
         qr = q.hmp("info registers").splitlines()
         assert [layout.findall(ln) for ln in kr] == [layout.findall(ln) for ln in qr]
