@@ -414,3 +414,28 @@ def test_two_writers_on_one_file_are_refused_as_qemu(launch, tmp_path):
         vm.proc.wait(20)
     assert answers["kvmkit"] == answers["qemu"]
     assert answers["qemu"][-1] == {"return": {}}
+
+
+@pytest.mark.parametrize("detect", ["off", "on"])
+def test_detect_zeroes_turns_a_zero_write_into_zero_clusters(launch, tmp_path, vmm_kind,
+                                                             detect):
+    """detect-zeroes=on: a guest write of zeroes allocates nothing in a qcow2 image
+    (the cluster is marked zero, as `qemu-img map` shows); off: it is data."""
+    image = tmp_path / "z.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", str(image),
+                    "1M").returncode == 0
+    vm, qmp = start(launch, tmp_path, vmm_kind, "-drive",
+                    f"file={image},format=qcow2,if=none,id=d0,detect-zeroes={detect}",
+                    "-device", "virtio-blk-pci,drive=d0")
+    assert vm.command("blk write 7") == {"status": 0}          # a sector of zeroes
+    assert vm.command("blk write 9 not-zero") == {"status": 0}
+    assert vm.command("blk flush") == {"status": 0}
+    qmp.execute("quit")
+    vm.proc.wait(20)
+    mapped = json.loads(qemu_img("map", "--output=json", str(image)).stdout)
+
+    def at(sector: int) -> dict:
+        return next(m for m in mapped if m["start"] <= sector * 512 < m["start"] + m["length"])
+
+    assert at(9)["data"] is True
+    assert (at(7)["data"], at(7)["zero"]) == ((False, True) if detect == "on" else (True, False))
