@@ -277,14 +277,7 @@ class Machine:
     def io_error_stop(self) -> None:
         """A device hit an I/O error whose policy is to stop (werror/rerror=stop):
         the VM pauses in the io-error state; `cont` retries the request."""
-        self._from_vcpu(self._stop_for_io_error)
-
-    def _stop_for_io_error(self) -> None:
-        if self.runstate != "running":
-            return
-        self._pause_all()
-        self.runstate = "io-error"
-        self.emit("STOP")
+        self._from_vcpu(self.stop, "io-error")
 
     def on_resume(self, hook: Callable[[], None], add: bool = True) -> None:
         """Calls ``hook`` (under the machine lock) each time `cont` resumes the VM."""
@@ -506,11 +499,12 @@ class Machine:
         self._resume_all()
         self.emit("RESUME")
 
-    def stop(self) -> None:
+    def stop(self, state: str = "paused") -> None:
+        """Pauses a running VM in ``state`` (paused, or io-error after an I/O error)."""
         if self.runstate != "running":
             return
         self._pause_all()
-        self.runstate = "paused"
+        self.runstate = state
         self.emit("STOP")
 
     def system_reset(self, guest: bool = False, reason: str = "host-qmp-system-reset") -> None:

@@ -259,30 +259,22 @@ def blockdev_del(ctx, node_name):
     ctx.machine.block.delete_blockdev(node_name)
 
 
-def find_drive(ctx, device: str | None, node_name: str | None) -> Drive:
-    block = ctx.machine.block
-    drive = block.find_drive(device) if device is not None else None
-    if drive is None and node_name is not None:
-        node = block.graph.find(node_name)
-        drive = next((d for d in block.drives if node is not None and d.root is node), None)
-        if drive is None and node is not None:
-            drive = Drive("", node)               # a node no device uses: resize it alone
-            node.users -= 1
-    if drive is None:
-        raise QmpError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
-    return drive
-
-
 @command("block_resize", args=[Member("device", STR, True), Member("node-name", STR, True),
                                Member("size", INT)])
 def block_resize(ctx, size, device=None, node_name=None):
-    """A drive, by its id or its node name, to ``size`` bytes; its guest is told."""
-    drive = find_drive(ctx, device, node_name)
+    """A drive's image, by the drive's id or the node's name, to ``size`` bytes; a
+    device on it tells its guest."""
+    block = ctx.machine.block
+    drive = block.find_drive(device) if device is not None else None
+    node = drive.root if drive is not None else \
+        block.graph.find(node_name) if node_name is not None else None
+    if node is None:
+        raise QmpError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
     if size < 0:
         raise QmpError("Parameter 'size' expects a >0 size")
     if size % 512:
         raise QmpError("The new size must be a multiple of 512")
-    drive.resize(size)
+    block.resize(node, size)
 
 
 _THROTTLE_ARGS = [Member("device", STR, True), Member("id", STR, True)] + [

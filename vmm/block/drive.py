@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 from vmm.block.graph import Node
 from vmm.block.throttle import ThrottleGroup
-from vmm.errors import UserError
 
 # -drive cache= modes: (write cache on, O_DIRECT, flushes ignored), as QEMU's
 CACHE_MODES = {"writeback": (True, False, False), "writethrough": (False, False, False),
@@ -156,18 +155,6 @@ class Drive:
     def invalid_request(self, kind: str) -> None:
         """A request the device refused (past the end, on a read-only drive)."""
         self.stats.invalid[kind] += 1
-
-    # -- the monitor's ---------------------------------------------------------------
-    def resize(self, size: int) -> None:
-        """block_resize: the image grows or shrinks; its device tells the guest."""
-        if self.read_only:
-            raise UserError("Image is read-only")
-        try:
-            self._image().truncate(size)
-        except OSError as e:
-            raise UserError(f"Could not resize: {e.strerror}") from None
-        if self.on_resize is not None:
-            self.on_resize()
 
 
 class _WriteThrough:

@@ -211,6 +211,18 @@ class BlockLayer:
         if root is not None:
             self.graph.release(root)
 
+    def resize(self, node: Node, size: int) -> None:
+        """block_resize: a node grows or shrinks; a device on it tells its guest."""
+        if node.read_only:
+            raise UserError("Image is read-only")
+        try:
+            node.image.truncate(size)
+        except OSError as e:
+            raise UserError(f"Could not resize: {e.strerror}") from None
+        for drive in self.drives:
+            if drive.root is node and drive.on_resize is not None:
+                drive.on_resize()
+
     # -- throttling ---------------------------------------------------------------------
     @staticmethod
     def _throttle_from_opts(opts: dict[str, str]) -> ThrottleConfig:
