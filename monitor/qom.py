@@ -104,8 +104,23 @@ def build_tree(machine) -> QomObject:
     chardevs = root.add_child("chardevs", _container())
     for chardev in machine.chardevs.values():
         chardevs.add_child(chardev.id, QomObject(f"chardev-{chardev.backend}"))
-    root.add_child("objects", _container())
+    objects = root.add_child("objects", _container())
+    for obj in machine.objects.by_id.values():
+        objects.add_child(obj.id, _user_object(obj))
     return root
+
+
+def _user_object(obj) -> QomObject:
+    """An -object/object-add object: its properties as given, or their defaults."""
+    from vmm import objects as user_objects
+
+    node = QomObject(obj.qom_type)
+    for p in user_objects.TYPES[obj.qom_type]:
+        if p.name in user_objects.READ_ONLY:
+            node.props.append(Prop(p.name, p.type, lambda: True))
+        elif p.name in obj.props:
+            node.props.append(Prop(p.name, p.type, lambda v=obj.props[p.name]: v))
+    return node
 
 
 def _walk(obj: QomObject, path: str):

@@ -11,12 +11,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from vmm import __version__, qdev
 from vmm.config import MACHINE_TYPES, USAGE, ConfigError, MachineConfig, parse_args
 from vmm.cpu_models import help_text as cpu_help
 
 PROG = "kvmkit"
+TERMINATING_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 KVM_DEVICE = "/dev/kvm"
 QEMU_COMPAT_VERSION = "7.2.22"
 
@@ -90,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             return error(f"Error opening logfile {cfg.logfile}: {e.strerror}")
     else:
         logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
+    # The signals that end kvmkit are taken by one thread (sigwaitinfo tells who sent
+    # them): blocked here, before any thread starts, so every thread inherits that.
+    signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING_SIGNALS)
     if cfg.daemonize:
         return _daemonize_and_run(cfg)
     return _build_and_run(cfg)
@@ -154,13 +159,18 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
     for server in servers:
         server.start()
 
-    def on_signal(signum: int) -> None:
-        print(f"{PROG}: terminating on signal {signum}", file=sys.stderr, flush=True)
+    def on_signal(signum: int, pid: int) -> None:
+        sender = f" from pid {pid} ({_program_of(pid)})" if pid > 0 else ""
+        print(f"{PROG}: terminating on signal {signum}{sender}", file=sys.stderr, flush=True)
         machine.shutdown(False, "host-signal")
         machine.finish(0)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(signum, on_signal, signum)
+    def wait_for_signals() -> None:
+        while True:
+            info = signal.sigwaitinfo(TERMINATING_SIGNALS)
+            loop.call_soon_threadsafe(on_signal, info.si_signo, info.si_pid)
+
+    threading.Thread(target=wait_for_signals, name="signals", daemon=True).start()
     if not machine.cfg.start_paused:
         machine.cont()
     if ready_fd is not None:
@@ -172,6 +182,15 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
     return status
 
 
+def _program_of(pid: int) -> str:
+    """The sender's argv[0], as QEMU names it in its terminating message."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _detach_stdio() -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -180,9 +199,13 @@ def _detach_stdio() -> None:
 
 
 def _daemonize_and_run(cfg: MachineConfig) -> int:
+    # -nographic sends the default serial port and monitor to stdio: with
+    # -nodefaults, or both given elsewhere, there are none and it changes nothing
+    if cfg.nographic and not cfg.nodefaults and not (cfg.serials and cfg.monitors):
+        return error("-nographic cannot be used with -daemonize")
     uses_stdio = any(c.backend == "stdio" for c in cfg.chardevs) or (
         not cfg.serials and not cfg.nodefaults)
-    if uses_stdio or cfg.nographic:
+    if uses_stdio:
         return error("-daemonize cannot be used with a stdio character device")
     read_fd, write_fd = os.pipe()
     pid = os.fork()

@@ -19,6 +19,7 @@ import time
 import tty
 from collections.abc import Callable
 
+from vmm import fdsets
 from vmm.errors import UserError
 from vmm.qemuopts import OptsError, parse_bool, parse_int
 
@@ -170,7 +171,7 @@ class FileChardev(FdChardev):
     def __init__(self, chardev_id: str, path: str, append: bool = False) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
         try:
-            fd = os.open(path, flags, 0o666)
+            fd = fdsets.open_path(path, flags, 0o666)
         except OSError as e:
             raise ChardevError(f"Could not open '{path}': {e.strerror}") from None
         super().__init__(chardev_id, None, fd)
@@ -226,7 +227,7 @@ class SocketChardev(Chardev):
 
     def __init__(self, chardev_id: str, *, path: str | None = None, host: str | None = None,
                  port: int | None = None, server: bool = False, wait: bool = True,
-                 listen_fd: int | None = None) -> None:
+                 listen_fd: int | None = None, connected_fd: int | None = None) -> None:
         super().__init__(chardev_id)
         self.path, self.host, self.port = path, host, port
         self.server, self.wait = server, wait
@@ -240,6 +241,10 @@ class SocketChardev(Chardev):
         if listen_fd is not None:
             self.listener = socket.socket(fileno=listen_fd)
             self.server = True
+        elif connected_fd is not None:          # one end of a socketpair (QEMUMachine)
+            self.client = socket.socket(fileno=connected_fd)
+            if self.client.family == socket.AF_UNIX:
+                self.path = self.client.getsockname() or ""
         elif server:
             self.listener = self._listen()
         else:
@@ -536,6 +541,24 @@ class MuxChardev(Chardev):
         self.inner.close()
 
 
+def _socket_from_fd(chardev_id: str, fd: int, wait: bool) -> SocketChardev:
+    """fd=N: an inherited socket, listening (libvirt's) or connected (QEMUMachine's
+    socketpair), whichever it is, as QEMU takes either."""
+    try:
+        listening = socket.socket(fileno=os.dup(fd))
+    except OSError as e:
+        raise ChardevError(f"Unable to parse FD number {fd}: {e.strerror}") from None
+    try:
+        accepting = listening.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError as e:
+        raise ChardevError(f"File descriptor '{fd}' is not a socket: {e.strerror}") from None
+    finally:
+        listening.close()
+    if accepting:
+        return SocketChardev(chardev_id, listen_fd=fd, wait=wait)
+    return SocketChardev(chardev_id, connected_fd=fd)
+
+
 def make_chardev(spec, on_terminate: Callable[[], None]) -> Chardev:
     """A chardev from its -chardev spec (vmm.config.ChardevSpec); mux=on puts a
     multiplexer in front, whose C-a x calls ``on_terminate``. ChardevError
@@ -554,7 +577,7 @@ def make_chardev(spec, on_terminate: Callable[[], None]) -> Chardev:
             server = parse_bool("server", o.get("server", "off"))
             wait = parse_bool("wait", o.get("wait", "on"))
             if "fd" in o:
-                chardev = SocketChardev(spec.id, listen_fd=parse_int("fd", o["fd"]), wait=wait)
+                chardev = _socket_from_fd(spec.id, parse_int("fd", o["fd"]), wait)
             elif "path" in o:
                 chardev = SocketChardev(spec.id, path=o["path"], server=server, wait=wait)
             else:

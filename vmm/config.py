@@ -11,6 +11,7 @@ import random
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
+from vmm import objects as user_objects
 from vmm.block import options as blockdev_options
 from vmm.cpu_models import CpuConfig, CpuModelError, parse_cpu
 from vmm.errors import UserError
@@ -19,7 +20,8 @@ from vmm.qemuopts import SIZE_HELP, OptsError, parse_bool, parse_opts, parse_siz
 
 DEFAULT_RAM = 128 << 20
 MACHINE_TYPES = {"pc": "Standard PC (i440FX + PIIX, 1996)",
-                 "pc-i440fx-7.2": "Standard PC (i440FX + PIIX, 1996)"}
+                 "pc-i440fx-7.2": "Standard PC (i440FX + PIIX, 1996)",
+                 "none": "empty machine"}
 
 
 class ConfigError(UserError):
@@ -51,6 +53,11 @@ class MonitorSpec:
 @dataclass
 class MachineConfig:
     memory: int = DEFAULT_RAM
+    memory_given: bool = False          # -m: else a memory backend's size is the RAM size
+    memory_backend: str | None = None   # -machine memory-backend=ID
+    usb: bool = False                   # -usb or -machine usb=on: a piix3-usb-uhci
+    objects: list[tuple[str, dict, bool]] = field(default_factory=list)  # (origin, members, JSON)
+    fdsets: list[tuple[int, int, str | None]] = field(default_factory=list)  # -add-fd
     cpus: int = 1
     cpu: CpuConfig = field(default_factory=CpuConfig)
     pit: bool = True
@@ -96,7 +103,9 @@ OPTIONS: dict[str, bool] = {
     "D": True, "d": True, "version": False, "h": False, "help": False, "qmp": True,
     "qmp-pretty": True, "monitor": True, "mon": True, "netdev": True, "nic": True, "net": True,
     "no-user-config": False, "boot": True, "drive": True, "global": True,
-    "blockdev": True, "snapshot": False,
+    "blockdev": True, "snapshot": False, "object": True, "add-fd": True, "usb": False,
+    "rtc": True, "overcommit": True, "msg": True, "audiodev": True, "no-acpi": False,
+    "no-hpet": False,
 }
 
 
@@ -135,6 +144,7 @@ class _Parser:
         if size == 0:
             size = DEFAULT_RAM
         self.cfg.memory = (size + 0x1FFFFF) & ~0x1FFFFF
+        self.cfg.memory_given = True
 
     def opt_smp(self, arg: str) -> None:
         opts = parse_opts(arg, implied="cpus")
@@ -172,20 +182,26 @@ class _Parser:
             self._check_accel(accel)
         if "pit" in opts:
             self.cfg.pit = parse_bool("pit", opts.pop("pit"))
+        if "usb" in opts:
+            self.cfg.usb = parse_bool("usb", opts.pop("usb"))
+        if "memory-backend" in opts:
+            self.cfg.memory_backend = opts.pop("memory-backend")
         for key in opts:
-            if key not in ("usb", "vmport", "dump-guest-core", "mem-merge", "kernel-irqchip",
+            if key not in ("vmport", "dump-guest-core", "mem-merge", "kernel-irqchip",
                            "hpet", "smm", "sata", "pic"):
                 raise self.fail(f"Property '{mtype}-machine.{key}' not found")
 
     opt_M = opt_machine
 
     def _check_accel(self, accel: str) -> None:
-        for name in accel.split(":"):
-            if name != "kvm":
-                raise self.fail(f"invalid accelerator {name}" if name not in ("tcg", "xen",
-                                                                              "hax", "whpx")
-                                else f"accelerator '{name}' is not supported: "
-                                "kvmkit runs on KVM only")
+        """A list tried in order, as QEMU's accel=kvm:tcg: kvm must be in it."""
+        names = accel.split(":")
+        for name in names:
+            if name not in ("kvm", "tcg", "xen", "hax", "whpx", "nvmm"):
+                raise self.fail(f"invalid accelerator {name}")
+        if "kvm" not in names:
+            raise self.fail(f"accelerator '{names[0]}' is not supported: "
+                            "kvmkit runs on KVM only")
 
     def opt_accel(self, arg: str) -> None:
         opts = parse_opts(arg, implied="accel")
@@ -437,6 +453,88 @@ class _Parser:
         name = f"#net{self._nic_count}{random.randrange(100):02d}"
         self._nic_count += 1
         return name
+
+    def opt_object(self, arg: str) -> None:
+        """-object TYPE,id=ID,... or -object {JSON}: checked here, made with the machine."""
+        strict = arg.startswith("{")
+        members = self._json_object(arg) if strict else user_objects.from_text(arg)
+        try:
+            _type, object_id, _props = user_objects.check(members, strict)
+        except UserError as e:
+            raise self.fail(str(e)) from None
+        if any(m.get("id") == object_id for _o, m, _s in self.cfg.objects):
+            raise self.fail(f"Duplicate ID '{object_id}' for object")
+        self.cfg.objects.append((f"-object {arg}", members, strict))
+
+    def opt_add_fd(self, arg: str) -> None:
+        """-add-fd fd=N,set=S[,opaque=TEXT]: an inherited descriptor into fd set S,
+        which /dev/fdset/S then opens."""
+        opts = parse_opts(arg)
+        for key in opts:
+            if key not in ("fd", "set", "opaque"):
+                raise self.fail(f"Invalid parameter '{key}'")
+        try:
+            fd, fdset = int(opts["fd"]), int(opts["set"])
+        except KeyError as e:
+            raise self.fail(f"Parameter '{e.args[0]}' is missing") from None
+        except ValueError:
+            raise self.fail("Parameter 'fd' expects a number") from None
+        if fd <= 2:
+            raise self.fail("fd option is required and must be greater than 2")
+        self.cfg.fdsets.append((fdset, fd, opts.get("opaque")))
+
+    def opt_usb(self, arg: str) -> None:
+        self.cfg.usb = True
+
+    def opt_rtc(self, arg: str) -> None:
+        """-rtc base=utc|localtime|DATE,clock=host|rt|vm,driftfix=none|slew: the RTC
+        counts from the host's UTC clock, which is what libvirt asks for."""
+        opts = parse_opts(arg)
+        for key, value in opts.items():
+            if key not in ("base", "clock", "driftfix"):
+                raise self.fail(f"Invalid parameter '{key}'")
+            if (key, value) not in (("base", "utc"), ("clock", "host"), ("clock", "vm"),
+                                    ("driftfix", "none")):
+                raise self.fail(f"Parameter '{key}' does not accept value '{value}' "
+                                "(kvmkit's RTC runs on UTC from the host clock)")
+
+    def opt_overcommit(self, arg: str) -> None:
+        """-overcommit mem-lock=off|cpu-pm=off: kvmkit neither locks RAM nor passes
+        CPU power management through."""
+        for key, value in parse_opts(arg).items():
+            if key not in ("mem-lock", "cpu-pm"):
+                raise self.fail(f"Invalid parameter '{key}'")
+            if parse_bool(key, value):
+                raise self.fail(f"Parameter '{key}' does not accept value '{value}' "
+                                f"(kvmkit supports only {key}=off)")
+
+    def opt_msg(self, arg: str) -> None:
+        """-msg timestamp=on|off[,guest-name=on|off]: error lines get QEMU's prefixes."""
+        for key, value in parse_opts(arg).items():
+            if key not in ("timestamp", "guest-name"):
+                raise self.fail(f"Invalid parameter '{key}'")
+            parse_bool(key, value)
+
+    def opt_audiodev(self, arg: str) -> None:
+        """-audiodev none,id=ID or {JSON}: kvmkit has no sound card, so only the
+        'none' back end, which plays nothing."""
+        members = self._json_object(arg) if arg.startswith("{") else \
+            parse_opts(arg, implied="driver")
+        driver = members.get("driver")
+        if driver is None:
+            raise self.fail("Parameter 'driver' is missing")
+        if "id" not in members:
+            raise self.fail("Parameter 'id' is missing")
+        if driver != "none":
+            raise self.fail(f"Parameter 'driver' does not accept value '{driver}' "
+                            "(kvmkit has no audio back ends but 'none')")
+
+    def opt_no_acpi(self, arg: str) -> None:
+        raise self.fail("kvmkit's pc machine always has ACPI (its PIIX4 power "
+                        "management and tables); -no-acpi is not supported")
+
+    def opt_no_hpet(self, arg: str) -> None:
+        pass    # kvmkit has no HPET: there is nothing to leave out
 
     def opt_boot(self, arg: str) -> None:
         pass  # no firmware, so boot order means nothing here

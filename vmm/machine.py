@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from vmm import cpu as cpustate
-from vmm import qdev
+from vmm import fdsets, qdev
 from vmm.block.layer import BlockLayer
 from vmm.boot import acpi, firmware, layout, linux, multiboot
 from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
@@ -42,12 +42,14 @@ from vmm.devices.i440fx import (
 )
 from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
 from vmm.devices.rtc import SHUTDOWN_STATUS, SHUTDOWN_STATUS_S3_RESUME, Rtc
+from vmm.devices.uhci import PiixUhci
 from vmm.errors import UserError
 from vmm.ioevents import IoEvents
 from vmm.kvm import Kvm, KvmError
 from vmm.memory import GuestMemory
 from vmm.msix import MsiRoutes
 from vmm.net.network import NetError, Network
+from vmm.objects import Objects, throttle_values
 from vmm.pci import INTERRUPT_LINE, PciBus
 from vmm.qdev import Device, DeviceError
 from vmm.timer import DeviceTimer
@@ -85,9 +87,22 @@ class Machine:
         self._firmware_pending = True
         self._has_run = False                  # QEMU's virtual clock has not started
         self._unplugs_before_first_run: set[int] = set()
-        self.boot_files = self._read_boot_files()
+        self.objects = Objects()
+        self.migration_capabilities: dict[str, bool] = {}   # QMP migrate-set-capabilities
         self.chardevs: dict[str, Chardev] = {}
+        self.vcpus: list[VcpuThread] = []
         try:
+            for set_id, fd, opaque in cfg.fdsets:
+                fdsets.add(fd, set_id, opaque)
+            for _origin, members, strict in cfg.objects:
+                try:
+                    self.objects.add(members, strict)
+                except UserError as e:
+                    raise MachineError(str(e)) from None
+            if cfg.machine_type == "none":
+                self._setup_empty_machine(kvm_path)
+                return
+            self.boot_files = self._read_boot_files()
             for spec in cfg.chardevs:
                 try:
                     self.chardevs[spec.id] = make_chardev(spec, lambda: self.finish(0))
@@ -105,6 +120,41 @@ class Machine:
             raise
 
     # -- construction ------------------------------------------------------
+    def _setup_empty_machine(self, kvm_path: str) -> None:
+        """-machine none: a KVM VM with no CPUs, no RAM and no devices, whose monitor
+        answers (libvirt probes QEMU's capabilities this way)."""
+        self.kvm = Kvm(kvm_path)
+        self.vm = self.kvm.create_vm()
+        for spec in self.cfg.chardevs:
+            try:
+                self.chardevs[spec.id] = make_chardev(spec, lambda: self.finish(0))
+            except ChardevError as e:
+                raise MachineError(str(e)) from None
+        self.pio, self.mmio = Bus("pio"), Bus("mmio")
+        self.pci = None
+        self.devices = DeviceManager(self)
+        self.block = BlockLayer()
+        self.network = Network(self.lock, _inherited_fd,
+                               lambda name, data: self._from_vcpu(self.emit, name, data))
+        self._msi_routes = None
+        self._firmware_pending = False
+
+    def _ram_backing(self):
+        """-machine memory-backend=ID: that object's RAM (its size when -m is not given)."""
+        backend_id = self.cfg.memory_backend
+        if backend_id is None:
+            return None
+        obj = self.objects.by_id.get(backend_id)
+        if obj is None or not obj.qom_type.startswith("memory-backend-"):
+            raise MachineError(f"Memory backend '{backend_id}' not found")
+        size = obj.props["size"]
+        if self.cfg.memory_given and size != self.cfg.memory:
+            raise MachineError("Machine memory size does not match the size of the "
+                               "memory backend")
+        self.cfg.memory = size
+        obj.used_by = "/machine"
+        return obj.resource
+
     def _read_boot_files(self) -> BootFiles:
         kernel_path = self.cfg.kernel
         if kernel_path is None:
@@ -136,8 +186,9 @@ class Machine:
         if self.cfg.pit:
             self.vm.create_pit2()
             self.vm.set_pit_reinject(self._pit_reinject())
+        backing = self._ram_backing()
         try:
-            self.memory = GuestMemory(self.cfg.memory)
+            self.memory = GuestMemory(self.cfg.memory, backing)
         except (ValueError, OSError) as e:
             raise MachineError(f"cannot set up guest memory 'pc.ram': {e}") from None
         for slot, region in enumerate(self.memory.regions):
@@ -188,6 +239,8 @@ class Machine:
         ide = Piix3Ide()
         ide.add_bar(4, 16, "io", NullBarDevice())
         self._chipset_function("piix3-ide", ide, host, 1, 1)
+        if self.cfg.usb:                          # -usb: the PIIX3's own, at 01.2
+            self._chipset_function("piix3-usb-uhci", PiixUhci(), host, 1, 2)
         self.devices.add_builtin("mc146818rtc", self.rtc, parent=isa)
         if self.cfg.pit:
             self.devices.add_builtin("kvm-pit", parent=isa)
@@ -214,6 +267,12 @@ class Machine:
             except UserError as e:
                 raise MachineError(str(e)) from None
         self.block = BlockLayer()
+        for obj in self.objects.by_id.values():
+            if obj.qom_type == "throttle-group":
+                try:
+                    self.block.add_throttle_group(obj.id, throttle_values(obj.props))
+                except UserError as e:
+                    raise MachineError(str(e)) from None
         for origin, options in self.cfg.blockdevs:
             try:
                 self.block.add_blockdev(options)
@@ -373,7 +432,6 @@ class Machine:
             raise MachineError(str(e)) from None
         self._mcg_cap = machine_check = mcg_cap(table, self.kvm.mce_cap_supported())
         self._saved_msrs = set(self.kvm.msr_index_list())
-        self.vcpus: list[VcpuThread] = []
         self._initial_state = []
         for index in range(self.cfg.cpus):
             vcpu = self.vm.create_vcpu(index)
@@ -693,6 +751,7 @@ class Machine:
             self.memory.close()
         if hasattr(self, "kvm"):
             self.kvm.close()
+        self.objects.close()
 
 
 

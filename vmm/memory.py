@@ -1,4 +1,5 @@
-"""Guest RAM: anonymous private mappings split around the PCI hole.
+"""Guest RAM: mappings split around the PCI hole, anonymous and private unless a
+memory backend object (vmm/objects.py: a file, a memfd, shared) provides them.
 
 RAM below 4 GiB stops at the PCI hole (0xC000_0000); the rest is mapped from
 4 GiB up. Devices get zero-copy memoryviews; every address and length that
@@ -34,20 +35,46 @@ class RamRegion:
         return self.gpa + self.size
 
 
+@dataclass
+class RamBacking:
+    """How RAM is mapped: from ``fd`` (a file or memfd; None: anonymous), shared
+    with other processes or private, its pages reserved and touched up front or not."""
+    fd: int | None = None
+    shared: bool = False
+    reserve: bool = False
+    prealloc: bool = False
+    merge: bool = True
+    dump: bool = True
+
+
 class GuestMemory:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, backing: RamBacking | None = None) -> None:
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError("RAM size must be a positive multiple of 4 KiB")
         self.size = size
+        self.backing = backing or RamBacking()
         low = min(size, PCI_HOLE_START)
-        self.regions: list[RamRegion] = [self._map(0, low)]
+        self.regions: list[RamRegion] = [self._map(0, low, 0)]
         if size > low:
-            self.regions.append(self._map(HIGH_RAM_START, size - low))
+            self.regions.append(self._map(HIGH_RAM_START, size - low, low))
 
-    @staticmethod
-    def _map(gpa: int, size: int) -> RamRegion:
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0x4000)
-        mapping = mmap.mmap(-1, size, flags, mmap.PROT_READ | mmap.PROT_WRITE)
+    def _map(self, gpa: int, size: int, offset: int) -> RamRegion:
+        b = self.backing
+        flags = mmap.MAP_SHARED if b.shared else mmap.MAP_PRIVATE
+        if not b.reserve:
+            flags |= getattr(mmap, "MAP_NORESERVE", 0x4000)
+        if b.prealloc:
+            flags |= getattr(mmap, "MAP_POPULATE", 0x8000)
+        if b.fd is None:
+            mapping = mmap.mmap(-1, size, flags | mmap.MAP_ANONYMOUS,
+                                mmap.PROT_READ | mmap.PROT_WRITE)
+        else:
+            mapping = mmap.mmap(b.fd, size, flags, mmap.PROT_READ | mmap.PROT_WRITE,
+                                offset=offset)
+        if b.merge and hasattr(mmap, "MADV_MERGEABLE"):
+            mapping.madvise(mmap.MADV_MERGEABLE)
+        if not b.dump and hasattr(mmap, "MADV_DONTDUMP"):
+            mapping.madvise(mmap.MADV_DONTDUMP)
         return RamRegion(gpa, size, mapping, memoryview(mapping))
 
     @property
@@ -119,7 +146,9 @@ class GuestMemory:
         start = gpa - region.gpa
         if start % PAGE_SIZE or length % PAGE_SIZE:
             raise GuestMemoryError("discard needs page-aligned ranges")
-        region.mapping.madvise(mmap.MADV_DONTNEED, start, length)
+        # a shared mapping's pages live in the file or memfd: punch them out of it
+        advice = mmap.MADV_REMOVE if self.backing.shared else mmap.MADV_DONTNEED
+        region.mapping.madvise(advice, start, length)
 
     def close(self) -> None:
         """Unmaps RAM; while a device still holds a view, the mapping is left to the GC."""

@@ -7,7 +7,9 @@ from __future__ import annotations
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import REGISTRY, command
 from monitor.types import ANY, BOOL, STR, ListOf, Member, Struct, option_text
+from vmm import objects as user_objects
 from vmm import qdev
+from vmm.cpu_models import FEATURES, MODEL_NAMES
 
 REGISTRY.event("DEVICE_DELETED", [Member("device", STR, True), Member("path", STR)])
 
@@ -61,8 +63,29 @@ def set_link(ctx, name, up):
         raise device_not_found(name) from None
 
 
-# QOM types kvmkit has that are not in vmm.qdev (QEMU answers them differently)
-OTHER_TYPES = {"container": "object", "pc-i440fx-7.2-machine": "generic-pc-machine"}
+# QOM types kvmkit has that are not devices (vmm.qdev): name -> (parent, abstract)
+OTHER_TYPES: dict[str, tuple[str, bool]] = {
+    "container": ("object", False),
+    "machine": ("object", True), "x86-machine": ("machine", True),
+    "generic-pc-machine": ("x86-machine", True),
+    "pc-i440fx-7.2-machine": ("generic-pc-machine", False), "none-machine": ("machine", False),
+    "cpu": ("device", True), "x86_64-cpu": ("cpu", True),
+    **{f"{name}-x86_64-cpu": ("max-x86_64-cpu" if name == "host" else "x86_64-cpu", False)
+       for name in MODEL_NAMES},
+    "memory-backend": ("object", True), "rng-backend": ("object", True),
+    "secret_common": ("object", True), "event-loop-base": ("object", True),
+    **{name: ({"rng": "rng-backend", "memory": "memory-backend", "secret": "secret_common",
+               "iothread": "event-loop-base"}.get(name.split("-")[0], "object"), False)
+       for name in user_objects.TYPES},
+}
+
+
+def _other_implements(name: str, ancestor: str) -> bool:
+    while name in OTHER_TYPES:
+        if name == ancestor:
+            return True
+        name = OTHER_TYPES[name][0]
+    return name == ancestor
 
 
 @command("qom-list-types", args=[Member("implements", STR, True),
@@ -79,8 +102,12 @@ def qom_list_types(ctx, implements=None, abstract=False):
         entry = {"name": t.name, **({"abstract": True} if t.abstract else {}),
                  "parent": t.parent or "object"}
         found.append(entry)
-    if implements is None:
-        found += [{"name": name, "parent": parent} for name, parent in OTHER_TYPES.items()]
+    for name, (parent, is_abstract) in OTHER_TYPES.items():
+        if (is_abstract and not abstract) or \
+                (implements is not None and not _other_implements(name, implements)):
+            continue
+        found.append({"name": name, **({"abstract": True} if is_abstract else {}),
+                      "parent": parent})
     return found
 
 
@@ -123,6 +150,12 @@ def qom_list_properties(ctx, typename):
     without defaults, as QEMU."""
     device_type = qdev.TYPES.get(typename)
     if device_type is None:
+        if typename in user_objects.TYPES:
+            return user_objects.qom_properties(typename)
+        if typename.endswith("-machine") and typename in OTHER_TYPES:
+            return [{"name": "type", "type": "string"}] + MACHINE_PROPS
+        if typename.endswith("-x86_64-cpu") and typename in OTHER_TYPES:
+            return _cpu_properties()
         if typename in OTHER_TYPES:
             return [{"name": "type", "type": "string"}]
         raise QmpError(f"Class '{typename}' not found")
@@ -131,3 +164,31 @@ def qom_list_properties(ctx, typename):
         pci = len(qdev.TYPES["pci-device"].props)
         props.insert(pci, qdev.Prop("legacy-addr", "str"))
     return [_property_info(p, with_default=False) for p in (*DEVICE_OBJECT_PROPS, *props)]
+
+
+# the -machine properties kvmkit reads (vmm/config.py), with QEMU's descriptions
+MACHINE_PROPS = [
+    {"name": "kernel", "description": "Linux kernel image file", "type": "string"},
+    {"name": "initrd", "description": "Linux initial ramdisk file", "type": "string"},
+    {"name": "append", "description": "Linux kernel command line", "type": "string"},
+    {"name": "usb", "description": "Set on/off to enable/disable usb", "type": "bool"},
+    {"name": "memory-backend", "description": "Set RAM backendValid value is ID of hostmem "
+     "based backend", "type": "link<memory-backend>"},
+    {"name": "dump-guest-core", "description": "Include guest memory in a core dump",
+     "type": "bool"},
+    {"name": "mem-merge", "description": "Enable/disable memory merge support",
+     "type": "bool"},
+    {"name": "peripheral-anon", "type": "child<container>"},
+    {"name": "peripheral", "type": "child<container>"}]
+
+
+def _cpu_properties() -> list[dict]:
+    """An x86 CPU's feature flags and identity, the names -cpu and
+    query-cpu-model-expansion take."""
+    props = [{"name": "type", "type": "string"}]
+    props += [{"name": name, "type": "bool"} for name in FEATURES]
+    props += [{"name": "vendor", "type": "string"}, {"name": "model-id", "type": "string"},
+              {"name": "family", "type": "int"}, {"name": "model", "type": "int"},
+              {"name": "stepping", "type": "int"}, {"name": "level", "type": "uint32"},
+              {"name": "xlevel", "type": "uint32"}]
+    return props

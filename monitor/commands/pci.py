@@ -67,4 +67,6 @@ PCI_DEVICE_INFO = Struct("PciDeviceInfo", (
 @command("query-pci", returns=ListOf(Struct("PciInfo", (
     Member("bus", INT), Member("devices", ListOf(PCI_DEVICE_INFO))))))
 def query_pci(ctx):
+    if ctx.machine.pci is None:            # -machine none: no PCI host bridge
+        return []
     return [{"bus": 0, "devices": [device_info(d) for d in ctx.machine.pci.sorted_devices()]}]

@@ -36,6 +36,7 @@ class BlockLayer:
         self.graph = BlockGraph()
         self.drives: list[Drive] = []            # named ones first come, then anonymous
         self.groups: dict[str, ThrottleGroup] = {}
+        self.object_groups: set[str] = set()     # -object throttle-group: kept when empty
         self._temporaries: list[str] = []        # -snapshot overlays, removed at close
 
     def find_drive(self, name: str) -> Drive | None:
@@ -75,7 +76,8 @@ class BlockLayer:
         if rerror not in ERROR_ACTIONS or rerror == "enospc":
             raise UserError(f"'{rerror}' invalid read error action")
         throttle = self._throttle_from_opts(opts)
-        group = opts.pop(THROTTLE_PREFIX + "group", None) or drive_id
+        named_group = opts.pop(THROTTLE_PREFIX + "group", None)
+        group = named_group or drive_id
         for key in ("if", "media", "index", "bus", "unit"):
             opts.pop(key, None)                   # the interface: config.py's business
         if "file" not in opts and not any(k.startswith("file.") for k in opts):
@@ -119,7 +121,26 @@ class BlockLayer:
         self.drives.append(drive)
         if throttle.enabled:
             self.set_throttle(drive, throttle, group)
+        elif named_group in self.object_groups:       # joins the object's limits
+            self.join_group(drive, self.groups[named_group])
         return drive
+
+    def add_throttle_group(self, name: str, values: dict[str, int]) -> None:
+        """-object throttle-group,id=NAME,x-...: limits that drives join by name."""
+        config = ThrottleConfig(values)
+        config.check()
+        self.groups[name] = ThrottleGroup(name, config)
+        self.object_groups.add(name)
+
+    def remove_throttle_group(self, name: str) -> None:
+        self.object_groups.discard(name)
+        group = self.groups.get(name)
+        if group is not None and not group.members:
+            del self.groups[name]
+
+    def join_group(self, drive: Drive, group: ThrottleGroup) -> None:
+        group.members.add(drive)
+        drive.throttle = group
 
     def _snapshot_overlay(self, base: Node) -> Node:
         """-snapshot: writes go to a temporary qcow2 over the image, removed at exit."""
@@ -276,7 +297,7 @@ class BlockLayer:
             return
         group.members.discard(drive)
         drive.throttle = None
-        if not group.members:
+        if not group.members and group.name not in self.object_groups:
             del self.groups[group.name]
 
     def close(self) -> None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import mmap
 import os
 import threading
 
+from vmm import fdsets
 from vmm.block import locking as image_locks
 from vmm.errors import UserError
 
@@ -40,7 +42,9 @@ class RawImage:
     def __init__(self, path: str, read_only: bool = False, unmap: bool = False,
                  direct: bool = False, no_flush: bool = False, locking: bool = True) -> None:
         flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
-        self.fd = os.open(path, flags | (os.O_DIRECT if direct else 0))
+        self.fd = fdsets.open_path(path, flags | (os.O_DIRECT if direct else 0))
+        if direct and path.startswith(fdsets.PREFIX):     # a set's fd keeps its own flags
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_DIRECT)
         self.read_only = read_only
         self.unmap = unmap                   # -drive discard=unmap
         self.no_flush = no_flush

@@ -236,14 +236,18 @@ class UserBackend(SingleQueueBackend):
         if self.link_down:
             return
         with self.lock:
+            if not self._running:         # netdev_del'd: libslirp is going away
+                return
             _library().slirp_input(self.slirp, frame, len(frame))
-        self._wake()
+            self._wake()
 
     def receive_ready(self) -> None:
         pass                              # frames from slirp are offered as they come
 
     # -- libslirp's sockets -------------------------------------------------------------
     def _wake(self) -> None:
+        if not self._running:             # (its pipe is closed once the thread ends)
+            return
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
@@ -257,6 +261,12 @@ class UserBackend(SingleQueueBackend):
         return self._revents[index] if 0 <= index < len(self._revents) else 0
 
     def _poll_sockets(self) -> None:
+        try:
+            self._poll_until_closed()
+        finally:
+            self._cleanup()
+
+    def _poll_until_closed(self) -> None:
         lib = _library()
         timeout = _ffi.new("uint32_t *")
         while self._running:
@@ -285,18 +295,22 @@ class UserBackend(SingleQueueBackend):
                     lib.slirp_pollfds_poll(self.slirp, 0, self._get_revents, _ffi.NULL)
 
     def close(self) -> None:
+        """Stops the back end at once; its thread frees libslirp when it sees that.
+        (netdev_del calls this holding the machine lock, which that thread may be
+        waiting for: joining it here would stall the monitor.)"""
         with self.lock:
             if not self._running:
                 return
-            self._running = False
             self._wake()
-        self._thread.join(2)
+            self._running = False
+
+    def _cleanup(self) -> None:
         with self.lock:
             for _handle, timer in self._timers.values():
                 timer.cancel()
             _library().slirp_cleanup(self.slirp)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
 
 def _slirp_events(revents: int) -> int:

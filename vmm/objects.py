@@ -1,0 +1,353 @@
+"""User-creatable objects: -object and object-add, as QEMU's /objects/ID.
+
+Each type lists its properties once (name, QOM type, description); that list
+checks -object text and JSON with QEMU's messages and answers
+qom-list-properties. What kvmkit does with each object:
+
+- memory-backend-ram, -file and -memfd: guest RAM (``-machine memory-backend=``),
+  anonymous, from a file or from a memfd, shared or private (vmm/memory.py);
+- secret: bytes other objects read by id (QEMU's masterKey0, LUKS passwords);
+- iothread: accepted and listed; kvmkit's I/O runs on its own workers;
+- rng-random and rng-builtin: where virtio-rng's bytes come from;
+- throttle-group: limits that drives join with throttling.group=ID.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmm.errors import UserError
+from vmm.memory import RamBacking
+from vmm.qemuopts import OptsError, parse_size, split_opts
+
+IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+INT64_MAX = (1 << 63) - 1
+
+
+class ObjectError(UserError):
+    """An -object/object-add error, in QEMU's words."""
+
+
+@dataclass(frozen=True)
+class ObjectProp:
+    name: str
+    type: str                   # QOM's: string, bool, int (sizes too), uint64, or an enum
+    description: str = ""
+    kind: str = ""              # how text is read: size, int64, uint64 (default: by type)
+    values: tuple[str, ...] = ()    # an enum's values
+
+
+@dataclass
+class UserObject:
+    """One object: its type, id, the properties given (with their defaults) and
+    what it holds (an open file, a RAM backing, bytes)."""
+    qom_type: str
+    id: str
+    props: dict[str, Any]
+    resource: Any = None
+    used_by: str | None = None      # what uses it (machine RAM): object-del refuses then
+    fds: list[int] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+
+
+_BACKEND = (
+    ObjectProp("share", "bool", "Mark the memory as private to QEMU or shared"),
+    ObjectProp("size", "int", "Size of the memory region (ex: 500M)", "size"),
+    ObjectProp("dump", "bool", "Set to 'off' to exclude from core dump"),
+    ObjectProp("x-use-canonical-path-for-ramblock-id", "bool"),
+    ObjectProp("prealloc", "bool", "Preallocate memory"),
+    ObjectProp("reserve", "bool", "Reserve swap space (or huge pages) if applicable"),
+    ObjectProp("merge", "bool", "Mark memory as mergeable"),
+)
+_THROTTLE_LIMITS = ("bps-total", "bps-read", "bps-write", "iops-total", "iops-read",
+                    "iops-write")
+TYPES: dict[str, tuple[ObjectProp, ...]] = {
+    "memory-backend-ram": _BACKEND,
+    "memory-backend-file": _BACKEND + (
+        ObjectProp("mem-path", "string"), ObjectProp("discard-data", "bool")),
+    "memory-backend-memfd": _BACKEND + (
+        ObjectProp("hugetlb", "bool", "Use huge pages"),
+        ObjectProp("seal", "bool", "Seal growing & shrinking"),
+        ObjectProp("hugetlbsize", "int", "Huge pages size (ex: 2M, 1G)", "size")),
+    "secret": (
+        ObjectProp("loaded", "bool"), ObjectProp("format", "QCryptoSecretFormat",
+                                                 values=("raw", "base64")),
+        ObjectProp("keyid", "string"), ObjectProp("iv", "string"),
+        ObjectProp("data", "string"), ObjectProp("file", "string")),
+    "iothread": (
+        ObjectProp("poll-max-ns", "int", kind="int64"),
+        ObjectProp("poll-grow", "int", kind="int64"),
+        ObjectProp("poll-shrink", "int", kind="int64"),
+        ObjectProp("aio-max-batch", "int", kind="int64")),
+    "rng-random": (ObjectProp("opened", "bool"), ObjectProp("filename", "string")),
+    "rng-builtin": (ObjectProp("opened", "bool"),),
+    "throttle-group": tuple(
+        ObjectProp(f"x-{limit}{suffix}", "int", kind="int64")
+        for limit in _THROTTLE_LIMITS for suffix in ("", "-max", "-max-length")) + (
+        ObjectProp("x-iops-size", "int", kind="int64"),
+        ObjectProp("limits", "ThrottleLimits")),
+}
+REQUIRED = {"memory-backend-ram": ("size",), "memory-backend-file": ("size", "mem-path"),
+            "memory-backend-memfd": ("size",)}
+# what each type defaults to, where it matters here
+DEFAULTS = {"memory-backend-ram": {"share": False},
+            "memory-backend-file": {"share": False},
+            "memory-backend-memfd": {"share": True, "seal": True}}
+READ_ONLY = {"loaded", "opened"}    # state, not settings: -object may not set them
+
+
+def qom_properties(qom_type: str) -> list[dict]:
+    """qom-list-properties' answer for an object type."""
+    out = [{"name": "type", "type": "string"}]
+    for p in TYPES[qom_type]:
+        entry = {"name": p.name, "type": p.type}
+        if p.description:
+            entry["description"] = p.description
+        out.append(entry)
+    return out
+
+
+def from_text(text: str) -> dict[str, Any]:
+    """-object TYPE,id=ID,prop=value (values still text) or -object {JSON}."""
+    members: dict[str, Any] = {}
+    for index, part in enumerate(split_opts(text)):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        if not eq and index == 0:
+            members["qom-type"] = key
+        elif not eq:
+            raise ObjectError(f"Expected '=' after parameter '{key}'")
+        else:
+            members[key] = value
+    return members
+
+
+def check(members: dict[str, Any], strict: bool) -> tuple[str, str, dict[str, Any]]:
+    """(type, id, typed properties) of object-add arguments or -object members;
+    ``strict``: JSON values, which keep their types."""
+    members = dict(members)
+    qom_type = members.pop("qom-type", None)
+    if qom_type is None:
+        raise ObjectError("Parameter 'qom-type' is missing")
+    if not isinstance(qom_type, str) or qom_type not in TYPES:
+        raise ObjectError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
+    object_id = members.pop("id", None)
+    if object_id is None:
+        raise ObjectError("Parameter 'id' is missing")
+    if not isinstance(object_id, str) or not IDENTIFIER.fullmatch(object_id):
+        raise ObjectError("Parameter 'id' expects an identifier\n"
+                          "Identifiers consist of letters, digits, '-', '.', '_', "
+                          "starting with a letter.")
+    known = {p.name: p for p in TYPES[qom_type]}
+    props = dict(DEFAULTS.get(qom_type, {}))
+    for key, value in members.items():
+        prop = known.get(key)
+        if prop is None or key in READ_ONLY or (key == "limits" and not strict):
+            raise ObjectError(f"Invalid parameter '{key}'")
+        props[key] = _value(prop, value, strict)
+    for name in REQUIRED.get(qom_type, ()):
+        if name not in props:
+            raise ObjectError(f"Parameter '{name}' is missing")
+    return qom_type, object_id, props
+
+
+def _value(prop: ObjectProp, value: Any, strict: bool) -> Any:
+    name = prop.name
+    if prop.type == "ThrottleLimits":
+        if not isinstance(value, dict):
+            raise ObjectError(f"Invalid parameter type for '{name}', expected: object")
+        return value
+    if prop.type == "bool":
+        if strict:
+            if not isinstance(value, bool):
+                raise ObjectError(f"Invalid parameter type for '{name}', expected: boolean")
+            return value
+        if value in ("on", "yes", "true", "y"):
+            return True
+        if value in ("off", "no", "false", "n"):
+            return False
+        raise ObjectError(f"Parameter '{name}' expects 'on' or 'off'")
+    if prop.type in ("string",) or prop.values:
+        if strict and not isinstance(value, str):
+            raise ObjectError(f"Invalid parameter type for '{name}', expected: string")
+        if prop.values and value not in prop.values:
+            raise ObjectError(f"Parameter '{name}' does not accept value '{value}'")
+        return value
+    kind = prop.kind or "int64"
+    if strict:
+        if not isinstance(value, int) or isinstance(value, bool):
+            if kind == "int64":
+                raise ObjectError(f"Invalid parameter type for '{name}', expected: integer")
+            raise ObjectError(f"Parameter '{name}' expects uint64")
+        return value
+    try:
+        if kind == "size":
+            return parse_size(value)
+        number = int(value, 10)
+    except (OptsError, ValueError):
+        what = "a size value" if kind == "size" else f"an {kind} value" \
+            if kind == "int64" else f"a {kind} value"
+        raise ObjectError(f"Parameter '{name}' expects {what}") from None
+    return number
+
+
+def create(qom_type: str, object_id: str, props: dict[str, Any]) -> UserObject:
+    """Makes the object: opens what it reads, maps nothing yet (the machine maps RAM).
+    Errors here are QEMU's completion errors, which name no option."""
+    obj = UserObject(qom_type, object_id, props)
+    try:
+        if qom_type.startswith("memory-backend-"):
+            obj.resource = _memory_backing(obj)
+        elif qom_type == "secret":
+            obj.resource = _secret_bytes(props)
+        elif qom_type == "iothread":
+            for key, value in props.items():
+                if value < 0:
+                    raise ObjectError(f"{key} value must be in range [0, {INT64_MAX}]")
+        elif qom_type == "rng-random":
+            filename = props.get("filename", "/dev/urandom")
+            try:
+                obj.fds.append(os.open(filename, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError as e:
+                raise ObjectError(f"Could not open '{filename}': {e.strerror}") from None
+            obj.resource = obj.fds[0]
+    except BaseException:
+        obj.close()
+        raise
+    return obj
+
+
+def _memory_backing(obj: UserObject) -> RamBacking:
+    p = obj.props
+    size = p["size"]
+    if size == 0:
+        raise ObjectError(f"property 'size' of {obj.qom_type} doesn't take value '0'")
+    backing = RamBacking(shared=p.get("share", False), reserve=p.get("reserve", True),
+                         prealloc=p.get("prealloc", False), merge=p.get("merge", True),
+                         dump=p.get("dump", True))
+    if obj.qom_type == "memory-backend-file":
+        backing.fd = _open_mem_path(p["mem-path"], size)
+    elif obj.qom_type == "memory-backend-memfd":
+        flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if p.get("seal", True) else 0)
+        if p.get("hugetlb"):
+            flags |= os.MFD_HUGETLB
+        fd = os.memfd_create("memory-backend-memfd", flags)
+        try:
+            os.ftruncate(fd, size)
+        except OSError as e:
+            os.close(fd)
+            raise ObjectError(f"failed to resize memfd to {size}: {e.strerror}") from None
+        if p.get("seal", True):
+            import fcntl
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+        backing.fd = fd
+    if backing.fd is not None:
+        obj.fds.append(backing.fd)
+    return backing
+
+
+def _open_mem_path(path: str, size: int) -> int:
+    """The file guest RAM is mapped from; a directory gets an unlinked file of its own."""
+    try:
+        if os.path.isdir(path):
+            fd = os.open(path, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise ObjectError(f"can't open backing store {path} for guest RAM: "
+                          f"{e.strerror}") from None
+    try:
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+    except OSError as e:
+        os.close(fd)
+        raise ObjectError(f"can't open backing store {path} for guest RAM: "
+                          f"{e.strerror}") from None
+    return fd
+
+
+def _secret_bytes(props: dict[str, Any]) -> bytes:
+    if ("data" in props) == ("file" in props):
+        raise ObjectError("Either 'file' or 'data' must be provided" if "data" not in props
+                          else "'data' and 'file' are mutually exclusive")
+    if "file" in props:
+        try:
+            with open(props["file"], "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise ObjectError(f"Unable to read {props['file']}: Failed to open file "
+                              f"“{props['file']}”: {e.strerror}") from None
+    else:
+        raw = props["data"].encode()
+    if props.get("format", "raw") == "base64":
+        try:
+            return base64.b64decode(raw, validate=True)
+        except ValueError:
+            raise ObjectError("Unable to decode secret: invalid base64") from None
+    return raw
+
+
+def throttle_values(props: dict[str, Any]) -> dict[str, int]:
+    """A throttle-group's limits keyed as block_set_io_throttle names them."""
+    short = {"bps-total": "bps", "bps-read": "bps_rd", "bps-write": "bps_wr",
+             "iops-total": "iops", "iops-read": "iops_rd", "iops-write": "iops_wr"}
+    values: dict[str, int] = {}
+    given = {k[2:]: v for k, v in props.items() if k.startswith("x-")}
+    given.update(props.get("limits", {}))
+    for key, value in given.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ObjectError(f"Invalid parameter type for '{key}', expected: integer")
+        if value < 0:
+            raise ObjectError("Property values cannot be negative")
+        base, _, suffix = key.partition("-max")
+        if key == "iops-size":
+            values["iops_size"] = value
+        elif base in short:
+            values[short[base] + {"": "", "-length": "_max_length"}[suffix]
+                   + ("_max" if key.endswith("-max") else "")] = value
+        else:
+            raise ObjectError(f"Invalid parameter '{key}'")
+    return values
+
+
+class Objects:
+    """The machine's /objects: created in command-line order, deleted by object-del."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, UserObject] = {}
+
+    def add(self, members: dict[str, Any], strict: bool) -> UserObject:
+        qom_type, object_id, props = check(members, strict)
+        if object_id in self.by_id:
+            raise ObjectError(f"attempt to add duplicate property '{object_id}' to object "
+                              f"(type 'container')")
+        obj = create(qom_type, object_id, props)
+        self.by_id[object_id] = obj
+        return obj
+
+    def delete(self, object_id: str) -> UserObject:
+        obj = self.by_id.get(object_id)
+        if obj is None:
+            raise ObjectError(f"object '{object_id}' not found")
+        if obj.used_by is not None:
+            raise ObjectError(f"object '{object_id}' is in use, can not be deleted")
+        del self.by_id[object_id]
+        obj.close()
+        return obj
+
+    def close(self) -> None:
+        for obj in self.by_id.values():
+            obj.close()
