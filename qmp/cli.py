@@ -7,6 +7,7 @@ A user error prints one line (``kvmkit: ...``) and exits 1; never a traceback.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import signal
@@ -34,8 +35,23 @@ def version_text() -> str:
             "A KVM virtual machine monitor in Python.")
 
 
+_timestamps = False            # -msg timestamp=on: messages start with the UTC time
+
+
+def _prefix() -> str:
+    if not _timestamps:
+        return ""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
+
+
+class _MessageFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{_prefix()}{PROG}: {record.getMessage()}"
+
+
 def error(message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    print(f"{_prefix()}{PROG}: {message}", file=sys.stderr, flush=True)
     return 1
 
 
@@ -91,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             return error(f"Error opening logfile {cfg.logfile}: {e.strerror}")
     else:
-        logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
+        global _timestamps
+        _timestamps = cfg.msg_timestamp
+        handler = logging.StreamHandler()
+        handler.setFormatter(_MessageFormatter())
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
     # The signals that end kvmkit are taken by one thread (sigwaitinfo tells who sent
     # them): blocked here, before any thread starts, so every thread inherits that.
     signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING_SIGNALS)
@@ -161,7 +181,7 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
 
     def on_signal(signum: int, pid: int) -> None:
         sender = f" from pid {pid} ({_program_of(pid)})" if pid > 0 else ""
-        print(f"{PROG}: terminating on signal {signum}{sender}", file=sys.stderr, flush=True)
+        error(f"terminating on signal {signum}{sender}")
         machine.shutdown(False, "host-signal")
         machine.finish(0)
 

@@ -56,6 +56,7 @@ class MachineConfig:
     memory_given: bool = False          # -m: else a memory backend's size is the RAM size
     memory_backend: str | None = None   # -machine memory-backend=ID
     usb: bool = False                   # -usb or -machine usb=on: a piix3-usb-uhci
+    msg_timestamp: bool = False         # -msg timestamp=on
     objects: list[tuple[str, dict, bool]] = field(default_factory=list)  # (origin, members, JSON)
     fdsets: list[tuple[int, int, str | None]] = field(default_factory=list)  # -add-fd
     cpus: int = 1
@@ -513,7 +514,10 @@ class _Parser:
         for key, value in parse_opts(arg).items():
             if key not in ("timestamp", "guest-name"):
                 raise self.fail(f"Invalid parameter '{key}'")
-            parse_bool(key, value)
+            if parse_bool(key, value) and key == "guest-name":
+                raise self.fail("guest-name=on is not supported by kvmkit")
+            if key == "timestamp":
+                self.cfg.msg_timestamp = parse_bool(key, value)
 
     def opt_audiodev(self, arg: str) -> None:
         """-audiodev none,id=ID or {JSON}: kvmkit has no sound card, so only the

@@ -7,7 +7,8 @@ qom-list-properties. What kvmkit does with each object:
 - memory-backend-ram, -file and -memfd: guest RAM (``-machine memory-backend=``),
   anonymous, from a file or from a memfd, shared or private (vmm/memory.py);
 - secret: bytes other objects read by id (QEMU's masterKey0, LUKS passwords);
-- iothread: accepted and listed; kvmkit's I/O runs on its own workers;
+- iothread: a thread of its own, as QEMU's (query-iothreads names it); no device
+  runs its I/O there yet: kvmkit's block and net I/O have their own workers;
 - rng-random and rng-builtin: where virtio-rng's bytes come from;
 - throttle-group: limits that drives join with throttling.group=ID.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,12 +55,34 @@ class UserObject:
     fds: list[int] = field(default_factory=list)
 
     def close(self) -> None:
+        if isinstance(self.resource, IoThread):
+            self.resource.stop()
         for fd in self.fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.fds.clear()
+
+
+class IoThread:
+    """An iothread object's thread: it waits for work (none is given to it yet)."""
+
+    def __init__(self, name: str) -> None:
+        self._stopped = threading.Event()
+        self._started = threading.Event()
+        self.thread_id = 0
+        self._thread = threading.Thread(target=self._run, name=f"IO {name}", daemon=True)
+        self._thread.start()
+        self._started.wait()
+
+    def _run(self) -> None:
+        self.thread_id = threading.get_native_id()
+        self._started.set()
+        self._stopped.wait()
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 _BACKEND = (
@@ -216,6 +240,7 @@ def create(qom_type: str, object_id: str, props: dict[str, Any]) -> UserObject:
             for key, value in props.items():
                 if value < 0:
                     raise ObjectError(f"{key} value must be in range [0, {INT64_MAX}]")
+            obj.resource = IoThread(object_id)
         elif qom_type == "rng-random":
             filename = props.get("filename", "/dev/urandom")
             try:

@@ -64,6 +64,11 @@ class Prop:
         owner = self.owner or type_name
         if not self.writable:
             raise DeviceError(f"Property '{owner}.{self.name}' is not writable")
+        if self.kind == "object":           # a link to an -object, found at realize
+            if strict and not isinstance(value, str):
+                raise DeviceError(f"Invalid parameter type for '{self.name}', "
+                                  f"expected: string")
+            return str(value)
         if self.type.startswith("link<"):
             raise DeviceError(f"Device '{value}' not found")
         if self.kind == "devfn":
@@ -179,6 +184,7 @@ class Board(Protocol):
     chardevs: dict
     cfg: Any
     lock: Any
+    objects: Any                        # the -object/object-add objects (vmm/objects.py)
 
     def set_irq(self, gsi: int, level: int) -> None: ...
     def device_timer(self, callback: Callable[[], None]) -> Any: ...

@@ -27,7 +27,8 @@ def _bus_of(machine, device_type) -> str:
 
 
 @command("device_add", args=[Member("driver", STR), Member("bus", STR, True),
-                             Member("id", STR, True)], extra_args=True)
+                             Member("id", STR, True)], extra_args=True,
+         features=("json-cli", "json-cli-hotplug"))
 def device_add(ctx, driver, props, bus=None, id=None):
     machine = ctx.machine
     device_type = qdev.lookup(driver)

@@ -72,3 +72,15 @@ def remove_fd(ctx, fdset_id, fd=None):
         Member("fd", INT), Member("opaque", STR, True)))))))))
 def query_fdsets(ctx):
     return fdsets.query()
+
+
+@command("query-iothreads", returns=ListOf(Struct("IOThreadInfo", (
+    Member("id", STR), Member("thread-id", INT), Member("poll-max-ns", INT),
+    Member("poll-grow", INT), Member("poll-shrink", INT), Member("aio-max-batch", INT)))))
+def query_iothreads(ctx):
+    return [{"id": obj.id, "thread-id": obj.resource.thread_id,
+             "poll-max-ns": obj.props.get("poll-max-ns", 32768),
+             "poll-grow": obj.props.get("poll-grow", 0),
+             "poll-shrink": obj.props.get("poll-shrink", 0),
+             "aio-max-batch": obj.props.get("aio-max-batch", 0)}
+            for obj in ctx.machine.objects.by_id.values() if obj.qom_type == "iothread"]
