@@ -1,0 +1,189 @@
+"""libvirt 9.0 manages kvmkit as it manages QEMU 7.2: the same virsh session, with
+the probe guest as the domain's <kernel>, run once with each as the <emulator>.
+
+The daemon is Debian's, in namespaces of the test's own (tests/libvirt_daemon.py).
+Each step checks what the guest and the host see, not only virsh's word: the
+guest's console reports the balloon and the NIC coming and going, the VMM's RSS
+shows the memory given back, and the monitor answers through libvirt."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REQUIRE_KVM, require_kvm, require_qemu
+from guest import QEMU, kvmkit_command, probe_elf
+from libvirt_daemon import Libvirtd, LibvirtUnavailable
+
+MEMORY_MIB, BALLOON_TO_MIB = 512, 96
+DOMAIN = """<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory}</memory>
+  <currentMemory unit='MiB'>{memory}</currentMemory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <emulator>{emulator}</emulator>
+    <serial type='unix'><source mode='bind' path='{console}'/></serial>
+    <memballoon model='virtio'><stats period='1'/></memballoon>
+  </devices>
+</domain>
+"""
+NICS = {
+    "user": "<interface type='user'><mac address='52:54:00:6b:76:01'/>"
+            "<model type='virtio'/></interface>",
+    "bridge": "<interface type='bridge'><mac address='52:54:00:6b:76:02'/>"
+              "<source bridge='br0'/><model type='virtio'/></interface>",
+}
+
+
+@pytest.fixture(scope="module")
+def libvirtd(tmp_path_factory):
+    require_kvm()
+    try:
+        daemon = Libvirtd(str(tmp_path_factory.mktemp("libvirtd") / "libvirtd.log"))
+    except LibvirtUnavailable as e:
+        if REQUIRE_KVM:
+            pytest.fail(f"libvirt is needed in CI (the tests' install step adds it): {e}")
+        pytest.skip(str(e))
+    yield daemon
+    daemon.close()
+
+
+class Console:
+    """The guest's COM1, a unix socket libvirt listens on: JSON lines."""
+
+    def __init__(self, path: str) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.sock.settimeout(60)
+        self.buffer = b""
+
+    def line(self) -> dict:
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise AssertionError("the guest's console closed")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def wait_event(self, name: str) -> dict:
+        while True:
+            message = self.line()
+            if message.get("event") == name:
+                return message
+
+    def command(self, text: str) -> dict:
+        self.sock.sendall(text.encode() + b"\n")
+        while True:
+            message = self.line()
+            if "event" not in message:
+                return message
+
+
+def _memstat(daemon: Libvirtd, name: str) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split() for line in
+                                   daemon.virsh("dommemstat", name).splitlines() if line)}
+
+
+@pytest.mark.parametrize("vmm", ["qemu", "kvmkit"])
+def test_virsh_manages_the_vmm(libvirtd, tmp_path, vmm):
+    if vmm == "qemu":
+        require_qemu()
+    emulator = shutil.which(QEMU) if vmm == "qemu" else kvmkit_command()[0]
+    name = f"probe-{vmm}"
+    sockets = tempfile.mkdtemp(prefix="lv-", dir="/tmp")         # sun_path is short
+    console_path = os.path.join(sockets, "console.sock")
+    xml = tmp_path / "domain.xml"
+    xml.write_text(DOMAIN.format(name=name, memory=MEMORY_MIB, kernel=probe_elf(),
+                                 emulator=emulator, console=console_path))
+    virsh = libvirtd.virsh
+    libvirtd.transcript.clear()
+    try:
+        virsh("define", str(xml))
+        virsh("start", name, "--paused")
+        console = Console(console_path)
+        virsh("resume", name)
+        assert console.wait_event("ready")["memory_mib"] >= MEMORY_MIB - 1
+        info = virsh("dominfo", name)
+        assert re.search(r"State:\s+running", info), info
+        assert re.search(rf"Max memory:\s+{MEMORY_MIB * 1024} KiB", info), info
+
+        # the monitor, through libvirt, in both languages
+        assert virsh("qemu-monitor-command", name, "--hmp", "info status").strip() == \
+            "VM status: running"
+        reply = json.loads(virsh("qemu-monitor-command", name, '{"execute":"query-status"}'))
+        assert reply["return"] == {"status": "running", "singlestep": False, "running": True}
+
+        # setmem --live inflates the guest's balloon; the host gets the memory back
+        assert console.command("touch 400 7")["errors"] == 0
+        before = _memstat(libvirtd, name)
+        assert before["actual"] == MEMORY_MIB * 1024
+        virsh("setmem", name, f"{BALLOON_TO_MIB}M", "--live")
+        event = console.wait_event("balloon")
+        assert event["actual_pages"] == (MEMORY_MIB - BALLOON_TO_MIB) * 256
+        deadline = time.monotonic() + 10
+        while (after := _memstat(libvirtd, name))["actual"] != BALLOON_TO_MIB * 1024:
+            assert time.monotonic() < deadline, after
+            time.sleep(0.2)
+        assert before["rss"] - after["rss"] >= 300 * 1024, (before, after)
+        assert "usable" in after and "last_update" in after      # the guest's own stats
+
+        # a virtio NIC, plugged and unplugged while running: user networking, and
+        # a tap on a bridge (libvirt opens the tap and hands it over with getfd)
+        for kind, nic in NICS.items():
+            nic_xml = tmp_path / f"nic-{kind}.xml"
+            nic_xml.write_text(nic)
+            virsh("attach-device", name, str(nic_xml), "--live")
+            added = console.wait_event("pci-added")
+            assert (added["vendor"], added["device"]) == ("1af4", "1000")
+            assert re.search(rf"{kind}\s+.*virtio\s+52:54:00:6b:76:0", virsh("domiflist", name))
+            network = virsh("qemu-monitor-command", name, "--hmp", "info network")
+            assert "model=virtio-net-pci" in network and \
+                f"type={'user' if kind == 'user' else 'tap'}" in network, network
+            virsh("detach-device", name, str(nic_xml), "--live")
+            assert console.wait_event("pci-ejected")["slot"] == added["slot"]
+            deadline = time.monotonic() + 10
+            while "virtio" in virsh("domiflist", name):
+                assert time.monotonic() < deadline, "the NIC never left libvirt's list"
+                time.sleep(0.2)
+
+        virsh("suspend", name)
+        assert virsh("domstate", name).strip() == "paused"
+        assert json.loads(virsh("qemu-monitor-command", name, '{"execute":"query-status"}')
+                          )["return"]["status"] == "paused"
+        virsh("resume", name)
+        assert virsh("domstate", name).strip() == "running"
+        assert console.command("touch 1 8")["errors"] == 0         # the guest runs again
+
+        virsh("destroy", name)
+        assert virsh("domstate", name).strip() == "shut off"
+        virsh("undefine", name)
+        assert name not in virsh("list", "--all", "--name").split()
+    finally:
+        virsh("destroy", name, check=False)
+        virsh("undefine", name, check=False)
+        Path(tmp_path / "virsh-transcript.txt").write_text("\n".join(libvirtd.transcript))
+        shutil.rmtree(sockets, ignore_errors=True)
