@@ -208,7 +208,7 @@ def _program_of(pid: int) -> str:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().split(b"\0")[0].decode(errors="replace")
     except OSError:
-        return ""
+        return "<unknown process>"
 
 
 def _detach_stdio() -> None:

@@ -10,7 +10,8 @@ qom-list-properties. What kvmkit does with each object:
 - iothread: a thread of its own, as QEMU's (query-iothreads names it); no device
   runs its I/O there yet: kvmkit's block and net I/O have their own workers;
 - rng-random and rng-builtin: where virtio-rng's bytes come from;
-- throttle-group: limits that drives join with throttling.group=ID.
+- throttle-group: a group that outlives its drives; a drive joining it with
+  throttling.group=ID (and limits) sets the group's limits, as in QEMU.
 """
 
 from __future__ import annotations

@@ -76,8 +76,7 @@ class BlockLayer:
         if rerror not in ERROR_ACTIONS or rerror == "enospc":
             raise UserError(f"'{rerror}' invalid read error action")
         throttle = self._throttle_from_opts(opts)
-        named_group = opts.pop(THROTTLE_PREFIX + "group", None)
-        group = named_group or drive_id
+        group = opts.pop(THROTTLE_PREFIX + "group", None) or drive_id
         for key in ("if", "media", "index", "bus", "unit"):
             opts.pop(key, None)                   # the interface: config.py's business
         if "file" not in opts and not any(k.startswith("file.") for k in opts):
@@ -119,10 +118,8 @@ class BlockLayer:
         drive = Drive(drive_id, node, cache_writeback=writeback, werror=werror,
                       rerror=rerror)
         self.drives.append(drive)
-        if throttle.enabled:
+        if throttle.enabled:     # (a group named without limits is not joined, as QEMU's)
             self.set_throttle(drive, throttle, group)
-        elif named_group in self.object_groups:       # joins the object's limits
-            self.join_group(drive, self.groups[named_group])
         return drive
 
     def add_throttle_group(self, name: str, values: dict[str, int]) -> None:
@@ -137,10 +134,6 @@ class BlockLayer:
         group = self.groups.get(name)
         if group is not None and not group.members:
             del self.groups[name]
-
-    def join_group(self, drive: Drive, group: ThrottleGroup) -> None:
-        group.members.add(drive)
-        drive.throttle = group
 
     def _snapshot_overlay(self, base: Node) -> Node:
         """-snapshot: writes go to a temporary qcow2 over the image, removed at exit."""
