@@ -15,4 +15,5 @@ from monitor.commands import (  # noqa: F401
     pci,
     qom,
     runstate,
+    stats,
 )
