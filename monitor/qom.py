@@ -88,6 +88,8 @@ def _after_realize(device, name: str) -> Callable[[Any], None]:
 
 
 def build_tree(machine) -> QomObject:
+    from monitor.commands.core import cpu_qom_path
+
     root = _container()
     m = root.add_child("machine", QomObject("pc-i440fx-7.2-machine"))
     peripheral = m.add_child("peripheral", _container())
@@ -96,7 +98,7 @@ def build_tree(machine) -> QomObject:
     for index, _thread in enumerate(machine.vcpus):
         cpu = QomObject(f"{machine.cfg.cpu.model}-x86_64-cpu")
         cpu.props.append(Prop("apic-id", "uint32", lambda index=index: index))
-        unattached.add_child(f"device[{index}]", cpu)
+        unattached.add_child(cpu_qom_path(index).rsplit("/", 1)[1], cpu)
     for device in machine.devices.user_devices():
         parent, _, name = machine.devices.path(device).rpartition("/")
         (peripheral if parent.endswith("/peripheral") else anon).add_child(

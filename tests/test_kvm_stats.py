@@ -37,7 +37,7 @@ def test_kvm_statistics_are_qemus(tmp_path):
     theirs = qmp_answers([QEMU, "-accel", "kvm"] + args, str(tmp_path / "q.sock"), QUESTIONS)
     for (name, arguments), mine, qemus in zip(QUESTIONS, ours, theirs):
         assert _shape(mine) == _shape(qemus), (name, arguments)
-    assert [r["qom-path"] for r in ours[3]["return"]] == ["/machine/unattached/device[1]", VCPU0]
+    assert [r["qom-path"] for r in ours[3]["return"]] == ["/machine/unattached/device[2]", VCPU0]
 
 
 @pytest.mark.parametrize("vmm", ["kvmkit", "qemu"])

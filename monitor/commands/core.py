@@ -141,6 +141,12 @@ def query_machines(ctx):
              "default-cpu-type": "qemu64-x86_64-cpu", "default-ram-id": "pc.ram"}]
 
 
+def cpu_qom_path(index: int) -> str:
+    """A CPU's QOM path: QEMU's pc makes the kvmvapic (device[1]) right after the first
+    CPU, so the others are one further on."""
+    return f"/machine/unattached/device[{index if index == 0 else index + 1}]"
+
+
 def cpu_props(index: int) -> dict:
     return {"socket-id": index, "core-id": 0, "thread-id": 0}
 
@@ -149,7 +155,7 @@ def cpu_props(index: int) -> dict:
     Member("cpu-index", INT), Member("qom-path", STR), Member("thread-id", INT),
     Member("props", CPU_PROPS, True), Member("target", SYS_EMU_TARGET)))))
 def query_cpus_fast(ctx):
-    return [{"cpu-index": i, "qom-path": f"/machine/unattached/device[{i}]", "thread-id": tid,
+    return [{"cpu-index": i, "qom-path": cpu_qom_path(i), "thread-id": tid,
              "props": cpu_props(i), "target": "x86_64"}
             for i, tid in enumerate(ctx.machine.vcpu_thread_ids())]
 
@@ -160,7 +166,7 @@ def query_cpus_fast(ctx):
 def query_hotpluggable_cpus(ctx):
     model = ctx.machine.cfg.cpu.model
     return [{"type": f"{model}-x86_64-cpu", "vcpus-count": 1, "props": cpu_props(i),
-             "qom-path": f"/machine/unattached/device[{i}]"}
+             "qom-path": cpu_qom_path(i)}
             for i in range(len(ctx.machine.vcpus))]
 
 

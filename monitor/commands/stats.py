@@ -3,6 +3,7 @@ vCPU (vmm/kvm_stats.py), as QEMU 7.2 reports them (libvirt's domstats reads them
 
 from __future__ import annotations
 
+from monitor.commands.core import cpu_qom_path
 from monitor.registry import command
 from monitor.types import ANY, INT, STR, Enum, ListOf, Member, Struct, Union
 from vmm.kvm_stats import open_stats
@@ -32,7 +33,7 @@ def _sources(machine, target: str) -> list[tuple[str | None, int]]:
     """(qom-path, fd to ask) for the VM or for each vCPU."""
     if target == "vm":
         return [(None, machine.vm.fd)]
-    return [(f"/machine/unattached/device[{i}]", runner.vcpu.fd)       # last first, as QEMU
+    return [(cpu_qom_path(i), runner.vcpu.fd)                 # the last first, as QEMU
             for i, runner in reversed(list(enumerate(machine.vcpus)))]
 
 
