@@ -106,7 +106,7 @@ OPTIONS: dict[str, bool] = {
     "no-user-config": False, "boot": True, "drive": True, "global": True,
     "blockdev": True, "snapshot": False, "object": True, "add-fd": True, "usb": False,
     "rtc": True, "overcommit": True, "msg": True, "audiodev": True, "no-acpi": False,
-    "no-hpet": False,
+    "no-hpet": False, "sandbox": True,
 }
 
 
@@ -536,6 +536,13 @@ class _Parser:
     def opt_no_acpi(self, arg: str) -> None:
         raise self.fail("kvmkit's pc machine always has ACPI (its PIIX4 power "
                         "management and tables); -no-acpi is not supported")
+
+    def opt_sandbox(self, arg: str) -> None:
+        """-sandbox off only: kvmkit installs no seccomp filter (so it does not list
+        'sandbox' in query-command-line-options, and libvirt does not ask for one)."""
+        opts = parse_opts(arg, implied="enable")
+        if parse_bool("enable", opts.get("enable", "on")):
+            raise self.fail("kvmkit has no seccomp sandbox: only -sandbox off is supported")
 
     def opt_no_hpet(self, arg: str) -> None:
         pass    # kvmkit has no HPET: there is nothing to leave out
