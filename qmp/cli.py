@@ -114,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, handlers=[handler])
     # The signals that end kvmkit are taken by one thread (sigwaitinfo tells who sent
     # them): blocked here, before any thread starts, so every thread inherits that.
-    signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING_SIGNALS)
-    if cfg.daemonize:
-        return _daemonize_and_run(cfg)
-    return _build_and_run(cfg)
+    # (restored afterwards: main() may run inside another program, such as a test)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING_SIGNALS)
+    try:
+        if cfg.daemonize:
+            return _daemonize_and_run(cfg)
+        return _build_and_run(cfg)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _build_and_run(cfg: MachineConfig, ready_fd: int | None = None) -> int:
@@ -185,12 +189,17 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
         machine.shutdown(False, "host-signal")
         machine.finish(0)
 
+    finished = threading.Event()
+
     def wait_for_signals() -> None:
         while True:
             info = signal.sigwaitinfo(TERMINATING_SIGNALS)
+            if finished.is_set():
+                return
             loop.call_soon_threadsafe(on_signal, info.si_signo, info.si_pid)
 
-    threading.Thread(target=wait_for_signals, name="signals", daemon=True).start()
+    waiter = threading.Thread(target=wait_for_signals, name="signals", daemon=True)
+    waiter.start()
     if not machine.cfg.start_paused:
         machine.cont()
     if ready_fd is not None:
@@ -199,6 +208,8 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
         _detach_stdio()
     status = await machine.exit_status
     machine.halt()
+    finished.set()                       # the signal thread ends on a signal of its own
+    signal.pthread_kill(waiter.ident, signal.SIGHUP)
     return status
 
 

@@ -161,7 +161,11 @@ def test_against_live_qemu_on_the_probe_guest(tmp_path):
     finally:
         for p in (qemu, kvm):
             p.terminate()
-            p.wait(10)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:     # never hide the test's own failure
+                p.kill()
+                p.wait()
 
 
 def _ring(registers: list[str]) -> str:
@@ -230,7 +234,11 @@ def test_pci_devices_print_as_on_live_qemu(tmp_path, devices):
     finally:
         for p in (qemu, kvm):
             p.terminate()
-            p.wait(10)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:     # never hide the test's own failure
+                p.kill()
+                p.wait()
 
 
 @pytest.mark.reference

@@ -174,9 +174,10 @@ def test_a_chardev_opens_its_file_from_an_fd_set(tmp_path, vmm):
 
 def test_machine_none_and_usb_as_qemu(tmp_path):
     none = [("query-pci", {}), ("query-cpus-fast", {}), ("query-status", {}),
-            ("human-monitor-command", {"command-line": "info pci"}),
-            ("human-monitor-command", {"command-line": "info qtree"}),
-            ("query-kvm", {})]
+            ("query-kvm", {}), ("system_reset", {}), ("system_powerdown", {})] + [
+        ("human-monitor-command", {"command-line": line}) for line in (
+            "info pci", "info qtree", "info mtree", "info irq", "info registers",
+            "x /4x 0", "xp /4x 0", "gpa2hva 0")]
     assert qmp_answers(kvmkit_command() + ["-machine", "none,accel=kvm:tcg"],
                        str(tmp_path / "k.sock"), none) == \
         qmp_answers([QEMU, "-machine", "none,accel=kvm:tcg"], str(tmp_path / "q.sock"), none)
@@ -190,6 +191,25 @@ def test_machine_none_and_usb_as_qemu(tmp_path):
     def by_name(reply):
         return sorted(reply["return"], key=lambda p: p["name"])
     assert by_name(ours[1]) == by_name(theirs[1])
+
+
+def test_no_command_fails_inside_on_machine_none(tmp_path):
+    """Every QMP command, bare, on the empty machine: an answer or a user error."""
+    from guest import QmpLine, start_with_qmp
+
+    sock = str(tmp_path / "k.sock")
+    proc = start_with_qmp(kvmkit_command() + ["-machine", "none", "-S", "-nodefaults",
+                                              "-display", "none"], sock)
+    try:
+        qmp = QmpLine(sock)
+        names = [c["name"] for c in qmp.execute("query-commands")["return"]]
+        for name in names:
+            if name != "quit":
+                reply = qmp.execute(name)
+                assert "internal error" not in reply.get("error", {}).get("desc", ""), name
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_libvirts_start_options_are_taken():

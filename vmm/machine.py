@@ -131,6 +131,8 @@ class Machine:
             except ChardevError as e:
                 raise MachineError(str(e)) from None
         self.pio, self.mmio = Bus("pio"), Bus("mmio")
+        self.memory = GuestMemory(0)
+        self.irq_counts = {}
         self.pci = None
         self.devices = DeviceManager(self)
         self.block = BlockLayer()
@@ -565,7 +567,15 @@ class Machine:
         self.runstate = state
         self.emit("STOP")
 
+    @property
+    def empty(self) -> bool:
+        """-machine none: no CPUs, RAM or devices."""
+        return self.cfg.machine_type == "none"
+
     def system_reset(self, guest: bool = False, reason: str = "host-qmp-system-reset") -> None:
+        if self.empty:                      # nothing to reset, but it is reported
+            self.emit("RESET", {"guest": guest, "reason": reason})
+            return
         was_running = self.runstate == "running"
         self._pause_all()
         self._reset_to_boot_state()
@@ -624,8 +634,9 @@ class Machine:
             self.wakeup("rtc")
 
     def system_powerdown(self) -> None:
-        with self.lock:
-            self.pm.press_power_button()
+        if not self.empty:                  # -machine none has no power button
+            with self.lock:
+                self.pm.press_power_button()
         self.emit("POWERDOWN")
 
     def shutdown(self, guest: bool, reason: str) -> None:

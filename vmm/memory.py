@@ -49,12 +49,12 @@ class RamBacking:
 
 class GuestMemory:
     def __init__(self, size: int, backing: RamBacking | None = None) -> None:
-        if size <= 0 or size % PAGE_SIZE:
-            raise ValueError("RAM size must be a positive multiple of 4 KiB")
+        if size < 0 or size % PAGE_SIZE:
+            raise ValueError("RAM size must be a multiple of 4 KiB")
         self.size = size
         self.backing = backing or RamBacking()
         low = min(size, PCI_HOLE_START)
-        self.regions: list[RamRegion] = [self._map(0, low, 0)]
+        self.regions: list[RamRegion] = [self._map(0, low, 0)] if size else []
         if size > low:
             self.regions.append(self._map(HIGH_RAM_START, size - low, low))
 

@@ -138,7 +138,10 @@ MACHINE_INFO = Struct("MachineInfo", (
 def query_machines(ctx):
     return [{"name": "pc-i440fx-7.2", "alias": "pc", "is-default": True, "cpu-max": 255,
              "hotpluggable-cpus": False, "numa-mem-supported": False, "deprecated": False,
-             "default-cpu-type": "qemu64-x86_64-cpu", "default-ram-id": "pc.ram"}]
+             "default-cpu-type": "qemu64-x86_64-cpu", "default-ram-id": "pc.ram"},
+            # the empty machine: no RAM of its own in kvmkit, so no default-ram-id
+            {"name": "none", "cpu-max": 1, "hotpluggable-cpus": False,
+             "numa-mem-supported": False, "deprecated": False}]
 
 
 def cpu_qom_path(index: int) -> str:

@@ -101,6 +101,8 @@ async def info_qom_tree(ctx: HmpContext, args: dict) -> str:
 
 @hmp("irq", "", "", "show the interrupts statistics (if available)", info=True)
 async def info_irq(ctx: HmpContext, args: dict) -> str:
+    if ctx.machine.empty:                   # no interrupt controllers
+        return ""
     counts = sorted(ctx.machine.irq_counts.items())
     out = ["IRQ statistics for kvm-ioapic:\n"]
     out += [f"{gsi:2d}: {n}\n" if gsi >= 10 else f" {gsi}: {n}\n" for gsi, n in counts]
@@ -143,6 +145,10 @@ async def info_qtree(ctx: HmpContext, args: dict) -> str:
      info=True)
 async def info_mtree(ctx: HmpContext, args: dict) -> str:
     machine = ctx.machine
+    if machine.empty:
+        return ("address-space: I/O\n  0000000000000000-000000000000ffff (prio 0, i/o): io\n"
+                "\naddress-space: memory\n"
+                "  0000000000000000-ffffffffffffffff (prio 0, i/o): system\n\n")
     out = ["address-space: memory",
            "  0000000000000000-ffffffffffffffff (prio 0, i/o): system"]
     for region in machine.memory.regions:

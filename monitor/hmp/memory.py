@@ -93,6 +93,8 @@ def translate(machine, cpu: int, vaddr: int) -> int:
 async def x_cmd(ctx: HmpContext, args: dict) -> str:
     count, fmt, size = args["fmt"]
     machine, cpu = ctx.machine, ctx.cpu
+    if not machine.vcpus:
+        return "Can not dump without CPU\n"
     physical = _physical_reader(machine)
 
     def read(addr: int, length: int) -> bytes:

@@ -111,6 +111,8 @@ def dump_cpu(index: int, state: dict) -> str:
      "query; show the current CPU's registers if no argument is specified)", info=True)
 async def info_registers(ctx: HmpContext, args: dict) -> str:
     machine = ctx.machine
+    if not machine.vcpus:
+        return "No CPU available\n"
     if args.get("cpustate_all"):
         indexes = list(range(len(machine.vcpus)))
     else:

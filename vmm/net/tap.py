@@ -22,6 +22,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import signal
 import struct
 import subprocess
 import threading
@@ -204,7 +205,9 @@ class TapBackend:
     def _run_script(self, script: str | None) -> None:
         if not script or script == "no" or not os.path.exists(script):
             return
-        result = subprocess.run([script, self.ifname], stdin=subprocess.DEVNULL)
+        # kvmkit blocks SIGTERM/SIGINT/SIGHUP for its signal thread: the script must not
+        result = subprocess.run([script, self.ifname], stdin=subprocess.DEVNULL,
+                                preexec_fn=_default_signal_mask)
         if result.returncode:
             raise TapError(0, f"network script {script} failed with status "
                               f"{result.returncode}")
@@ -379,3 +382,7 @@ class TapBackend:
             except OSError:
                 pass
         self._run_script(self.downscript)
+
+
+def _default_signal_mask() -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
