@@ -294,3 +294,23 @@ def test_uhci_registers_run_halt_and_count_frames():
     uhci.bus_write(USBCMD, 2, CMD_HCRESET)
     assert uhci.bus_read(USBCMD, 2) == 0 and uhci.bus_read(FRNUM, 2) == 0
     assert uhci.config[0x60] == 0x10 and uhci.config[0xC0:0xC2] == b"\x00\x20"
+
+
+def test_no_acpi_is_qemus(tmp_path):
+    """-no-acpi: no PIIX4 power management (so no 00:01.3), no PCI hotplug, a power
+    button that only reports POWERDOWN; the probe guest still boots."""
+    questions = [("device_add", {"driver": "virtio-rng-pci", "id": "r1"}),
+                 ("human-monitor-command", {"command-line": "info pci"}),
+                 ("system_powerdown", {}), ("query-status", {})]
+    argv = ["-no-acpi", "-m", "256", "-kernel", probe_elf()]
+    ours = qmp_answers(kvmkit_command() + argv, str(tmp_path / "k.sock"), questions)
+    theirs = qmp_answers([QEMU, "-accel", "kvm"] + argv, str(tmp_path / "q.sock"), questions)
+    assert ours == theirs
+    assert "device   1, function 3" not in ours[1]["return"]
+    from guest import Vmm
+
+    vm = Vmm(kvmkit_command() + machine_args(extra=["-no-acpi"]))
+    try:
+        assert vm.wait_event("ready", timeout=60)["memory_mib"] >= 255
+    finally:
+        vm.close()

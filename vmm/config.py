@@ -57,6 +57,7 @@ class MachineConfig:
     memory_backend: str | None = None   # -machine memory-backend=ID
     usb: bool = False                   # -usb or -machine usb=on: a piix3-usb-uhci
     msg_timestamp: bool = False         # -msg timestamp=on
+    acpi: bool = True                   # -no-acpi, -machine acpi=off: no ACPI at all
     objects: list[tuple[str, dict, bool]] = field(default_factory=list)  # (origin, members, JSON)
     fdsets: list[tuple[int, int, str | None]] = field(default_factory=list)  # -add-fd
     cpus: int = 1
@@ -185,6 +186,11 @@ class _Parser:
             self.cfg.pit = parse_bool("pit", opts.pop("pit"))
         if "usb" in opts:
             self.cfg.usb = parse_bool("usb", opts.pop("usb"))
+        if "acpi" in opts:
+            value = opts.pop("acpi")
+            if value not in ("on", "off", "auto"):
+                raise self.fail(f"Parameter 'acpi' does not accept value '{value}'")
+            self.cfg.acpi = value != "off"
         if "memory-backend" in opts:
             self.cfg.memory_backend = opts.pop("memory-backend")
         for key in opts:
@@ -534,8 +540,7 @@ class _Parser:
                             "(kvmkit has no audio back ends but 'none')")
 
     def opt_no_acpi(self, arg: str) -> None:
-        raise self.fail("kvmkit's pc machine always has ACPI (its PIIX4 power "
-                        "management and tables); -no-acpi is not supported")
+        self.cfg.acpi = False
 
     def opt_sandbox(self, arg: str) -> None:
         """-sandbox off only: kvmkit installs no seccomp filter (so it does not list

@@ -131,6 +131,7 @@ class Machine:
             except ChardevError as e:
                 raise MachineError(str(e)) from None
         self.pio, self.mmio = Bus("pio"), Bus("mmio")
+        self.pm = self.pcihp = None
         self.memory = GuestMemory(0)
         self.irq_counts = {}
         self.pci = None
@@ -247,13 +248,19 @@ class Machine:
         if self.cfg.pit:
             self.devices.add_builtin("kvm-pit", parent=isa)
         self.devices.add_builtin("i8042", self.i8042, parent=isa)
-        self.pm = AcpiPm(lambda level: self.set_irq(SCI_IRQ, level), self.request_guest_poweroff,
-                         sleep=self.request_guest_sleep)
-        self._chipset_function("PIIX4_PM", self.pm, host, 1, 3)
-        for base, length, block in self.pm.io_blocks():
-            self.pio.map(base, length, block)
-        self.pcihp = PciHotplug(self.pm.raise_gpe, self._eject_slot, self._hotpluggable_in)
-        self.pio.map(PCIHP_BASE, PCIHP_LEN, self.pcihp)
+        # ACPI: the PIIX4's power management function and PCI hotplug (as QEMU's pc,
+        # neither exists with -no-acpi: no power button, no device_add)
+        self.pm: AcpiPm | None = None
+        self.pcihp: PciHotplug | None = None
+        if self.cfg.acpi:
+            self.pm = AcpiPm(lambda level: self.set_irq(SCI_IRQ, level),
+                             self.request_guest_poweroff, sleep=self.request_guest_sleep)
+            self._chipset_function("PIIX4_PM", self.pm, host, 1, 3)
+            for base, length, block in self.pm.io_blocks():
+                self.pio.map(base, length, block)
+            self.pcihp = PciHotplug(self.pm.raise_gpe, self._eject_slot,
+                                    self._hotpluggable_in)
+            self.pio.map(PCIHP_BASE, PCIHP_LEN, self.pcihp)
         self.pio.map(CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN,
                      PciConfigPorts(self.pci, self.request_guest_reset))
 
@@ -384,15 +391,19 @@ class Machine:
     def hotplug_device(self, driver: str, options: dict) -> Device:
         """device_add of a PCI device: plugged now, announced to the guest by GPE."""
         with self.lock:
+            if self.pcihp is None:          # -no-acpi: no hotplug controller at all
+                raise DeviceError("Bus 'pci.0' does not support hotplugging")
             device = self.devices.create(driver, options, hotplug=True,
                                          defaults=self.cfg.globals)
-            if not self._firmware_pending:       # before boot, firmware will find it
-                self.pcihp.plugged(device.obj.slot)
+            if not self._firmware_pending and self.pcihp is not None:   # (before boot,
+                self.pcihp.plugged(device.obj.slot)          # firmware will find it)
             return device
 
     def request_unplug(self, device: Device) -> None:
         """device_del: the guest is asked; its eject (or the next reset) removes it."""
         with self.lock:
+            if self.pcihp is None:
+                raise DeviceError("Bus 'pci.0' does not support hotplugging")
             slot = device.obj.slot
             # QEMU lets a request be repeated once the guest's clock has moved on since
             # the last one (it asks the guest again); a request made before the guest
@@ -450,10 +461,11 @@ class Machine:
     def _reset_to_boot_state(self) -> None:
         """Devices and vCPUs to their power-on state, and the kernel loaded."""
         self._reset_hardware()
-        self.acpi_tables = acpi.write_tables(self.memory, self.cfg.cpus)
+        self.acpi_tables = acpi.write_tables(self.memory, self.cfg.cpus) \
+            if self.cfg.acpi else None                       # -no-acpi: no tables
+        rsdp = self.acpi_tables.rsdp_addr if self.acpi_tables is not None else 0
         try:
-            self.boot_plan = load_kernel(self.memory, self.boot_files, self.cfg.append,
-                                         self.acpi_tables.rsdp_addr)
+            self.boot_plan = load_kernel(self.memory, self.boot_files, self.cfg.append, rsdp)
         except BootError as e:
             raise MachineError(str(e)) from None
         bsp = self.vcpus[0].vcpu
@@ -472,12 +484,14 @@ class Machine:
         """Devices, vCPUs and what SeaBIOS leaves set up, as at power-on; RAM is kept."""
         from vmm._kvm import lib
         with self.lock:
-            for slot in self.pcihp.pending_unplugs():    # unplugs never acknowledged
-                self._eject_slot(slot)
-            self.pcihp.reset()
+            if self.pcihp is not None:
+                for slot in self.pcihp.pending_unplugs():    # unplugs never acknowledged
+                    self._eject_slot(slot)
+                self.pcihp.reset()
             self.devices.reset()
             self.fw_cfg.reset()
-            self.pm.reset_pm()
+            if self.pm is not None:
+                self.pm.reset_pm()
         for index, runner in enumerate(self.vcpus):
             regs, sregs, xsave, lapic = self._initial_state[index]
             vcpu = runner.vcpu
@@ -499,7 +513,8 @@ class Machine:
             with self.lock:
                 self.piix3.program_pirqs()
                 self.pci.assign_resources()
-                self.pm.config[INTERRUPT_LINE] = SCI_IRQ  # SeaBIOS's piix4_pm_setup does this
+                if self.pm is not None:       # SeaBIOS's piix4_pm_setup does this
+                    self.pm.config[INTERRUPT_LINE] = SCI_IRQ
             self._firmware_pending = False
 
     # -- the loop ----------------------------------------------------------
@@ -619,6 +634,8 @@ class Machine:
         self.emit("WAKEUP")
 
     def _waking_vector(self) -> int:
+        if self.acpi_tables is None:
+            return 0
         facs = self.acpi_tables.tables.get("FACS")
         if facs is None:
             return 0
@@ -634,7 +651,7 @@ class Machine:
             self.wakeup("rtc")
 
     def system_powerdown(self) -> None:
-        if not self.empty:                  # -machine none has no power button
+        if self.pm is not None:             # -no-acpi, -machine none: no power button
             with self.lock:
                 self.pm.press_power_button()
         self.emit("POWERDOWN")
