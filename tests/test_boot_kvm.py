@@ -37,14 +37,15 @@ def test_raw_pvh_guest_prints_and_exits_with_chosen_status(launch, tmp_path):
 def test_bzimage_payload_is_decompressed_and_entered_at_64_bit(launch, tmp_path, fmt):
     vmlinux = build_vmlinux(tmp_path)
     vm = run_kernel(launch, tmp_path, bzimage(compress(vmlinux, fmt)), append="hi there")
-    # 'L', the e820 entry count (4: low RAM, EBDA, BIOS area, high RAM), the command line
-    assert vm.read_line(30) == "L4hi there"
+    # 'L', the e820 entry count (5: low RAM, EBDA, BIOS area, high RAM, the firmware's
+    # high tables), the command line
+    assert vm.read_line(30) == "L5hi there"
     assert vm.wait_exit() == (0x21 << 1) | 1
 
 
 def test_plain_vmlinux_elf_boots_at_its_64_bit_entry(launch, tmp_path):
     vm = run_kernel(launch, tmp_path, build_vmlinux(tmp_path), append="x")
-    assert vm.read_line(30) == "L4x"
+    assert vm.read_line(30) == "L5x"
     assert vm.wait_exit() == 0x43
 
 

@@ -36,7 +36,8 @@ def test_e820_low_memory_only():
     entries = layout.e820_map(256 * MiB, 0)
     assert [(e.addr, e.size, e.type) for e in entries] == [
         (0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xE0000, 0x20000, 2),
-        (0x100000, 256 * MiB - 0x100000, 1)]
+        (0x100000, 256 * MiB - 0x120000, 1),
+        (256 * MiB - 0x20000, 0x20000, 2)]            # SeaBIOS's high tables, reserved
 
 
 def test_e820_splits_around_the_pci_hole():
@@ -64,11 +65,13 @@ def test_zero_page_fields_at_their_offsets(mem):
     assert struct.unpack_from("<II", page, 0x218) == (0x8000000, 0x1234)  # ramdisk
     assert struct.unpack_from("<Q", page, 0x070)[0] == 0xE0000  # acpi_rsdp_addr
     assert struct.unpack_from("<H", page, 0x224)[0] == 0xFE00   # heap_end_ptr
-    assert page[0x1E8] == 4                                     # e820_entries
+    assert page[0x1E8] == 5                                     # e820_entries
     first = struct.unpack_from("<QQI", page, 0x2D0)
-    last = struct.unpack_from("<QQI", page, 0x2D0 + 3 * 20)
+    high = struct.unpack_from("<QQI", page, 0x2D0 + 3 * 20)
+    last = struct.unpack_from("<QQI", page, 0x2D0 + 4 * 20)
     assert first == (0, 0x9FC00, 1)
-    assert last == (0x100000, 256 * MiB - 0x100000, 1)
+    assert high == (0x100000, 256 * MiB - 0x120000, 1)
+    assert last == (256 * MiB - 0x20000, 0x20000, 2)          # the firmware's high tables
 
 
 def test_initrd_above_4g_uses_the_ext_fields(mem):
@@ -92,11 +95,12 @@ def test_hvm_start_info(mem):
     magic, version, flags, nr_modules, modlist, cmdline, rsdp, memmap, entries, _ = \
         struct.unpack_from(pvh.START_INFO_FORMAT, mem.read(info, 56))
     assert (magic, version, flags, nr_modules) == (0x336EC578, 1, 0, 1)
-    assert (cmdline, rsdp, entries) == (0x20000, 0xE0000, 4)
+    assert (cmdline, rsdp, entries) == (0x20000, 0xE0000, 5)
     assert struct.unpack_from("<QQQQ", mem.read(modlist, 32)) == (0x8000000, 0x4000, 0, 0)
-    table = [struct.unpack_from("<QQII", mem.read(memmap + 24 * i, 24)) for i in range(4)]
+    table = [struct.unpack_from("<QQII", mem.read(memmap + 24 * i, 24)) for i in range(5)]
     assert table[0] == (0, 0x9FC00, 1, 0)
-    assert table[3] == (0x100000, 256 * MiB - 0x100000, 1, 0)
+    assert table[3] == (0x100000, 256 * MiB - 0x120000, 1, 0)
+    assert table[4] == (256 * MiB - 0x20000, 0x20000, 2, 0)
 
 
 def test_pvh_elf_is_loaded_with_its_32_bit_entry(mem):

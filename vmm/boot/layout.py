@@ -24,6 +24,9 @@ EBDA_START = 0x9FC00
 ACPI_START = 0xE0000         # RSDP here; Linux scans 0xE0000-0xFFFFF for it
 ACPI_END = 0x100000
 HIGH_MEMORY = 0x100000
+# SeaBIOS keeps the top 128 KiB of RAM below 4 GiB for its own tables and reports it
+# reserved; QEMU loads initrds below it. The guest sees the same here.
+FIRMWARE_HIGH_TABLES = 0x20000
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,11 @@ def e820_map(below_4g: int, above_4g: int) -> list[E820Entry]:
         E820Entry(EBDA_START, 0xA0000 - EBDA_START, E820_RESERVED),
         E820Entry(ACPI_START, ACPI_END - ACPI_START, E820_RESERVED),
     ]
-    if below_4g > HIGH_MEMORY:
+    if below_4g > HIGH_MEMORY + FIRMWARE_HIGH_TABLES:
+        top = below_4g - FIRMWARE_HIGH_TABLES
+        entries.append(E820Entry(HIGH_MEMORY, top - HIGH_MEMORY, E820_RAM))
+        entries.append(E820Entry(top, FIRMWARE_HIGH_TABLES, E820_RESERVED))
+    elif below_4g > HIGH_MEMORY:
         entries.append(E820Entry(HIGH_MEMORY, below_4g - HIGH_MEMORY, E820_RAM))
     if above_4g:
         entries.append(E820Entry(HIGH_RAM_START, above_4g, E820_RAM))

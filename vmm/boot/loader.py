@@ -85,7 +85,7 @@ def _load_segments(mem: GuestMemory, image: ElfImage, physical_mask: int) -> Non
 
 
 def place_initrd(mem: GuestMemory, data: bytes, max_addr: int) -> tuple[int, int]:
-    top = min(mem.below_4g, max_addr + 1)
+    top = min(mem.below_4g - layout.FIRMWARE_HIGH_TABLES, max_addr + 1)   # as QEMU
     addr = (top - len(data)) & ~0xFFF
     if addr < layout.HIGH_MEMORY + 0x1000000:
         raise BootError("initrd is too large for guest RAM")
