@@ -314,3 +314,27 @@ def test_no_acpi_is_qemus(tmp_path):
         assert vm.wait_event("ready", timeout=60)["memory_mib"] >= 255
     finally:
         vm.close()
+
+
+def test_virtio_rng_reads_its_rng_random_file(tmp_path):
+    """virtio-rng-pci,rng=ID gives the guest the bytes of the rng-random's file, and
+    keeps them after object-del (the device holds its own descriptor, as QEMU's link
+    holds the object)."""
+    from guest import QmpLine, Vmm
+
+    source = tmp_path / "entropy"
+    source.write_bytes(b"\xAB" * (1 << 20))
+    sock = str(tmp_path / "qmp.sock")
+    vm = Vmm(kvmkit_command() + machine_args(extra=[
+        "-object", f"rng-random,id=r0,filename={source}",
+        "-device", "virtio-rng-pci,rng=r0", "-qmp", f"unix:{sock},server=on,wait=off"]))
+    try:
+        vm.wait_event("ready", timeout=60)
+        first = vm.command("rng 64")
+        assert QmpLine(sock).execute("object-del", id="r0") == {"return": {}}
+        second = vm.command("rng 64")
+    finally:
+        vm.close()
+    for reply in (first, second):
+        assert (reply["bytes"], reply["distinct"]) == (64, 1), reply   # all 0xAB
+        assert reply["head"].lower().startswith("abab"), reply

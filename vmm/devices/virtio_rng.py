@@ -86,13 +86,21 @@ def _realize(board, device):
             raise DeviceError(f"Device '{props['rng']}' not found")
         if backend.qom_type not in ("rng-random", "rng-builtin"):
             raise DeviceError("Invalid parameter type for 'rng', expected: rng-backend")
-        source_fd = backend.resource if backend.qom_type == "rng-random" else None
+        # a copy of its own: object-del may close the object's while the device lives on
+        source_fd = os.dup(backend.resource) if backend.qom_type == "rng-random" else None
     rng = VirtioRng(props["max-bytes"], props["period"], source_fd)
     return realize_proxy(board, device, rng, 0x00FF00, props["vectors"])
+
+
+def _unrealize(board, device):
+    rng = device.obj.backend
+    if rng.source_fd is not None:
+        os.close(rng.source_fd)
+        rng.source_fd = None
 
 
 declare(DeviceType("virtio-rng-device", "virtio-device", user_creatable=False, props=(
     Prop("max-bytes", "uint64", (1 << 63) - 1), Prop("period", "uint32", 65536),
     Prop("rng", "link<rng-backend>", qdev=False, kind="object"))))
 declare_proxies("virtio-rng-pci", "virtio-rng-device", _realize, (IOEVENTFD, vectors()),
-                alias="virtio-rng")
+                alias="virtio-rng", unrealize=_unrealize)
