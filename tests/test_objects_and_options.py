@@ -50,6 +50,7 @@ BAD_OBJECTS = [
     ["-object", "memory-backend-ram,id=m,size=128M", "-machine", "memory-backend=m", "-m", "256"],
     ["-device", "virtio-rng-pci,rng=nope"],
     ["-object", "secret,id=s,data=x", "-device", "virtio-rng-pci,rng=s"],
+    ["-object", "memory-backend-ram,id=pc.ram,size=128M"],
 ]
 
 
@@ -338,3 +339,20 @@ def test_virtio_rng_reads_its_rng_random_file(tmp_path):
     for reply in (first, second):
         assert (reply["bytes"], reply["distinct"]) == (64, 1), reply   # all 0xAB
         assert reply["head"].lower().startswith("abab"), reply
+
+
+def test_bad_object_add_arguments_leave_nothing_behind(tmp_path):
+    """Refused object-add calls answer with QEMU's errors and add no object. (QEMU 7.2
+    itself dies on a memory-backend-ram of size -1, so that one is kvmkit's alone.)"""
+    shared = [("object-add", {"qom-type": "throttle-group", "id": "g",
+                              "limits": {"iops-total": -5}}),
+              ("object-add", {"qom-type": "throttle-group", "id": "g",
+                              "limits": {"bps-total": 10, "bps-read": 5}}),
+              ("object-add", {"qom-type": "throttle-group", "id": "g", "x-iops-total": -5}),
+              ("qom-list", {"path": "/objects"})]
+    ours = qmp_answers(kvmkit_command(), str(tmp_path / "k.sock"), shared + [
+        ("object-add", {"qom-type": "memory-backend-ram", "id": "m", "size": -1})])
+    theirs = qmp_answers([QEMU, "-accel", "kvm"], str(tmp_path / "q.sock"), shared)
+    assert ours[:len(shared)] == theirs
+    assert ours[-1] == {"error": {"class": "GenericError",
+                                  "desc": "Parameter 'size' expects uint64"}}

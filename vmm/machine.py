@@ -49,7 +49,7 @@ from vmm.kvm import Kvm, KvmError
 from vmm.memory import GuestMemory
 from vmm.msix import MsiRoutes
 from vmm.net.network import NetError, Network
-from vmm.objects import Objects, throttle_values
+from vmm.objects import Objects, UserObject, throttle_values
 from vmm.pci import INTERRUPT_LINE, PciBus
 from vmm.qdev import Device, DeviceError
 from vmm.timer import DeviceTimer
@@ -58,6 +58,7 @@ from vmm.vcpu import VcpuThread, install_kick_handler
 log = logging.getLogger(__name__)
 
 TSS_ADDR = 0xFFFBD000
+RAM_ID = "pc.ram"                        # QEMU's default-ram-id for the pc machine
 IDENTITY_MAP_ADDR = 0xFFFBC000
 KVM_SYSTEM_EVENT_SHUTDOWN = 1
 KVM_SYSTEM_EVENT_RESET = 2
@@ -109,6 +110,7 @@ class Machine:
                 except ChardevError as e:
                     raise MachineError(str(e)) from None
             self._setup_kvm(kvm_path)
+            self._default_ram_object()
             self._setup_devices()
             self._setup_vcpus()
             self._reset_to_boot_state()
@@ -157,6 +159,19 @@ class Machine:
         self.cfg.memory = size
         obj.used_by = "/machine"
         return obj.resource
+
+    def _default_ram_object(self) -> None:
+        """Without memory-backend=, RAM is QEMU's implicit /objects/pc.ram (in use by
+        the machine); the name is then reserved."""
+        if self.cfg.memory_backend is not None:
+            return
+        if RAM_ID in self.objects.by_id:
+            raise MachineError(f"object name '{RAM_ID}' is reserved for the default RAM "
+                               "backend, it can't be used for any other purposes. Change "
+                               "the object's 'id' to something else")
+        self.objects.by_id[RAM_ID] = UserObject(
+            "memory-backend-ram", RAM_ID, {"size": self.cfg.memory, "share": False},
+            used_by="/machine")
 
     def _read_boot_files(self) -> BootFiles:
         kernel_path = self.cfg.kernel

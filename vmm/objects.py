@@ -216,6 +216,8 @@ def _value(prop: ObjectProp, value: Any, strict: bool) -> Any:
             if kind == "int64":
                 raise ObjectError(f"Invalid parameter type for '{name}', expected: integer")
             raise ObjectError(f"Parameter '{name}' expects uint64")
+        if kind != "int64" and not 0 <= value < 1 << 64:
+            raise ObjectError(f"Parameter '{name}' expects uint64")
         return value
     try:
         if kind == "size":
@@ -332,12 +334,12 @@ def throttle_values(props: dict[str, Any]) -> dict[str, int]:
              "iops-total": "iops", "iops-read": "iops_rd", "iops-write": "iops_wr"}
     values: dict[str, int] = {}
     given = {k[2:]: v for k, v in props.items() if k.startswith("x-")}
+    if any(v < 0 for v in given.values()):          # (the x- properties' own check;
+        raise ObjectError("Property values cannot be negative")   # limits' comes later)
     given.update(props.get("limits", {}))
     for key, value in given.items():
         if not isinstance(value, int) or isinstance(value, bool):
             raise ObjectError(f"Invalid parameter type for '{key}', expected: integer")
-        if value < 0:
-            raise ObjectError("Property values cannot be negative")
         base, _, suffix = key.partition("-max")
         if key == "iops-size":
             values["iops_size"] = value

@@ -10,6 +10,7 @@ from monitor.registry import command
 from monitor.types import ANY, BOOL, INT, STR, Enum, ListOf, Member, Struct, Union
 from vmm import fdsets
 from vmm import objects as user_objects
+from vmm.errors import UserError
 
 _SCHEMA_TYPES = {"bool": BOOL, "string": STR, "int": INT}
 OBJECT_TYPE = Enum("ObjectType", tuple(user_objects.TYPES))
@@ -29,7 +30,12 @@ def object_add(ctx, props, qom_type, id):
     except user_objects.ObjectError as e:
         raise QmpError(str(e)) from None
     if obj.qom_type == "throttle-group":
-        ctx.machine.block.add_throttle_group(obj.id, user_objects.throttle_values(obj.props))
+        try:
+            ctx.machine.block.add_throttle_group(obj.id,
+                                                 user_objects.throttle_values(obj.props))
+        except UserError as e:               # its limits are refused: no object either
+            ctx.machine.objects.delete(obj.id)
+            raise QmpError(str(e)) from None
 
 
 @command("object-del", args=[Member("id", STR)])
