@@ -100,15 +100,16 @@ class Machine:
                     self.objects.add(members, strict)
                 except UserError as e:
                     raise MachineError(str(e)) from None
-            if cfg.machine_type == "none":
-                self._setup_empty_machine(kvm_path)
-                return
-            self.boot_files = self._read_boot_files()
+            if cfg.machine_type != "none":        # -machine none boots nothing
+                self.boot_files = self._read_boot_files()
             for spec in cfg.chardevs:
                 try:
                     self.chardevs[spec.id] = make_chardev(spec, lambda: self.finish(0))
                 except ChardevError as e:
                     raise MachineError(str(e)) from None
+            if cfg.machine_type == "none":
+                self._setup_empty_machine(kvm_path)
+                return
             self._setup_kvm(kvm_path)
             self._default_ram_object()
             self._setup_devices()
@@ -127,11 +128,6 @@ class Machine:
         answers (libvirt probes QEMU's capabilities this way)."""
         self.kvm = Kvm(kvm_path)
         self.vm = self.kvm.create_vm()
-        for spec in self.cfg.chardevs:
-            try:
-                self.chardevs[spec.id] = make_chardev(spec, lambda: self.finish(0))
-            except ChardevError as e:
-                raise MachineError(str(e)) from None
         self.pio, self.mmio = Bus("pio"), Bus("mmio")
         self.pm = self.pcihp = None
         self.memory = GuestMemory(0)
@@ -139,10 +135,14 @@ class Machine:
         self.pci = None
         self.devices = DeviceManager(self)
         self.block = BlockLayer()
-        self.network = Network(self.lock, _inherited_fd,
-                               lambda name, data: self._from_vcpu(self.emit, name, data))
+        self.network = self._new_network()
         self._msi_routes = None
         self._firmware_pending = False
+
+    def _new_network(self) -> Network:
+        """The back ends' home: events they raise reach the monitor on the loop."""
+        return Network(self.lock, _inherited_fd,
+                       lambda name, data: self._from_vcpu(self.emit, name, data))
 
     def _ram_backing(self):
         """-machine memory-backend=ID: that object's RAM (its size when -m is not given)."""
@@ -309,8 +309,7 @@ class Machine:
             except UserError as e:
                 raise MachineError(f"{origin}: {e}" + (f"\n{e.hint}" if e.hint else "")) \
                     from None
-        self.network = Network(self.lock, _inherited_fd,
-                               lambda name, data: self._from_vcpu(self.emit, name, data))
+        self.network = self._new_network()
         self._msi_routes: MsiRoutes | None = None
         for origin, opts in self.cfg.netdevs:
             try:
