@@ -180,6 +180,9 @@ def _monitors(machine, cfg: MachineConfig) -> list:
 async def _run(machine, servers: list, ready_fd: int | None) -> int:
     loop = asyncio.get_running_loop()
     machine.attach(loop)
+    failure = _start_incoming(machine)
+    if failure is not None:
+        return error(failure)
     for server in servers:
         server.start()
 
@@ -211,6 +214,27 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
     finished.set()                       # the signal thread ends on a signal of its own
     signal.pthread_kill(waiter.ident, signal.SIGHUP)
     return status
+
+
+def _start_incoming(machine) -> str | None:
+    """-incoming URI: listen for the source now (defer: migrate-incoming will);
+    returns QEMU's message if that cannot be."""
+    from vmm.errors import UserError
+
+    uri = machine.cfg.incoming
+    if not uri or uri == "defer":
+        return None
+    fd = None
+    if uri.startswith("fd:"):
+        name = uri[3:]
+        if not name.isdigit():
+            return f"File descriptor named '{name}' has not been found"
+        fd = int(name)
+    try:
+        machine.start_incoming(uri, fd)
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def _program_of(pid: int) -> str:

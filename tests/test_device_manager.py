@@ -74,6 +74,8 @@ class Counter:
 def test_saved_state_is_loaded_whole_or_not_at_all():
     board = FakeBoard()
     manager = board.devices
+    manager.devices.clear()
+    manager.add_builtin("PIIX3", object())             # a model with no saved state
     with pytest.raises(UserError, match="State of device 'PIIX3' cannot be saved"):
         manager.save_state()
     manager.devices.clear()
@@ -85,5 +87,10 @@ def test_saved_state_is_loaded_whole_or_not_at_all():
     with pytest.raises(UserError, match="section version 9"):
         manager.load_state(bad)
     assert (a.obj.value, b.obj.value) == (0, 0)         # nothing half-loaded
+    with pytest.raises(UserError, match="Unknown section 'e1000'"):
+        manager.load_state({**sections, "e1000": {}})
+    with pytest.raises(UserError, match=r"Missing section for device 'kvm-pit\[1\]'"):
+        manager.load_state({"i8042[0]": sections["i8042[0]"]})
+    assert (a.obj.value, b.obj.value) == (0, 0)
     manager.load_state(sections)
     assert (a.obj.value, b.obj.value) == (1, 2)

@@ -14,6 +14,8 @@ typedef unsigned short __u16;
 typedef unsigned int __u32;
 typedef int __s32;
 typedef unsigned long long __u64;
+typedef unsigned char uint8_t;
+typedef unsigned long long uint64_t;
 
 struct kvm_userspace_memory_region {
     __u32 slot; __u32 flags; __u64 guest_phys_addr; __u64 memory_size;
@@ -40,7 +42,9 @@ struct kvm_fpu {
     __u64 last_ip; __u64 last_dp; __u8 xmm[16][16]; __u32 mxcsr; ...;
 };
 struct kvm_debugregs { __u64 db[4]; __u64 dr6; __u64 dr7; __u64 flags; ...; };
-struct kvm_vcpu_events { ...; };
+struct kvm_vcpu_events { __u32 flags; ...; };
+struct kvm_xcrs { __u32 nr_xcrs; __u32 flags; ...; };
+struct kvm_clock_data { __u64 clock; __u32 flags; ...; };
 struct kvm_xsave { __u32 region[1024]; ...; };
 struct kvm_msr_entry { __u32 index; __u64 data; ...; };
 struct kvm_msrs { __u32 nmsrs; struct kvm_msr_entry entries[]; ...; };
@@ -125,6 +129,18 @@ struct kvm_msi { __u32 address_lo; __u32 address_hi; __u32 data; __u32 flags; __
 #define KVM_SET_CPUID2 ...
 #define KVM_GET_LAPIC ...
 #define KVM_SET_LAPIC ...
+#define KVM_GET_VCPU_EVENTS ...
+#define KVM_VCPUEVENT_VALID_NMI_PENDING ...
+#define KVM_VCPUEVENT_VALID_SIPI_VECTOR ...
+#define KVM_SET_VCPU_EVENTS ...
+#define KVM_SET_DEBUGREGS ...
+#define KVM_GET_XCRS ...
+#define KVM_SET_XCRS ...
+#define KVM_GET_CLOCK ...
+#define KVM_SET_CLOCK ...
+#define KVM_CAP_XCRS ...
+#define KVM_CAP_ADJUST_CLOCK ...
+#define KVM_MEM_LOG_DIRTY_PAGES ...
 #define KVM_GET_MP_STATE ...
 #define KVM_SET_MP_STATE ...
 
@@ -197,10 +213,18 @@ int kk_ioctl_val(int fd, unsigned long request, unsigned long arg);
 /* A do-nothing C handler for the vCPU kick signal: it interrupts KVM_RUN without
    Python's signal machinery, whose wakeup fd may be closing when a kick lands. */
 int kk_install_kick_handler(int signum);
+
+/* KVM_GET_DIRTY_LOG into a caller's bitmap (the struct holds a pointer in a union). */
+int kk_get_dirty_log(int vm_fd, unsigned int slot, void *bitmap);
+
+/* Migration: which pages of a RAM block go now (see the source). */
+uint64_t kk_classify_pages(const uint8_t *ram, uint64_t npages, const uint64_t *kvm_bitmap,
+                           uint8_t *vmm_log, int all, uint8_t *out);
 """
 
 SOURCE = r"""
 #include <errno.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
@@ -236,6 +260,47 @@ int kk_ioctl_val(int fd, unsigned long request, unsigned long arg)
 {
     int r = ioctl(fd, request, arg);
     return r < 0 ? -errno : r;
+}
+
+int kk_get_dirty_log(int vm_fd, unsigned int slot, void *bitmap)
+{
+    struct kvm_dirty_log log;
+    memset(&log, 0, sizeof(log));
+    log.slot = slot;
+    log.dirty_bitmap = bitmap;
+    return ioctl(vm_fd, KVM_GET_DIRTY_LOG, &log) < 0 ? -errno : 0;
+}
+
+/* For each page i of a RAM block: out[i] = 0 if it needs no sending, else 1 (its
+   data) or 2 (it is all zeroes). A page needs sending if `all`, if its bit is set
+   in KVM's dirty bitmap, or if the VMM's log (a byte per page, written by devices
+   after they write a page) has it; the log byte is taken atomically, before the
+   page is read, so a device write after that marks it again. Returns how many. */
+uint64_t kk_classify_pages(const uint8_t *ram, uint64_t npages, const uint64_t *kvm_bitmap,
+                           uint8_t *vmm_log, int all, uint8_t *out)
+{
+    uint64_t count = 0;
+    for (uint64_t i = 0; i < npages; i++) {
+        int dirty = all;
+        if (kvm_bitmap && (kvm_bitmap[i / 64] >> (i % 64)) & 1)
+            dirty = 1;
+        if (vmm_log && __atomic_exchange_n(&vmm_log[i], 0, __ATOMIC_SEQ_CST))
+            dirty = 1;
+        if (!dirty) {
+            out[i] = 0;
+            continue;
+        }
+        const uint64_t *words = (const uint64_t *)(ram + 4096 * i);
+        int zero = 1;
+        for (int w = 0; w < 512; w++)
+            if (words[w]) {
+                zero = 0;
+                break;
+            }
+        out[i] = zero ? 2 : 1;
+        count++;
+    }
+    return count;
 }
 
 static void kk_kick(int signum)

@@ -85,6 +85,8 @@ class MachineConfig:
     blockdevs: list[tuple[str, dict]] = field(default_factory=list)   # (origin, JSON)
     snapshot: bool = False          # -snapshot: every -drive writes to a temporary overlay
     pidfile: str | None = None
+    incoming: str | None = None       # -incoming URI|defer: wait for a migration stream
+    loadvm: str | None = None         # -loadvm NAME: start from a snapshot
     daemonize: bool = False
     logfile: str | None = None
     show_version: bool = False
@@ -98,6 +100,7 @@ class MachineConfig:
 # option -> takes an argument
 OPTIONS: dict[str, bool] = {
     "m": True, "smp": True, "kernel": True, "initrd": True, "append": True,
+    "incoming": True, "loadvm": True,
     "machine": True, "M": True, "accel": True, "enable-kvm": False, "cpu": True,
     "name": True, "uuid": True, "nodefaults": False, "nographic": False, "display": True,
     "vga": True, "serial": True, "chardev": True, "device": True, "S": False,
@@ -565,7 +568,7 @@ def split_first(arg: str) -> str:
 
 SIMPLE = {
     "kernel": "kernel", "initrd": "initrd", "append": "append", "pidfile": "pidfile",
-    "D": "logfile",
+    "D": "logfile", "incoming": "incoming", "loadvm": "loadvm",
 }
 FLAGS = {
     "S": "start_paused", "no-reboot": "no_reboot", "no-shutdown": "no_shutdown",

@@ -185,10 +185,17 @@ class DeviceManager:
         """A device's state section: its QOM path, or (the board's own) type[position]."""
         return self.path(device) or f"{device.driver}[{self.devices.index(device)}]"
 
+    def _stateful(self) -> list[Device]:
+        """The devices with a state section of their own: not those the board keeps
+        in the kernel (the irqchip, the PIT: the machine saves those), nor a port
+        whose state its parent's device carries (virtconsole on virtio-serial)."""
+        return [d for d in self.devices if d.obj is not None and not (
+            d.parent is not None and getattr(d.parent.obj, "backend", None) is d.obj)]
+
     def save_state(self) -> dict[str, dict]:
         """Each device's state section, keyed by QOM path (for migration and snapshots)."""
         sections = {}
-        for device in self.devices:
+        for device in self._stateful():
             save = getattr(device.obj, "save_state", None)
             if save is None:
                 raise UserError(f"State of device '{device.driver}' cannot be saved")
@@ -196,21 +203,34 @@ class DeviceManager:
                 "type": device.driver, "version": device.type.state_version, "state": save()}
         return sections
 
-    def load_state(self, sections: dict[str, dict]) -> None:
-        """Loads sections saved by save_state; an unknown device or version is refused
-        before anything is loaded."""
+    def check_state(self, sections: object) -> list[tuple[Device, object]]:
+        """Each device with its section, or UserError naming the first that has none,
+        or one of another type or version; sections for no device are refused too."""
+        if not isinstance(sections, dict):
+            raise UserError("device state is not a set of sections")
         plan = []
-        for device in self.devices:
+        for device in self._stateful():
             key = self._section_key(device)
             section = sections.get(key)
-            if section is None or section.get("type") != device.driver:
+            if not isinstance(section, dict) or section.get("type") != device.driver:
                 raise UserError(f"Missing section for device '{key}'")
             if section.get("version") != device.type.state_version:
                 raise UserError(f"Device '{key}' section version {section.get('version')} "
                                 f"is not {device.type.state_version}")
-            plan.append((device, section["state"]))
-        for device, state in plan:
-            device.obj.load_state(state)
+            plan.append((device, section.get("state")))
+        unknown = set(sections) - {self._section_key(d) for d, _ in plan}
+        if unknown:
+            raise UserError(f"Unknown section '{sorted(unknown)[0]}'")
+        return plan
+
+    def load_state(self, sections: dict[str, dict]) -> None:
+        """Loads sections saved by save_state; an unknown device or version is refused
+        before anything is loaded."""
+        for device, state in self.check_state(sections):
+            try:
+                device.obj.load_state(state)
+            except UserError as e:
+                raise UserError(f"device '{self._section_key(device)}': {e}") from None
 
 
 def bus_name(template: str, device: Device) -> str:

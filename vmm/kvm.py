@@ -108,6 +108,23 @@ class Vm:
             "memory_size": size, "userspace_addr": hva})
         self._ioctl(lib.KVM_SET_USER_MEMORY_REGION, region, "KVM_SET_USER_MEMORY_REGION")
 
+    def get_dirty_log(self, slot: int, bitmap) -> None:
+        """Fills ``bitmap`` (a writable buffer, one bit per page of the slot) with the
+        pages written since the last call, and write-protects them again."""
+        _check(lib.kk_get_dirty_log(self.fd, slot, ffi.from_buffer(bitmap)),
+               "KVM_GET_DIRTY_LOG")
+
+    def get_clock(self) -> bytes:
+        clock = ffi.new("struct kvm_clock_data *")
+        self._ioctl(lib.KVM_GET_CLOCK, clock, "KVM_GET_CLOCK")
+        return bytes(ffi.buffer(clock))
+
+    def set_clock(self, data: bytes) -> None:
+        clock = ffi.new("struct kvm_clock_data *")
+        ffi.memmove(clock, data, ffi.sizeof(clock[0]))
+        clock.flags = 0                     # only the clock value is settable
+        self._ioctl(lib.KVM_SET_CLOCK, clock, "KVM_SET_CLOCK")
+
     def set_tss_addr(self, addr: int) -> None:
         _check(lib.kk_ioctl_val(self.fd, lib.KVM_SET_TSS_ADDR, addr), "KVM_SET_TSS_ADDR")
 
@@ -254,6 +271,22 @@ class Vcpu:
 
     def get_debugregs(self):
         return self._get(lib.KVM_GET_DEBUGREGS, "struct kvm_debugregs *", "KVM_GET_DEBUGREGS")
+
+    def set_debugregs(self, debugregs) -> None:
+        self._set(lib.KVM_SET_DEBUGREGS, debugregs, "KVM_SET_DEBUGREGS")
+
+    def get_vcpu_events(self):
+        return self._get(lib.KVM_GET_VCPU_EVENTS, "struct kvm_vcpu_events *",
+                         "KVM_GET_VCPU_EVENTS")
+
+    def set_vcpu_events(self, events) -> None:
+        self._set(lib.KVM_SET_VCPU_EVENTS, events, "KVM_SET_VCPU_EVENTS")
+
+    def get_xcrs(self):
+        return self._get(lib.KVM_GET_XCRS, "struct kvm_xcrs *", "KVM_GET_XCRS")
+
+    def set_xcrs(self, xcrs) -> None:
+        self._set(lib.KVM_SET_XCRS, xcrs, "KVM_SET_XCRS")
 
     def get_lapic(self):
         return self._get(lib.KVM_GET_LAPIC, "struct kvm_lapic_state *", "KVM_GET_LAPIC")

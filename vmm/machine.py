@@ -47,6 +47,10 @@ from vmm.errors import UserError
 from vmm.ioevents import IoEvents
 from vmm.kvm import Kvm, KvmError
 from vmm.memory import GuestMemory
+from vmm.migration import channel as migration_channel
+from vmm.migration import machine_state
+from vmm.migration.incoming import IncomingMigration
+from vmm.migration.outgoing import OutgoingMigration, Settings
 from vmm.msix import MsiRoutes
 from vmm.net.network import NetError, Network
 from vmm.objects import Objects, UserObject, throttle_values
@@ -81,7 +85,8 @@ class Machine:
         self.cfg = cfg
         self.lock = threading.RLock()
         self.listeners: list[Listener] = []
-        self.runstate = "prelaunch"
+        self.runstate = "inmigrate" if cfg.incoming else "prelaunch"
+        self.autostart = not cfg.start_paused     # run once an incoming migration is in
         self._resume_hooks: list[Callable[[], None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.exit_status: asyncio.Future[int] | None = None
@@ -89,7 +94,12 @@ class Machine:
         self._has_run = False                  # QEMU's virtual clock has not started
         self._unplugs_before_first_run: set[int] = set()
         self.objects = Objects()
-        self.migration_capabilities: dict[str, bool] = {}   # QMP migrate-set-capabilities
+        self.migration_settings = Settings()      # migrate-set-parameters/-capabilities
+        self.migration_capabilities = self.migration_settings.capabilities
+        self.migration: OutgoingMigration | None = None   # the last `migrate`
+        self.incoming: IncomingMigration | None = None
+        self.prior_runstate: str | None = None     # before an outgoing migration stopped it
+        self.saved_runstate: str | None = None     # the source's, from an incoming stream
         self.chardevs: dict[str, Chardev] = {}
         self.vcpus: list[VcpuThread] = []
         try:
@@ -276,8 +286,8 @@ class Machine:
             self.pcihp = PciHotplug(self.pm.raise_gpe, self._eject_slot,
                                     self._hotpluggable_in)
             self.pio.map(PCIHP_BASE, PCIHP_LEN, self.pcihp)
-        self.pio.map(CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN,
-                     PciConfigPorts(self.pci, self.request_guest_reset))
+        self.pci_ports = PciConfigPorts(self.pci, self.request_guest_reset)
+        self.pio.map(CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN, self.pci_ports)
 
         serial_ids = list(self.cfg.serials)
         stdio_taken = any(self.cfg_chardev_backend(m.chardev) == "stdio"
@@ -291,6 +301,7 @@ class Machine:
             except UserError as e:
                 raise MachineError(str(e)) from None
         self.block = BlockLayer()
+        self.block.active = not self.cfg.incoming       # the source owns the images
         for obj in self.objects.by_id.values():
             if obj.qom_type == "throttle-group":
                 try:
@@ -531,6 +542,64 @@ class Machine:
                     self.pm.config[INTERRUPT_LINE] = SCI_IRQ
             self._firmware_pending = False
 
+    # -- migration and snapshots ---------------------------------------------------
+    @property
+    def msr_indices(self) -> list[int]:
+        """The MSRs this KVM saves and restores (each vCPU's state carries them)."""
+        return sorted(self._saved_msrs)
+
+    def save_state(self) -> dict:
+        """Everything but RAM (vCPUs parked): vmm/migration/machine_state.py."""
+        return machine_state.save(self)
+
+    def load_state(self, state: object) -> None:
+        machine_state.load(self, state)
+        self.saved_runstate = state.get("runstate") if isinstance(state, dict) else None
+        self._firmware_pending = False          # the source's firmware has run
+        self._has_run = True
+
+    def drain_io(self) -> None:
+        """After the vCPUs stopped: block requests in flight complete, and every
+        drive's cache reaches its file (the destination reads the same files)."""
+        for device in self.devices:
+            drain = getattr(getattr(device.obj, "backend", None), "drain", None)
+            if drain is not None:
+                drain()
+        self.block.flush_all()
+
+    def mark_device_rings_dirty(self) -> None:
+        """Migration's last pass: the rings devices write, sent again."""
+        with self.lock:
+            for device in self.devices:
+                mark = getattr(device.obj, "mark_rings_dirty", None)
+                if mark is not None:
+                    mark()
+
+    def start_incoming(self, uri: str, fd: int | None = None) -> None:
+        """-incoming URI or migrate-incoming: listen (UserError if it cannot)."""
+        listener = migration_channel.Listener(uri, fd)
+        self.incoming = IncomingMigration(self, listener, events=False)
+        self.incoming.start()
+
+    def incoming_done(self) -> None:
+        """The migration is in: the guest runs if it is to, else waits paused."""
+        for device in self.devices:
+            kick = getattr(device.obj, "kick_all", None)
+            if kick is not None:
+                with self.lock:
+                    kick()
+        self.runstate = "paused"
+        if self.saved_runstate not in (None, "running"):
+            return                        # the source was stopped: so is the guest here
+        if self.autostart:
+            self.cont()
+
+    def start_migration(self, uri: str, fd: int | None = None) -> None:
+        migration_channel.check_uri(uri)
+        self.migration = OutgoingMigration(self, lambda: migration_channel.connect(uri, fd),
+                                           self.migration_settings)
+        self.migration.start()
+
     # -- the loop ----------------------------------------------------------
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Starts back ends and (parked) vCPU threads; call once on the loop's thread."""
@@ -577,10 +646,15 @@ class Machine:
             runner.resume()
 
     def cont(self) -> None:
+        if self.runstate == "inmigrate":                 # runs once the migration is in
+            self.autostart = True
+            return
         if self.runstate in NEEDS_RESET:
             raise RunStateError("Resetting the Virtual Machine is required")
         if self.runstate in ("running", "suspended"):     # only a wake-up ends S3
             return
+        if hasattr(self, "block") and not self.block.active:  # after an outgoing migration
+            self.block.activate()
         self.runstate = "running"
         with self.lock:
             for hook in list(self._resume_hooks):      # requests an I/O error held back

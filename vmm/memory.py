@@ -53,6 +53,9 @@ class GuestMemory:
             raise ValueError("RAM size must be a multiple of 4 KiB")
         self.size = size
         self.backing = backing or RamBacking()
+        # While a migration runs: a byte per guest page, set when the VMM itself (a
+        # device) may have written the page, which KVM's dirty log cannot see.
+        self.dirty_log: bytearray | None = None
         low = min(size, PCI_HOLE_START)
         self.regions: list[RamRegion] = [self._map(0, low, 0)] if size else []
         if size > low:
@@ -98,10 +101,30 @@ class GuestMemory:
         raise GuestMemoryError(f"guest range 0x{gpa:x}+0x{length:x} is not RAM")
 
     def view(self, gpa: int, length: int) -> memoryview:
-        """A zero-copy view of [gpa, gpa+length); raises GuestMemoryError if not all RAM."""
+        """A zero-copy view of [gpa, gpa+length); raises GuestMemoryError if not all
+        RAM. Whoever writes through it marks the pages (mark_dirty) afterwards."""
         region = self.region_of(gpa, length)
         start = gpa - region.gpa
         return region.view[start:start + length]
+
+    @property
+    def page_frames(self) -> int:
+        """Guest page frame numbers run below this (the top of the highest region)."""
+        return self.regions[-1].end // PAGE_SIZE if self.regions else 0
+
+    def start_dirty_log(self) -> None:
+        self.dirty_log = bytearray(self.page_frames)
+
+    def stop_dirty_log(self) -> None:
+        self.dirty_log = None
+
+    def mark_dirty(self, gpa: int, length: int) -> None:
+        """After a device wrote [gpa, gpa+length): migration sends those pages again
+        (a mark made before the write could be taken before the data lands)."""
+        log = self.dirty_log
+        if log is not None and length > 0:
+            first, last = gpa // PAGE_SIZE, (gpa + length - 1) // PAGE_SIZE
+            log[first:last + 1] = b"\1" * (last + 1 - first)
 
     def is_ram(self, gpa: int, length: int = 1) -> bool:
         try:
@@ -115,9 +138,11 @@ class GuestMemory:
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self.view(gpa, len(data))[:] = data
+        self.mark_dirty(gpa, len(data))
 
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
         self.view(gpa, length)[:] = bytes([byte]) * length
+        self.mark_dirty(gpa, length)
 
     # Fixed-size accesses are one load or store each (a view cast to that size), so a
     # vCPU never sees half of a value a device is writing: struct.pack_into would
@@ -133,12 +158,15 @@ class GuestMemory:
 
     def write_u16(self, gpa: int, value: int) -> None:
         self.view(gpa, 2).cast("H")[0] = value
+        self.mark_dirty(gpa, 2)
 
     def write_u32(self, gpa: int, value: int) -> None:
         self.view(gpa, 4).cast("I")[0] = value
+        self.mark_dirty(gpa, 4)
 
     def write_u64(self, gpa: int, value: int) -> None:
         self.view(gpa, 8).cast("Q")[0] = value
+        self.mark_dirty(gpa, 8)
 
     def discard(self, gpa: int, length: int) -> None:
         """Give the pages back to the host (they read as zero afterwards)."""
@@ -149,6 +177,7 @@ class GuestMemory:
         # a shared mapping's pages live in the file or memfd: punch them out of it
         advice = mmap.MADV_REMOVE if self.backing.shared else mmap.MADV_DONTNEED
         region.mapping.madvise(advice, start, length)
+        self.mark_dirty(gpa, length)              # now zero: migration must say so
 
     def close(self) -> None:
         """Unmaps RAM; while a device still holds a view, the mapping is left to the GC."""

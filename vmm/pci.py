@@ -12,6 +12,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vmm import savestate
 from vmm.bus import Bus
 
 VENDOR_ID = 0x00
@@ -236,6 +237,37 @@ class PciDevice:
             if self.bus is not None:
                 self.bus.remap_bar(self, bar, wanted)
             bar.mapped_at = wanted
+
+    # -- migration ---------------------------------------------------------
+    STATE: tuple[str, ...] = ()      # the model's own registers, saved with its config
+
+    def save_state(self) -> dict:
+        return {"config": bytes(self.config), "intx": self.intx_level,
+                **savestate.save_fields(self, self.STATE)}
+
+    def load_state(self, state: dict) -> None:
+        """Config space and the model's registers; read-only config bytes must be
+        this function's own (another device's state is refused, as QEMU's is)."""
+        where = type(self).__name__
+        savestate.check_fields(self, ("config",) + self.STATE, state, where)
+        intx = savestate.int_in(state.get("intx"), 0, 1, f"{where}.intx")
+        config = state["config"]
+        for i in range(CONFIG_SIZE):
+            fixed = ~(self.wmask[i] | self.w1cmask[i]) & 0xFF
+            if STATUS <= i < STATUS + 2:
+                continue                          # the device's own status bits
+            if (config[i] ^ self.config[i]) & fixed:
+                raise savestate.StateError(
+                    f"{where}: bad config data at 0x{i:x}: read 0x{config[i]:x}, "
+                    f"device 0x{self.config[i]:x}")
+        self.config[:] = config
+        savestate.load_fields(self, self.STATE, state, where)
+        self.update_mappings()
+        self.set_intx(intx)
+        self.state_loaded()
+
+    def state_loaded(self) -> None:
+        """Hook: registers were loaded; redo what they imply (interrupt lines...)."""
 
     # -- interrupts --------------------------------------------------------
     def set_intx(self, level: int) -> None:

@@ -1,18 +1,97 @@
-"""Migration settings: query-migrate-capabilities and migrate-set-capabilities.
+"""Migration: migrate, migrate-incoming, migrate_cancel, query-migrate, and the
+capabilities and parameters, with QEMU 7.2's replies and errors.
 
-kvmkit cannot migrate yet, so it names only the capabilities it would honour:
-'events' (MIGRATION events), which libvirt turns on for every guest it starts.
+kvmkit honours the capability 'events' (MIGRATION and MIGRATION_PASS events),
+so it names only that one: a client asks for nothing it would not get. Of the
+parameters, downtime-limit and max-bandwidth steer the migration; the others
+are kept and shown as QEMU does, with QEMU's range checks.
 """
 
 from __future__ import annotations
 
 from monitor.errors import QmpError
-from monitor.registry import command
-from monitor.types import BOOL, Enum, ListOf, Member, Struct
+from monitor.registry import REGISTRY, command
+from monitor.types import (
+    BOOL,
+    INT,
+    SIZE,
+    STR,
+    UINT32,
+    UINT64,
+    Builtin,
+    Enum,
+    ListOf,
+    Member,
+    Struct,
+)
 
+UINT8 = Builtin("uint8", "int")
 MIGRATION_CAPABILITY = Enum("MigrationCapability", ("events",))
 CAPABILITY_STATUS = Struct("MigrationCapabilityStatus", (
     Member("capability", MIGRATION_CAPABILITY), Member("state", BOOL)))
+MIGRATION_STATUS = Enum("MigrationStatus", (
+    "none", "setup", "cancelling", "cancelled", "active", "postcopy-active",
+    "postcopy-paused", "postcopy-recover", "completed", "failed", "colo",
+    "pre-switchover", "device", "wait-unplug"))
+MULTIFD_COMPRESSION = Enum("MultiFDCompression", ("none", "zlib", "zstd"))
+QERR_MIGRATION_ACTIVE = "There's a migration process in progress"
+
+# QEMU 7.2's MigrationParameters: (name, type, default, (low, high, what) or None).
+PARAMETERS = (
+    ("announce-initial", SIZE, 50, (0, 100000, "a value between 0 and 100000")),
+    ("announce-max", SIZE, 550, (0, 100000, "a value between 0 and 100000")),
+    ("announce-rounds", SIZE, 5, (0, 1000, "a value between 0 and 1000")),
+    ("announce-step", SIZE, 100, (1, 10000, "a value between 0 and 10000")),
+    ("compress-level", UINT8, 1, (0, 9, "a value between 0 and 9")),
+    ("compress-threads", UINT8, 8, (1, 255, "a value between 1 and 255")),
+    ("compress-wait-thread", BOOL, True, None),
+    ("decompress-threads", UINT8, 2, (1, 255, "a value between 1 and 255")),
+    ("throttle-trigger-threshold", UINT8, 50, (1, 100, "an integer in the range of 1 to 100")),
+    ("cpu-throttle-initial", UINT8, 20, (1, 99, "an integer in the range of 1 to 99")),
+    ("cpu-throttle-increment", UINT8, 10, (1, 99, "an integer in the range of 1 to 99")),
+    ("cpu-throttle-tailslow", BOOL, False, None),
+    ("tls-creds", STR, "", None),
+    ("tls-hostname", STR, "", None),
+    ("tls-authz", STR, "", None),
+    ("max-bandwidth", SIZE, 128 << 20,
+     (0, (1 << 64) - 1, "an integer in the range of 0 to SIZE_MAX bytes/second")),
+    ("downtime-limit", UINT64, 300,
+     (0, 2000 * 1000, "an integer in the range of 0 to (2000 * 1000) ms")),
+    ("x-checkpoint-delay", UINT32, 20000, None),
+    ("block-incremental", BOOL, False, None),
+    ("multifd-channels", UINT8, 2, (1, 255, "a value between 1 and 255")),
+    ("multifd-compression", MULTIFD_COMPRESSION, "none", None),
+    ("multifd-zlib-level", UINT8, 1, (0, 9, "a value between 0 and 9")),
+    ("multifd-zstd-level", UINT8, 1, (0, 20, "a value between 0 and 20")),
+    ("xbzrle-cache-size", SIZE, 64 << 20, None),
+    ("max-postcopy-bandwidth", SIZE, 0, None),
+    ("max-cpu-throttle", UINT8, 99, None),
+)
+PARAMETER_MEMBERS = tuple(Member(name, kind, optional=True) for name, kind, _, _ in PARAMETERS)
+MIGRATION_PARAMETERS = Struct("MigrationParameters", PARAMETER_MEMBERS)
+MIGRATION_INFO = Struct("MigrationInfo", (
+    Member("status", MIGRATION_STATUS, optional=True),
+    Member("ram", Struct("MigrationStats", ()), optional=True),
+    Member("total-time", INT, optional=True), Member("expected-downtime", INT, optional=True),
+    Member("downtime", INT, optional=True), Member("setup-time", INT, optional=True),
+    Member("error-desc", STR, optional=True),
+    Member("socket-address", ListOf(Struct("SocketAddress", ())), optional=True)))
+
+REGISTRY.event("MIGRATION", [Member("status", MIGRATION_STATUS)])
+REGISTRY.event("MIGRATION_PASS", [Member("pass", INT)])
+
+
+def parameters(machine) -> dict:
+    """The current parameters, every one (QEMU's defaults until set)."""
+    values = getattr(machine, "migration_parameters", None)
+    if values is None:
+        values = machine.migration_parameters = {name: default
+                                                 for name, _, default, _ in PARAMETERS}
+    return values
+
+
+def _migration_running(machine) -> bool:
+    return machine.migration is not None and machine.migration.running
 
 
 @command("query-migrate-capabilities", returns=ListOf(CAPABILITY_STATUS))
@@ -24,7 +103,95 @@ def query_migrate_capabilities(ctx):
 
 @command("migrate-set-capabilities", args=[Member("capabilities", ListOf(CAPABILITY_STATUS))])
 def migrate_set_capabilities(ctx, capabilities):
-    if ctx.machine.runstate in ("inmigrate", "finish-migrate", "postmigrate"):
-        raise QmpError("There's a migration process in progress")
+    if _migration_running(ctx.machine):
+        raise QmpError(QERR_MIGRATION_ACTIVE)
     for entry in capabilities:
         ctx.machine.migration_capabilities[entry["capability"]] = entry["state"]
+
+
+@command("query-migrate-parameters", returns=MIGRATION_PARAMETERS)
+def query_migrate_parameters(ctx):
+    return dict(parameters(ctx.machine))
+
+
+@command("migrate-set-parameters", args=list(PARAMETER_MEMBERS))
+def migrate_set_parameters(ctx, **given):
+    given = {name.replace("_", "-"): value for name, value in given.items()}
+    current = parameters(ctx.machine)
+    for name, _, _, limits in PARAMETERS:
+        if name in given and limits is not None:
+            low, high, what = limits
+            if not low <= given[name] <= high:
+                raise QmpError(f"Parameter '{name.replace('-', '_')}' expects {what}")
+    size = given.get("xbzrle-cache-size")
+    if size is not None and (size < 4096 or size & (size - 1)):
+        raise QmpError("Parameter 'xbzrle_cache_size' expects a power of two no less than "
+                       "the target page size")
+    throttle = given.get("max-cpu-throttle")
+    initial = given.get("cpu-throttle-initial", current["cpu-throttle-initial"])
+    if throttle is not None and not initial <= throttle <= 99:
+        raise QmpError("Parameter 'max_cpu_throttle' expects an integer in the range of "
+                       "cpu_throttle_initial to 99")
+    if any(given.get(name) for name in ("tls-creds", "tls-hostname", "tls-authz")):
+        raise QmpError("kvmkit does not support TLS for migration")
+    current.update(given)
+    settings = ctx.machine.migration_settings
+    settings.downtime_limit = current["downtime-limit"]
+    settings.max_bandwidth = current["max-bandwidth"]
+
+
+@command("migrate", args=[
+    Member("uri", STR), Member("blk", BOOL, optional=True), Member("inc", BOOL, optional=True),
+    Member("detach", BOOL, optional=True), Member("resume", BOOL, optional=True)])
+def migrate(ctx, uri, blk=False, inc=False, detach=False, resume=False):
+    machine = ctx.machine
+    if resume:
+        raise QmpError("Cannot resume if there is no paused migration")
+    if _migration_running(machine):
+        raise QmpError(QERR_MIGRATION_ACTIVE)
+    if machine.runstate == "inmigrate":
+        raise QmpError("Guest is waiting for an incoming migration")
+    if machine.runstate == "postmigrate":
+        raise QmpError("Can't migrate the vm that was paused due to previous migration")
+    if blk or inc:
+        raise QmpError("kvmkit does not migrate block devices: put the disks on storage "
+                       "both hosts share")
+    if machine.empty:
+        raise QmpError("kvmkit cannot migrate a machine without RAM (-machine none)")
+    machine.start_migration(uri, _uri_fd(ctx, uri, numbers=False))
+
+
+@command("migrate_cancel")
+def migrate_cancel(ctx):
+    if ctx.machine.migration is not None:
+        ctx.machine.migration.cancel()
+
+
+@command("migrate-incoming", args=[Member("uri", STR)])
+def migrate_incoming(ctx, uri):
+    machine = ctx.machine
+    if machine.incoming is not None:
+        raise QmpError("The incoming migration has already been started")
+    if machine.cfg.incoming != "defer" or machine.runstate != "inmigrate":
+        raise QmpError("'-incoming' was not specified on the command line")
+    machine.start_incoming(uri, _uri_fd(ctx, uri, numbers=True))
+
+
+def _uri_fd(ctx, uri: str, numbers: bool) -> int | None:
+    """fd:NAME's descriptor, passed before with getfd (incoming also takes a number)."""
+    if not uri.startswith("fd:"):
+        return None
+    name = uri[3:]
+    fd = int(name) if numbers and name.isdigit() else ctx.session.fds.pop(name, None)
+    if fd is None:
+        raise QmpError(f"File descriptor named '{name}' has not been found")
+    return fd
+
+
+@command("query-migrate", returns=MIGRATION_INFO)
+def query_migrate(ctx):
+    machine = ctx.machine
+    info = machine.incoming.info() if machine.incoming is not None else {}
+    if machine.migration is not None:
+        info.update(machine.migration.info())
+    return info

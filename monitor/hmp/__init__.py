@@ -2,11 +2,18 @@
 
 table.py has the table and argument syntax; the commands live in
 commands.py (control and devices), block.py (drives and their info), info.py
-(`info ...`), memory.py (x, xp,
+(`info ...`), migration.py (migrate and its info), memory.py (x, xp,
 gpa2hva) and registers.py (`info registers`).
 """
 
-from monitor.hmp import block, commands, info, memory, registers  # noqa: F401  (registration)
+from monitor.hmp import (  # noqa: F401  (registration)
+    block,
+    commands,
+    info,
+    memory,
+    migration,
+    registers,
+)
 from monitor.hmp.table import COMMANDS, INFO, HmpState, run_line
 
 __all__ = ["COMMANDS", "INFO", "HmpState", "run_line"]

@@ -29,6 +29,7 @@ class IoEngine:
         self._generation = 0
         self._idle = threading.Condition()
         self._busy = 0
+        self._pending = 0                # submitted, not yet completed or dropped
         self._threads = [threading.Thread(target=self._run, name=f"{name} #{n}", daemon=True)
                          for n in range(workers)]
         for thread in self._threads:
@@ -36,7 +37,15 @@ class IoEngine:
 
     def submit(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
         """Runs ``work()`` on the worker, then ``done(result)`` under the machine lock."""
+        with self._idle:
+            self._pending += 1
         self._jobs.put((self._generation, work, done))
+
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Waits until every submitted request has completed (call without the machine
+        lock: completions take it). False if some are still running at the timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._pending, timeout)
 
     def cancel(self) -> None:
         """Forgets submitted work and waits for calls in progress to return."""
@@ -54,6 +63,8 @@ class IoEngine:
             generation, work, done = job
             with self._idle:
                 if generation != self._generation:
+                    self._pending -= 1
+                    self._idle.notify_all()
                     continue
                 self._busy += 1
             try:
@@ -65,6 +76,11 @@ class IoEngine:
                 with self._idle:
                     self._busy -= 1
                     self._idle.notify_all()
-            with self.lock:
-                if generation == self._generation:
-                    done(result)
+            try:
+                with self.lock:
+                    if generation == self._generation:
+                        done(result)
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()

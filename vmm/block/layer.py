@@ -38,6 +38,9 @@ class BlockLayer:
         self.groups: dict[str, ThrottleGroup] = {}
         self.object_groups: set[str] = set()     # -object throttle-group: kept when empty
         self._temporaries: list[str] = []        # -snapshot overlays, removed at close
+        # Inactive while another process owns the images (an incoming migration's
+        # source): devices attach without taking the images' write locks.
+        self.active = True
 
     def find_drive(self, name: str) -> Drive | None:
         return next((d for d in self.drives if d.name and d.name == name), None)
@@ -181,7 +184,8 @@ class BlockLayer:
                     if node.driver != "raw":
                         break
                     user, role, node = f"node '{node.name}'", "file", node.file
-                drive.root.set_in_use(True)
+                if self.active:
+                    drive.root.set_in_use(True)
             except UserError:
                 for claimed, use in claims:
                     claimed.unclaim(use)
@@ -292,6 +296,39 @@ class BlockLayer:
         drive.throttle = None
         if not group.members and group.name not in self.object_groups:
             del self.groups[group.name]
+
+    def inactivate(self) -> None:
+        """The end of an outgoing migration: caches flushed, write locks let go, so
+        the destination takes the images over (QEMU's bdrv_inactivate_all)."""
+        self.flush_all()
+        for drive in self.drives:
+            if drive.attached_to and drive.root is not None:
+                drive.root.set_in_use(False)
+        self.active = False
+
+    def activate(self) -> None:
+        """This process owns the images again: locks taken, metadata read anew.
+        UserError if another process still holds them."""
+        if self.active:
+            return
+        for drive in self.drives:
+            if drive.attached_to and drive.root is not None:
+                drive.root.set_in_use(True)
+                for node in drive.root.chain():
+                    invalidate = getattr(node.image, "invalidate_cache", None)
+                    if invalidate is not None:
+                        invalidate()
+        self.active = True
+
+    def flush_all(self) -> None:
+        """Every attached drive's cached writes to its file (migration hands the
+        files to another process)."""
+        for drive in self.drives:
+            if drive.attached_to and drive.root is not None and not drive.read_only:
+                try:
+                    drive.flush()
+                except OSError:
+                    pass                 # an error the guest's own flush will meet
 
     def close(self) -> None:
         self.graph.close()

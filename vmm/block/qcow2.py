@@ -105,6 +105,16 @@ class Qcow2Image:
         if not read_only:
             self._open_for_writing()
 
+    def invalidate_cache(self) -> None:
+        """Another process wrote the image (the source of a migration): its header
+        and tables are read again, and nothing cached is trusted."""
+        with self.lock:
+            self._l2_cache.clear()
+            self._refblock_cache.clear()
+            self._compressed_cache = None
+            self._read_header()
+            self._read_tables()
+
     # -- opening ---------------------------------------------------------------
     def _read_header(self) -> None:
         head = self._pread(0, HEADER.size)

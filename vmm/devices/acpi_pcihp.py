@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vmm import savestate
+
 PCIHP_BASE = 0xAE00
 PCIHP_LEN = 0x18
 PCIHP_GPE_BIT = 1
@@ -35,6 +37,14 @@ class PciHotplug:
         self.eject = eject              # removes whatever is in a slot
         self.occupied = occupied        # is there a hot-pluggable device in the slot?
         self.reset()
+
+    STATE = ("up", "down", "select")
+
+    def save_state(self) -> dict:
+        return savestate.save_fields(self, self.STATE)
+
+    def load_state(self, state: dict) -> None:
+        savestate.load_fields(self, self.STATE, state, "acpi-pci-hotplug")
 
     def reset(self) -> None:
         self.up = 0

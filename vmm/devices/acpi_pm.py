@@ -53,6 +53,12 @@ class AcpiPm(PciDevice):
         self._sci_level = -1
         self.reset_pm()
 
+    STATE = ("pm1_sts", "pm1_en", "pm1_cnt", "gpe_sts", "gpe_en")
+
+    def state_loaded(self) -> None:
+        self._sci_level = -1
+        self._update_sci()
+
     def reset_pm(self) -> None:
         self.pm1_sts = 0
         self.pm1_en = 0

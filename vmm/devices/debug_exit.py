@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vmm.qdev import DeviceType, Prop, declare
+from vmm.savestate import NoState
 
 
-class IsaDebugExit:
+class IsaDebugExit(NoState):
     def __init__(self, request_exit: Callable[[int], None]) -> None:
         self.request_exit = request_exit
 

@@ -5,9 +5,10 @@ which a guest tells that the console is there."""
 from __future__ import annotations
 
 from vmm.qdev import CHARDEV_DESCRIPTION, DeviceType, Prop, declare
+from vmm.savestate import NoState
 
 
-class DebugConsole:
+class DebugConsole(NoState):
     mtree_name = "isa-debugcon"
 
     def __init__(self, output, readback: int) -> None:

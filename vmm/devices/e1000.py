@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import struct
 
+from vmm import savestate
 from vmm.memory import GuestMemory, GuestMemoryError
 from vmm.net.backend import NetBackend
 from vmm.net.network import MAC_DESCRIPTION, NETDEV_DESCRIPTION, emulated_nic, unrealize_nic
@@ -90,7 +91,8 @@ class E1000(PciDevice):
         self.link_up = True
         self.eeprom = self._eeprom(mac)
         self.add_bar(0, 0x20000, "mem32", _Registers(self))
-        self.add_bar(1, 0x40, "io", _IoWindow(self))
+        self.io_window = _IoWindow(self)
+        self.add_bar(1, 0x40, "io", self.io_window)
         self.add_rom(0x40000)         # where QEMU has efi-e1000.rom
         self.reset_registers()
 
@@ -123,6 +125,37 @@ class E1000(PciDevice):
         self.tx_offloads = (False, False)
         self.tx_legacy_sum: tuple[int, int] | None = None
         self._set_status_link()
+        self._intx_from_icr()
+
+    # -- migration -------------------------------------------------------------------
+    STATE = ("eecd", "ee_in", "ee_bits_in", "ee_bit_out", "ee_reading", "tx_context",
+             "tx_tso", "tx_segment", "tx_offloads")
+
+    def save_state(self) -> dict:
+        return {**super().save_state(), "regs": sorted(self.regs.items()),
+                "tx_frame": bytes(self.tx_frame),
+                "phy": sorted(self.phy.items()), "tx_legacy_sum": self.tx_legacy_sum,
+                "io_address": self.io_window.address}
+
+    def load_state(self, state: dict) -> None:
+        try:
+            regs = {int(k): int(v) & 0xFFFFFFFF for k, v in state["regs"]}
+            phy = {int(k): int(v) & 0xFFFF for k, v in state["phy"]}
+            legacy = state["tx_legacy_sum"]
+            legacy = None if legacy is None else (int(legacy[0]), int(legacy[1]))
+            io_address = int(state["io_address"])
+            tx_frame = state["tx_frame"]
+            if not isinstance(tx_frame, bytes):
+                raise TypeError
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise savestate.StateError("e1000: saved state does not fit this device") from None
+        if not all(0 <= k < 0x20000 for k in regs) or not all(0 <= k < 32 for k in phy):
+            raise savestate.StateError("e1000: register out of range")
+        super().load_state(state)
+        self.tx_frame = bytearray(tx_frame)
+        self.regs, self.phy, self.tx_legacy_sum = regs, phy, legacy
+        self.io_window.address = io_address & 0xFFFFFFFF
+        self.tx_context, self.tx_tso = tuple(self.tx_context), tuple(self.tx_tso)
         self._intx_from_icr()
 
     # -- the EEPROM's Microwire port (EECD), as Linux reads an 82540's ------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import uuid as uuidlib
 
+from vmm import savestate
 from vmm.boot.layout import E820Entry
 
 BASE = 0x510
@@ -60,6 +61,14 @@ class FwCfg:
         entries = sorted(self.files)
         self.items[FILE_DIR] = struct.pack(">I", len(entries)) + b"".join(
             struct.pack(">IHH56s", len(self.items[k]), k, 0, n.encode()) for n, k in entries)
+
+    STATE = ("selected", "offset")
+
+    def save_state(self) -> dict:
+        return savestate.save_fields(self, self.STATE)
+
+    def load_state(self, state: dict) -> None:
+        savestate.load_fields(self, self.STATE, state, "fw_cfg")
 
     def reset(self) -> None:
         self.selected = 0

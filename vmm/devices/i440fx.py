@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vmm import savestate
 from vmm.pci import PciBus, PciDevice
 from vmm.qdev import DeviceType, declare, fixed, flag
 
@@ -85,6 +86,14 @@ class PciConfigPorts:
         self.request_reset = request_reset
         self.address = 0
         self.reset_control = 0
+
+    STATE = ("address", "reset_control")
+
+    def save_state(self) -> dict:
+        return savestate.save_fields(self, self.STATE)
+
+    def load_state(self, state: dict) -> None:
+        savestate.load_fields(self, self.STATE, state, "pci-config-ports")
 
     def _target(self) -> tuple[PciDevice | None, int]:
         if not self.address & 0x80000000 or (self.address >> 16) & 0xFF:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from vmm import savestate
 from vmm.qdev import DeviceType, declare, fixed
 
 DATA_PORT = 0x60
@@ -37,6 +38,21 @@ class I8042:
         self.status = STATUS_SYS | STATUS_KEYLOCK
         self.output: deque[int] = deque()
         self.pending_command: int | None = None
+
+    def save_state(self) -> dict:
+        return {"config": self.config, "status": self.status, "output": bytes(self.output),
+                "pending_command": self.pending_command}
+
+    def load_state(self, state: dict) -> None:
+        savestate.check_fields(self, ("config", "status"), state, "i8042")
+        output, pending = state.get("output"), state.get("pending_command")
+        if not isinstance(output, bytes):
+            raise savestate.StateError("i8042: saved value does not fit this device")
+        if pending is not None:
+            savestate.int_in(pending, 0, 255, "i8042.pending_command")
+        self.config, self.status = state["config"] & 0xFF, state["status"] & 0xFF
+        self.output = deque(output)
+        self.pending_command = pending
 
     def port(self, base: int) -> _Port:
         return _Port(self, base)

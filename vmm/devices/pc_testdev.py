@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vmm import savestate
 from vmm.qdev import DeviceType, declare
 
 SCRATCH_PORT = 0xE0
@@ -90,6 +91,17 @@ class PcTestdev:
                         (SCRATCH_BYTE_PORT, 4, self.scratch),
                         (IRQ_PORT, IRQ_LINES, IrqLines(set_irq))]
         self.iomem = IoMem()
+
+    def save_state(self) -> dict:
+        return {"scratch": self.scratch.value, "iomem": bytes(self.iomem.data)}
+
+    def load_state(self, state: dict) -> None:
+        savestate.check_fields(self, (), state, "pc-testdev")
+        scratch = savestate.int_in(state.get("scratch"), 0, 0xFFFFFFFF, "pc-testdev.scratch")
+        savestate.check_fields(self.iomem, ("data",), {"data": state.get("iomem")},
+                               "pc-testdev.iomem")
+        self.scratch.value = scratch
+        self.iomem.data[:] = state["iomem"]
 
     def map(self, pio, mmio) -> None:
         for port, length, device in self.regions:

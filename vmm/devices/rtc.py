@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 
+from vmm import savestate
 from vmm.qdev import DeviceType, declare, fixed
 
 REG_SECONDS, REG_MINUTES, REG_HOURS = 0x00, 0x02, 0x04
@@ -89,6 +90,17 @@ class Rtc:
         self._arm()
 
     # -- the once-a-second update: flags, IRQ 8, alarm wake-up ---------------
+    # -- migration -----------------------------------------------------------
+    STATE = ("cmos", "index", "offset", "_irq_level")
+
+    def save_state(self) -> dict:
+        return savestate.save_fields(self, self.STATE)
+
+    def load_state(self, state: dict) -> None:
+        savestate.load_fields(self, self.STATE, state, "mc146818rtc")
+        self.set_irq(RTC_IRQ, self._irq_level)
+        self._arm()
+
     def _seconds(self) -> float:
         return self.clock() + self.offset
 

@@ -24,6 +24,7 @@ import logging
 import struct
 import zlib
 
+from vmm import savestate
 from vmm.memory import GuestMemory, GuestMemoryError
 from vmm.net.backend import NetBackend
 from vmm.net.network import MAC_DESCRIPTION, NETDEV_DESCRIPTION, emulated_nic, unrealize_nic
@@ -97,6 +98,22 @@ class Rtl8139(PciDevice):
         # C+: the frame being gathered over descriptors (None: one too long, dropped)
         self.cp_frame: bytearray | None = bytearray()
         self._set_link_registers()
+        self._update_irq()
+
+    STATE = ("regs", "rx_offset", "cp_rx", "cp_tx")
+
+    def save_state(self) -> dict:
+        frame = None if self.cp_frame is None else bytes(self.cp_frame)
+        return {**super().save_state(), "cp_frame": frame}
+
+    def load_state(self, state: dict) -> None:
+        frame = state.get("cp_frame") if isinstance(state, dict) else None
+        if frame is not None and not isinstance(frame, bytes):
+            raise savestate.StateError("rtl8139: saved state does not fit this device")
+        super().load_state(state)
+        self.cp_frame = None if frame is None else bytearray(frame)
+
+    def state_loaded(self) -> None:
         self._update_irq()
 
     def _set_link_registers(self) -> None:

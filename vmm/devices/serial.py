@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from vmm import savestate
 from vmm.qdev import CHARDEV_DESCRIPTION, DeviceError, DeviceType, Prop, declare
 
 # ISA defaults per index: (iobase, irq)
@@ -148,6 +149,21 @@ class Serial16550:
             self.mcr = value & 0x1F
         elif offset == 7:
             self.scr = value
+
+    # -- migration -----------------------------------------------------------
+    STATE = ("ier", "lcr", "mcr", "lsr", "msr", "scr", "fcr", "divisor", "thr_interrupt")
+
+    def save_state(self) -> dict:
+        return {**savestate.save_fields(self, self.STATE), "rx": bytes(self.rx)}
+
+    def load_state(self, state: dict) -> None:
+        savestate.check_fields(self, self.STATE, state, "isa-serial")
+        if not isinstance(state.get("rx"), bytes):
+            raise savestate.StateError("isa-serial.rx: saved value does not fit this device")
+        savestate.load_fields(self, self.STATE, state, "isa-serial")
+        self.rx = deque(state["rx"][:RX_BUFFER_LIMIT])
+        self._irq_level = -1
+        self._update_irq()
 
     def _pending_iir(self) -> int:
         if self.ier & IER_RLSI and self.lsr & LSR_OE:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 import time
 
+from vmm import savestate
 from vmm.pci import PciDevice
 from vmm.qdev import DeviceType, Prop, declare
 
@@ -54,6 +55,17 @@ class PiixUhci(PciDevice):
         self.ports = [0, 0]
         self._frame_at_start = 0
         self._started = 0.0
+
+    STATE = ("cmd", "usbsts", "intr", "frame_base", "sof_modify", "ports")
+
+    def save_state(self) -> dict:
+        return {**super().save_state(), "frame": self._frame()}
+
+    def load_state(self, state: dict) -> None:
+        frame = savestate.int_in(state.get("frame"), 0, FRAME_MASK, "uhci.frame") \
+            if isinstance(state, dict) else None
+        super().load_state(state)
+        self._frame_at_start, self._started = frame, time.monotonic()
 
     def _frame(self) -> int:
         if not self.cmd & CMD_RS:

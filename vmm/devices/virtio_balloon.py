@@ -82,6 +82,18 @@ class VirtioBalloon(VirtioDevice):
         self.poison_val = 0
         self._reset_stats()
 
+    STATE = ("num_pages", "actual", "poison_val", "stats", "stats_last_update",
+             "stats_interval")
+
+    def state_loaded(self) -> None:
+        if len(self.stats) != len(STAT_NAMES) or self.num_pages > self.ram_size >> PAGE_SHIFT:
+            raise UserError("virtio-balloon: saved state does not fit this device")
+        if self.stats_interval > 0:
+            self.stats_timer.arm(self.stats_interval)
+
+    def forget_inflight(self) -> None:
+        self.stats_held = None          # the driver's buffer comes back with the queue
+
     def _reset_stats(self) -> None:
         self.stats = [STAT_UNSET] * len(STAT_NAMES)
         self.stats_last_update = 0

@@ -186,6 +186,24 @@ class VirtioBlk(VirtioDevice):
         self.engine.submit(lambda: self._request(chain),
                            lambda written: self._complete(index, chain, written))
 
+    def save_state(self) -> dict:
+        return {**super().save_state(), "writeback": self.drive.writeback}
+
+    def load_state(self, state: dict) -> None:
+        writeback = state.get("writeback") if isinstance(state, dict) else None
+        if not isinstance(writeback, bool):
+            raise UserError("virtio-blk: saved state does not fit this device")
+        super().load_state({k: v for k, v in state.items() if k != "writeback"})
+        self.drive.writeback = writeback
+
+    def forget_inflight(self) -> None:
+        self.held.clear()               # stopped requests are taken again from the queue
+
+    def drain(self) -> None:
+        """Migration, after the VM stopped: every request in flight completes, so the
+        saved queues hold none half-done."""
+        self.engine.drain()
+
     def retry_held(self) -> None:
         """`cont` after an I/O error stopped the VM: the held requests run again."""
         held, self.held = self.held, []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from vmm.errors import UserError
 from vmm.qdev import (
     CHARDEV_DESCRIPTION,
     IOEVENTFD,
@@ -48,6 +49,16 @@ class VirtioConsole(VirtioDevice):
         self.queue_sizes = (128,) * (2 * (max_ports + 1))
         self.output: Callable[[bytes], None] | None = None   # the console's chardev
         self.pending = bytearray()
+
+    def save_state(self) -> dict:
+        return {**super().save_state(), "pending": bytes(self.pending)}
+
+    def load_state(self, state: dict) -> None:
+        pending = state.get("pending") if isinstance(state, dict) else None
+        if not isinstance(pending, bytes):
+            raise UserError("virtio-serial: saved state does not fit this device")
+        super().load_state({k: v for k, v in state.items() if k != "pending"})
+        self.pending[:] = pending[:MAX_PENDING]
 
     def config_bytes(self) -> bytes:
         return struct.pack("<HHII", 0, 0, self.max_ports, 0)

@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vmm import savestate
 from vmm.net.backend import NetBackend
 from vmm.net.network import MAC_DESCRIPTION, NETDEV_DESCRIPTION, realize_nic, unrealize_nic
 from vmm.qdev import (
@@ -145,6 +146,41 @@ class VirtioNet(VirtioDevice):
         self.active_pairs = 1          # those the driver uses
         self.rx_dropped = 0
         self._c_filter = None          # the filter as the C receive path takes it, cached
+        self._apply_to_tap()
+
+    # -- migration -------------------------------------------------------------------
+    STATE = ("mac", "guest_offloads", "announce", "pairs", "active_pairs")
+    FILTER_FLAGS = ("promiscuous", "allmulti", "alluni", "nomulti", "nouni", "nobcast",
+                    "unicast_overflow", "multicast_overflow")
+
+    def save_state(self) -> dict:
+        f = self.filter
+        return {**super().save_state(), "filter": {
+            **{name: getattr(f, name) for name in self.FILTER_FLAGS},
+            "unicast": list(f.unicast), "multicast": list(f.multicast),
+            "vlans": sorted(f.vlans)}}
+
+    def load_state(self, state: dict) -> None:
+        saved = state.get("filter") if isinstance(state, dict) else None
+        fresh = RxFilter()
+        savestate.check_fields(fresh, self.FILTER_FLAGS + ("unicast", "multicast"), saved,
+                               "virtio-net.filter")
+        macs = saved["unicast"] + saved["multicast"]
+        vlans = saved.get("vlans")
+        if not all(isinstance(m, bytes) and len(m) == 6 for m in macs) or \
+                not isinstance(vlans, list) or \
+                not all(isinstance(v, int) and 0 <= v < MAX_VLAN for v in vlans):
+            raise savestate.StateError("virtio-net.filter: saved value does not fit")
+        super().load_state({k: v for k, v in state.items() if k != "filter"})
+        if len(self.mac) != 6 or not 1 <= self.active_pairs <= self.pairs <= self.max_pairs:
+            raise savestate.StateError("virtio-net: saved value does not fit")
+        for name in self.FILTER_FLAGS + ("unicast", "multicast"):
+            setattr(fresh, name, saved[name])
+        fresh.vlans = set(vlans)
+        self.filter = fresh
+        self._c_filter = None
+        if self.transport is not None:
+            self.transport.resize_queues()
         self._apply_to_tap()
 
     # -- the back end --------------------------------------------------------------

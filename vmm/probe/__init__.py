@@ -9,6 +9,8 @@ COM1:
     acpi                    tables found, MADT CPUs/IOAPIC, FADT registers
     touch MIB [SEED]        write a pattern over MIB MiB from 16 MiB, then verify it
     check MIB [SEED]        verify only
+    churn MIB ROUNDS        rewrite MIB MiB ROUNDS times (seeds 1..ROUNDS): dirty memory
+    sum MIB                 a checksum of MIB MiB from 16 MiB
     irqs                    interrupt counts per vector
     inb/inw/inl PORT, outb/outw/outl PORT VALUE
     readb/readw/readl/readq ADDR, writeb/writew/writel/writeq ADDR VALUE

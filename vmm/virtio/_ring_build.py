@@ -20,6 +20,8 @@ struct split_ring {
     int event_idx;
     const struct ram_region *ram;
     int nram;
+    uint8_t *dirty;                     /* migration: a byte per guest page, or NULL */
+    uint64_t dirty_pages;
 };
 struct rx_filter {                      /* virtio-net's RxFilter, as query-rx-filter has it */
     int promiscuous, allmulti, alluni, nomulti, nouni, nobcast;
@@ -96,6 +98,27 @@ static uint8_t *guest(const struct split_ring *q, uint64_t gpa, uint64_t len)
     return NULL;
 }
 
+/* Migration's log of what the device wrote, a byte per page (GuestMemory.dirty_log). */
+static void mark_dirty(const struct split_ring *q, uint64_t gpa, uint64_t len)
+{
+    for (uint64_t page = gpa >> 12; page <= (gpa + len - 1) >> 12; page++)
+        if (page < q->dirty_pages)
+            q->dirty[page] = 1;
+}
+
+/* The same, for a host address inside guest RAM. */
+static void mark_host_dirty(const struct split_ring *q, const void *host, uint64_t len)
+{
+    const uint8_t *p = host;
+    for (int i = 0; i < q->nram; i++) {
+        const struct ram_region *r = &q->ram[i];
+        if (p >= r->host && p < r->host + r->size) {
+            mark_dirty(q, r->gpa + (uint64_t)(p - r->host), len);
+            return;
+        }
+    }
+}
+
 /* Where a received frame goes as walk() meets the writable buffers: it copies
    what is left of src into each (Chain.write), and keeps the first non-empty ones
    so that num_buffers can be written at byte 10 afterwards (_write_at). */
@@ -148,6 +171,8 @@ static int walk(const struct split_ring *q, uint16_t head, struct iovec *iov, in
             if (sink) {
                 uint32_t chunk = d.len < sink->left ? d.len : sink->left;
                 memcpy(buf, sink->src, chunk);
+                if (q->dirty && chunk)          /* after the data, for migration's log */
+                    mark_dirty(q, d.addr, chunk);
                 sink->src += chunk;
                 sink->left -= chunk;
                 sink->written += chunk;
@@ -353,6 +378,8 @@ int ring_fill_from_fd(struct split_ring *q, int fd, uint32_t hdr_len, int merge,
                     p[offset++] = count[k++];
                 offset = 0;
             }
+            for (int i = 0; q->dirty && i < nfirst; i++)     /* again, after num_buffers */
+                mark_host_dirty(q, first_kept[i].iov_base, first_kept[i].iov_len);
         }
         for (int i = 0; i < nchains; i++)
             push(q, heads[i], written[i]);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vmm import savestate
+
 
 def read_le(raw: bytes, offset: int, size: int) -> int:
     """A little-endian register read from a byte image; 0 past its end."""
@@ -28,6 +30,24 @@ class VirtioDevice:
 
     def reset(self) -> None:
         self.negotiated = 0
+
+    # -- migration: the device's own registers, beside the transport's ------------
+    STATE: tuple[str, ...] = ()
+
+    def save_state(self) -> dict:
+        return {"negotiated": self.negotiated, **savestate.save_fields(self, self.STATE)}
+
+    def load_state(self, state: dict) -> None:
+        savestate.check_fields(self, ("negotiated",) + self.STATE, state, self.name)
+        savestate.load_fields(self, ("negotiated",) + self.STATE, state, self.name)
+        self.state_loaded()
+
+    def state_loaded(self) -> None:
+        """Hook: registers were loaded (before the transport's queues are)."""
+
+    def forget_inflight(self) -> None:
+        """Hook: the destination re-takes every chain the source had taken but not
+        returned (the saved queues are rewound), so the device drops any it holds."""
 
     def features_negotiated(self, features: int) -> None:
         self.negotiated = features

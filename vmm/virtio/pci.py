@@ -25,6 +25,7 @@ import logging
 import struct
 from functools import partial
 
+from vmm import savestate
 from vmm.memory import GuestMemory
 from vmm.msix import MsiRoutes, Msix
 from vmm.pci import UNMAPPED, Bar, PciDevice
@@ -383,6 +384,72 @@ class VirtioPciDevice(PciDevice):
         q.driver = q.desc + 16 * q.size
         q.device = (q.driver + 6 + 2 * q.size + LEGACY_PAGE - 1) & ~(LEGACY_PAGE - 1)
         self._enable_queue(q)
+
+    # -- migration ------------------------------------------------------------------
+    STATE = ("device_status", "device_feature_select", "driver_feature_select",
+             "driver_features", "queue_select", "config_generation", "config_vector", "isr")
+    QUEUE_STATE = ("size", "vector", "enabled", "reset", "desc", "driver", "device")
+
+    def save_state(self) -> dict:
+        """Config space, the transport's registers, MSI-X, each queue and the device.
+        A chain taken but not yet returned is saved as not taken (the queue is rewound
+        to its used index): the destination takes it again."""
+        queues = []
+        for q in self.queues:
+            saved = savestate.save_fields(q, self.QUEUE_STATE)
+            ring = q.queue if q.enabled else None
+            used = ring.used_idx if ring else 0
+            saved.update(last_avail=used, used_idx=used,
+                         signalled_used=ring.signalled_used if ring else 0)
+            queues.append(saved)
+        msix = {"table": bytes(self.msix.table), "pending": bytes(self.msix.pending)} \
+            if self.msix else None
+        return {**super().save_state(), "msix": msix, "queues": queues,
+                "device": self.backend.save_state()}
+
+    def load_state(self, state: dict) -> None:
+        where = f"{self.backend.name}-pci"
+        savestate.check_fields(self, (), state, where)
+        if (state.get("msix") is None) != (self.msix is None):
+            raise savestate.StateError(f"{where}: MSI-X does not match")
+        if self.msix:
+            savestate.check_fields(self.msix, ("table", "pending"), state["msix"], where)
+        self.backend.load_state(state.get("device"))      # may change the queue count
+        queues = state.get("queues")
+        if not isinstance(queues, list) or len(queues) != len(self.queues):
+            raise savestate.StateError(f"{where}: the queues do not match")
+        for saved, q in zip(queues, self.queues):
+            savestate.check_fields(q, self.QUEUE_STATE, saved, where)
+            for name in ("last_avail", "used_idx", "signalled_used"):
+                savestate.int_in(saved.get(name), 0, 0xFFFF, f"{where}.{name}")
+        super().load_state(state)
+        if self.msix:
+            self.msix.table[:], self.msix.pending[:] = state["msix"]["table"], \
+                state["msix"]["pending"]
+        for index, saved in enumerate(queues):
+            q = self.queues[index] = _QueueState(self.queues[index].max_size)
+            savestate.load_fields(q, self.QUEUE_STATE, saved, where)
+            if not 0 < q.size <= q.max_size:
+                raise savestate.StateError(f"{where}: queue {index} size {q.size}")
+            if q.enabled:
+                q.enabled = False
+                self._enable_queue(q)
+                if q.queue is not None:
+                    q.queue.last_avail, q.queue.used_idx = saved["last_avail"], \
+                        saved["used_idx"]
+                    q.queue.signalled_used = saved["signalled_used"]
+        self.backend.forget_inflight()
+
+    def kick_all(self) -> None:
+        """Looks at every queue, as if the driver had kicked each (after a load)."""
+        for index in range(len(self.queues)):
+            self.notify(index)
+
+    def mark_rings_dirty(self) -> None:
+        """Migration: the used rings this device writes, for the VMM's dirty log."""
+        for q in self.queues:
+            if q.enabled and q.queue is not None:
+                self.memory.mark_dirty(q.device, 6 + 8 * q.size)
 
     # -- doorbells as ioeventfds ----------------------------------------------------
     def bar_moved(self, bar: Bar, address: int) -> None:

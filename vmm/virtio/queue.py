@@ -128,6 +128,7 @@ class SplitQueue:
         self.used_idx = 0
         self.signalled_used = 0     # used index at the last interrupt we sent
         self._c_ring = None         # the C path's view of this queue, made on first use
+        self._writes: dict[int, list[tuple[int, int]]] = {}   # head: its writable buffers
 
     # -- the driver's side, read -----------------------------------------------
     def avail_idx(self) -> int:
@@ -149,7 +150,10 @@ class SplitQueue:
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         if self.event_idx:   # tell the driver where we are (avail_event, in the used ring)
             self.used16[2 + 4 * self.size] = self.last_avail
-        return self._walk(head)
+        chain = self._walk(head)
+        if chain.writable_at:       # for migration's log, once the device has written them
+            self._writes[head] = chain.writable_at
+        return chain
 
     def _walk(self, head: int) -> Chain:
         if head >= self.size:
@@ -223,12 +227,25 @@ class SplitQueue:
             return None
         ring = self._c_ring or self._make_c_ring()
         ring.last_avail, ring.used_idx = self.last_avail, self.used_idx
+        log = self._point_at_dirty_log(ring)
         stop, dropped, delivered = _ffi.new("int *"), _ffi.new("uint64_t *"), \
             _ffi.new("uint64_t *")
         got = _lib.ring_fill_from_fd(ring, fd, hdr_len, int(merge), rx_filter, budget, stop,
                                      dropped, delivered)
         self.last_avail, self.used_idx = ring.last_avail, ring.used_idx
+        del log
         return delivered[0], dropped[0], stop[0], _RING_ERRORS[got] if got < 0 else None
+
+    def _point_at_dirty_log(self, ring):
+        """While a migration logs device writes, the C path marks the pages it fills;
+        returns the buffer that must live as long as the call."""
+        log = self.mem.dirty_log
+        if log is None:
+            ring.dirty, ring.dirty_pages = _ffi.NULL, 0
+            return None
+        buffer = _ffi.from_buffer(log)
+        ring.dirty, ring.dirty_pages = buffer, len(log)
+        return buffer
 
     def _make_c_ring(self):
         """The C struct for this queue. It holds plain addresses, not buffers: the
@@ -250,6 +267,10 @@ class SplitQueue:
     # -- the device's side, written ----------------------------------------------
     def push(self, head: int, written: int) -> None:
         """Returns a chain to the driver with `written` bytes filled in."""
+        ranges = self._writes.pop(head, None)
+        if ranges and self.mem.dirty_log is not None:
+            for gpa, length in ranges:
+                self.mem.mark_dirty(gpa, length)
         slot = self.used_idx % self.size
         _used_elem.pack_into(self.used, 4 + 8 * slot, head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF

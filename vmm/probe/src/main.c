@@ -112,6 +112,54 @@ static void touch(const char *args, int write)
     printf("{\"mib\": %lu, \"errors\": %lu, \"first_error\": \"0x%lx\"}\n", mib, errors, first_error);
 }
 
+/* churn MIB ROUNDS: rewrite MIB MiB ROUNDS times, the pattern of seed 1, 2, ...
+   ROUNDS (so `check MIB ROUNDS` verifies the last), keeping memory dirty while a
+   migration runs. */
+static void churn(const char *args)
+{
+    u64 mib = 0, rounds = 0;
+    if (!parse_u64(&args, &mib) || !parse_u64(&args, &rounds)) {
+        printf("{\"error\": \"usage: churn MIB ROUNDS\"}\n");
+        return;
+    }
+    u64 first = balloon_inflated(), pages = mib << 8;
+    if (first + pages > pool_pages()) {
+        printf("{\"error\": \"only %lu MiB of RAM free above 16 MiB\"}\n",
+               (pool_pages() - first) >> 8);
+        return;
+    }
+    for (u64 seed = 1; seed <= rounds; seed++)
+        for (u64 p = 0; p < pages; p++) {
+            u64 base = pool_page(first + p);
+            for (u64 a = base; a < base + 4096; a += 8)
+                *(volatile u64 *)a = pattern(a, seed);
+        }
+    printf("{\"mib\": %lu, \"seed\": %lu}\n", mib, rounds);
+}
+
+/* sum MIB: a checksum of MIB MiB from 16 MiB (each word times its address, added),
+   to compare memory before and after a migration or a snapshot. */
+static void checksum(const char *args)
+{
+    u64 mib = 0;
+    if (!parse_u64(&args, &mib)) {
+        printf("{\"error\": \"usage: sum MIB\"}\n");
+        return;
+    }
+    u64 first = balloon_inflated(), pages = mib << 8, sum = 0;
+    if (first + pages > pool_pages()) {
+        printf("{\"error\": \"only %lu MiB of RAM free above 16 MiB\"}\n",
+               (pool_pages() - first) >> 8);
+        return;
+    }
+    for (u64 p = 0; p < pages; p++) {
+        u64 base = pool_page(first + p);
+        for (u64 a = base; a < base + 4096; a += 8)
+            sum += *(volatile u64 *)a * (a | 1);
+    }
+    printf("{\"mib\": %lu, \"sum\": \"0x%lx\"}\n", mib, sum);
+}
+
 static void cmd_info(void)
 {
     printf("{\"memory_mib\": %lu, \"cpus\": %u, \"madt_cpus\": %u, \"ram_regions\": [",
@@ -204,6 +252,8 @@ static void dispatch(const char *line)
     if (is(line, "acpi", &a)) { cmd_acpi(a); return; }
     if (is(line, "touch", &a)) { touch(a, 1); return; }
     if (is(line, "check", &a)) { touch(a, 0); return; }
+    if (is(line, "churn", &a)) { churn(a); return; }
+    if (is(line, "sum", &a)) { checksum(a); return; }
     if (is(line, "exit", &a)) { cmd_exit(a); return; }
     if (is(line, "irqs", &a)) { cmd_irqs(); return; }
     if (is(line, "virtio", &a)) { cmd_virtio(a); return; }

@@ -1,0 +1,90 @@
+"""Which guest pages to send, pass after pass.
+
+The first pass sends every page. Each later pass sends the pages written since
+the one before: KVM's dirty log has the guest's own writes (each memory slot
+logs while a migration runs), GuestMemory.dirty_log the ones devices made from
+the VMM. One C call per region (vmm/_kvm_build.py) merges both and tells the
+zero pages apart, which go as a record of their own, without data.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+
+from vmm.kvm import Vm
+from vmm.memory import PAGE_SIZE, GuestMemory
+from vmm.migration.stream import Writer
+
+CHUNK_PAGES = 256                 # 1 MiB per record: a cancel or a rate limit acts soon
+_RUNS = re.compile(rb"\x01+|\x02+")
+
+
+class RamTracker:
+    def __init__(self, vm: Vm, memory: GuestMemory, lock: threading.RLock) -> None:
+        self.vm = vm
+        self.memory = memory
+        self.lock = lock
+        self.passes = 0
+        self.bitmaps = [bytearray((r.size // PAGE_SIZE + 63) // 64 * 8) for r in memory.regions]
+        self.pages = [bytearray(r.size // PAGE_SIZE) for r in memory.regions]
+
+    def start(self) -> None:
+        """Both logs on; from now each guest or device write is seen."""
+        from vmm._kvm import lib
+        with self.lock:
+            self.memory.start_dirty_log()
+        self._set_slots(lib.KVM_MEM_LOG_DIRTY_PAGES)
+
+    def stop(self) -> None:
+        self._set_slots(0)
+        with self.lock:
+            self.memory.stop_dirty_log()
+
+    def _set_slots(self, flags: int) -> None:
+        for slot, region in enumerate(self.memory.regions):
+            self.vm.set_user_memory_region(slot, region.gpa, region.size,
+                                           self.memory.host_address(region), flags)
+
+    def collect(self) -> int:
+        """Takes the pages to send in this pass (all of them, the first time); returns
+        how many."""
+        from vmm._kvm import ffi, lib
+        first = self.passes == 0
+        self.passes += 1
+        total = 0
+        log = self.memory.dirty_log
+        for slot, region in enumerate(self.memory.regions):
+            bitmap = ffi.NULL
+            if not first:
+                self.vm.get_dirty_log(slot, self.bitmaps[slot])
+                bitmap = ffi.from_buffer("uint64_t[]", self.bitmaps[slot])
+            vmm_log = ffi.NULL if log is None else \
+                ffi.from_buffer("uint8_t[]", log)[region.gpa // PAGE_SIZE:region.end // PAGE_SIZE]
+            ram = ffi.from_buffer("uint8_t[]", region.view)
+            total += lib.kk_classify_pages(ram, region.size // PAGE_SIZE, bitmap,
+                                           vmm_log, int(first),
+                                           ffi.from_buffer("uint8_t[]", self.pages[slot]))
+        return total
+
+    def send(self, writer: Writer, keep_going: Callable[[int], None]) -> tuple[int, int]:
+        """Writes the pages collect() chose; returns (pages with data, zero pages).
+        ``keep_going(bytes)`` runs between records (rate limit, cancel)."""
+        normal = zero = 0
+        for region, pages in zip(self.memory.regions, self.pages):
+            for run in _RUNS.finditer(pages):
+                start, end = run.span()
+                is_zero = pages[start] == 2
+                for first in range(start, end, CHUNK_PAGES):
+                    count = min(CHUNK_PAGES, end - first)
+                    gpa = region.gpa + first * PAGE_SIZE
+                    if is_zero:
+                        writer.zero(gpa, count)
+                        zero += count
+                    else:
+                        offset = first * PAGE_SIZE
+                        writer.pages(gpa, region.view[offset:offset + count * PAGE_SIZE])
+                        normal += count
+                    keep_going(writer.sent)
+        return normal, zero
