@@ -11,15 +11,13 @@ and after inflating. Prints medians per VMM and the kvmkit/QEMU ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
 import time
 
-from vmms import ProbeConsole, probe
+from vmms import QmpProbe, probe
 from vmms import vmms as all_vmms
 
 MiB = 1 << 20
@@ -32,25 +30,12 @@ def rss_mib(pid: int) -> int:
     return 0
 
 
-class Guest(ProbeConsole):
+class Guest(QmpProbe):
     def __init__(self, argv: list[str], qmp_path: str) -> None:
         super().__init__(argv + ["-m", "1024", "-nodefaults", "-display", "none",
                                  "-serial", "stdio", "-device", "virtio-balloon-pci,id=balloon0",
-                                 "-kernel", probe(),
-                                 "-qmp", f"unix:{qmp_path},server=on,wait=off"])
+                                 "-kernel", probe()], qmp_path)
         self.wait_for('"ready"')
-        self.qmp = socket.socket(socket.AF_UNIX)
-        self.qmp.connect(qmp_path)
-        self.qmp_file = self.qmp.makefile("rb")
-        self.qmp_file.readline()
-        self.execute("qmp_capabilities")
-
-    def execute(self, name: str, **args) -> dict:
-        self.qmp.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
-        while True:
-            reply = json.loads(self.qmp_file.readline())
-            if "event" not in reply:
-                return reply
 
     def balloon(self, mib: int) -> float:
         start = time.perf_counter()

@@ -5,9 +5,12 @@ line per answer). Run each benchmark as ``.venv/bin/python bench/NAME.py``."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 QEMU = "qemu-system-x86_64"
@@ -55,3 +58,30 @@ class ProbeConsole:
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+class QmpProbe(ProbeConsole):
+    """A probe guest with a QMP socket too (connected once the socket exists)."""
+
+    def __init__(self, argv: list[str], qmp_path: str) -> None:
+        super().__init__(argv + ["-qmp", f"unix:{qmp_path},server=on,wait=off"])
+        while not os.path.exists(qmp_path):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited")
+            time.sleep(0.02)
+        self.qmp = socket.socket(socket.AF_UNIX)
+        self.qmp.connect(qmp_path)
+        self.qmp_file = self.qmp.makefile("rb")
+        self.qmp_file.readline()
+        self.execute("qmp_capabilities")
+
+    def execute(self, name: str, **args) -> dict:
+        self.qmp.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
+        while True:
+            reply = json.loads(self.qmp_file.readline())
+            if "event" not in reply:
+                return reply
+
+    def close(self) -> None:
+        self.qmp.close()
+        super().close()

@@ -180,7 +180,7 @@ def _monitors(machine, cfg: MachineConfig) -> list:
 async def _run(machine, servers: list, ready_fd: int | None) -> int:
     loop = asyncio.get_running_loop()
     machine.attach(loop)
-    failure = _start_incoming(machine)
+    failure = _start_incoming(machine) or await _loadvm(machine)
     if failure is not None:
         return error(failure)
     for server in servers:
@@ -232,6 +232,20 @@ def _start_incoming(machine) -> str | None:
         fd = int(name)
     try:
         machine.start_incoming(uri, fd)
+    except UserError as e:
+        return str(e)
+    return None
+
+
+async def _loadvm(machine) -> str | None:
+    """-loadvm NAME: the snapshot, before the guest first runs."""
+    from monitor.commands.snapshots import load_snapshot
+    from vmm.errors import UserError
+
+    if not machine.cfg.loadvm:
+        return None
+    try:
+        await load_snapshot(machine, machine.cfg.loadvm)
     except UserError as e:
         return str(e)
     return None

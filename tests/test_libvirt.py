@@ -108,25 +108,39 @@ def _memstat(daemon: Libvirtd, name: str) -> dict[str, int]:
                                    daemon.virsh("dommemstat", name).splitlines() if line)}
 
 
-@pytest.mark.parametrize("vmm", ["qemu", "kvmkit"])
-def test_virsh_manages_the_vmm(libvirtd, tmp_path, vmm):
+def _domain_xml(tmp_path, vmm: str, name: str, memory_mib: int) -> tuple[Path, str, str]:
+    """The domain's XML with that VMM as its emulator: (its file, a directory for
+    its sockets, the console socket's path)."""
     if vmm == "qemu":
         require_qemu()
     emulator = shutil.which(QEMU) if vmm == "qemu" else kvmkit_command()[0]
-    name = f"probe-{vmm}"
     sockets = tempfile.mkdtemp(prefix="lv-", dir="/tmp")         # sun_path is short
     console_path = os.path.join(sockets, "console.sock")
     xml = tmp_path / "domain.xml"
-    xml.write_text(DOMAIN.format(name=name, memory=MEMORY_MIB, kernel=probe_elf(),
+    xml.write_text(DOMAIN.format(name=name, memory=memory_mib, kernel=probe_elf(),
                                  emulator=emulator, console=console_path))
+    return xml, sockets, console_path
+
+
+def _boot(libvirtd: Libvirtd, xml: Path, name: str, console_path: str) -> tuple[Console, dict]:
+    """define, start --paused (so the console is there from the first line), resume:
+    the guest's console and its ready event."""
+    libvirtd.virsh("define", str(xml))
+    libvirtd.virsh("start", name, "--paused")
+    console = Console(console_path)
+    libvirtd.virsh("resume", name)
+    return console, console.wait_event("ready")
+
+
+@pytest.mark.parametrize("vmm", ["qemu", "kvmkit"])
+def test_virsh_manages_the_vmm(libvirtd, tmp_path, vmm):
+    name = f"probe-{vmm}"
+    xml, sockets, console_path = _domain_xml(tmp_path, vmm, name, MEMORY_MIB)
     virsh = libvirtd.virsh
     libvirtd.transcript.clear()
     try:
-        virsh("define", str(xml))
-        virsh("start", name, "--paused")
-        console = Console(console_path)
-        virsh("resume", name)
-        assert console.wait_event("ready")["memory_mib"] >= MEMORY_MIB - 1
+        console, ready = _boot(libvirtd, xml, name, console_path)
+        assert ready["memory_mib"] >= MEMORY_MIB - 1
         info = virsh("dominfo", name)
         assert re.search(r"State:\s+running", info), info
         assert re.search(rf"Max memory:\s+{MEMORY_MIB * 1024} KiB", info), info
@@ -182,6 +196,34 @@ def test_virsh_manages_the_vmm(libvirtd, tmp_path, vmm):
         assert virsh("domstate", name).strip() == "shut off"
         virsh("undefine", name)
         assert name not in virsh("list", "--all", "--name").split()
+    finally:
+        virsh("destroy", name, check=False)
+        virsh("undefine", name, check=False)
+        Path(tmp_path / "virsh-transcript.txt").write_text("\n".join(libvirtd.transcript))
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.mark.parametrize("vmm", ["qemu", "kvmkit"])
+def test_virsh_save_and_restore(libvirtd, tmp_path, vmm):
+    """`virsh save` (stop, getfd, migrate to the fd, through libvirt's iohelper) and
+    `virsh restore` (-incoming defer, migrate-incoming): the guest's memory is back
+    and it runs on."""
+    name = f"saved-{vmm}"
+    xml, sockets, console_path = _domain_xml(tmp_path, vmm, name, 256)
+    saved = tmp_path / "domain.save"
+    virsh = libvirtd.virsh
+    libvirtd.transcript.clear()
+    try:
+        console, _ = _boot(libvirtd, xml, name, console_path)
+        assert console.command("touch 64 6")["errors"] == 0
+        virsh("save", name, str(saved))
+        assert virsh("domstate", name).strip() == "shut off"
+        assert saved.stat().st_size > 64 << 20
+        virsh("restore", str(saved))
+        assert virsh("domstate", name).strip() == "running"
+        console = Console(console_path)
+        assert console.command("check 64 6")["errors"] == 0
+        assert console.command("touch 1 2")["errors"] == 0         # and it runs on
     finally:
         virsh("destroy", name, check=False)
         virsh("undefine", name, check=False)

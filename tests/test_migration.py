@@ -6,6 +6,7 @@ save to a file and restore, as libvirt's `virsh save` does it."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -199,40 +200,68 @@ def test_cancel_and_a_corrupt_stream(tmp_path):
         source.execute("stop")
         assert source.execute("migrate", uri=f"exec:cat > {saved}") == {"return": {}}
         assert wait_migration(source)["status"] == "completed"
-        data = bytearray(saved.read_bytes())
-        at = data.rindex(b'"vcpus"')
-        data[at + 1] = ord("X")
-        bad = tmp_path / "bad.state"
-        bad.write_bytes(bytes(data))
-        dst = start_kvmkit(machine_args(memory_mib=256, extra=[
-            "-incoming", f"exec:cat {bad}"]), cwd=str(tmp_path))
-        assert dst.wait_exit(60) == 1
-        assert "load of migration failed" in dst.stderr
+        good = saved.read_bytes()
+        at = good.rindex(b'"vcpus"')
+        broken = good[:at + 1] + b"X" + good[at + 2:]         # not JSON any more
+        newer = good.replace(b'"type":"isa-serial","version":1',
+                             b'"type":"isa-serial","version":9')
+        assert newer != good
+        for bad, reason in ((broken, "the saved vCPUs do not match"),
+                            (newer, "section version 9 is not 1")):
+            path = tmp_path / "bad.state"
+            path.write_bytes(bad)
+            dst = start_kvmkit(machine_args(memory_mib=256, extra=[
+                "-incoming", f"exec:cat {path}"]), cwd=str(tmp_path))
+            assert dst.wait_exit(60) == 1
+            assert "load of migration failed" in dst.stderr and reason in dst.stderr
     finally:
         src.close()
 
 
+def getfd(qmp: QmpLine, name: str, fd: int) -> dict:
+    """QMP getfd with the descriptor passed alongside (SCM_RIGHTS), as libvirt does."""
+    message = json.dumps({"execute": "getfd", "arguments": {"fdname": name}}).encode()
+    socket.send_fds(qmp.sock, [message + b"\n"], [fd])
+    while True:
+        reply = json.loads(qmp.file.readline())
+        if "event" not in reply:
+            return reply
+
+
 def test_save_to_a_file_and_restore(tmp_path, vmm_kind):
-    """`stop`, migrate to exec:cat > FILE, quit; a new VMM with -incoming
-    "exec:cat FILE" carries on where the guest was (virsh save / restore)."""
+    """As libvirt's `virsh save`: `stop`, getfd, migrate to fd:NAME, quit; then
+    `virsh restore`: a new VMM with -incoming defer and migrate-incoming. The
+    source was paused, so the guest is paused at the destination too (QEMU's
+    global state), until cont."""
     dst_qmp, saved = str(tmp_path / "dst.sock"), tmp_path / "saved.vm"
     src, source = touched_guest(vmm_kind, tmp_path, 256, "64 4")
     try:
         source.execute("stop")
-        assert source.execute("migrate", uri=f"exec:cat > {saved}") == {"return": {}}
+        fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        assert getfd(source, "migrate", fd) == {"return": {}}
+        os.close(fd)
+        assert source.execute("migrate", uri="fd:migrate") == {"return": {}}
         assert wait_migration(source)["status"] == "completed"
         assert qmp_status(source) == "postmigrate"
+        assert source.execute("migrate", uri="fd:migrate")["error"]["desc"] == \
+            "Can't migrate the vm that was paused due to previous migration"
         source.execute("quit")
     finally:
         src.close()
     dst = start(vmm_kind, machine_args(memory_mib=256, extra=[
-        "-incoming", f"exec:cat {saved}", "-S",
-        "-qmp", f"unix:{dst_qmp},server=on,wait=off"]), str(tmp_path))
+        "-incoming", "defer", "-qmp", f"unix:{dst_qmp},server=on,wait=off"]), str(tmp_path))
     try:
         destination = wait_for_socket(dst, dst_qmp)
+        assert qmp_status(destination) == "inmigrate"
+        assert destination.execute("query-migrate") == {"return": {}}
+        assert destination.execute("migrate-incoming", uri=f"exec:cat {saved}") == \
+            {"return": {}}
+        assert destination.execute("migrate-incoming", uri=f"exec:cat {saved}")["error"][
+            "desc"] == "The incoming migration has already been started"
         while qmp_status(destination) == "inmigrate":
             time.sleep(0.1)
-        assert qmp_status(destination) == "paused"          # -S: it waits for cont
+        assert qmp_status(destination) == "paused"
+        assert destination.execute("query-migrate") == {"return": {"status": "completed"}}
         destination.execute("cont")
         assert dst.command("check 64 4", timeout=60)["errors"] == 0
         assert dst.command("sum 64")["mib"] == 64                 # and it goes on

@@ -664,6 +664,9 @@ class Machine:
 
     def stop(self, state: str = "paused") -> None:
         """Pauses a running VM in ``state`` (paused, or io-error after an I/O error)."""
+        if self.runstate == "inmigrate":          # it will not run once the migration is in
+            self.autostart = False
+            return
         if self.runstate != "running":
             return
         self._pause_all()

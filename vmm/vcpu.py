@@ -147,11 +147,25 @@ class VcpuThread:
         reason_at = lib.RUN_EXIT_REASON
         exit_io, exit_mmio, exit_intr = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO, lib.KVM_EXIT_INTR
         handle_io, handle_mmio = self._handle_io, self._handle_mmio
+        io_pending = False
         while True:
             # The flags are read without the condition's lock on every exit; a pause
             # also sets immediate_exit, so KVM_RUN returns and the next pass parks.
-            if (not self._run_allowed or self._quit) and not self._park_while_stopped():
-                break
+            if not self._run_allowed or self._quit:
+                if io_pending:
+                    # KVM finishes an I/O exit (an IN's value into RAX) only when it is
+                    # entered again: with immediate_exit it does that and runs no guest
+                    # code, so a parked vCPU's registers are whole (migration, info
+                    # registers) and loading new ones is not undone by the old I/O.
+                    vcpu.set_immediate_exit(True)
+                    run()
+                    io_pending = False
+                    with self._cond:          # a resume in between wants it entered
+                        if self._run_allowed and not self._quit:
+                            vcpu.set_immediate_exit(False)
+                if not self._park_while_stopped():
+                    break
+                continue
             ret = run()
             if ret < 0:
                 if ret in (-errno.EINTR, -errno.EAGAIN):
@@ -162,8 +176,10 @@ class VcpuThread:
             reason = _unpack_u32(page, reason_at)[0]
             if reason == exit_io:
                 handle_io(page)
+                io_pending = True
             elif reason == exit_mmio:
                 handle_mmio(page)
+                io_pending = True
             elif reason == exit_intr:
                 continue
             else:

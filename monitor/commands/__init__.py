@@ -9,11 +9,13 @@ from monitor.commands import (  # noqa: F401
     devices,
     fds,
     hmp,
+    jobs,
     migration,
     netdev,
     objects,
     pci,
     qom,
     runstate,
+    snapshots,
     stats,
 )

@@ -186,21 +186,6 @@ def query_chardev(ctx):
             for c in ctx.machine.chardevs.values()]
 
 
-JOB_STATUS = Enum("JobStatus", ("undefined", "created", "running", "paused", "ready",
-                                "standby", "waiting", "pending", "aborting", "concluded",
-                                "null"))
-JOB_TYPE = Enum("JobType", ("commit", "stream", "mirror", "backup", "create", "amend",
-                            "snapshot-load", "snapshot-save", "snapshot-delete"))
-
-
-@command("query-jobs", returns=ListOf(Struct("JobInfo", (
-    Member("id", STR), Member("type", JOB_TYPE), Member("status", JOB_STATUS),
-    Member("current-progress", INT), Member("total-progress", INT),
-    Member("error", STR, True)))))
-def query_jobs(ctx):
-    return []
-
-
 @command("migrate-pause", allow_oob=True)
 def migrate_pause(ctx):
     raise QmpError("migrate-pause is currently only supported during postcopy-active state")

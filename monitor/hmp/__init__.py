@@ -2,7 +2,8 @@
 
 table.py has the table and argument syntax; the commands live in
 commands.py (control and devices), block.py (drives and their info), info.py
-(`info ...`), migration.py (migrate and its info), memory.py (x, xp,
+(`info ...`), migration.py (migrate and its info), snapshots.py (savevm,
+loadvm, delvm), memory.py (x, xp,
 gpa2hva) and registers.py (`info registers`).
 """
 
@@ -13,6 +14,7 @@ from monitor.hmp import (  # noqa: F401  (registration)
     memory,
     migration,
     registers,
+    snapshots,
 )
 from monitor.hmp.table import COMMANDS, INFO, HmpState, run_line
 

@@ -30,6 +30,10 @@ class IncomingMigration:
                                        daemon=True)
 
     def start(self) -> None:
+        """On the loop thread. QEMU announces the incoming side's setup at once, events
+        capability or not (libvirt waits on these events once migrate-incoming
+        returns); query-migrate shows no status until the source is there."""
+        self.machine.emit("MIGRATION", {"status": "setup"})
         self.thread.start()
 
     def info(self) -> dict:

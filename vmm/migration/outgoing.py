@@ -69,7 +69,11 @@ class OutgoingMigration:
         return self.status in RUNNING
 
     def start(self) -> None:
-        self._set_status("setup")
+        """On the loop thread: the setup event goes before the command's reply (libvirt
+        waits for the migration as soon as `migrate` returns)."""
+        self.status = "setup"
+        if self.settings.on("events"):
+            self.machine.emit("MIGRATION", {"status": "setup"})
         self.thread.start()
 
     def cancel(self) -> None:
@@ -98,7 +102,7 @@ class OutgoingMigration:
             self.machine.loop.call_soon_threadsafe(self.machine.emit, event, data)
 
     def _set_status(self, status: str) -> None:
-        if status != self.status or status == "setup":
+        if status != self.status:
             self.status = status
             self._emit("MIGRATION", {"status": status})
 
