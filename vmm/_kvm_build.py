@@ -219,7 +219,7 @@ int kk_get_dirty_log(int vm_fd, unsigned int slot, void *bitmap);
 
 /* Migration: which pages of a RAM block go now (see the source). */
 uint64_t kk_classify_pages(const uint8_t *ram, uint64_t npages, const uint64_t *kvm_bitmap,
-                           uint8_t *vmm_log, int all, uint8_t *out);
+                           uint8_t *vmm_log, int all, const uint64_t *pagemap, uint8_t *out);
 """
 
 SOURCE = r"""
@@ -275,9 +275,12 @@ int kk_get_dirty_log(int vm_fd, unsigned int slot, void *bitmap)
    data) or 2 (it is all zeroes). A page needs sending if `all`, if its bit is set
    in KVM's dirty bitmap, or if the VMM's log (a byte per page, written by devices
    after they write a page) has it; the log byte is taken atomically, before the
-   page is read, so a device write after that marks it again. Returns how many. */
+   page is read, so a device write after that marks it again. With `pagemap` (this
+   process's /proc/self/pagemap entries for the block, private anonymous RAM only),
+   a page neither present nor swapped out was never written: zero, unread.
+   Returns how many. */
 uint64_t kk_classify_pages(const uint8_t *ram, uint64_t npages, const uint64_t *kvm_bitmap,
-                           uint8_t *vmm_log, int all, uint8_t *out)
+                           uint8_t *vmm_log, int all, const uint64_t *pagemap, uint8_t *out)
 {
     uint64_t count = 0;
     for (uint64_t i = 0; i < npages; i++) {
@@ -290,6 +293,11 @@ uint64_t kk_classify_pages(const uint8_t *ram, uint64_t npages, const uint64_t *
             out[i] = 0;
             continue;
         }
+        count++;
+        if (pagemap && !(pagemap[i] >> 62)) {     /* bit 63 present, bit 62 swapped */
+            out[i] = 2;
+            continue;
+        }
         const uint64_t *words = (const uint64_t *)(ram + 4096 * i);
         int zero = 1;
         for (int w = 0; w < 512; w++)
@@ -298,7 +306,6 @@ uint64_t kk_classify_pages(const uint8_t *ram, uint64_t npages, const uint64_t *
                 break;
             }
         out[i] = zero ? 2 : 1;
-        count++;
     }
     return count;
 }
