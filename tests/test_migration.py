@@ -152,6 +152,54 @@ def test_live_migration_with_nic_balloon_and_disk(tmp_path, vmm_kind, netns):
             dst.close()
 
 
+@pytest.mark.parametrize("model", ["e1000", "rtl8139"])
+def test_emulated_nics_work_after_migration(tmp_path, vmm_kind, netns, model):
+    """The emulated NICs' registers and rings move with the guest: the driver the
+    probe set up at the source sends and receives at the destination."""
+    from pyroute2 import NetNS
+
+    with NetNS(netns) as ns:
+        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+    stream = str(tmp_path / "stream.sock")
+
+    def args(tap: str, qmp: str) -> list[str]:
+        return machine_args(memory_mib=128, extra=[
+            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+            "-device", f"{model},netdev=n0,id=net0",
+            "-qmp", f"unix:{qmp},server=on,wait=off"])
+    src = start(vmm_kind, args("kk0", str(tmp_path / "src.sock")), str(tmp_path),
+                in_netns(netns))
+    dst = None
+    try:
+        src.wait_event("ready", timeout=60)
+        source = QmpLine(str(tmp_path / "src.sock"))
+        assert src.command("net")["model"] == model
+        if model == "rtl8139":
+            src.command("netcplus")               # C+ mode: descriptor rings to carry
+        dst = start(vmm_kind, args("kk1", str(tmp_path / "dst.sock")) +
+                    ["-incoming", f"unix:{stream}"], str(tmp_path), in_netns(netns))
+        wait_for_socket(dst, str(tmp_path / "dst.sock"))
+        assert source.execute("migrate", uri=f"unix:{stream}") == {"return": {}}
+        assert wait_migration(source)["status"] == "completed"
+        host = packet_socket(netns, "kk1")
+        guest_mac = bytes.fromhex(GUEST_MAC.replace(":", ""))
+        for round_ in range(3):                   # several frames: the rings go round
+            text = f"moved-{round_}"
+            assert dst.command(f"netsend 020000000001 0x88b5 {text}")["sent"] >= 60
+            assert host.recv(2048)[14:14 + len(text)] == text.encode()
+            host.send((guest_mac + bytes.fromhex("020000000001") +
+                       ETH_TYPE.to_bytes(2, "big") + f"back-{round_}".encode()).ljust(60, b"\0"))
+            for _ in range(20):
+                if dst.command("netrecv 1000", timeout=10).get("payload") == f"back-{round_}":
+                    break
+            else:
+                pytest.fail(f"{model} at the destination did not receive")
+    finally:
+        src.close()
+        if dst is not None:
+            dst.close()
+
+
 def test_cut_migration_leaves_the_source_running(tmp_path, vmm_kind):
     """The destination dies mid-stream: the source fails the migration and runs on."""
     src, source = touched_guest(vmm_kind, tmp_path, 512, "256 3")
@@ -304,6 +352,12 @@ def test_monitor_errors_and_text(tmp_path):
         text = qmp.hmp("info migrate_parameters")
         assert "max-bandwidth: 67108864 bytes/second\r\ndowntime-limit: 500 ms\r\n" in text
         assert qmp.hmp("info migrate_capabilities") == "events: off\r\n"
+        assert qmp.hmp("migrate exec:cat>/dev/null") == \
+            "terminal does not allow synchronous migration, continuing detached\r\n"
+        assert wait_migration(qmp)["status"] == "completed"
+        assert qmp_status(qmp) == "postmigrate"
+        qmp.execute("cont")                        # the source may run on after all
+        assert qmp_status(qmp) == "running"
         assert qmp.execute("migrate", uri="tcp:127.0.0.1:1") == {"return": {}}
         info = wait_migration(qmp)
         assert info == {"status": "failed", "error-desc":

@@ -554,6 +554,11 @@ class Machine:
 
     def load_state(self, state: object) -> None:
         machine_state.load(self, state)
+        with self.lock:                 # what the guest had queued is taken again
+            for device in self.devices:
+                kick = getattr(device.obj, "kick_all", None)
+                if kick is not None:
+                    kick()
         self.saved_runstate = state.get("runstate") if isinstance(state, dict) else None
         self._firmware_pending = False          # the source's firmware has run
         self._has_run = True
@@ -583,11 +588,6 @@ class Machine:
 
     def incoming_done(self) -> None:
         """The migration is in: the guest runs if it is to, else waits paused."""
-        for device in self.devices:
-            kick = getattr(device.obj, "kick_all", None)
-            if kick is not None:
-                with self.lock:
-                    kick()
         self.runstate = "paused"
         if self.saved_runstate not in (None, "running"):
             return                        # the source was stopped: so is the guest here

@@ -32,6 +32,8 @@ async def migrate_cmd(ctx: HmpContext, args: dict) -> str:
                    inc=args.get("inc", False), resume=args.get("resume", False))
     if args.get("detach"):
         return ""
+    if ctx.session.name != "hmp":   # human-monitor-command: QEMU cannot wait there
+        return "terminal does not allow synchronous migration, continuing detached\n"
     while True:                     # the monitor waits, as QEMU's suspends itself
         info = await ctx.call("query-migrate")
         if info.get("status") not in (None, "setup", "active", "cancelling"):

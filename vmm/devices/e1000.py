@@ -157,6 +157,8 @@ class E1000(PciDevice):
         self.io_window.address = io_address & 0xFFFFFFFF
         self.tx_context, self.tx_tso = tuple(self.tx_context), tuple(self.tx_tso)
         self._intx_from_icr()
+        if self.netdev is not None:      # receive buffers may be there: read the back end
+            self.netdev.receive_ready()
 
     # -- the EEPROM's Microwire port (EECD), as Linux reads an 82540's ------------
     def _microwire_reset(self) -> None:

@@ -115,6 +115,8 @@ class Rtl8139(PciDevice):
 
     def state_loaded(self) -> None:
         self._update_irq()
+        if self.netdev is not None:      # receive buffers may be there: read the back end
+            self.netdev.receive_ready()
 
     def _set_link_registers(self) -> None:
         self.regs[MSR] = 0 if self.link_up else MSR_LINKB
