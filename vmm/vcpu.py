@@ -167,6 +167,7 @@ class VcpuThread:
                     break
                 continue
             ret = run()
+            io_pending = False             # entering again finished any earlier one
             if ret < 0:
                 if ret in (-errno.EINTR, -errno.EAGAIN):
                     continue

@@ -102,6 +102,8 @@ class OutgoingMigration:
             self.machine.loop.call_soon_threadsafe(self.machine.emit, event, data)
 
     def _set_status(self, status: str) -> None:
+        if self.status == "cancelling" and status not in ("cancelled", "failed"):
+            return                   # a cancel already came: only its end follows
         if status != self.status:
             self.status = status
             self._emit("MIGRATION", {"status": status})

@@ -420,6 +420,7 @@ class VirtioPciDevice(PciDevice):
             raise savestate.StateError(f"{where}: the queues do not match")
         for saved, q in zip(queues, self.queues):
             savestate.check_fields(q, self.QUEUE_STATE, saved, where)
+            savestate.int_in(saved["size"], 1, q.max_size, f"{where}.size")
             for name in ("last_avail", "used_idx", "signalled_used"):
                 savestate.int_in(saved.get(name), 0, 0xFFFF, f"{where}.{name}")
         super().load_state(state)
@@ -429,8 +430,6 @@ class VirtioPciDevice(PciDevice):
         for index, saved in enumerate(queues):
             q = self.queues[index] = _QueueState(self.queues[index].max_size)
             savestate.load_fields(q, self.QUEUE_STATE, saved, where)
-            if not 0 < q.size <= q.max_size:
-                raise savestate.StateError(f"{where}: queue {index} size {q.size}")
             if q.enabled:
                 q.enabled = False
                 self._enable_queue(q)
