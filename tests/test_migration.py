@@ -200,6 +200,45 @@ def test_emulated_nics_work_after_migration(tmp_path, vmm_kind, netns, model):
             dst.close()
 
 
+def test_two_vcpus_and_more_devices_migrate(tmp_path, vmm_kind):
+    """Two vCPUs, virtio-rng, a virtconsole on a socket and the PIIX3 USB controller:
+    each works the same at the destination."""
+    stream = str(tmp_path / "stream.sock")
+
+    def args(name: str) -> list[str]:
+        console = str(tmp_path / f"{name}-console.sock")
+        return machine_args(memory_mib=128, cpus=2, extra=[
+            "-usb", "-device", "virtio-rng-pci",
+            "-chardev", f"socket,id=c0,path={console},server=on,wait=off",
+            "-device", "virtio-serial-pci,id=vs0", "-device", "virtconsole,chardev=c0",
+            "-qmp", f"unix:{tmp_path}/{name}.sock,server=on,wait=off"])
+    src = start(vmm_kind, args("src"), str(tmp_path))
+    dst = None
+    try:
+        ready = src.wait_event("ready", timeout=60)
+        assert ready["cpus"] == 2
+        source = QmpLine(str(tmp_path / "src.sock"))
+        assert src.command("rng 64")["bytes"] == 64
+        dst = start(vmm_kind, args("dst") + ["-incoming", f"unix:{stream}"], str(tmp_path))
+        wait_for_socket(dst, str(tmp_path / "dst.sock"))
+        assert source.execute("migrate", uri=f"unix:{stream}") == {"return": {}}
+        assert wait_migration(source)["status"] == "completed"
+        info = dst.command("info")
+        assert info["cpus"] == 2
+        assert dst.command("rng 64")["bytes"] == 64
+        host = socket.socket(socket.AF_UNIX)
+        host.connect(str(tmp_path / "dst-console.sock"))
+        host.settimeout(10)
+        time.sleep(0.3)
+        assert dst.command("console write after-move") == {"written": 11}
+        assert host.recv(100) == b"after-move\n"
+        host.close()
+    finally:
+        src.close()
+        if dst is not None:
+            dst.close()
+
+
 def test_cut_migration_leaves_the_source_running(tmp_path, vmm_kind):
     """The destination dies mid-stream: the source fails the migration and runs on."""
     src, source = touched_guest(vmm_kind, tmp_path, 512, "256 3")
