@@ -41,13 +41,16 @@ def _inet(address: str) -> tuple[str, int]:
 
 class Channel:
     """One end of a stream: ``file`` to read or write, ``abort`` from another thread
-    to cut it (migrate_cancel), ``close`` when done (an exec's command is waited for)."""
+    to cut it (migrate_cancel), ``close`` when done (an exec's command is waited
+    for, a socket closed)."""
 
     def __init__(self, file: BinaryIO, abort: Callable[[], None],
-                 process: subprocess.Popen | None = None) -> None:
+                 process: subprocess.Popen | None = None,
+                 sock: socket.socket | None = None) -> None:
         self.file = file
         self._abort = abort
         self.process = process
+        self.sock = sock
 
     def abort(self) -> None:
         try:
@@ -60,25 +63,14 @@ class Channel:
             self.file.close()
         except OSError:
             pass
+        if self.sock is not None:
+            self.sock.close()
         if self.process is not None:
             self.process.wait()
 
 
 def _socket_channel(sock: socket.socket, mode: str) -> Channel:
-    file = sock.makefile(mode)
-    sock_ref = sock
-
-    def abort() -> None:
-        sock_ref.shutdown(socket.SHUT_RDWR)
-
-    channel = Channel(file, abort)
-    original_close = channel.close
-
-    def close() -> None:
-        original_close()
-        sock_ref.close()
-    channel.close = close
-    return channel
+    return Channel(sock.makefile(mode), lambda: sock.shutdown(socket.SHUT_RDWR), sock=sock)
 
 
 def connect(uri: str, fd: int | None = None) -> Channel:

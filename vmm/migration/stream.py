@@ -7,7 +7,7 @@
              STATE  u32 length, the machine's state as JSON (bytes as {"$b": base64})
              END
 
-Everything big-endian-free (little endian, as the host). The same stream goes to
+Numbers are little-endian, as the host. The same stream goes to
 another kvmkit, to a file through ``exec:cat > FILE``, and into a qcow2 image's
 VM-state area for savevm. A reader checks every record against the destination
 before it writes anything: a page outside RAM, an unknown record or version, a
@@ -106,9 +106,8 @@ class Reader:
 
     def __init__(self, source: BinaryIO) -> None:
         self.source = source
-        self.received = 0
 
-    def load(self, memory: GuestMemory, progress=None) -> Any:
+    def load(self, memory: GuestMemory) -> Any:
         magic, version = _HEADER.unpack(_read(self.source, _HEADER.size))
         if magic != MAGIC:
             raise StreamError("not a kvmkit migration stream")
@@ -141,5 +140,3 @@ class Reader:
                 return state
             else:
                 raise StreamError(f"unknown record {kind} in the migration stream")
-            if progress is not None:
-                progress()
