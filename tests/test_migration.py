@@ -106,6 +106,8 @@ def test_live_migration_with_nic_balloon_and_disk(tmp_path, vmm_kind, netns):
                 {"capability": "events", "state": True}]) == {"return": {}}
         source.execute("migrate-set-parameters", **{"max-bandwidth": 4 << 30})
 
+        rarp = packet_socket(netns, "kk1", proto=0x8035)     # the destination announces
+        rarp.settimeout(10)
         # The guest rewrites its 512 MiB 12 times over (ending as before) while it moves.
         src.send("churn 512 9")
         time.sleep(0.3)
@@ -130,6 +132,9 @@ def test_live_migration_with_nic_balloon_and_disk(tmp_path, vmm_kind, netns):
         assert dst.command("check 512 9", timeout=120)["errors"] == 0
         assert dst.command("sum 512", timeout=60)["sum"] == before
         assert qmp_status(destination) == "running"
+        announced = rarp.recv(2048)
+        assert announced[:14] == b"\xff" * 6 + bytes.fromhex("525400123456") + b"\x80\x35"
+        assert announced[14:22] == bytes.fromhex("0001080006040003")     # a RARP request
         assert destination.hmp("info balloon") == balloon
         assert dst.command("blk read 5") == {"status": 0, "text": "written-before-migration"}
 
@@ -183,6 +188,12 @@ def test_emulated_nics_work_after_migration(tmp_path, vmm_kind, netns, model):
         assert wait_migration(source)["status"] == "completed"
         host = packet_socket(netns, "kk1")
         guest_mac = bytes.fromhex(GUEST_MAC.replace(":", ""))
+        rarp = packet_socket(netns, "kk1", proto=0x8035)
+        rarp.settimeout(10)
+        destination = QmpLine(str(tmp_path / "dst.sock"))
+        assert destination.execute("announce-self", initial=10, max=50, rounds=2,
+                                   step=10, interfaces=["net0"]) == {"return": {}}
+        assert rarp.recv(2048)[6:14] == guest_mac + b"\x80\x35"
         for round_ in range(3):                   # several frames: the rings go round
             text = f"moved-{round_}"
             assert dst.command(f"netsend 020000000001 0x88b5 {text}")["sent"] >= 60

@@ -586,8 +586,25 @@ class Machine:
         self.incoming = IncomingMigration(self, listener, events=False)
         self.incoming.start()
 
+    def announce_self(self, initial: int, maximum: int, rounds: int, step: int,
+                      interfaces: list[str] | None = None) -> None:
+        """QEMU's announce timer: ``rounds`` rounds of RARP from every NIC (or those
+        named), the first at once, then ``initial`` ms later, each next one ``step``
+        ms further apart (never more than ``maximum``)."""
+        delay = 0.0
+        for n in range(rounds):
+            self.loop.call_later(delay, self._announce_round, interfaces)
+            delay += min(initial + n * step, maximum) / 1000
+
+    def _announce_round(self, interfaces: list[str] | None) -> None:
+        with self.lock:
+            self.network.announce_self(interfaces)
+
     def incoming_done(self) -> None:
-        """The migration is in: the guest runs if it is to, else waits paused."""
+        """The migration is in: the guest runs if it is to, else waits paused;
+        the NICs announce where the guest is now, as QEMU's do."""
+        self.announce_self(**{("maximum" if k == "max" else k): v for k, v in
+                              self.migration_settings.announce.items()})
         self.runstate = "paused"
         if self.saved_runstate not in (None, "running"):
             return                        # the source was stopped: so is the guest here

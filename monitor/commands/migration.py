@@ -138,6 +138,8 @@ def migrate_set_parameters(ctx, **given):
     settings = ctx.machine.migration_settings
     settings.downtime_limit = current["downtime-limit"]
     settings.max_bandwidth = current["max-bandwidth"]
+    settings.announce = {key: current[f"announce-{key}"]
+                         for key in ("initial", "max", "rounds", "step")}
 
 
 @command("migrate", args=[

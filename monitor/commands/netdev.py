@@ -78,3 +78,11 @@ def query_rx_filter(ctx, name=None):
         return ctx.machine.network.query_rx_filter(name)
     except KeyError:
         raise QmpError(f"invalid net client name: {name}") from None
+
+
+@command("announce-self", args=[
+    Member("initial", INT), Member("max", INT), Member("rounds", INT), Member("step", INT),
+    Member("interfaces", ListOf(STR), True), Member("id", STR, True)])
+def announce_self(ctx, initial, max, rounds, step, interfaces=None, id=None):
+    """RARP from the NICs (all, or those named), on QEMU's announce timer."""
+    ctx.machine.announce_self(initial, max, rounds, step, interfaces)

@@ -38,6 +38,8 @@ class Settings:
     def __init__(self) -> None:
         self.downtime_limit = 300               # ms
         self.max_bandwidth = 128 << 20          # bytes/s (QEMU's MAX_THROTTLE)
+        # self-announcement after an incoming migration (ms, ms, count, ms)
+        self.announce = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
         self.capabilities: dict[str, bool] = {}
 
     def on(self, capability: str) -> bool:

@@ -8,6 +8,7 @@ addresses (52:54:00:12:34:56 and up, the first unused).
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ DEFAULT_MAC_PREFIX = bytes([0x52, 0x54, 0x00, 0x12, 0x34])
 # QEMU's descriptions of the properties every NIC has
 MAC_DESCRIPTION = "Ethernet 6-byte MAC Address, example: 52:54:00:12:34:56"
 NETDEV_DESCRIPTION = "ID of a netdev to use as a backend"
+
+
+RARP = b"\x80\x35"                   # the announcement's ethertype
 
 
 class NetError(UserError):
@@ -210,6 +214,19 @@ class Network:
         if nic is not None:
             nic.link_down = not up
             nic.device.set_link(up)
+
+    def announce_self(self, names: list[str] | None = None) -> None:
+        """One round of QEMU's self-announcement: each NIC with a back end sends a
+        RARP request from its MAC (RFC 903), so switches learn where the guest is
+        now (after an incoming migration, or QMP announce-self)."""
+        for nic in self.nics.values():
+            if nic.peer is None or nic.link_down or names is not None and nic.name not in names:
+                continue
+            mac = getattr(nic.device, "mac", nic.mac)
+            frame = b"\xff" * 6 + mac + RARP + struct.pack(
+                ">HHBBH", 1, 0x0800, 6, 4, 3) + mac + bytes(4) + mac + bytes(4)
+            send = getattr(nic.peer, "send_raw", nic.peer.send)   # a tap: its header too
+            send(frame.ljust(60, b"\0"))
 
     def lines(self) -> list[str]:
         """`info network`: hubs with their ports, NICs with their peers, then

@@ -296,6 +296,11 @@ class TapBackend:
         else:
             self.send_iov([frame])
 
+    def send_raw(self, frame: bytes) -> None:
+        """A frame of the VMM's own (an announcement): with an empty vnet header
+        whenever the tap expects one, whoever the NIC is."""
+        self.send_iov([bytes(self.header_len), frame] if self.header_len else [frame])
+
     def send_iov(self, parts: list, queue: int = 0) -> None:
         """A frame in pieces (virtio-net: the guest's header and buffers, zero-copy)."""
         fd = self.tx_fd(queue)
