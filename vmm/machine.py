@@ -95,7 +95,6 @@ class Machine:
         self._unplugs_before_first_run: set[int] = set()
         self.objects = Objects()
         self.migration_settings = Settings()      # migrate-set-parameters/-capabilities
-        self.migration_capabilities = self.migration_settings.capabilities
         self.migration: OutgoingMigration | None = None   # the last `migrate`
         self.incoming: IncomingMigration | None = None
         self.prior_runstate: str | None = None     # before an outgoing migration stopped it
@@ -583,7 +582,7 @@ class Machine:
     def start_incoming(self, uri: str, fd: int | None = None) -> None:
         """-incoming URI or migrate-incoming: listen (UserError if it cannot)."""
         listener = migration_channel.Listener(uri, fd)
-        self.incoming = IncomingMigration(self, listener, events=False)
+        self.incoming = IncomingMigration(self, listener)
         self.incoming.start()
 
     def announce_self(self, initial: int, maximum: int, rounds: int, step: int,
@@ -603,8 +602,7 @@ class Machine:
     def incoming_done(self) -> None:
         """The migration is in: the guest runs if it is to, else waits paused;
         the NICs announce where the guest is now, as QEMU's do."""
-        self.announce_self(**{("maximum" if k == "max" else k): v for k, v in
-                              self.migration_settings.announce.items()})
+        self.announce_self(*self.migration_settings.announce)
         self.runstate = "paused"
         if self.saved_runstate not in (None, "running"):
             return                        # the source was stopped: so is the guest here

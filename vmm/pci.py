@@ -261,7 +261,7 @@ class PciDevice:
                     f"{where}: bad config data at 0x{i:x}: read 0x{config[i]:x}, "
                     f"device 0x{self.config[i]:x}")
         self.config[:] = config
-        savestate.load_fields(self, self.STATE, state, where)
+        savestate.set_fields(self, self.STATE, state)
         self.update_mappings()
         self.set_intx(intx)
         self.state_loaded()

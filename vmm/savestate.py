@@ -65,9 +65,15 @@ def check_value(live: Any, saved: Any, where: str) -> None:
 
 
 def load_fields(obj: Any, names: tuple[str, ...], state: dict, where: str) -> None:
-    """Checks, then sets the named attributes (byte arrays and deques in place of
-    their own kind, so references other code holds stay valid)."""
+    """Checks, then sets the named attributes (set_fields)."""
     check_fields(obj, names, state, where)
+    set_fields(obj, names, state)
+
+
+def set_fields(obj: Any, names: tuple[str, ...], state: dict) -> None:
+    """Sets the named attributes from a state check_fields has passed (byte arrays
+    and deques in place of their own kind, so references other code holds stay
+    valid)."""
     for name in names:
         live, saved = getattr(obj, name), state[name]
         if isinstance(live, bytearray):

@@ -36,38 +36,39 @@ MIGRATION_STATUS = Enum("MigrationStatus", (
 MULTIFD_COMPRESSION = Enum("MultiFDCompression", ("none", "zlib", "zstd"))
 QERR_MIGRATION_ACTIVE = "There's a migration process in progress"
 
-# QEMU 7.2's MigrationParameters: (name, type, default, (low, high, what) or None).
+# QEMU 7.2's MigrationParameters: (name, type, (low, high, what) or None); their
+# values, QEMU's defaults to begin with, are vmm.migration.outgoing.Settings'.
 PARAMETERS = (
-    ("announce-initial", SIZE, 50, (0, 100000, "a value between 0 and 100000")),
-    ("announce-max", SIZE, 550, (0, 100000, "a value between 0 and 100000")),
-    ("announce-rounds", SIZE, 5, (0, 1000, "a value between 0 and 1000")),
-    ("announce-step", SIZE, 100, (1, 10000, "a value between 0 and 10000")),
-    ("compress-level", UINT8, 1, (0, 9, "a value between 0 and 9")),
-    ("compress-threads", UINT8, 8, (1, 255, "a value between 1 and 255")),
-    ("compress-wait-thread", BOOL, True, None),
-    ("decompress-threads", UINT8, 2, (1, 255, "a value between 1 and 255")),
-    ("throttle-trigger-threshold", UINT8, 50, (1, 100, "an integer in the range of 1 to 100")),
-    ("cpu-throttle-initial", UINT8, 20, (1, 99, "an integer in the range of 1 to 99")),
-    ("cpu-throttle-increment", UINT8, 10, (1, 99, "an integer in the range of 1 to 99")),
-    ("cpu-throttle-tailslow", BOOL, False, None),
-    ("tls-creds", STR, "", None),
-    ("tls-hostname", STR, "", None),
-    ("tls-authz", STR, "", None),
-    ("max-bandwidth", SIZE, 128 << 20,
+    ("announce-initial", SIZE, (0, 100000, "a value between 0 and 100000")),
+    ("announce-max", SIZE, (0, 100000, "a value between 0 and 100000")),
+    ("announce-rounds", SIZE, (0, 1000, "a value between 0 and 1000")),
+    ("announce-step", SIZE, (1, 10000, "a value between 0 and 10000")),
+    ("compress-level", UINT8, (0, 9, "a value between 0 and 9")),
+    ("compress-threads", UINT8, (1, 255, "a value between 1 and 255")),
+    ("compress-wait-thread", BOOL, None),
+    ("decompress-threads", UINT8, (1, 255, "a value between 1 and 255")),
+    ("throttle-trigger-threshold", UINT8, (1, 100, "an integer in the range of 1 to 100")),
+    ("cpu-throttle-initial", UINT8, (1, 99, "an integer in the range of 1 to 99")),
+    ("cpu-throttle-increment", UINT8, (1, 99, "an integer in the range of 1 to 99")),
+    ("cpu-throttle-tailslow", BOOL, None),
+    ("tls-creds", STR, None),
+    ("tls-hostname", STR, None),
+    ("tls-authz", STR, None),
+    ("max-bandwidth", SIZE,
      (0, (1 << 64) - 1, "an integer in the range of 0 to SIZE_MAX bytes/second")),
-    ("downtime-limit", UINT64, 300,
+    ("downtime-limit", UINT64,
      (0, 2000 * 1000, "an integer in the range of 0 to (2000 * 1000) ms")),
-    ("x-checkpoint-delay", UINT32, 20000, None),
-    ("block-incremental", BOOL, False, None),
-    ("multifd-channels", UINT8, 2, (1, 255, "a value between 1 and 255")),
-    ("multifd-compression", MULTIFD_COMPRESSION, "none", None),
-    ("multifd-zlib-level", UINT8, 1, (0, 9, "a value between 0 and 9")),
-    ("multifd-zstd-level", UINT8, 1, (0, 20, "a value between 0 and 20")),
-    ("xbzrle-cache-size", SIZE, 64 << 20, None),
-    ("max-postcopy-bandwidth", SIZE, 0, None),
-    ("max-cpu-throttle", UINT8, 99, None),
+    ("x-checkpoint-delay", UINT32, None),
+    ("block-incremental", BOOL, None),
+    ("multifd-channels", UINT8, (1, 255, "a value between 1 and 255")),
+    ("multifd-compression", MULTIFD_COMPRESSION, None),
+    ("multifd-zlib-level", UINT8, (0, 9, "a value between 0 and 9")),
+    ("multifd-zstd-level", UINT8, (0, 20, "a value between 0 and 20")),
+    ("xbzrle-cache-size", SIZE, None),
+    ("max-postcopy-bandwidth", SIZE, None),
+    ("max-cpu-throttle", UINT8, None),
 )
-PARAMETER_MEMBERS = tuple(Member(name, kind, optional=True) for name, kind, _, _ in PARAMETERS)
+PARAMETER_MEMBERS = tuple(Member(name, kind, optional=True) for name, kind, _ in PARAMETERS)
 MIGRATION_PARAMETERS = Struct("MigrationParameters", PARAMETER_MEMBERS)
 MIGRATION_INFO = Struct("MigrationInfo", (
     Member("status", MIGRATION_STATUS, optional=True),
@@ -81,22 +82,13 @@ REGISTRY.event("MIGRATION", [Member("status", MIGRATION_STATUS)])
 REGISTRY.event("MIGRATION_PASS", [Member("pass", INT)])
 
 
-def parameters(machine) -> dict:
-    """The current parameters, every one (QEMU's defaults until set)."""
-    values = getattr(machine, "migration_parameters", None)
-    if values is None:
-        values = machine.migration_parameters = {name: default
-                                                 for name, _, default, _ in PARAMETERS}
-    return values
-
-
 def _migration_running(machine) -> bool:
     return machine.migration is not None and machine.migration.running
 
 
 @command("query-migrate-capabilities", returns=ListOf(CAPABILITY_STATUS))
 def query_migrate_capabilities(ctx):
-    states = ctx.machine.migration_capabilities
+    states = ctx.machine.migration_settings.capabilities
     return [{"capability": name, "state": states.get(name, False)}
             for name in MIGRATION_CAPABILITY.values]
 
@@ -106,19 +98,19 @@ def migrate_set_capabilities(ctx, capabilities):
     if _migration_running(ctx.machine):
         raise QmpError(QERR_MIGRATION_ACTIVE)
     for entry in capabilities:
-        ctx.machine.migration_capabilities[entry["capability"]] = entry["state"]
+        ctx.machine.migration_settings.capabilities[entry["capability"]] = entry["state"]
 
 
 @command("query-migrate-parameters", returns=MIGRATION_PARAMETERS)
 def query_migrate_parameters(ctx):
-    return dict(parameters(ctx.machine))
+    return dict(ctx.machine.migration_settings.parameters)
 
 
 @command("migrate-set-parameters", args=list(PARAMETER_MEMBERS))
 def migrate_set_parameters(ctx, **given):
     given = {name.replace("_", "-"): value for name, value in given.items()}
-    current = parameters(ctx.machine)
-    for name, _, _, limits in PARAMETERS:
+    current = ctx.machine.migration_settings.parameters
+    for name, _, limits in PARAMETERS:
         if name in given and limits is not None:
             low, high, what = limits
             if not low <= given[name] <= high:
@@ -135,11 +127,6 @@ def migrate_set_parameters(ctx, **given):
     if any(given.get(name) for name in ("tls-creds", "tls-hostname", "tls-authz")):
         raise QmpError("kvmkit does not support TLS for migration")
     current.update(given)
-    settings = ctx.machine.migration_settings
-    settings.downtime_limit = current["downtime-limit"]
-    settings.max_bandwidth = current["max-bandwidth"]
-    settings.announce = {key: current[f"announce-{key}"]
-                         for key in ("initial", "max", "rounds", "step")}
 
 
 @command("migrate", args=[

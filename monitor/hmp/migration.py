@@ -71,7 +71,7 @@ async def migrate_set_capability_cmd(ctx: HmpContext, args: dict) -> str:
      "Set the parameter for migration")
 async def migrate_set_parameter_cmd(ctx: HmpContext, args: dict) -> str:
     name, text = args["parameter"], args["value"]
-    kind = next((k for n, k, _, _ in PARAMETERS if n == name), None)
+    kind = next((k for n, k, _ in PARAMETERS if n == name), None)
     if kind is None:
         raise QmpError(f"invalid parameter value: {name}")
     await ctx.call("migrate-set-parameters", **{name: _parse_value(name, kind, text)})

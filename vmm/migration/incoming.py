@@ -21,10 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class IncomingMigration:
-    def __init__(self, machine, listener: Listener, events: bool) -> None:
+    def __init__(self, machine, listener: Listener) -> None:
         self.machine = machine
         self.listener = listener
-        self.events = events
         self.status = "none"
         self.thread = threading.Thread(target=self._run, name="incoming migration",
                                        daemon=True)
@@ -46,7 +45,7 @@ class IncomingMigration:
 
     def _set_status(self, status: str) -> None:
         self.status = status
-        if self.events or self.machine.migration_settings.on("events"):
+        if self.machine.migration_settings.on("events"):
             self.machine.emit("MIGRATION", {"status": status})
 
     def _run(self) -> None:

@@ -32,18 +32,46 @@ class Cancelled(Exception):
     pass
 
 
+# QEMU 7.2's migration parameters and their defaults (migrate-set-parameters sets
+# them; kvmkit honours downtime-limit, max-bandwidth and the announce-* ones).
+DEFAULT_PARAMETERS = {
+    "announce-initial": 50, "announce-max": 550, "announce-rounds": 5, "announce-step": 100,
+    "compress-level": 1, "compress-threads": 8, "compress-wait-thread": True,
+    "decompress-threads": 2, "throttle-trigger-threshold": 50, "cpu-throttle-initial": 20,
+    "cpu-throttle-increment": 10, "cpu-throttle-tailslow": False, "tls-creds": "",
+    "tls-hostname": "", "tls-authz": "", "max-bandwidth": 128 << 20, "downtime-limit": 300,
+    "x-checkpoint-delay": 20000, "block-incremental": False, "multifd-channels": 2,
+    "multifd-compression": "none", "multifd-zlib-level": 1, "multifd-zstd-level": 1,
+    "xbzrle-cache-size": 64 << 20, "max-postcopy-bandwidth": 0, "max-cpu-throttle": 99,
+}
+
+
 class Settings:
-    """migrate-set-parameters and -capabilities: what kvmkit honours of QEMU's."""
+    """migrate-set-parameters and -capabilities."""
 
     def __init__(self) -> None:
-        self.downtime_limit = 300               # ms
-        self.max_bandwidth = 128 << 20          # bytes/s (QEMU's MAX_THROTTLE)
-        # self-announcement after an incoming migration (ms, ms, count, ms)
-        self.announce = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
+        self.parameters = dict(DEFAULT_PARAMETERS)
         self.capabilities: dict[str, bool] = {}
 
     def on(self, capability: str) -> bool:
         return self.capabilities.get(capability, False)
+
+    @property
+    def downtime_limit(self) -> int:
+        """ms"""
+        return self.parameters["downtime-limit"]
+
+    @property
+    def max_bandwidth(self) -> int:
+        """bytes/s (0: unlimited)"""
+        return self.parameters["max-bandwidth"]
+
+    @property
+    def announce(self) -> tuple[int, int, int, int]:
+        """The self-announcement after an incoming migration: initial, max, rounds,
+        step (ms, ms, count, ms)."""
+        return tuple(self.parameters[f"announce-{key}"]
+                     for key in ("initial", "max", "rounds", "step"))
 
 
 class OutgoingMigration:

@@ -38,7 +38,6 @@ class VirtioDevice:
         return {"negotiated": self.negotiated, **savestate.save_fields(self, self.STATE)}
 
     def load_state(self, state: dict) -> None:
-        savestate.check_fields(self, ("negotiated",) + self.STATE, state, self.name)
         savestate.load_fields(self, ("negotiated",) + self.STATE, state, self.name)
         self.state_loaded()
 

@@ -425,11 +425,10 @@ class VirtioPciDevice(PciDevice):
                 savestate.int_in(saved.get(name), 0, 0xFFFF, f"{where}.{name}")
         super().load_state(state)
         if self.msix:
-            self.msix.table[:], self.msix.pending[:] = state["msix"]["table"], \
-                state["msix"]["pending"]
+            savestate.set_fields(self.msix, ("table", "pending"), state["msix"])
         for index, saved in enumerate(queues):
             q = self.queues[index] = _QueueState(self.queues[index].max_size)
-            savestate.load_fields(q, self.QUEUE_STATE, saved, where)
+            savestate.set_fields(q, self.QUEUE_STATE, saved)
             if q.enabled:
                 q.enabled = False
                 self._enable_queue(q)
