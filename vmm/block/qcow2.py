@@ -21,6 +21,7 @@ import errno
 import struct
 import threading
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -898,29 +899,36 @@ class Qcow2Image:
                 pass
 
     # -- checking ---------------------------------------------------------------------
+    def clusters_reached(self, l1: list[int]) -> Counter:
+        """Every L2 table and data cluster an L1 table reaches, with how often (each
+        reference a refcount counts; internal snapshots add and drop these)."""
+        cs = self.cluster_size
+        counts: Counter = Counter()
+        for entry in l1:
+            l2 = entry & OFFSET_MASK
+            if not l2:
+                continue
+            counts[l2 // cs] += 1
+            for l2_entry in struct.unpack(f">{self.l2_entries}Q", self._pread(l2, cs)):
+                if l2_entry & COMPRESSED:
+                    start, length = self._compressed_range(l2_entry)
+                    counts.update(range(start // cs, (start + length - 1) // cs + 1))
+                elif l2_entry & OFFSET_MASK:
+                    counts[(l2_entry & OFFSET_MASK) // cs] += 1
+        return counts
+
     def expected_refcounts(self) -> dict[int, int]:
         """How many references each cluster has, from walking all the metadata."""
         cs = self.cluster_size
-        counts: dict[int, int] = {}
+        counts: Counter = Counter()
 
         def add(offset: int, length: int) -> None:
-            for cluster in range(offset // cs, (offset + length - 1) // cs + 1):
-                counts[cluster] = counts.get(cluster, 0) + 1
+            counts.update(range(offset // cs, (offset + length - 1) // cs + 1))
 
         def walk_l1(table: list[int], offset: int) -> None:
             if table:
                 add(offset, len(table) * 8)
-            for entry in table:
-                l2 = entry & OFFSET_MASK
-                if not l2:
-                    continue
-                add(l2, cs)
-                raw = self._pread(l2, cs)
-                for l2_entry in struct.unpack(f">{self.l2_entries}Q", raw):
-                    if l2_entry & COMPRESSED:
-                        add(*self._compressed_range(l2_entry))
-                    elif l2_entry & OFFSET_MASK:
-                        add(l2_entry & OFFSET_MASK, cs)
+            counts.update(self.clusters_reached(table))
 
         add(0, cs)
         walk_l1(self.l1, self.l1_offset)

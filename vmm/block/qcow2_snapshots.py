@@ -87,26 +87,6 @@ def find(img: Qcow2Image, name: str) -> Snapshot | None:
         next((s for s in img.snapshots if s.id == name), None)
 
 
-def _clusters_of(img: Qcow2Image, l1: list[int]) -> Counter:
-    """Every L2 table and data cluster an L1 table reaches, with how often."""
-    cs = img.cluster_size
-    counts: Counter = Counter()
-    for entry in l1:
-        l2 = entry & OFFSET_MASK
-        if not l2:
-            continue
-        counts[l2 // cs] += 1
-        table = img._l2_table(l2)
-        for l2_entry in struct.unpack(f">{img.l2_entries}Q", table):
-            if l2_entry & COMPRESSED:
-                start, length = img._compressed_range(l2_entry)
-                for cluster in range(start // cs, (start + length - 1) // cs + 1):
-                    counts[cluster] += 1
-            elif l2_entry & OFFSET_MASK:
-                counts[(l2_entry & OFFSET_MASK) // cs] += 1
-    return counts
-
-
 def _change(img: Qcow2Image, counts: Counter, sign: int) -> None:
     """Adds (sign * how often) to each cluster's refcount, contiguous runs at once."""
     clusters = sorted(counts)
@@ -185,7 +165,7 @@ def create(img: Qcow2Image, name: str, vm_state_size: int, vm_clock_nsec: int) -
         l1 = [entry & ~COPIED for entry in img.l1]
         l1_offset = img._alloc_clusters(max(-(-len(l1) * 8 // cs), 1))
         img._pwrite(l1_offset, struct.pack(f">{len(l1)}Q", *l1))
-        _change(img, _clusters_of(img, img.l1), +1)
+        _change(img, img.clusters_reached(img.l1), +1)
         _fix_copied(img)
         now = time.time()
         snapshot = Snapshot(str(max(ids, default=0) + 1), name, l1_offset, len(l1),
@@ -215,11 +195,11 @@ def goto(img: Qcow2Image, snapshot: Snapshot) -> None:
             img._grow_l1(len(table))
         table += [0] * (len(img.l1) - len(table))
         old = list(img.l1)
-        _change(img, _clusters_of(img, table), +1)
+        _change(img, img.clusters_reached(table), +1)
         img._pwrite(img.l1_offset, struct.pack(f">{len(table)}Q", *table))
         img.file.flush()
         img.l1 = table
-        _change(img, _clusters_of(img, old), -1)
+        _change(img, img.clusters_reached(old), -1)
         img._l2_cache.clear()
         _fix_copied(img)
     img.flush()
@@ -230,7 +210,7 @@ def delete(img: Qcow2Image, snapshot: Snapshot) -> None:
     with img.lock:
         img._usable()
         table = img._read_l1(snapshot.l1_offset, snapshot.l1_size)
-        reached = _clusters_of(img, table)
+        reached = img.clusters_reached(table)
         _write_table(img, [s for s in img.snapshots if s is not snapshot])
         _change(img, reached, -1)
         img._change_refcounts(snapshot.l1_offset // cs,
