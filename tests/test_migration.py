@@ -351,6 +351,10 @@ def test_save_to_a_file_and_restore(tmp_path, vmm_kind):
     try:
         destination = wait_for_socket(dst, dst_qmp)
         assert qmp_status(destination) == "inmigrate"
+        if vmm_kind == "kvmkit":
+            # Typed before the state came in: kvmkit holds it for the loaded guest
+            # (QEMU's UART takes one byte, which the load then overwrites).
+            dst.send("check 64 4")
         assert destination.execute("query-migrate") == {"return": {}}
         assert destination.execute("migrate-incoming", uri=f"exec:cat {saved}") == \
             {"return": {}}
@@ -361,7 +365,10 @@ def test_save_to_a_file_and_restore(tmp_path, vmm_kind):
         assert qmp_status(destination) == "paused"
         assert destination.execute("query-migrate") == {"return": {"status": "completed"}}
         destination.execute("cont")
-        assert dst.command("check 64 4", timeout=60)["errors"] == 0
+        if vmm_kind == "kvmkit":
+            assert dst.read_json(timeout=60)["errors"] == 0
+        else:
+            assert dst.command("check 64 4", timeout=60)["errors"] == 0
         assert dst.command("sum 64")["mib"] == 64                 # and it goes on
     finally:
         dst.close()

@@ -62,6 +62,7 @@ from vmm.vcpu import VcpuThread, install_kick_handler
 log = logging.getLogger(__name__)
 
 TSS_ADDR = 0xFFFBD000
+HELD_INPUT_LIMIT = 64 * 1024              # chardev input held during an incoming migration
 RAM_ID = "pc.ram"                        # QEMU's default-ram-id for the pc machine
 IDENTITY_MAP_ADDR = 0xFFFBC000
 KVM_SYSTEM_EVENT_SHUTDOWN = 1
@@ -86,6 +87,7 @@ class Machine:
         self.lock = threading.RLock()
         self.listeners: list[Listener] = []
         self.runstate = "inmigrate" if cfg.incoming else "prelaunch"
+        self._held_input: list[tuple[Callable, bytes]] = []     # see host_input
         self.autostart = not cfg.start_paused     # run once an incoming migration is in
         self._resume_hooks: list[Callable[[], None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -358,9 +360,15 @@ class Machine:
         return spec.backend if spec else None
 
     # -- what devices use from the board (vmm.qdev.Board) --------------------
-    def locked(self, func: Callable, *args) -> None:
+    def host_input(self, receive: Callable[[bytes], None], data: bytes) -> None:
+        """Input from a chardev for its front end (serial, virtio-console). While a
+        migration comes in, the device's state is about to be replaced: the input
+        waits for it instead of being wiped by it (bounded, as a UART's FIFO is)."""
         with self.lock:
-            func(*args)
+            if self.runstate != "inmigrate":
+                receive(data)
+            elif sum(len(d) for _, d in self._held_input) < HELD_INPUT_LIMIT:
+                self._held_input.append((receive, data))
 
     def emit_from_vcpu(self, event: str, data: dict | None) -> None:
         """An event raised on a vCPU thread, delivered on the loop."""
@@ -603,7 +611,11 @@ class Machine:
         """The migration is in: the guest runs if it is to, else waits paused;
         the NICs announce where the guest is now, as QEMU's do."""
         self.announce_self(*self.migration_settings.announce)
-        self.runstate = "paused"
+        with self.lock:
+            self.runstate = "paused"
+            held, self._held_input = self._held_input, []
+            for receive, data in held:          # what came while the state was loading
+                receive(data)
         if self.saved_runstate not in (None, "running"):
             return                        # the source was stopped: so is the guest here
         if self.autostart:

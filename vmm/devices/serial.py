@@ -206,7 +206,7 @@ def _realize(board, device):
                        lambda level: board.set_irq(irq, level))
     board.pio.map(iobase, 8, uart)
     if chardev is not None:
-        chardev.attach(lambda data: board.locked(uart.receive, data))
+        chardev.attach(lambda data: board.host_input(uart.receive, data))
     props.update(index=index, iobase=iobase, irq=irq)
     return uart
 

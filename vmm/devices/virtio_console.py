@@ -114,7 +114,7 @@ def _realize_console(board, device):
     chardev = board.chardevs.get(device.props.get("chardev") or "")
     if chardev is not None:
         console.output = chardev.write
-        chardev.attach(lambda data: board.locked(console.receive, data))
+        chardev.attach(lambda data: board.host_input(console.receive, data))
     else:
         console.output = lambda data: None
     return console
