@@ -83,6 +83,8 @@ class MachineConfig:
     # (origin, options, default id): -drive, opened by the block layer (vmm/block/)
     drives: list[tuple[str, dict[str, str], str]] = field(default_factory=list)
     blockdevs: list[tuple[str, dict]] = field(default_factory=list)   # (origin, JSON)
+    # (origin, index, drive id, "disk" or "cdrom"): -drive if=ide, -hda..-hdd, -cdrom
+    ide_drives: list[tuple[str, int, str, str]] = field(default_factory=list)
     snapshot: bool = False          # -snapshot: every -drive writes to a temporary overlay
     pidfile: str | None = None
     incoming: str | None = None       # -incoming URI|defer: wait for a migration stream
@@ -98,6 +100,7 @@ class MachineConfig:
 
 
 # option -> takes an argument
+IDE_UNITS = 2                     # units on an IDE bus: master and slave
 OPTIONS: dict[str, bool] = {
     "m": True, "smp": True, "kernel": True, "initrd": True, "append": True,
     "incoming": True, "loadvm": True,
@@ -107,7 +110,8 @@ OPTIONS: dict[str, bool] = {
     "no-reboot": False, "no-shutdown": False, "pidfile": True, "daemonize": False,
     "D": True, "d": True, "version": False, "h": False, "help": False, "qmp": True,
     "qmp-pretty": True, "monitor": True, "mon": True, "netdev": True, "nic": True, "net": True,
-    "no-user-config": False, "boot": True, "drive": True, "global": True,
+    "no-user-config": False, "boot": True, "drive": True, "hda": True, "hdb": True, "hdc": True,
+    "hdd": True, "cdrom": True, "global": True,
     "blockdev": True, "snapshot": False, "object": True, "add-fd": True, "usb": False,
     "rtc": True, "overcommit": True, "msg": True, "audiodev": True, "no-acpi": False,
     "no-hpet": False, "sandbox": True,
@@ -404,24 +408,86 @@ class _Parser:
         self.cfg.devices.append(DeviceSpec(model, nic, f"-nic {arg}"))
 
     def opt_drive(self, arg: str) -> None:
-        """-drive file=F[,format=][,if=none|virtio][,id=][,cache=][,...]: a drive for
-        -device virtio-blk-pci,drive=ID, or (if=virtio) with a virtio-blk-pci of its
-        own. The block layer opens it (vmm/block/layer.py) and checks the rest."""
-        opts = parse_opts(arg, implied="file")
+        """-drive file=F[,format=][,if=ide|none|virtio][,id=][,cache=][,...]: a drive,
+        with a disk of its own (if=ide, the default: on the IDE bus and unit its
+        index says; if=virtio: a virtio-blk-pci) or for -device ...,drive=ID. The
+        block layer opens it (vmm/block/layer.py) and checks the rest."""
+        self._add_drive(parse_opts(arg, implied="file"), f"-drive {arg}")
+
+    def _add_drive(self, opts: dict[str, str], origin: str) -> None:
         interface = opts.get("if", "ide")
-        if interface not in ("none", "virtio"):
+        media = opts.pop("media", "disk")
+        if media not in ("disk", "cdrom"):
+            raise self.fail(f"'{media}' invalid media")
+        if interface not in ("none", "virtio", "ide"):
             raise self.fail(f"machine type does not support if={interface},bus=0,unit=0")
-        if interface == "virtio":           # QEMU names them by their index
+        if interface == "ide":
+            bus, unit = self._ide_position(opts)
+            default_id = f"ide{bus}-{'cd' if media == 'cdrom' else 'hd'}{unit}"
+            if media == "cdrom":
+                opts["read-only"] = "on"          # a CD-ROM's medium is never written
+        elif interface == "virtio":          # QEMU names them by their index
             default_id = f"virtio{len(self.drive_devices)}"
         else:
             default_id = f"drive{len(self.cfg.drives)}"
         drive_id = opts.get("id") or default_id
         if any((o.get("id") or d) == drive_id for _origin, o, d in self.cfg.drives):
             raise self.fail(f"Duplicate ID '{drive_id}' for drive")
-        self.cfg.drives.append((f"-drive {arg}", opts, default_id))
+        self.cfg.drives.append((origin, opts, default_id))
+        if interface == "ide":
+            self.cfg.ide_drives.append((origin, bus * IDE_UNITS + unit, drive_id, media))
         if interface == "virtio":           # its device comes after every -device, as QEMU's
             self.drive_devices.append(DeviceSpec("virtio-blk-pci", {"drive": drive_id},
-                                                 f"-drive {arg}"))
+                                                 origin))
+
+    def _ide_position(self, opts: dict[str, str]) -> tuple[int, int]:
+        """The IDE bus and unit of a drive: from index= (bus * 2 + unit), bus= and
+        unit=, or the first free one, as QEMU's drive_new picks them."""
+        def number(key: str) -> int | None:
+            if key not in opts:
+                return None
+            text = opts.pop(key)
+            if not text.isdigit():
+                raise self.fail(f"Parameter '{key}' expects a number")
+            return int(text)
+        index, bus, unit = number("index"), number("bus"), number("unit")
+        if index is not None:
+            if bus is not None or unit is not None:
+                raise self.fail("index cannot be used with bus and unit")
+            bus, unit = divmod(index, IDE_UNITS)
+        bus = bus or 0
+        taken = {i for _o, i, _d, _m in self.cfg.ide_drives}
+        if unit is None:
+            unit = 0
+            while bus * IDE_UNITS + unit in taken:
+                unit += 1
+                if unit >= IDE_UNITS:
+                    unit, bus = unit - IDE_UNITS, bus + 1
+        if unit >= IDE_UNITS:
+            raise self.fail(f"unit {unit} too big (max is {IDE_UNITS - 1})")
+        if bus * IDE_UNITS + unit in taken:
+            raise self.fail(f"drive with bus={bus}, unit={unit} "
+                            f"(index={bus * IDE_UNITS + unit}) exists")
+        return bus, unit
+
+    def _legacy_drive(self, index: int, media: str, arg: str) -> None:
+        """-hda..-hdd FILE and -cdrom FILE: an IDE drive at that index."""
+        self._add_drive({"file": arg, "index": str(index), "media": media}, f"-{self.opt} {arg}")
+
+    def opt_hda(self, arg: str) -> None:
+        self._legacy_drive(0, "disk", arg)
+
+    def opt_hdb(self, arg: str) -> None:
+        self._legacy_drive(1, "disk", arg)
+
+    def opt_hdc(self, arg: str) -> None:
+        self._legacy_drive(2, "disk", arg)
+
+    def opt_hdd(self, arg: str) -> None:
+        self._legacy_drive(3, "disk", arg)
+
+    def opt_cdrom(self, arg: str) -> None:
+        self._legacy_drive(2, "cdrom", arg)
 
     def opt_blockdev(self, arg: str) -> None:
         """-blockdev {JSON} or -blockdev driver=D,node-name=N,file.filename=F,...: a
@@ -611,6 +677,9 @@ def parse_args(argv: list[str]) -> MachineConfig:
         except OptsError as e:
             raise parser.fail(str(e)) from None
     cfg.devices += parser.drive_devices
+    if not cfg.nodefaults and not any(index == 2 for _o, index, _d, _m in cfg.ide_drives):
+        parser.opt, parser.arg = "drive", "if=ide,index=2,media=cdrom"
+        parser._add_drive({"index": "2", "media": "cdrom"}, "")   # QEMU's default CD-ROM
     if cfg.nographic and not cfg.serials and not cfg.nodefaults:
         parser.opt, parser.arg = "nographic", ""
         cfg.serials.append(parser.chardev_from_legacy("mon:stdio", "serial0"))

@@ -16,6 +16,8 @@ from vmm import qdev
 from vmm.errors import UserError
 from vmm.qdev import Board, Device, DeviceError, DeviceType
 
+BUS_UNIT_LIMITS = {"IDE": 2}          # devices a bus of that type takes (others: no limit)
+
 log = logging.getLogger(__name__)
 
 
@@ -49,12 +51,13 @@ class DeviceManager:
             qdev_id = str(qdev_id) if strict else qdev.check_id(qdev_id)
             if self.find(qdev_id) is not None:
                 raise DeviceError(f"Duplicate device ID '{qdev_id}'")
-        parent = self._bus_owner(device_type, options.pop("bus", None))
+        parent, bus = self._bus_owner(device_type, options.pop("bus", None))
         chardevs = set(self.board.chardevs)
         props = self._globals(device_type, defaults or {}, chardevs)
         props.update(qdev.parse_props(device_type, options, strict, chardevs,
                                       only_given=True))
-        device = Device(device_type, qdev_id, props, hotplugged=hotplug, parent=parent)
+        device = Device(device_type, qdev_id, props, hotplugged=hotplug, parent=parent,
+                        bus=bus)
         self._paths[id(device)] = self._new_path(qdev_id)
         self.devices.append(device)
         return self._realize(device)
@@ -75,17 +78,21 @@ class DeviceManager:
         return props
 
     def add_builtin(self, type_name: str, obj: Any = None, parent: Device | None = None,
-                    **values: Any) -> Device:
-        """A device the board itself builds (the chipset, the RTC, -serial ports)."""
+                    bus: str = "", qom_path: str = "", **values: Any) -> Device:
+        """A device the board itself builds (the chipset, the RTC, -serial ports, the
+        disks of -drive if=ide)."""
         device_type = qdev.lookup(type_name)
         props = {**qdev.parse_props(device_type, {}), **values}
-        device = Device(device_type, None, props, obj=obj, parent=parent, builtin=True)
+        device = Device(device_type, None, props, obj=obj, parent=parent, builtin=True,
+                        bus=bus)
+        if qom_path:
+            self._paths[id(device)] = qom_path
         self.devices.append(device)
         return device
 
     def realize_builtin(self, type_name: str, parent: Device | None = None,
                         **values: Any) -> Device:
-        """A board device built by its own type's realize (a -serial port)."""
+        """A board device built by its own type's realize (a -serial port, an IDE disk)."""
         return self._realize(self.add_builtin(type_name, parent=parent, **values))
 
     def _realize(self, device: Device) -> Device:
@@ -113,18 +120,33 @@ class DeviceManager:
         """The name of the board's first bus of a type (isa.0, pci.0), if it has one."""
         return next((name for name, kind, _ in self.buses() if kind == bus_type), None)
 
-    def _bus_owner(self, device_type: DeviceType, name: str | None) -> Device:
-        """The device whose bus a new device goes on: the named bus, else the first of
-        its type (create has made sure there is one)."""
-        for bus, bus_type, owner in self.buses():
+    def _bus_owner(self, device_type: DeviceType, name: str | None) -> tuple[Device, str]:
+        """The device whose bus a new device goes on, and the bus: the named one, else
+        the first of its type with room (create has made sure there is one)."""
+        candidates = self.buses()
+        if device_type.bus in BUS_UNIT_LIMITS:         # ide.0 before ide.1
+            candidates.sort(key=lambda found: found[0])
+        if name is None:
+            free = [(owner, bus) for bus, bus_type, owner in candidates
+                    if bus_type == device_type.bus and not self.bus_full(owner, bus)]
+            if free:
+                return free[0]
+        for bus, bus_type, owner in candidates:
             if name is None and bus_type == device_type.bus:
-                return owner
+                return owner, bus
             if name == bus:
                 if bus_type != device_type.bus:
                     raise DeviceError(f"Device '{device_type.name}' can't go on {bus_type} "
                                       f"bus")
-                return owner
+                return owner, bus
         raise DeviceError(f"Bus '{name}' not found")
+
+    def bus_full(self, owner: Device, bus: str) -> bool:
+        """Whether a bus with a unit limit (IDE's two) has no room left."""
+        limit = BUS_UNIT_LIMITS.get(next((kind for name, kind, o in self.buses()
+                                          if o is owner and name == bus), ""))
+        return limit is not None and \
+            sum(1 for d in self.devices if d.parent is owner and d.bus == bus) >= limit
 
     # -- lookup ------------------------------------------------------------
     def find(self, qdev_id: str) -> Device | None:
@@ -141,9 +163,11 @@ class DeviceManager:
     def of_object(self, obj: Any) -> Device | None:
         return next((d for d in self.devices if d.obj is obj), None)
 
-    def children(self, parent: Device, bus_type: str) -> list[Device]:
-        """The devices on ``parent``'s bus of that type, in creation order."""
-        return [d for d in self.devices if d.parent is parent and d.type.bus == bus_type]
+    def children(self, parent: Device, bus_type: str, bus: str = "") -> list[Device]:
+        """The devices on ``parent``'s bus of that type (of that name, where it has
+        several), in creation order."""
+        return [d for d in self.devices if d.parent is parent and d.type.bus == bus_type
+                and (not bus or not d.bus or d.bus == bus)]
 
     def path(self, device: Device) -> str:
         """Its QOM path: /machine/peripheral/ID, or /machine/peripheral-anon/device[N]."""

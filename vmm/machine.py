@@ -34,13 +34,12 @@ from vmm.devices.i440fx import (
     CONFIG_ADDRESS_PORT,
     CONFIG_PORTS_LEN,
     I440fxHostBridge,
-    NullBarDevice,
     PciConfigPorts,
-    Piix3Ide,
     Piix3IsaBridge,
     slot_pirq,
 )
 from vmm.devices.i8042 import COMMAND_PORT, DATA_PORT, I8042
+from vmm.devices.ide import CHANNELS, CommandBlockPorts, ControlPort, Piix3Ide
 from vmm.devices.rtc import SHUTDOWN_STATUS, SHUTDOWN_STATUS_S3_RESUME, Rtc
 from vmm.devices.uhci import PiixUhci
 from vmm.errors import UserError
@@ -265,9 +264,13 @@ class Machine:
         self.pci = PciBus(self.pio, self.mmio, self._route_intx, self.set_irq)
         self._chipset_function("i440FX", I440fxHostBridge(), host, 0, 0)
         isa = self._chipset_function("PIIX3", self.piix3, host, 1, 0)
-        ide = Piix3Ide()
-        ide.add_bar(4, 16, "io", NullBarDevice())
-        self._chipset_function("piix3-ide", ide, host, 1, 1)
+        self.ide = Piix3Ide(self.memory, self.set_irq, self.lock, self._ide_io_error,
+                            self.io_error_stop)
+        for channel, (base, control, _irq) in zip(self.ide.channels, CHANNELS):
+            self.pio.map(base, 8, CommandBlockPorts(channel))
+            self.pio.map(control, 1, ControlPort(channel))
+        self.on_resume(self.ide.retry_held)
+        self._ide_device = self._chipset_function("piix3-ide", self.ide, host, 1, 1)
         if self.cfg.usb:                          # -usb: the PIIX3's own, at 01.2
             self._chipset_function("piix3-usb-uhci", PiixUhci(), host, 1, 2)
         self.devices.add_builtin("mc146818rtc", self.rtc, parent=isa)
@@ -321,6 +324,7 @@ class Machine:
             except UserError as e:
                 raise MachineError(f"{origin}: {e}" + (f"\n{e.hint}" if e.hint else "")) \
                     from None
+        self._add_ide_disks()
         self.network = self._new_network()
         self._msi_routes: MsiRoutes | None = None
         for origin, opts in self.cfg.netdevs:
@@ -347,6 +351,40 @@ class Machine:
                 raise MachineError(f"{spec.origin}: {e}{hint}") from None
         for warning in self.network.unpeered_warnings():
             log.warning(warning)
+
+    def _add_ide_disks(self) -> None:
+        """-drive if=ide, -hda.. and -cdrom: an ide-hd or ide-cd for each, on the bus
+        and unit its index says, named in QOM as QEMU's board names them."""
+        path_index = self._unattached_ide_index()
+        for origin, index, drive_id, media in sorted(self.cfg.ide_drives,
+                                                     key=lambda entry: entry[1]):
+            bus, unit = divmod(index, 2)
+            try:
+                if bus >= len(CHANNELS):
+                    raise UserError(f"machine type does not support if=ide,bus={bus},"
+                                    f"unit={unit}")
+                path_index += 1
+                self.devices.realize_builtin(
+                    "ide-cd" if media == "cdrom" else "ide-hd", parent=self._ide_device,
+                    bus=f"ide.{bus}", qom_path=f"/machine/unattached/device[{path_index}]",
+                    drive=drive_id, unit=unit)
+            except UserError as e:
+                raise MachineError(f"{origin}: {e}" if origin else str(e)) from None
+
+    def _unattached_ide_index(self) -> int:
+        """QEMU's /machine/unattached index of piix3-ide: after the CPUs and the
+        board's ISA devices (with defaults also VGA, the parallel port, the floppy
+        and the NICs of -net/-nic, or the default one), whether kvmkit has them or not."""
+        serials = sum(1 for d in self.devices if d.driver == "isa-serial")
+        extras = 0
+        if not self.cfg.nodefaults:
+            legacy_nics = sum(1 for spec in self.cfg.devices
+                              if spec.origin.startswith(("-nic", "-net")))
+            extras = 3 + (legacy_nics or 1)
+        return self.cfg.cpus + 17 + serials + extras
+
+    def _ide_io_error(self, drive, is_write: bool, error: OSError, action: str) -> None:
+        self.emit_from_vcpu("BLOCK_IO_ERROR", drive.error_event(is_write, action, error))
 
     def _chipset_function(self, type_name: str, function, host: Device, slot: int,
                           number: int) -> Device:
@@ -573,6 +611,7 @@ class Machine:
     def drain_io(self) -> None:
         """After the vCPUs stopped: block requests in flight complete, and every
         drive's cache reaches its file (the destination reads the same files)."""
+        self.ide.drain()
         for device in self.devices:
             drain = getattr(getattr(device.obj, "backend", None), "drain", None)
             if drain is not None:

@@ -37,7 +37,8 @@ INT_RANGES = {"uint8": (0, 0xFF, "uint8_t"), "uint16": (0, 0xFFFF, "uint16_t"),
               "int64": (-(1 << 63), (1 << 63) - 1, "int64_t"),
               "int": (-(1 << 63), (1 << 63) - 1, "int64_t"), "size": (0, (1 << 64) - 1, "size")}
 ENUMS = {"OnOffAuto": ("on", "off", "auto"),
-         "BlockdevOnError": ("report", "ignore", "enospc", "stop", "auto")}
+         "BlockdevOnError": ("report", "ignore", "enospc", "stop", "auto"),
+         "BiosAtaTranslation": ("auto", "none", "lba", "large", "rechs")}
 
 
 class DeviceError(UserError):
@@ -216,6 +217,7 @@ class Device:
     obj: Any = None
     hotplugged: bool = False
     parent: Device | None = None        # the device whose bus this one sits on, if any
+    bus: str = ""                        # that bus's name, where the parent has several
     builtin: bool = False                # part of the board, not from -device
 
     @property

@@ -10,6 +10,7 @@ from monitor.commands import (  # noqa: F401
     fds,
     hmp,
     jobs,
+    media,
     migration,
     netdev,
     objects,

@@ -138,16 +138,17 @@ def device_info(node: Node, drive: Drive | None = None) -> dict:
 
 
 def block_info(drive: Drive) -> dict:
-    info = {"device": drive.name, "locked": False, "removable": not drive.attached_to,
-            "type": "unknown"}
+    media = drive.media                 # a device with a tray (ide-cd)
+    info = {"device": drive.name, "locked": bool(media is not None and media.locked),
+            "removable": not drive.attached_to or media is not None, "type": "unknown"}
     if drive.iostatus_enabled:
         info["io-status"] = drive.io_status
     if drive.root is not None:
         info["inserted"] = device_info(drive.root, drive)
     if drive.attached_to:
-        info["qdev"] = drive.attached_to
-    else:
-        info["tray_open"] = False
+        info["qdev"] = drive.device_id or drive.attached_to
+    if media is not None or not drive.attached_to:
+        info["tray_open"] = bool(media is not None and media.tray_open)
     return info
 
 
@@ -220,7 +221,7 @@ def query_blockstats(ctx, query_nodes=False):
         entry.pop("driver-specific", None)
         entry["device"] = drive.name
         if drive.attached_to:
-            entry["qdev"] = drive.attached_to
+            entry["qdev"] = drive.device_id or drive.attached_to
         out.append(entry)
     return out
 

@@ -21,13 +21,18 @@ def _cache_mode(cache: dict) -> str:
     return mode + (", ignore flushes" if cache["no-flush"] else "")
 
 
-def _node_lines(name: str, image: dict, attached: str | None, removable: bool) -> list[str]:
+def _removable_line(drive: dict) -> str:
+    return (f"    Removable device: {'' if drive.get('locked') else 'not '}locked, "
+            f"tray {'open' if drive.get('tray_open') else 'closed'}")
+
+
+def _node_lines(name: str, image: dict, attached: str | None, drive: dict | None) -> list[str]:
     lines = [f"{name}: {image['file']} ({image['drv']}"
              f"{', read-only' if image['ro'] else ''})"]
     if attached:
         lines.append(f"    Attached to:      {attached}")
-    if removable:
-        lines.append("    Removable device: not locked, tray closed")
+    if drive is not None and drive["removable"]:
+        lines.append(_removable_line(drive))
     lines.append(f"    Cache mode:       {_cache_mode(image['cache'])}")
     if image.get("backing_file"):
         lines.append(f"    Backing file:     {image['backing_file']} "
@@ -52,7 +57,7 @@ async def info_block(ctx: HmpContext, args: dict) -> str:
         for position, image in enumerate(await ctx.call("query-named-block-nodes")):
             if wanted not in (None, image["node-name"]):
                 continue
-            out.append(_entry(position, _node_lines(image["node-name"], image, None, False)))
+            out.append(_entry(position, _node_lines(image["node-name"], image, None, None)))
         return "".join(out)
     for position, drive in enumerate(await ctx.call("query-block")):
         image = drive.get("inserted")
@@ -63,9 +68,11 @@ async def info_block(ctx: HmpContext, args: dict) -> str:
             lines = [f"{name}: [not inserted]"]
             if drive.get("qdev"):
                 lines.append(f"    Attached to:      {drive['qdev']}")
+            if drive["removable"]:
+                lines.append(_removable_line(drive))
         else:
             title = f"{drive['device']} ({image['node-name']})" if drive["device"] else name
-            lines = _node_lines(title, image, drive.get("qdev"), drive["removable"])
+            lines = _node_lines(title, image, drive.get("qdev"), drive)
             if args.get("verbose"):
                 lines += ["", "Images:", *_image_lines(image["image"])]
         out.append(_entry(position, lines))
@@ -182,3 +189,28 @@ async def block_resize(ctx: HmpContext, args: dict) -> str:
 async def block_set_io_throttle(ctx: HmpContext, args: dict) -> str:
     await ctx.call("block_set_io_throttle", **args)
     return ""
+
+
+@hmp("eject", "force:-f,device:B", "[-f] device",
+     "eject a removable medium (use -f to force it)", qmp="eject")
+async def eject(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("eject", device=args["device"], force=args["force"])
+    return ""
+
+
+@hmp("change", "device:B,force:-f,target:F,arg:s?,read-only-mode:s?",
+     "device [-f] filename [format [read-only-mode]]",
+     "change a removable medium, optional format, use -f to force the operation",
+     qmp="blockdev-change-medium")
+async def change(ctx: HmpContext, args: dict) -> str:
+    mode = args.get("read-only-mode")
+    if mode is not None and mode not in ("retain", "read-only", "read-write"):
+        raise UserError(f"Parameter 'read-only-mode' does not accept value '{mode}'")
+    call = {"device": args["device"], "filename": args["target"], "force": args["force"]}
+    if args.get("arg") is not None:
+        call["format"] = args["arg"]
+    if mode is not None:
+        call["read-only-mode"] = mode
+    await ctx.call("blockdev-change-medium", **call)
+    return ""
+

@@ -70,7 +70,8 @@ def _buses(machine, device, device_type, indent: str) -> list[str]:
     out = []
     for template, bus_type in device_type.buses:
         out += [f"{indent}bus: {bus_name(template, device)}", f"{indent}  type {bus_type}"]
-        for child in reversed(machine.devices.children(device, bus_type)):
+        for child in reversed(machine.devices.children(device, bus_type,
+                                                       bus_name(template, device))):
             out += _device(machine, child, indent + "  ")
     return out
 

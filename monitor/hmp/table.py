@@ -153,10 +153,11 @@ def parse_arguments(cmd: HmpCommand, text: str, state: HmpState,
             continue
         if optional and cur.at_end():
             continue
-        if kind in ("s", "B"):
+        if kind in ("s", "B", "F"):
             word = cur.word()
             if word is None:
-                raise ArgError(f"{cmd.name}: string expected")
+                expected = {"F": "filename", "B": "block device name"}.get(kind, "string")
+                raise ArgError(f"{cmd.name}: {expected} expected")
             args[name] = word
         elif kind == "S":
             cur.skip_spaces()

@@ -51,12 +51,17 @@ class Drive:
     root: Node | None                # None once drive_del took it from its device
     cache_writeback: bool = True     # the write cache as configured (reset goes back to it)
     attached_to: str = ""            # QOM path of the device using it
+    device_id: str = ""              # and its qdev id, which query-block shows if it has one
     on_resize: Callable[[], None] | None = None   # the device's, to tell its guest
     throttle: ThrottleGroup | None = None
     werror: str = "enospc"           # what an error does: report, ignore, enospc, stop
     rerror: str = "report"
     io_status: str = "ok"            # query-block's: failed or nospace while stopped
     stats: BlockStats = field(default_factory=BlockStats)
+    # A device with removable media (ide-cd): its tray, as the monitor sees it
+    # (tray_open, locked, change_media(load), eject_request(force)).
+    media: object | None = None
+    medium_read_only: bool = False   # how a medium changed in later is opened (-drive's)
 
     def __post_init__(self) -> None:
         self.writeback = self.cache_writeback      # the guest may switch it (WCE)

@@ -83,14 +83,20 @@ class BlockLayer:
         for key in ("if", "media", "index", "bus", "unit"):
             opts.pop(key, None)                   # the interface: config.py's business
         if "file" not in opts and not any(k.startswith("file.") for k in opts):
-            raise UserError("A block device must be specified for \"file\"")
+            if "format" in opts:
+                raise UserError("A block device must be specified for \"file\"")
+            drive = Drive(drive_id, None, cache_writeback=writeback, werror=werror,
+                          rerror=rerror)            # a drive with no medium (a CD-ROM's)
+            drive.medium_read_only = read_only
+            self.drives.append(drive)
+            return drive
         path = opts.pop("file", None)
         fmt = opts.pop("format", None)
         if fmt is not None and fmt not in ("raw", "qcow2"):
             raise UserError(f"Unknown driver '{fmt}'")
         if fmt is None and path is not None:
             fmt = probe_format(path)
-            if fmt == "raw":
+            if fmt == "raw" and not read_only:      # only writes to block 0 are at risk
                 print(f"WARNING: Image format was not specified for '{path}' and probing "
                       "guessed raw.\n         Automatically detecting the format is "
                       "dangerous for raw images, write operations on block 0 will be "
@@ -120,6 +126,7 @@ class BlockLayer:
             node = self._snapshot_overlay(node)
         drive = Drive(drive_id, node, cache_writeback=writeback, werror=werror,
                       rerror=rerror)
+        drive.medium_read_only = read_only
         self.drives.append(drive)
         if throttle.enabled:     # (a group named without limits is not joined, as QEMU's)
             self.set_throttle(drive, throttle, group)
@@ -154,6 +161,12 @@ class BlockLayer:
             "backing": describe(base), "driver": "qcow2", "file": describe(overlay.file)})
         return overlay
 
+    def empty_drive(self) -> Drive:
+        """An anonymous drive with no medium, for a CD-ROM given none."""
+        drive = Drive("", None, cache_writeback=True)
+        self.drives.append(drive)
+        return drive
+
     def backend_for(self, name: str) -> Drive | None:
         """-device drive=NAME: the drive of that id, or an anonymous one made for the
         node of that name."""
@@ -173,6 +186,10 @@ class BlockLayer:
         """A device takes the drive: it needs to write (unless read-only) and lets
         no one else write (share-rw=off), down through raw nodes, which pass their
         users' needs on; its images are locked for that use."""
+        self._claim(drive, qom_path)
+        drive.attached_to = qom_path
+
+    def _claim(self, drive: Drive, qom_path: str) -> None:
         if drive.root is not None:
             required = frozenset() if drive.read_only else frozenset((WRITE,))
             user, role, node = f"block device '{qom_path}'", "root", drive.root
@@ -191,7 +208,45 @@ class BlockLayer:
                     claimed.unclaim(use)
                 raise
             drive.claims = claims
-        drive.attached_to = qom_path
+
+    # -- removable media (a CD-ROM's tray) ------------------------------------------------
+    def open_medium(self, filename: str, fmt: str | None, read_only: bool) -> Node:
+        """blockdev-change-medium's image, opened as -drive opens one."""
+        if fmt is not None and fmt not in ("raw", "qcow2"):
+            raise UserError(f"Unknown driver '{fmt}'")
+        options = {"driver": fmt or probe_format(filename),
+                   "file": {"driver": "file", "filename": filename}, "read-only": read_only}
+        return self.graph.open(blockdev_options.check(options), inherited={})
+
+    def discard_medium(self, node: Node) -> None:
+        """An image open_medium opened that no drive took."""
+        node.users += 1
+        self.graph.release(node)
+
+    def insert_medium(self, drive: Drive, node: Node) -> None:
+        """The node becomes the drive's medium, claimed for its device."""
+        node.users += 1
+        drive.root = node
+        try:
+            if drive.attached_to:
+                self._claim(drive, drive.attached_to)
+        except UserError:
+            drive.root = None
+            self.graph.release(node)
+            raise
+
+    def remove_medium(self, drive: Drive) -> None:
+        """The drive's medium goes (its node, unless named, is closed)."""
+        root = drive.root
+        if root is None:
+            return
+        for node, use in drive.claims:
+            node.unclaim(use)
+        drive.claims = []
+        if drive.attached_to:
+            root.set_in_use(False)
+        drive.root = None
+        self.graph.release(root)
 
     def detach(self, drive: Drive) -> None:
         """Its device is gone: an anonymous drive goes with it (a named one stays

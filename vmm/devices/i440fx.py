@@ -46,28 +46,6 @@ class Piix3IsaBridge(PciDevice):
         self.config[PIRQ_ROUTE:PIRQ_ROUTE + 4] = bytes(FIRMWARE_PIRQ_IRQS)
 
 
-class Piix3Ide(PciDevice):
-    def __init__(self) -> None:
-        super().__init__(0x8086, 0x7010, 0x010180)
-
-
-class NullBarDevice:
-    """What a BAR maps when no register behind it is emulated (the IDE function's
-    bus-master BAR, named in info mtree as QEMU's)."""
-
-    pci_bar = True
-    mtree_name = "piix-bmdma-container"
-
-    def mtree_children(self) -> list[tuple[int, int, str]]:
-        return [(0, 4, "piix-bmdma"), (4, 4, "bmdma"), (8, 4, "piix-bmdma"), (12, 4, "bmdma")]
-
-    def bus_read(self, offset: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
-
-    def bus_write(self, offset: int, size: int, value: int) -> None:
-        pass
-
-
 def slot_pirq(slot: int, pin: int) -> int:
     """The PIIX swizzle as QEMU's piix3 and SeaBIOS have it: INTA of slot N uses
     PIRQ (N - 1 + pin - 1) mod 4, so slot 1 starts at PIRQA."""

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from vmm.block.backend import BlockBackend
 from vmm.block.drive import Drive
 from vmm.block.engine import IoEngine
+from vmm.block.geometry import guess_geometry
 from vmm.errors import UserError
 from vmm.qdev import (
     IOEVENTFD,
@@ -96,25 +97,6 @@ class _Stopped:
         self.nospace = nospace
 
 
-def guess_geometry(mbr: bytes, sectors: int) -> tuple[int, int, int]:
-    """QEMU's guess at a disk's cylinders, heads and sectors: those an MBR partition
-    ending on a cylinder boundary implies, if it has at most 16 heads; otherwise
-    16 heads of 63 sectors and as many cylinders as fit (2 to 16383)."""
-    if len(mbr) == SECTOR and mbr[510:512] == b"\x55\xaa":
-        for entry in range(0x1BE, 0x1FE, 16):
-            end_head, end_sector = mbr[entry + 5], mbr[entry + 6] & 63
-            if not int.from_bytes(mbr[entry + 12:entry + 16], "little") or not end_head \
-                    or not end_sector:
-                continue
-            cylinders = sectors // ((end_head + 1) * end_sector)
-            if not 1 <= cylinders <= 16383:
-                continue
-            if end_head + 1 <= 16:
-                return cylinders, end_head + 1, end_sector
-            break                   # a BIOS translation: the standard geometry
-    return min(max(sectors // (16 * 63), 2), 16383), 16, 63
-
-
 class VirtioBlk(VirtioDevice):
     name = "virtio-blk"
     device_type = spec.VIRTIO_ID_BLOCK
@@ -136,7 +118,7 @@ class VirtioBlk(VirtioDevice):
         mbr = memoryview(bytearray(SECTOR))
         if self.size >= SECTOR:              # not a guest request: not in its stats
             drive.root.image.read_into(0, [mbr])
-        self.geometry = guess_geometry(bytes(mbr), self.size // SECTOR)
+        self.geometry = guess_geometry(bytes(mbr), self.size // SECTOR)[:3]
         self.serial = serial.encode()[:ID_BYTES]
         self.features = (F_SEG_MAX | F_GEOMETRY | F_BLK_SIZE | F_FLUSH | F_TOPOLOGY
                          | F_CONFIG_WCE | F_DISCARD | F_WRITE_ZEROES | F_RING_INDIRECT_DESC

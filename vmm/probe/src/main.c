@@ -276,6 +276,8 @@ static void dispatch(const char *line)
     if (is(line, "dhcp", &a)) { cmd_dhcp(a); return; }
     if (is(line, "rng", &a)) { cmd_rng(a); return; }
     if (is(line, "blk", &a)) { cmd_blk(a); return; }
+    if (is(line, "ide", &a)) { cmd_ide(a); return; }
+    if (is(line, "atapi", &a)) { cmd_atapi(a); return; }
     if (is(line, "console", &a)) { cmd_console(a); return; }
     if (is(line, "udpecho", &a)) { cmd_udpecho(a); return; }
     if (is(line, "echo", &a)) { printf("{\"echo\": \"%s\"}\n", skip_spaces(a)); return; }

@@ -127,6 +127,9 @@ void cmd_legacy(const char *args);
 void cmd_console(const char *args);
 /* blk.c */
 void cmd_blk(const char *args);
+/* ide.c */
+void cmd_ide(const char *args);
+void cmd_atapi(const char *args);
 /* rng.c */
 void cmd_rng(const char *args);
 /* dhcp.c */
