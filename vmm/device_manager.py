@@ -141,6 +141,13 @@ class DeviceManager:
                 return owner, bus
         raise DeviceError(f"Bus '{name}' not found")
 
+    def bus_for(self, device_type: DeviceType) -> str | None:
+        """The bus a new device of this type goes on when none is named."""
+        try:
+            return self._bus_owner(device_type, None)[1]
+        except DeviceError:
+            return None
+
     def bus_full(self, owner: Device, bus: str) -> bool:
         """Whether a bus with a unit limit (IDE's two) has no room left."""
         limit = BUS_UNIT_LIMITS.get(next((kind for name, kind, o in self.buses()

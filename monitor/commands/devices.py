@@ -21,9 +21,10 @@ def find_device(machine, qdev_id: str):
     return device
 
 
-def _bus_of(machine, device_type) -> str:
-    """The name of the board's bus a device of this type would go on (isa.0, pci.0)."""
-    return machine.devices.first_bus(device_type.bus) or device_type.bus or "main-system-bus"
+def _bus_of(machine, device_type, bus: str | None = None) -> str:
+    """The name of the board's bus a device of this type would go on (isa.0, pci.0),
+    or the one named."""
+    return bus or machine.devices.bus_for(device_type) or device_type.bus or "main-system-bus"
 
 
 @command("device_add", args=[Member("driver", STR), Member("bus", STR, True),
@@ -37,7 +38,8 @@ def device_add(ctx, driver, props, bus=None, id=None):
     if id is not None and machine.devices.find(id) is not None:
         raise QmpError(f"Duplicate device ID '{id}'")
     if not device_type.hotpluggable:
-        raise QmpError(f"Bus '{_bus_of(machine, device_type)}' does not support hotplugging")
+        raise QmpError(f"Bus '{_bus_of(machine, device_type, bus)}' does not support "
+                       "hotplugging")
     # QEMU 7.2 reads device_add's arguments as option text, as -device's
     options = {k: option_text(v) for k, v in props.items()}
     if bus is not None:

@@ -146,9 +146,8 @@ def blockdev_remove_medium(ctx, id):
 
 
 @command("blockdev-insert-medium", args=[Member("id", STR), Member("node-name", STR)])
-def blockdev_insert_medium(ctx, id, **kw):
+def blockdev_insert_medium(ctx, id, node_name):
     drive = _drive(ctx, None, id)
-    node_name = kw["node-name"]
     block = ctx.machine.block
     node = block.graph.find(node_name)
     if node is None:
@@ -163,10 +162,10 @@ def blockdev_insert_medium(ctx, id, **kw):
     Member("filename", STR), Member("format", STR, True), Member("force", BOOL, True),
     Member("read-only-mode", READ_ONLY_MODE, True)])
 def blockdev_change_medium(ctx, device=None, id=None, filename="", format=None,
-                           force=False, **kw):
+                           force=False, read_only_mode=None):
     drive = _drive(ctx, device, id)
     name = id or device
-    mode = kw.get("read-only-mode") or "retain"
+    mode = read_only_mode or "retain"
     read_only = drive.medium_read_only if mode == "retain" else mode == "read-only"
     try:
         node = ctx.machine.block.open_medium(filename, format, read_only)

@@ -200,8 +200,7 @@ async def eject(ctx: HmpContext, args: dict) -> str:
 
 @hmp("change", "device:B,force:-f,target:F,arg:s?,read-only-mode:s?",
      "device [-f] filename [format [read-only-mode]]",
-     "change a removable medium, optional format, use -f to force the operation",
-     qmp="blockdev-change-medium")
+     "change a removable medium, optional format, use -f to force the operation")
 async def change(ctx: HmpContext, args: dict) -> str:
     mode = args.get("read-only-mode")
     if mode is not None and mode not in ("retain", "read-only", "read-write"):

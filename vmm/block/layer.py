@@ -70,7 +70,8 @@ class BlockLayer:
         discard = opts.pop("discard", "ignore")
         if discard not in DISCARD_MODES:
             raise UserError("Invalid discard option")
-        read_only = _bool(opts, "readonly", False) or _bool(opts, "read-only", False)
+        read_only = _bool(opts, "readonly", False)
+        read_only = _bool(opts, "read-only", False) or read_only     # (both taken out)
         snapshot = _bool(opts, "snapshot", snapshot)
         werror = opts.pop("werror", "enospc")
         rerror = opts.pop("rerror", "report")

@@ -52,26 +52,14 @@ static int controller(void)
 static u8 bm_read(unsigned ch, unsigned reg) { return inb(bm_base + 8 * ch + reg); }
 static void bm_write(unsigned ch, unsigned reg, u8 v) { outb(bm_base + 8 * ch + reg, v); }
 
-/* Waits for BSY to clear; the status (or 0xff after the timeout). */
+/* Waits for BSY to clear; the status (or 0xff after the timeout). With BSY clear,
+ * DRQ says the next data block may move; a command that ended has none. */
 static u8 wait_ready(unsigned ch)
 {
     u64 end = now_us() + TIMEOUT_US;
     for (;;) {
         u8 st = inb(control_ports[ch]);
         if (!(st & ST_BSY))
-            return st;
-        if (now_us() > end)
-            return 0xff;
-    }
-}
-
-/* BSY clear and DRQ (or ERR): the next data block may move. */
-static u8 wait_drq(unsigned ch)
-{
-    u64 end = now_us() + TIMEOUT_US;
-    for (;;) {
-        u8 st = inb(control_ports[ch]);
-        if (!(st & ST_BSY) && (st & (ST_DRQ | ST_ERR)))
             return st;
         if (now_us() > end)
             return 0xff;
@@ -164,7 +152,7 @@ static u8 run_dma(unsigned ch, u8 command, u32 bytes, int to_memory)
 
 static u8 pio_in(unsigned ch, u8 *p, u32 bytes)
 {
-    u8 st = wait_drq(ch);
+    u8 st = wait_ready(ch);
     if (st & ST_ERR || !(st & ST_DRQ))
         return st;
     for (u32 i = 0; i < bytes; i += 2) {
@@ -179,14 +167,14 @@ static void cmd_identify(unsigned ch, unsigned unit)
 {
     select_unit(ch, unit, 0);
     outb(command_ports[ch] + 7, 0xec);
-    u8 st = wait_drq(ch);
+    u8 st = wait_ready(ch);
     int packet = 0;
     if (st & ST_ERR) {
         u8 lcyl = inb(command_ports[ch] + 4), hcyl = inb(command_ports[ch] + 5);
         if (lcyl == 0x14 && hcyl == 0xeb) {  /* a packet device */
             packet = 1;
             outb(command_ports[ch] + 7, 0xa1);
-            st = wait_drq(ch);
+            st = wait_ready(ch);
         }
     }
     if (st == 0xff || st & ST_ERR || !(st & ST_DRQ)) {
@@ -273,7 +261,7 @@ static void cmd_rw(unsigned ch, unsigned unit, const char *p, int write)
         for (u32 off = 0; off < bytes; off += block) {
             u32 n = bytes - off < block ? bytes - off : block;
             if (write) {
-                st = wait_drq(ch);
+                st = wait_ready(ch);
                 if (st & ST_ERR || !(st & ST_DRQ))
                     break;
                 for (u32 i = 0; i < n; i += 4)
@@ -382,7 +370,7 @@ static u32 atapi_run(unsigned ch, unsigned unit, int dma, u32 expect)
         bm_write(ch, 0, 0x08);
     }
     outb(b + 7, 0xa0);
-    u8 st = wait_drq(ch);
+    u8 st = wait_ready(ch);
     if (st & ST_ERR || !(st & ST_DRQ))
         return 0;
     for (int i = 0; i < 12; i += 2)
@@ -401,7 +389,7 @@ static u32 atapi_run(unsigned ch, unsigned unit, int dma, u32 expect)
     }
     u32 got = 0;
     for (;;) {
-        st = wait_drq(ch);
+        st = wait_ready(ch);
         if (st == 0xff || st & ST_ERR || !(st & ST_DRQ))
             break;
         u32 n = inb(b + 4) | (u32)inb(b + 5) << 8;

@@ -1,0 +1,246 @@
+"""The PIIX3 IDE controller with an ATA disk and an ATAPI CD-ROM, driven by the
+probe guest's driver (vmm/probe/src/ide.c) on QEMU 7.2 and kvmkit: IDENTIFY,
+PIO and DMA transfers (LBA28 and LBA48) that the host file sees, an ISO read
+through packet commands, media changed at the monitor as the guest sees it,
+and a locked tray; then the same guest questions asked of both VMMs at once,
+and the monitor's text for IDE machines compared with QEMU's."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from guest import QEMU, QmpLine, kvmkit_command, machine_args, probe_elf, start_with_qmp
+
+pytestmark = pytest.mark.kvm
+
+SECTOR, CD_SECTOR = 512, 2048
+NOT_READY, UNIT_ATTENTION = 2, 6
+
+
+def disk_image(path, sectors: int = 8192):
+    """Every sector names itself, so a read shows where it came from."""
+    path.write_bytes(b"".join(f"sector{n:08d}-".encode().ljust(SECTOR, b".")
+                              for n in range(sectors)))
+    return path
+
+
+def iso_image(path, blocks: int, tag: str):
+    path.write_bytes(b"".join(f"{tag}{n:07d}-".encode().ljust(CD_SECTOR, b"#")
+                              for n in range(blocks)))
+    return path
+
+
+def words(identify: dict) -> list[int]:
+    text = identify["words"]
+    return [int(text[i:i + 4], 16) for i in range(0, len(text), 4)]
+
+
+def ata_string(ws: list[int]) -> str:
+    return b"".join(bytes((w >> 8, w & 0xFF)) for w in ws).decode().strip()
+
+
+def test_disk_identify_pio_and_dma(launch, tmp_path, vmm_kind):
+    image = disk_image(tmp_path / "disk.img")
+    vm = launch(machine_args(extra=["-drive", f"file={image},format=raw,if=ide"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+
+    identify = vm.command("ide identify 0 0")
+    assert identify["present"] and not identify["packet"] and identify["irq"] == 1
+    w = words(identify)
+    assert ata_string(w[27:47]) == "QEMU HARDDISK" and ata_string(w[10:20]) == "QM00001"
+    assert ata_string(w[23:27]) == "2.5+"
+    assert (w[1], w[3], w[6]) == (8, 16, 63)               # QEMU's guess for 4 MiB
+    assert w[60] | w[61] << 16 == 8192 and w[100] == 8192   # LBA28 and LBA48 capacity
+    assert w[83] & (1 << 10) and w[49] & (1 << 8)           # LBA48, DMA
+    assert vm.command("ide identify 0 1")["present"] is False     # no slave
+
+    # Reads by PIO, READ MULTIPLE and DMA, each with the IRQ and the registers
+    # pointing past the transfer.
+    for mode in ("pio", "mult", "dma"):
+        read = vm.command(f"ide read 0 0 300 20 {mode}")
+        assert read["head"].startswith("sector00000300-"), (mode, read)
+        assert (read["status"], read["error"], read["irq"]) == (0x50, 0, 1)
+        assert read["lba"] == [320 & 0xFF, 320 >> 8, 0]
+    assert vm.command("ide read 0 0 5000 300 dma 48")["head"].startswith("sector00005000-")
+
+    # Writes by PIO and by DMA (LBA48), which the host then finds in the file.
+    assert vm.command("ide write 0 0 10 3 pio piowrite")["status"] == 0x50
+    assert vm.command("ide write 0 0 6000 40 dma dmawrite 48")["status"] == 0x50
+    assert vm.command("ide flush 0 0")["status"] == 0x50
+    data = image.read_bytes()
+    assert data[10 * SECTOR:13 * SECTOR] == (b"piowrite" * 192)[:3 * SECTOR]
+    assert data[6000 * SECTOR:6040 * SECTOR] == (b"dmawrite" * 2560)[:40 * SECTOR]
+    assert data[13 * SECTOR:13 * SECTOR + 15] == b"sector00000013-"
+    assert vm.command("ide read 0 0 6000 40 pio 48")["head"].startswith("dmawrite")
+
+    # Past the end: aborted (ERR, ABRT) after the sectors that exist.
+    past = vm.command("ide read 0 0 8190 4 dma")
+    assert (past["status"], past["error"], past["irq"]) == (0x41, 0x04, 1)
+
+
+def test_cdrom_reads_and_media_change(launch, tmp_path, vmm_kind):
+    first = iso_image(tmp_path / "first.iso", 300, "first")
+    second = iso_image(tmp_path / "second.iso", 700, "second")
+    sock = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(extra=["-cdrom", str(first),
+                                    "-qmp", f"unix:{sock},server=on,wait=off"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    qmp = QmpLine(sock)
+
+    assert vm.command("ide identify 1 0")["packet"] == 1
+    inquiry = bytes.fromhex(vm.command("atapi 1 0 inquiry")["data"])
+    assert inquiry[0] == 5 and inquiry[8:32] == b"QEMU    QEMU DVD-ROM    "
+    assert vm.command("atapi 1 0 tur")["status"] == 0x50
+    assert vm.command("atapi 1 0 capacity")["data"] == f"{299:08x}00000800"
+    for mode in ("pio", "dma"):
+        read = vm.command(f"atapi 1 0 read 17 30 {mode}")
+        assert read["length"] == 30 * CD_SECTOR and read["irq"] == 1
+        assert bytes.fromhex(read["data"]).startswith(b"first0000017-")
+
+    assert qmp.execute("blockdev-change-medium", device="ide1-cd0",
+                       filename=str(second), format="raw") == {"return": {}}
+    moved = [e["data"] for e in qmp.events if e["event"] == "DEVICE_TRAY_MOVED"]
+    assert moved == [{"device": "ide1-cd0", "id": "/machine/unattached/device[20]",
+                      "tray-open": True},
+                     {"device": "ide1-cd0", "id": "/machine/unattached/device[20]",
+                      "tray-open": False}]
+    # The guest is told: an event, then "no medium" once, then a unit attention.
+    assert bytes.fromhex(vm.command("atapi 1 0 gesn")["data"])[4:6] == b"\x02\x02"
+    not_ready = vm.command("atapi 1 0 tur")
+    assert (not_ready["status"], not_ready["error"] >> 4) == (0x41, NOT_READY)
+    attention = vm.command("atapi 1 0 tur")
+    assert attention["error"] >> 4 == UNIT_ATTENTION
+    sense = bytes.fromhex(vm.command("atapi 1 0 sense")["data"])
+    assert (sense[2], sense[12]) == (UNIT_ATTENTION, 0x28)
+    assert vm.command("atapi 1 0 tur")["status"] == 0x50
+    assert vm.command("atapi 1 0 capacity")["data"] == f"{699:08x}00000800"
+    assert bytes.fromhex(vm.command("atapi 1 0 read 650 1 dma")["data"]).startswith(
+        b"second0000650-")
+    info = qmp.execute("query-block")["return"][0]
+    assert info["inserted"]["file"] == str(second) and info["tray_open"] is False
+
+
+def test_locked_tray_refuses_eject_until_forced(launch, tmp_path, vmm_kind):
+    iso = iso_image(tmp_path / "disc.iso", 64, "disc")
+    sock = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(extra=["-drive", f"file={iso},format=raw,if=ide,media=cdrom,"
+                                    "index=1",
+                                    "-qmp", f"unix:{sock},server=on,wait=off"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    qmp = QmpLine(sock)
+    assert vm.command("atapi 0 1 lock 1")["status"] == 0x50
+    assert qmp.execute("query-block")["return"][0]["locked"] is True
+    refused = qmp.execute("eject", device="ide0-cd1")
+    assert refused["error"]["desc"] == ("Device 'ide0-cd1' is locked and force was not "
+                                        "specified, wait for tray to open and try again")
+    assert bytes.fromhex(vm.command("atapi 0 1 gesn")["data"])[4] == 1   # eject request
+    assert vm.command("atapi 0 1 tur")["status"] == 0x50                  # still there
+    eject = vm.command("atapi 0 1 eject")        # the guest cannot either: it is locked
+    assert (eject["status"], eject["error"] >> 4) == (0x41, NOT_READY)
+    assert qmp.execute("eject", device="ide0-cd1", force=True) == {"return": {}}
+    info = qmp.execute("query-block")["return"][0]
+    assert "inserted" not in info and info["tray_open"] is True and info["locked"] is False
+    gone = vm.command("atapi 0 1 tur")
+    assert (gone["status"], gone["error"] >> 4) == (0x41, NOT_READY)
+    assert qmp.hmp("info block").splitlines()[:3] == [
+        "ide0-cd1: [not inserted]", "    Attached to:      /machine/unattached/device[20]",
+        "    Removable device: not locked, tray open"]
+    # The guest closes the tray again: an event the monitor reports.
+    assert vm.command("atapi 0 1 load")["status"] == 0x50
+    assert qmp.execute("query-block")["return"][0]["tray_open"] is False
+    assert [e["data"]["tray-open"] for e in qmp.events
+            if e["event"] == "DEVICE_TRAY_MOVED"] == [True, False]
+
+
+@pytest.mark.qemu
+def test_guest_sees_the_same_controller_as_on_qemu(tmp_path):
+    """Word for word and byte for byte: IDENTIFY of both kinds, the signatures after
+    a reset, transfers and their registers, and the packet commands' replies."""
+    commands = ["ide identify 0 0", "ide identify 1 0", "ide identify 0 1",
+                "ide signature 0 0", "ide signature 1 0", "ide read 0 0 5 2 pio",
+                "ide read 0 0 5 40 mult", "ide read 0 0 7 3 dma 48",
+                "ide read 0 0 8190 10 pio", "ide features 0 0 3 70", "ide identify 0 0",
+                "ide cmd 0 0 229 0", "ide cmd 0 0 248 0", "ide cmd 0 0 1 0",
+                "atapi 1 0 inquiry", "atapi 1 0 tur", "atapi 1 0 sense", "atapi 1 0 capacity",
+                "atapi 1 0 read 3 2 pio", "atapi 1 0 read 3 40 dma", "atapi 1 0 toc",
+                "atapi 1 0 config", "atapi 1 0 gesn", "atapi 1 0 mode 42", "atapi 1 0 mode 1",
+                "atapi 1 0 mode 63", "atapi 1 0 read 60 10 pio", "atapi 1 0 sense"]
+    answers = {}
+    for name, command in (("qemu", [QEMU, "-accel", "kvm"]), ("kvmkit", kvmkit_command())):
+        from guest import Vmm
+        image = disk_image(tmp_path / f"{name}.img")
+        iso = iso_image(tmp_path / f"{name}.iso", 64, "cd")
+        vm = Vmm(command + machine_args(extra=["-hda", str(image), "-cdrom", str(iso)]))
+        try:
+            vm.wait_event("ready", timeout=60)
+            answers[name] = [vm.command(c, timeout=60) for c in commands]
+        finally:
+            vm.close()
+    for command, theirs, ours in zip(commands, answers["qemu"], answers["kvmkit"]):
+        assert ours == theirs, command
+
+
+@pytest.mark.qemu
+def test_monitor_shows_ide_as_qemu_does(tmp_path):
+    disk = disk_image(tmp_path / "disk.img", 2048)
+    iso = iso_image(tmp_path / "disc.iso", 64, "disc")
+    common = ["-m", "128", "-nodefaults", "-display", "none", "-kernel", probe_elf(),
+              "-drive", f"file={disk},format=raw,if=ide,readonly=on,index=1,media=cdrom",
+              "-cdrom", str(iso), "-drive", f"if=none,id=spare,file={disk},format=raw,"
+              "readonly=on", "-device", "ide-cd,drive=spare,id=cd9,bus=ide.0"]
+    procs = [start_with_qmp([QEMU, "-accel", "kvm", *common], str(tmp_path / "q.sock")),
+             start_with_qmp(kvmkit_command() + common, str(tmp_path / "k.sock"))]
+    node = re.compile(r"#block\d+")
+    try:
+        q, k = QmpLine(str(tmp_path / "q.sock")), QmpLine(str(tmp_path / "k.sock"))
+        assert node.sub("#block", k.hmp("info block")) == node.sub("#block", q.hmp("info block"))
+
+        def ide_part(text: str) -> str:
+            return text[text.index("      dev: piix3-ide"):text.index("      dev: PIIX3")]
+        deadline = time.monotonic() + 20          # until SeaBIOS has placed the BMDMA BAR
+        while "0xffffffffffffffff" in (theirs := ide_part(q.hmp("info qtree"))):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert ide_part(k.hmp("info qtree")) == theirs
+        asks = [("query-block", {}), ("eject", {"id": "cd9"}), ("eject", {"device": "nope"}),
+                ("blockdev-close-tray", {"id": "cd9"}), ("blockdev-open-tray", {}),
+                ("blockdev-change-medium", {"id": "cd9", "filename": "/nonexistent"}),
+                ("blockdev-insert-medium", {"id": "cd9", "node-name": "none"}),
+                ("blockdev-remove-medium", {"id": "cd9"}), ("query-block", {}),
+                ("device_add", {"driver": "ide-hd", "drive": "spare", "bus": "ide.1"}),
+                ("device_add", {"driver": "ide-cd", "bus": "ide.0", "unit": 3})]
+        for name, args in asks:
+            ours, theirs = k.execute(name, **args), q.execute(name, **args)
+            assert node.sub("#block", str(ours)) == node.sub("#block", str(theirs)), name
+        for line in ("eject ide1-cd0", "change ide0-cd1 /nonexistent", "eject -f nope",
+                     "change", "info block ide1-cd0"):
+            assert node.sub("#block", k.hmp(line)) == node.sub("#block", q.hmp(line)), line
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-drive", "file=IMG,format=raw,if=ide,unit=2"], "unit 2 too big (max is 1)"),
+    (["-drive", "file=IMG,format=raw,if=ide,bus=2"],
+     "machine type does not support if=ide,bus=2,unit=0"),
+    (["-drive", "if=ide,index=0"], "Device needs media, but drive is empty"),
+    (["-hda", "IMG", "-drive", "file=IMG,format=raw,index=0,media=cdrom"],
+     "drive with bus=0, unit=0 (index=0) exists"),
+    (["-drive", "file=IMG,format=raw,media=disk2"], "'disk2' invalid media"),
+    (["-device", "ide-hd"], "No drive specified"),
+    (["-drive", "if=none,id=x,file=IMG,format=raw", "-device", "ide-hd,drive=x,unit=2"],
+     "Can't create IDE unit 2, bus supports only 2 units"),
+    (["-drive", "if=none,id=x,file=IMG,format=raw,readonly=on", "-device", "ide-hd,drive=x"],
+     "Block node is read-only"),
+])
+def test_command_line_errors_are_qemus(tmp_path, args, message):
+    import subprocess
+    image = disk_image(tmp_path / "disk.img", 64)
+    argv = [a.replace("IMG", str(image)) for a in args]
+    out = subprocess.run(kvmkit_command() + ["-nodefaults", "-display", "none", "-S", *argv],
+                         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1 and message in out.stderr, out.stderr
