@@ -244,3 +244,46 @@ def test_command_line_errors_are_qemus(tmp_path, args, message):
     out = subprocess.run(kvmkit_command() + ["-nodefaults", "-display", "none", "-S", *argv],
                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert out.returncode == 1 and message in out.stderr, out.stderr
+
+
+def test_disk_and_cdrom_state_survive_save_and_restore(tmp_path, vmm_kind):
+    """`virsh save`/`restore` of a guest with an IDE disk and a locked CD-ROM: the
+    lock, the medium and both drives' data are the same after the restore."""
+    from test_migration import qmp_status, start, wait_for_socket, wait_migration
+    image = disk_image(tmp_path / "disk.img", 2048)
+    iso = iso_image(tmp_path / "disc.iso", 64, "disc")
+    saved = tmp_path / "saved.vm"
+    src_qmp, dst_qmp = str(tmp_path / "src.sock"), str(tmp_path / "dst.sock")
+    drives = ["-drive", f"file={image},format=raw,if=ide", "-cdrom", str(iso)]
+    src = start(vmm_kind, machine_args(extra=drives + [
+        "-qmp", f"unix:{src_qmp},server=on,wait=off"]), str(tmp_path))
+    try:
+        src.wait_event("ready", timeout=60)
+        source = QmpLine(src_qmp)
+        assert src.command("ide write 0 0 100 8 dma before-save")["status"] == 0x50
+        assert src.command("atapi 1 0 lock 1")["status"] == 0x50
+        source.execute("stop")
+        assert source.execute("migrate", uri=f"exec:cat > {saved}") == {"return": {}}
+        assert wait_migration(source)["status"] == "completed"
+        source.execute("quit")
+    finally:
+        src.close()
+    dst = start(vmm_kind, machine_args(extra=drives + [
+        "-incoming", f"exec:cat {saved}", "-qmp", f"unix:{dst_qmp},server=on,wait=off"]),
+        str(tmp_path))
+    try:
+        destination = wait_for_socket(dst, dst_qmp)
+        while qmp_status(destination) == "inmigrate":
+            time.sleep(0.1)
+        destination.execute("cont")
+        cd = next(b for b in destination.execute("query-block")["return"]
+                  if b["device"] == "ide1-cd0")
+        assert cd["locked"] is True and cd["inserted"]["file"] == str(iso)
+        assert destination.execute("eject", device="ide1-cd0")["error"]["desc"].startswith(
+            "Device 'ide1-cd0' is locked")
+        assert dst.command("ide read 0 0 100 8 pio")["head"].startswith("before-save")
+        assert dst.command("ide read 0 0 200 4 dma")["head"].startswith("sector00000200-")
+        assert bytes.fromhex(dst.command("atapi 1 0 read 9 1 pio")["data"]).startswith(
+            b"disc0000009-")
+    finally:
+        dst.close()

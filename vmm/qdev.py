@@ -172,6 +172,28 @@ def fixed(name: str, type_name: str, default: Any, description: str = "") -> Pro
     return Prop(name, type_name, default, description, honoured=False)
 
 
+def block_props(sizes_honoured: bool) -> tuple[Prop, ...]:
+    """A disk's properties as QEMU's DEFINE_BLOCK_PROPERTIES and
+    DEFINE_BLOCK_ERROR_PROPERTIES declare them: its drive, block sizes, write
+    cache, sharing, accounting and error policies (``sizes_honoured``: the device
+    takes the block size and discard granularity it can use, else only defaults)."""
+    policy = "Error handling policy, report/ignore/enospc/stop/auto"
+    block_size = "A power of two between 512 B and 2 MiB"
+    size_prop = Prop if sizes_honoured else fixed
+    return (
+        Prop("drive", "str", None, "Node name or ID of a block device to use as a backend"),
+        fixed("backend_defaults", "OnOffAuto", "auto", "on/off/auto"),
+        size_prop("logical_block_size", "size", 0, block_size),
+        size_prop("physical_block_size", "size", 0, block_size),
+        fixed("min_io_size", "size", 0), fixed("opt_io_size", "size", 0),
+        size_prop("discard_granularity", "size", 0xFFFFFFFF),
+        Prop("write-cache", "OnOffAuto", "auto", "on/off/auto"), flag("share-rw", False, False),
+        fixed("account-invalid", "OnOffAuto", "auto", "on/off/auto"),
+        fixed("account-failed", "OnOffAuto", "auto", "on/off/auto"),
+        Prop("rerror", "BlockdevOnError", "auto", policy),
+        Prop("werror", "BlockdevOnError", "auto", policy))
+
+
 # -- instances and the board they are built on ---------------------------
 class Board(Protocol):
     """What a device's realize may use from the machine it is built on."""

@@ -92,47 +92,46 @@ def diagnose(unit: Unit, command: int) -> bool:
     return False
 
 
+def _begin(unit: Unit, lba48: bool, block: int = 1) -> bool:
+    """A transfer command's start: aborted without a medium (or, for MULTIPLE, with
+    multiple mode off); else the count is read as the command's addressing says."""
+    if unit.drive is None or not block:
+        unit.abort()
+        return False
+    unit.lba48_count(lba48)
+    unit.req_sectors = block
+    return True
+
+
 def read_pio(unit: Unit, command: int) -> bool:
     if unit.kind == CD:
         unit.set_signature()                  # ATA-4 8.27.5.2, as QEMU
         unit.abort()
         return True
-    if unit.drive is None:
-        unit.abort()
+    if not _begin(unit, command == 0x24):
         return True
-    unit.lba48_count(command == 0x24)
-    unit.req_sectors = 1
     _sector_read(unit)
     return False
 
 
 def read_multiple(unit: Unit, command: int) -> bool:
-    if unit.drive is None or not unit.mult_sectors:
-        unit.abort()
+    if not _begin(unit, command == 0x29, unit.mult_sectors):
         return True
-    unit.lba48_count(command == 0x29)
-    unit.req_sectors = unit.mult_sectors
     _sector_read(unit)
     return False
 
 
 def write_pio(unit: Unit, command: int) -> bool:
-    if unit.drive is None:
-        unit.abort()
+    if not _begin(unit, command == 0x34):
         return True
-    unit.lba48_count(command == 0x34)
-    unit.req_sectors = 1
     unit.status = DSC | DRDY
     unit.transfer_start(bytearray(SECTOR), False, lambda: _sector_write(unit))
     return False
 
 
 def write_multiple(unit: Unit, command: int) -> bool:
-    if unit.drive is None or not unit.mult_sectors:
-        unit.abort()
+    if not _begin(unit, command == 0x39, unit.mult_sectors):
         return True
-    unit.lba48_count(command == 0x39)
-    unit.req_sectors = unit.mult_sectors
     unit.status = DSC | DRDY
     count = min(unit.nsector, unit.req_sectors)
     unit.transfer_start(bytearray(SECTOR * count), False, lambda: _sector_write(unit))
@@ -140,19 +139,15 @@ def write_multiple(unit: Unit, command: int) -> bool:
 
 
 def read_dma(unit: Unit, command: int) -> bool:
-    if unit.drive is None:
-        unit.abort()
+    if not _begin(unit, command == 0x25):
         return True
-    unit.lba48_count(command == 0x25)
     _start_dma(unit, is_write=False)
     return False
 
 
 def write_dma(unit: Unit, command: int) -> bool:
-    if unit.drive is None:
-        unit.abort()
+    if not _begin(unit, command == 0x35):
         return True
-    unit.lba48_count(command == 0x35)
     _start_dma(unit, is_write=True)
     return False
 

@@ -373,26 +373,28 @@ def read_capacity(cd: Cdrom, packet: bytes) -> None:
     cd.send(struct.pack(">II", (cd.sectors - 1) & 0xFFFFFFFF, CD_SECTOR), 8)
 
 
-def read_10_12(cd: Cdrom, packet: bytes) -> None:
-    count = _u16(packet, 7) if packet[0] == 0x28 else _u32(packet, 6)
+def _read_range(cd: Cdrom, lba: int, count: int) -> bool:
+    """Whether a read goes on: a count of 0 ends it at once, a range past the medium
+    is refused."""
     if count == 0:
         cd.ok()
-        return
-    lba = _u32(packet, 2)
+        return False
     if lba >= cd.sectors or lba + count - 1 >= cd.sectors:
         cd.error(ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE)
-        return
-    cd.read(lba, count, CD_SECTOR)
+        return False
+    return True
+
+
+def read_10_12(cd: Cdrom, packet: bytes) -> None:
+    count = _u16(packet, 7) if packet[0] == 0x28 else _u32(packet, 6)
+    lba = _u32(packet, 2)
+    if _read_range(cd, lba, count):
+        cd.read(lba, count, CD_SECTOR)
 
 
 def read_cd(cd: Cdrom, packet: bytes) -> None:
-    count = packet[6] << 16 | packet[7] << 8 | packet[8]
-    if count == 0:
-        cd.ok()
-        return
-    lba = _u32(packet, 2)
-    if lba >= cd.sectors or lba + count - 1 >= cd.sectors:
-        cd.error(ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE)
+    count, lba = packet[6] << 16 | packet[7] << 8 | packet[8], _u32(packet, 2)
+    if not _read_range(cd, lba, count):
         return
     wanted = packet[9] & 0xF8
     if wanted == 0:

@@ -27,7 +27,7 @@ from vmm.block.geometry import guess_geometry
 from vmm.errors import UserError
 from vmm.memory import GuestMemory, GuestMemoryError
 from vmm.pci import PciDevice
-from vmm.qdev import DeviceError, DeviceType, Prop, bootindex, declare, fixed, flag
+from vmm.qdev import DeviceError, DeviceType, Prop, block_props, bootindex, declare, fixed
 
 log = logging.getLogger(__name__)
 
@@ -801,20 +801,7 @@ def _unrealize_unit(board, device) -> None:
         board.block.detach(drive)
 
 
-_POLICY = "Error handling policy, report/ignore/enospc/stop/auto"
-_BLOCK_SIZE = "A power of two between 512 B and 2 MiB"
-_UNIT_PROPS = (
-    Prop("drive", "str", None, "Node name or ID of a block device to use as a backend"),
-    fixed("backend_defaults", "OnOffAuto", "auto", "on/off/auto"),
-    Prop("logical_block_size", "size", 0, _BLOCK_SIZE),
-    Prop("physical_block_size", "size", 0, _BLOCK_SIZE),
-    fixed("min_io_size", "size", 0), fixed("opt_io_size", "size", 0),
-    Prop("discard_granularity", "size", 0xFFFFFFFF),
-    Prop("write-cache", "OnOffAuto", "auto", "on/off/auto"), flag("share-rw", False, False),
-    fixed("account-invalid", "OnOffAuto", "auto", "on/off/auto"),
-    fixed("account-failed", "OnOffAuto", "auto", "on/off/auto"),
-    Prop("rerror", "BlockdevOnError", "auto", _POLICY),
-    Prop("werror", "BlockdevOnError", "auto", _POLICY),
+_UNIT_PROPS = block_props(True) + (
     Prop("ver", "str"), Prop("wwn", "uint64", 0), Prop("serial", "str"), Prop("model", "str"))
 declare(DeviceType("ide-device", "device", abstract=True, bus="IDE", category="Storage",
                    props=(Prop("unit", "uint32", UNSET_UNIT), bootindex())))

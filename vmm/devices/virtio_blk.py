@@ -30,6 +30,7 @@ from vmm.qdev import (
     DeviceError,
     DeviceType,
     Prop,
+    block_props,
     bootindex,
     declare,
     fixed,
@@ -351,20 +352,8 @@ def _unrealize(board, device):
     board.block.detach(blk.drive)
 
 
-_POLICY = "Error handling policy, report/ignore/enospc/stop/auto"
-_BLOCK_SIZE = "A power of two between 512 B and 2 MiB"
-declare(DeviceType("virtio-blk-device", "virtio-device", user_creatable=False, props=(
-    Prop("drive", "str", None, "Node name or ID of a block device to use as a backend"),
-    fixed("backend_defaults", "OnOffAuto", "auto", "on/off/auto"),
-    fixed("logical_block_size", "size", 0, _BLOCK_SIZE),
-    fixed("physical_block_size", "size", 0, _BLOCK_SIZE),
-    fixed("min_io_size", "size", 0), fixed("opt_io_size", "size", 0),
-    fixed("discard_granularity", "size", 0xFFFFFFFF),
-    Prop("write-cache", "OnOffAuto", "auto", "on/off/auto"), flag("share-rw", False, False),
-    fixed("account-invalid", "OnOffAuto", "auto", "on/off/auto"),
-    fixed("account-failed", "OnOffAuto", "auto", "on/off/auto"),
-    Prop("rerror", "BlockdevOnError", "auto", _POLICY),
-    Prop("werror", "BlockdevOnError", "auto", _POLICY),
+declare(DeviceType("virtio-blk-device", "virtio-device", user_creatable=False,
+                   props=block_props(False) + (
     fixed("cyls", "uint32", 0), fixed("heads", "uint32", 0), fixed("secs", "uint32", 0),
     fixed("lcyls", "uint32", 0), fixed("lheads", "uint32", 0), fixed("lsecs", "uint32", 0),
     Prop("serial", "str"), on_off("config-wce", True, honoured=False),

@@ -301,7 +301,7 @@ static void cmd_bench(unsigned ch, unsigned unit, const char *p)
     u64 mib = 0, kib = 0;
     parse_u64(&p, &mib);
     parse_u64(&p, &kib);
-    if (!mib || !kib || kib * 1024 > DATA_MAX || kib % 1) {
+    if (!mib || !kib || kib * 1024 > DATA_MAX) {
         printf("{\"error\": \"bad size\"}\n");
         return;
     }
