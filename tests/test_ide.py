@@ -7,6 +7,7 @@ and the monitor's text for IDE machines compared with QEMU's."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -54,6 +55,7 @@ def test_disk_identify_pio_and_dma(launch, tmp_path, vmm_kind):
     assert (w[1], w[3], w[6]) == (8, 16, 63)               # QEMU's guess for 4 MiB
     assert w[60] | w[61] << 16 == 8192 and w[100] == 8192   # LBA28 and LBA48 capacity
     assert w[83] & (1 << 10) and w[49] & (1 << 8)           # LBA48, DMA
+    assert w[85] & (1 << 5)                                 # cache=writeback: cache on
     assert vm.command("ide identify 0 1")["present"] is False     # no slave
 
     # Reads by PIO, READ MULTIPLE and DMA, each with the IRQ and the registers
@@ -162,6 +164,8 @@ def test_guest_sees_the_same_controller_as_on_qemu(tmp_path):
                 "ide signature 0 0", "ide signature 1 0", "ide read 0 0 5 2 pio",
                 "ide read 0 0 5 40 mult", "ide read 0 0 7 3 dma 48",
                 "ide read 0 0 8190 10 pio", "ide features 0 0 3 70", "ide identify 0 0",
+                "ide features 0 0 130 0", "ide identify 0 0", "ide features 0 0 2 0",
+                "ide features 0 0 99 0", "ide identify 0 0",
                 "ide cmd 0 0 229 0", "ide cmd 0 0 248 0", "ide cmd 0 0 1 0",
                 "atapi 1 0 inquiry", "atapi 1 0 tur", "atapi 1 0 sense", "atapi 1 0 capacity",
                 "atapi 1 0 read 3 2 pio", "atapi 1 0 read 3 40 dma", "atapi 1 0 toc",
@@ -184,14 +188,23 @@ def test_guest_sees_the_same_controller_as_on_qemu(tmp_path):
 
 @pytest.mark.qemu
 def test_monitor_shows_ide_as_qemu_does(tmp_path):
-    disk = disk_image(tmp_path / "disk.img", 2048)
-    iso = iso_image(tmp_path / "disc.iso", 64, "disc")
-    common = ["-m", "128", "-nodefaults", "-display", "none", "-kernel", probe_elf(),
-              "-drive", f"file={disk},format=raw,if=ide,readonly=on,index=1,media=cdrom",
-              "-cdrom", str(iso), "-drive", f"if=none,id=spare,file={disk},format=raw,"
-              "readonly=on", "-device", "ide-cd,drive=spare,id=cd9,bus=ide.0"]
-    procs = [start_with_qmp([QEMU, "-accel", "kvm", *common], str(tmp_path / "q.sock")),
-             start_with_qmp(kvmkit_command() + common, str(tmp_path / "k.sock"))]
+    """A disk and three CD-ROMs (one a -device): info block, info
+    qtree, query-block and the media commands' answers, as QEMU's. Each VMM has
+    its own images of the same names (its working directory)."""
+    procs = []
+    for name in ("q", "k"):
+        (tmp_path / name).mkdir()
+        disk_image(tmp_path / name / "disk.img", 2048)
+        iso_image(tmp_path / name / "disc.iso", 64, "disc")
+        common = ["-m", "128", "-nodefaults", "-display", "none", "-kernel", probe_elf(),
+                  "-drive", "file=disk.img,format=raw,if=ide,cache=writethrough",
+                  "-drive", "file=disc.iso,format=raw,if=ide,index=1,media=cdrom",
+                  "-cdrom", "disc.iso", "-drive", "if=none,id=spare,file=disc.iso,"
+                  "format=raw,readonly=on", "-device", "ide-cd,drive=spare,id=cd9,bus=ide.1"]
+        argv = [QEMU, "-accel", "kvm", *common] if name == "q" else kvmkit_command() + common
+        directory = str(tmp_path / name)
+        procs.append(start_with_qmp(argv, str(tmp_path / f"{name}.sock"),
+                                    preexec_fn=lambda d=directory: os.chdir(d)))
     node = re.compile(r"#block\d+")
     try:
         q, k = QmpLine(str(tmp_path / "q.sock")), QmpLine(str(tmp_path / "k.sock"))
@@ -205,6 +218,7 @@ def test_monitor_shows_ide_as_qemu_does(tmp_path):
             time.sleep(0.2)
         assert ide_part(k.hmp("info qtree")) == theirs
         asks = [("query-block", {}), ("eject", {"id": "cd9"}), ("eject", {"device": "nope"}),
+                ("eject", {"device": "ide0-hd0"}), ("blockdev-open-tray", {"id": "cd9"}),
                 ("blockdev-close-tray", {"id": "cd9"}), ("blockdev-open-tray", {}),
                 ("blockdev-change-medium", {"id": "cd9", "filename": "/nonexistent"}),
                 ("blockdev-insert-medium", {"id": "cd9", "node-name": "none"}),
@@ -215,7 +229,8 @@ def test_monitor_shows_ide_as_qemu_does(tmp_path):
             ours, theirs = k.execute(name, **args), q.execute(name, **args)
             assert node.sub("#block", str(ours)) == node.sub("#block", str(theirs)), name
         for line in ("eject ide1-cd0", "change ide0-cd1 /nonexistent", "eject -f nope",
-                     "change", "info block ide1-cd0"):
+                     "change", "info block ide1-cd0", "change ide1-cd0 disc.iso raw",
+                     "info block"):
             assert node.sub("#block", k.hmp(line)) == node.sub("#block", q.hmp(line)), line
     finally:
         for proc in procs:
