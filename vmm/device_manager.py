@@ -218,10 +218,12 @@ class DeviceManager:
 
     def _stateful(self) -> list[Device]:
         """The devices with a state section of their own: not those the board keeps
-        in the kernel (the irqchip, the PIT: the machine saves those), nor a port
-        whose state its parent's device carries (virtconsole on virtio-serial)."""
+        in the kernel (the irqchip, the PIT: the machine saves those), nor one whose
+        state its parent's device carries (virtconsole on virtio-serial, a disk on
+        an IDE channel)."""
         return [d for d in self.devices if d.obj is not None and not (
-            d.parent is not None and getattr(d.parent.obj, "backend", None) is d.obj)]
+            d.parent is not None and (getattr(d.parent.obj, "backend", None) is d.obj
+                                      or getattr(d.parent.obj, "saves_children", False)))]
 
     def save_state(self) -> dict[str, dict]:
         """Each device's state section, keyed by QOM path (for migration and snapshots)."""

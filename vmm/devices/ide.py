@@ -69,6 +69,7 @@ class Unit:
         self.identify_words: list[int] | None = None
         self.cd = None                       # the ATAPI state (atapi.Cdrom) of an ide-cd
         self.data = bytearray(4)
+        self.reset_reverts = False           # SET FEATURES: a reset restores CHS
         self.reset()
 
     # -- what the unit is ---------------------------------------------------------
@@ -101,7 +102,7 @@ class Unit:
         return self.drive.size // SECTOR if self.drive is not None else 0
 
     def reset(self) -> None:
-        if getattr(self, "reset_reverts", False):
+        if self.reset_reverts:
             self.heads, self.sectors = self.drive_heads, self.drive_sectors
         self.reset_reverts = False
         self.mult_sectors = MAX_MULT_SECTORS
@@ -565,9 +566,7 @@ class Channel:
     def control_write(self, value: int) -> None:
         if not self.ctrl & CTRL_SRST and value & CTRL_SRST:
             self.software_reset()
-        self.ctrl = value & ~CTRL_SRST if value & CTRL_SRST else value
-        if value & CTRL_SRST:
-            self.ctrl |= CTRL_SRST
+        self.ctrl = value
 
     def software_reset(self) -> None:
         """SRST: both units reset and run their diagnostics; the signature is left."""
@@ -602,7 +601,7 @@ class Channel:
 class Piix3Ide(PciDevice):
     """The PIIX3's IDE function: both channels at the legacy ports, BMDMA in BAR4."""
 
-    pci_bar = True
+    saves_children = True                # the channels' state holds the units'
 
     def __init__(self, memory: GuestMemory, set_isa_irq: Callable[[int, int], None],
                  lock, report_error, stop_vm) -> None:
