@@ -47,12 +47,7 @@ def _drive(ctx, device: str | None, qdev_id: str | None) -> Drive:
 def _tray_moved(ctx, drive: Drive, was_open: bool) -> None:
     media = drive.media
     if media is not None and media.tray_open != was_open:
-        device = next((d for d in ctx.machine.devices
-                       if ctx.machine.devices.path(d) == drive.attached_to), None)
-        ctx.machine.emit("DEVICE_TRAY_MOVED", {
-            "device": drive.name, "id": (device.id if device is not None and device.id
-                                         else drive.attached_to),
-            "tray-open": media.tray_open})
+        ctx.machine.emit("DEVICE_TRAY_MOVED", media.tray_event(media.tray_open))
 
 
 def _change_media(ctx, drive: Drive, load: bool) -> None:

@@ -54,8 +54,9 @@ class Cdrom:
         self.unit = unit
         self.tray_open = False
         self.locked = False
-        # Tell the monitor the guest moved the tray (DEVICE_TRAY_MOVED).
+        # Tell the monitor the guest moved the tray: DEVICE_TRAY_MOVED and its data.
         self.on_tray_moved: Callable[[bool], None] = lambda is_open: None
+        self.tray_event: Callable[[bool], dict] = lambda is_open: {}
         self.reset()
 
     def reset(self) -> None:

@@ -45,8 +45,8 @@ DEV_ALWAYS_ON, DEV_LBA, DEV_SELECT, DEV_HEAD = 0xA0, 0x40, 0x10, 0x0F
 # device control register
 CTRL_HOB, CTRL_SRST, CTRL_NIEN = 0x80, 0x04, 0x02
 # bus master
-BM_START, BM_READ = 0x01, 0x08            # command: start; direction (to memory)
-BM_ACTIVE, BM_ERROR, BM_INT = 0x01, 0x02, 0x04
+BM_START = 0x01                           # command: start (bit 3: the direction)
+BM_ACTIVE, BM_INT = 0x01, 0x04            # status: active, interrupt
 BM_PRD_TABLE_LIMIT = 4096                 # a PRD table never crosses a page, QEMU's fail-safe
 
 
@@ -753,15 +753,13 @@ def _realize_unit(board, device, kind: str):
     props["unit"] = index
     props["serial"], props["ver"] = unit.serial, unit.version
     if unit.cd is not None:
-        drive.media = unit.cd
-        unit.cd.on_tray_moved = lambda is_open: board.emit_from_vcpu(
-            "DEVICE_TRAY_MOVED", tray_event(drive, device, path, is_open))
+        cd = drive.media = unit.cd
+        # DEVICE_TRAY_MOVED's data: the drive's name, the device's id (or QOM path)
+        cd.tray_event = lambda is_open: {"device": drive.name, "id": device.id or path,
+                                         "tray-open": is_open}
+        cd.on_tray_moved = lambda is_open: board.emit_from_vcpu(
+            "DEVICE_TRAY_MOVED", cd.tray_event(is_open))
     return unit
-
-
-def tray_event(drive: Drive, device, path: str, is_open: bool) -> dict:
-    """DEVICE_TRAY_MOVED's data: the drive's name, the device's id (or QOM path)."""
-    return {"device": drive.name, "id": device.id or path, "tray-open": is_open}
 
 
 def _check_unit_props(drive: Drive, props: dict, kind: str) -> tuple[int, int, int]:
