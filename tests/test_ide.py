@@ -44,7 +44,8 @@ def ata_string(ws: list[int]) -> str:
 
 def test_disk_identify_pio_and_dma(launch, tmp_path, vmm_kind):
     image = disk_image(tmp_path / "disk.img")
-    vm = launch(machine_args(extra=["-drive", f"file={image},format=raw,if=ide"]), vmm_kind)
+    vm = launch(machine_args(extra=["-drive", f"file={image},format=raw,if=ide,discard=unmap"]),
+                vmm_kind)
     vm.wait_event("ready", timeout=60)
 
     identify = vm.command("ide identify 0 0")
@@ -76,6 +77,14 @@ def test_disk_identify_pio_and_dma(launch, tmp_path, vmm_kind):
     assert data[6000 * SECTOR:6040 * SECTOR] == (b"dmawrite" * 2560)[:40 * SECTOR]
     assert data[13 * SECTOR:13 * SECTOR + 15] == b"sector00000013-"
     assert vm.command("ide read 0 0 6000 40 pio 48")["head"].startswith("dmawrite")
+
+    # TRIM (IDENTIFY offers it): with discard=unmap the range reads back as zeroes.
+    assert w[169] & 1
+    assert vm.command("ide trim 0 0 4096 64")["status"] == 0x50
+    trimmed = vm.command("ide read 0 0 4096 2 pio")
+    assert trimmed["head"] == "" and trimmed["status"] == 0x50
+    assert image.read_bytes()[4096 * SECTOR:4160 * SECTOR] == bytes(64 * SECTOR)
+    assert vm.command("ide trim 0 0 8190 4")["error"] == 0x04       # past the end
 
     # Past the end: aborted (ERR, ABRT) after the sectors that exist.
     past = vm.command("ide read 0 0 8190 4 dma")
@@ -167,6 +176,7 @@ def test_guest_sees_the_same_controller_as_on_qemu(tmp_path):
                 "ide features 0 0 130 0", "ide identify 0 0", "ide features 0 0 2 0",
                 "ide features 0 0 99 0", "ide identify 0 0",
                 "ide cmd 0 0 229 0", "ide cmd 0 0 248 0", "ide cmd 0 0 1 0",
+                "ide trim 0 0 100 8", "ide trim 0 0 8190 4", "ide read 0 0 1 1 pio",
                 "atapi 1 0 inquiry", "atapi 1 0 tur", "atapi 1 0 sense", "atapi 1 0 capacity",
                 "atapi 1 0 read 3 2 pio", "atapi 1 0 read 3 40 dma", "atapi 1 0 toc",
                 "atapi 1 0 config", "atapi 1 0 gesn", "atapi 1 0 mode 42", "atapi 1 0 mode 1",

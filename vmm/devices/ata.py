@@ -2,12 +2,14 @@
 written to the command register does, for a disk (ide-hd) and for the few ATA
 commands a packet device (ide-cd) takes. Reads and writes go by PIO (a sector,
 or READ/WRITE MULTIPLE's block, per DRQ) or by DMA through the bus master;
-LBA28, LBA48 and CHS addressing; a request past the end of the disk is aborted
-as QEMU's are. A command a unit does not take is aborted (ERR, ABRT).
+LBA28, LBA48 and CHS addressing; DATA SET MANAGEMENT's TRIM ranges come by DMA
+too. A request past the end of the disk is aborted as QEMU's are. A command a unit does not take is aborted (ERR, ABRT).
 """
 
 from __future__ import annotations
 
+import errno
+import struct
 from collections.abc import Callable
 
 from vmm.devices.ide import (
@@ -141,14 +143,14 @@ def write_multiple(unit: Unit, command: int) -> bool:
 def read_dma(unit: Unit, command: int) -> bool:
     if not _begin(unit, command == 0x25):
         return True
-    _start_dma(unit, is_write=False)
+    _start_dma(unit, READ)
     return False
 
 
 def write_dma(unit: Unit, command: int) -> bool:
     if not _begin(unit, command == 0x35):
         return True
-    _start_dma(unit, is_write=True)
+    _start_dma(unit, WRITE)
     return False
 
 
@@ -229,6 +231,15 @@ def set_features(unit: Unit, command: int) -> bool:
     return True
 
 
+def data_set_management(unit: Unit, command: int) -> bool:
+    """TRIM (feature 1): its ranges come by DMA, nsector blocks of them."""
+    if unit.feature == 0x01 and unit.drive is not None:
+        _start_dma(unit, TRIM)
+        return False
+    unit.abort()
+    return True
+
+
 def packet(unit: Unit, command: int) -> bool:
     if unit.feature & 0x02:                   # overlapped commands: not supported
         unit.abort()
@@ -238,6 +249,7 @@ def packet(unit: Unit, command: int) -> bool:
 
 
 COMMANDS: dict[int, tuple[Callable[[Unit, int], bool], tuple[str, ...]]] = {
+    0x06: (data_set_management, (HD,)),
     0x08: (device_reset, (CD,)),
     0x10: (nop, (HD, SET_DSC)),                                     # RECALIBRATE
     0x20: (read_pio, (HD, CD)), 0x21: (read_pio, (HD,)), 0x24: (read_pio, (HD,)),
@@ -358,14 +370,18 @@ def _flush(unit: Unit) -> None:
 
 
 # -- DMA --------------------------------------------------------------------------------
-def _start_dma(unit: Unit, is_write: bool) -> None:
+READ, WRITE, TRIM = "read", "write", "trim"     # what a DMA command does with its data
+TRIM_RANGE = struct.Struct("<Q")                # 48-bit LBA, 16-bit count
+
+
+def _start_dma(unit: Unit, kind: str) -> None:
     """DRQ is up while the bus master moves the data; it starts once the guest sets
     START in the bus master's command register."""
     unit.status = DRDY | DSC | DRQ
-    unit.channel.bm.request(lambda: _run_dma(unit, is_write))
+    unit.channel.bm.request(lambda: _run_dma(unit, kind))
 
 
-def _run_dma(unit: Unit, is_write: bool) -> None:
+def _run_dma(unit: Unit, kind: str) -> None:
     channel = unit.channel
     lba, count = unit.lba(), unit.nsector
     needed = count * SECTOR
@@ -379,23 +395,27 @@ def _run_dma(unit: Unit, is_write: bool) -> None:
         unit.status = DRDY | DSC
         channel.bm.finished(False)
         return
-    if not unit.range_ok(lba, count) or (is_write and unit.drive.read_only):
-        unit.drive.invalid_request("wr" if is_write else "rd")
+    if kind != TRIM and (not unit.range_ok(lba, count) or
+                         (kind == WRITE and unit.drive.read_only)):
+        unit.drive.invalid_request("wr" if kind == WRITE else "rd")
         _dma_error(unit)
         return
     drive, memory = unit.drive, channel.memory
 
-    def work() -> None:
+    def work() -> str | None:
         views = [memory.view(address, length) for address, length in regions]
-        if is_write:
+        if kind == WRITE:
             drive.write(lba * SECTOR, b"".join(views))
-        else:
+        elif kind == READ:
             drive.read_into(lba * SECTOR, views)
             for address, length in regions:
                 memory.mark_dirty(address, length)
+        else:
+            return _trim(unit, b"".join(views))
+        return None
 
     def done(result) -> None:
-        if isinstance(result, OSError):
+        if isinstance(result, OSError) or result == "invalid":
             _dma_error(unit)
             return
         unit.set_lba(lba + count)
@@ -404,7 +424,23 @@ def _run_dma(unit: Unit, is_write: bool) -> None:
         channel.raise_irq()
         channel.bm.finished(described > needed)
 
-    channel.submit(unit, work, done, is_write, lambda: _run_dma(unit, is_write))
+    channel.submit(unit, work, done, kind != READ, lambda: _run_dma(unit, kind))
+
+
+def _trim(unit: Unit, ranges: bytes) -> str | None:
+    """DATA SET MANAGEMENT's TRIM ranges, each discarded (on the I/O engine); a range
+    past the end makes the command fail ("invalid")."""
+    if unit.drive.read_only:
+        raise OSError(errno.EPERM, "Operation not permitted")
+    for (entry,) in TRIM_RANGE.iter_unpack(ranges):
+        lba, count = entry & ((1 << 48) - 1), entry >> 48
+        if not count:
+            continue
+        if not unit.range_ok(lba, count):
+            unit.drive.invalid_request("unmap")
+            return "invalid"
+        unit.drive.discard(lba * SECTOR, count * SECTOR)
+    return None
 
 
 def _dma_error(unit: Unit) -> None:

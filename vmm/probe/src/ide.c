@@ -9,6 +9,7 @@
  *   ide read CH UNIT LBA N pio|dma|mult [48]       N sectors: sum and head
  *   ide write CH UNIT LBA N pio|dma|mult TEXT [48] N sectors of TEXT, then a sum
  *   ide flush CH UNIT | ide features CH UNIT F [COUNT] | ide cmd CH UNIT CMD
+ *   ide trim CH UNIT LBA N          DATA SET MANAGEMENT (TRIM) of one range, by DMA
  *   ide bench CH UNIT MIB KIB       sequential DMA reads of KIB each: the time taken
  *   atapi CH UNIT OP ...            a packet command: inquiry, tur, sense, capacity,
  *                                   read LBA N pio|dma, lock 0|1, eject, load, gesn,
@@ -318,6 +319,24 @@ static void cmd_bench(unsigned ch, unsigned unit, const char *p)
     printf("{\"mib\": %lu, \"us\": %lu, \"errors\": %lu}\n", mib, now_us() - start, errors);
 }
 
+/* DATA SET MANAGEMENT (TRIM): one 512-byte block of ranges, the first LBA COUNT. */
+static void cmd_trim(unsigned ch, unsigned unit, const char *p)
+{
+    u64 lba = 0, count = 0;
+    parse_u64(&p, &lba);
+    parse_u64(&p, &count);
+    memset(data, 0, 512);
+    u64 entry = (lba & 0xffffffffffffUL) | count << 48;
+    memcpy(data, &entry, 8);
+    select_unit(ch, unit, 0x40);
+    outb(command_ports[ch] + 1, 0x01);      /* TRIM */
+    outb(command_ports[ch] + 2, 1);         /* one block of ranges */
+    run_dma(ch, 0x06, 512, 0);
+    printf("{");
+    print_end(ch);
+    printf("}\n");
+}
+
 void cmd_ide(const char *args)
 {
     const char *p = skip_spaces(args);
@@ -340,6 +359,7 @@ void cmd_ide(const char *args)
     else if (!strncmp(op, "write", 5)) cmd_rw(ch, unit, p, 1);
     else if (!strncmp(op, "flush", 5)) cmd_simple(ch, unit, 0xe7, 0, 0);
     else if (!strncmp(op, "bench", 5)) cmd_bench(ch, unit, p);
+    else if (!strncmp(op, "trim", 4)) cmd_trim(ch, unit, p);
     else if (!strncmp(op, "features", 8) || !strncmp(op, "cmd", 3)) {
         u64 a = 0, b = 0;
         parse_u64(&p, &a);
