@@ -3,7 +3,8 @@ written to the command register does, for a disk (ide-hd) and for the few ATA
 commands a packet device (ide-cd) takes. Reads and writes go by PIO (a sector,
 or READ/WRITE MULTIPLE's block, per DRQ) or by DMA through the bus master;
 LBA28, LBA48 and CHS addressing; DATA SET MANAGEMENT's TRIM ranges come by DMA
-too. A request past the end of the disk is aborted as QEMU's are. A command a unit does not take is aborted (ERR, ABRT).
+too. A request past the end of the disk is aborted as QEMU's are; so is a command
+a unit does not take (ERR, ABRT).
 """
 
 from __future__ import annotations
