@@ -312,3 +312,22 @@ def test_disk_and_cdrom_state_survive_save_and_restore(tmp_path, vmm_kind):
             b"disc0000009-")
     finally:
         dst.close()
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("extra", [[], ["-smp", "2", "-serial", "null", "-serial", "null"]])
+def test_default_cdrom_is_qemus(tmp_path, extra):
+    """Without -nodefaults both VMMs have an empty CD-ROM, ide1-cd0, named in QOM
+    as QEMU's board names it."""
+    answers = []
+    for name, argv in (("q", [QEMU, "-accel", "kvm"]), ("k", kvmkit_command())):
+        sock = str(tmp_path / f"{name}.sock")
+        proc = start_with_qmp(argv + ["-S", "-display", "none", "-m", "128", *extra], sock)
+        try:
+            blocks = QmpLine(sock).execute("query-block")["return"]
+            answers.append(next(b for b in blocks if b["device"] == "ide1-cd0"))
+        finally:
+            proc.kill()
+            proc.wait()
+    assert answers[1] == answers[0]
+    assert "inserted" not in answers[0] and answers[0]["tray_open"] is False

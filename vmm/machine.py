@@ -378,9 +378,12 @@ class Machine:
         serials = sum(1 for d in self.devices if d.driver == "isa-serial")
         extras = 0
         if not self.cfg.nodefaults:
+            # QEMU's default serial port exists even when the monitor has stdio
+            # (on a null back end); kvmkit's is left out then.
+            extras += not self.cfg.serials and not serials
             legacy_nics = sum(1 for spec in self.cfg.devices
                               if spec.origin.startswith(("-nic", "-net")))
-            extras = 3 + (legacy_nics or 1)
+            extras += 3 + (legacy_nics or 1)
         return self.cfg.cpus + 17 + serials + extras
 
     def _ide_io_error(self, drive, is_write: bool, error: OSError, action: str) -> None:

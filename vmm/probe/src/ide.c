@@ -1,6 +1,7 @@
 /* ATA and ATAPI driver for the PIIX3 IDE function (00:01.1): both legacy channels,
  * PIO (16-bit words, or dwords) and bus-master DMA through a PRD table, LBA28 and
- * LBA48. It polls (the alternate status, or the bus master's status for DMA) and
+ * LBA48. It polls the alternate status for PIO; a DMA transfer ends with the
+ * channel's IRQ (14 or 15, through the IOAPIC), which it watches in memory. It
  * reports the bus master's interrupt bit, which the controller sets whenever the
  * channel raised its IRQ.
  *
@@ -34,6 +35,8 @@ static u8 data[DATA_MAX] __attribute__((aligned(65536)));
 static u32 prd[2 * 512] __attribute__((aligned(4096)));
 static u16 words[256];
 
+#define IDE_VECTOR 0x6c                 /* ide.0's IRQ 14; ide.1's IRQ 15 the next */
+
 static int controller(void)
 {
     if (bm_base)
@@ -47,6 +50,8 @@ static int controller(void)
     }
     pci_write32(0, 1, 1, 4, pci_read32(0, 1, 1, 4) | 0x5);   /* I/O and bus master */
     bm_base = (u16)bar;
+    ioapic_route(14, IDE_VECTOR, 0, 0, 0);
+    ioapic_route(15, IDE_VECTOR + 1, 0, 0, 0);
     return 1;
 }
 
@@ -119,6 +124,23 @@ static void print_end(unsigned ch)
            (bm & BM_INT) ? 1 : 0, bm);
 }
 
+/* The end of a DMA transfer: the channel's interrupt (watched in memory, at native
+ * speed), or the bus master no longer active (a transfer that ends without one),
+ * or the timeout. */
+static void wait_dma(unsigned ch, u32 irqs_before)
+{
+    u64 end = now_us() + TIMEOUT_US;
+    for (u32 spins = 1;; spins++) {
+        if (irq_count[IDE_VECTOR + ch] != irqs_before)
+            return;
+        if (spins % 4096 == 0) {
+            u8 bm = bm_read(ch, 2);
+            if ((bm & BM_INT) || !(bm & BM_ACTIVE) || now_us() > end)
+                return;
+        }
+    }
+}
+
 /* One PRD per 64 KiB of `bytes` from `data` (the last marked end of table). */
 static void build_prds(u32 bytes)
 {
@@ -137,16 +159,10 @@ static u8 run_dma(unsigned ch, u8 command, u32 bytes, int to_memory)
     outl(bm_base + 8 * ch + 4, (u32)(u64)prd);
     bm_write(ch, 2, BM_INT | BM_ERROR);
     bm_write(ch, 0, to_memory ? 0x08 : 0x00);
+    u32 irqs = irq_count[IDE_VECTOR + ch];
     outb(command_ports[ch] + 7, command);
     bm_write(ch, 0, to_memory ? 0x09 : 0x01);
-    u64 end = now_us() + TIMEOUT_US;
-    for (;;) {
-        u8 bm = bm_read(ch, 2);
-        if ((bm & BM_INT) || !(bm & BM_ACTIVE))
-            break;
-        if (now_us() > end)
-            break;
-    }
+    wait_dma(ch, irqs);
     bm_write(ch, 0, 0);
     return inb(control_ports[ch]);
 }
@@ -396,13 +412,9 @@ static u32 atapi_run(unsigned ch, unsigned unit, int dma, u32 expect)
     for (int i = 0; i < 12; i += 2)
         outw(b, (u16)(packet_buf[i] | packet_buf[i + 1] << 8));
     if (dma) {
+        u32 irqs = irq_count[IDE_VECTOR + ch];
         bm_write(ch, 0, 0x09);
-        u64 end = now_us() + TIMEOUT_US;
-        for (;;) {
-            u8 bm = bm_read(ch, 2);
-            if ((bm & BM_INT) || !(bm & BM_ACTIVE) || now_us() > end)
-                break;
-        }
+        wait_dma(ch, irqs);
         bm_write(ch, 0, 0);
         wait_ready(ch);
         return expect;
