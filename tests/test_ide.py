@@ -331,3 +331,57 @@ def test_default_cdrom_is_qemus(tmp_path, extra):
             proc.wait()
     assert answers[1] == answers[0]
     assert "inserted" not in answers[0] and answers[0]["tray_open"] is False
+
+
+def test_a_hostile_guest_cannot_break_the_controller(launch, tmp_path):
+    """Random task file writes, commands, data port traffic and bus-master
+    programming (PRD tables outside RAM among them) on both channels: kvmkit stays
+    up, its I/O threads keep serving, and after a software reset the disk and the
+    CD-ROM work as before."""
+    import random
+    image = disk_image(tmp_path / "disk.img", 2048)
+    iso = iso_image(tmp_path / "disc.iso", 64, "disc")
+    sock = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(extra=["-hda", str(image), "-cdrom", str(iso),
+                                    "-qmp", f"unix:{sock},server=on,wait=off"]))
+    vm.wait_event("ready", timeout=60)
+    assert vm.command("ide identify 0 0")["present"]
+    assert vm.command("outl 0xcf8 0x80000920") == {"ok": True}          # BAR4 of 00:01.1
+    bm = int(vm.command("inl 0xcfc")["value"], 16) & ~3
+    rng = random.Random(16)
+    commands = (0x20, 0x24, 0x25, 0x30, 0x35, 0xC4, 0xC5, 0xC8, 0xCA, 0xEC, 0xA1, 0xA0,
+                0x06, 0xEF, 0x91, 0x08, 0xE7, 0x27, 0xF8, 0x90, 0xC6)
+    for _ in range(400):
+        ch = rng.randrange(2)
+        base, control, bm_base = (0x1F0, 0x3F6, bm) if ch == 0 else (0x170, 0x376, bm + 8)
+        op = rng.randrange(9)
+        if op == 0:
+            line = f"outb {base + rng.randrange(1, 7)} {rng.randrange(256)}"
+        elif op == 1:
+            line = f"outb {base + 7} {rng.choice(commands + (rng.randrange(256),))}"
+        elif op == 2:
+            line = f"outw {base} {rng.randrange(65536)}"
+        elif op == 3:
+            line = f"inw {base}"
+        elif op == 4:
+            line = f"inb {base + rng.randrange(8)}"
+        elif op == 5:
+            line = f"outb {control} {rng.choice((0, 2, 4, 0x80, rng.randrange(256)))}"
+        elif op == 6:
+            line = f"outb {bm_base} {rng.choice((0, 1, 8, 9, rng.randrange(256)))}"
+        elif op == 7:
+            line = f"outb {bm_base + 2} {rng.randrange(256)}"
+        else:               # the PRD table: in the probe's free RAM, or not RAM at all
+            line = f"outl {bm_base + 4} {rng.choice((0x1000000, 0x1800000, 0xF0000000))}"
+        assert "error" not in vm.command(line, timeout=30), line
+    qmp = QmpLine(sock)
+    assert qmp.execute("query-status")["return"]["status"] == "running"
+    for ch in (0, 1):
+        vm.command(f"outb {0x3F6 if ch == 0 else 0x376} 0")      # interrupts on
+        vm.command(f"outb {bm + 8 * ch} 0")                        # bus master stopped
+        assert vm.command(f"ide signature {ch} 0")["error"] == 1
+    assert vm.command("ide read 0 0 40 8 dma")["head"].startswith("sector00000040-")
+    assert vm.command("ide read 0 0 9 2 pio")["head"].startswith("sector00000009-")
+    assert bytes.fromhex(vm.command("atapi 1 0 read 5 2 dma")["data"]).startswith(
+        b"disc0000005-")
+    assert "Traceback" not in vm.stderr

@@ -20,11 +20,13 @@ from vmm.devices.ide import (
     DRDY,
     DRQ,
     DSC,
+    INVALID,
     MAX_MULT_SECTORS,
     SECTOR,
     Channel,
     Unit,
 )
+from vmm.memory import GuestMemoryError
 
 HD, CD = "hd", "cd"
 SET_DSC = "dsc"                    # a command that also reports its seek complete
@@ -388,7 +390,7 @@ def _run_dma(unit: Unit, kind: str) -> None:
     needed = count * SECTOR
     try:
         regions, described = channel.bm.prds(channel.memory, needed)
-    except Exception:                         # the table is not in RAM
+    except GuestMemoryError:                  # the table is not in RAM
         _dma_error(unit)
         return
     if sum(length for _, length in regions) < needed:
@@ -416,7 +418,7 @@ def _run_dma(unit: Unit, kind: str) -> None:
         return None
 
     def done(result) -> None:
-        if isinstance(result, OSError) or result == "invalid":
+        if isinstance(result, OSError) or result == INVALID:
             _dma_error(unit)
             return
         unit.set_lba(lba + count)
@@ -430,7 +432,7 @@ def _run_dma(unit: Unit, kind: str) -> None:
 
 def _trim(unit: Unit, ranges: bytes) -> str | None:
     """DATA SET MANAGEMENT's TRIM ranges, each discarded (on the I/O engine); a range
-    past the end makes the command fail ("invalid")."""
+    past the end makes the command fail (INVALID)."""
     if unit.drive.read_only:
         raise OSError(errno.EPERM, "Operation not permitted")
     for (entry,) in TRIM_RANGE.iter_unpack(ranges):
@@ -439,7 +441,7 @@ def _trim(unit: Unit, ranges: bytes) -> str | None:
             continue
         if not unit.range_ok(lba, count):
             unit.drive.invalid_request("unmap")
-            return "invalid"
+            return INVALID
         unit.drive.discard(lba * SECTOR, count * SECTOR)
     return None
 

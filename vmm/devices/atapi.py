@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from vmm import savestate
 from vmm.devices.ide import BSY, CD_SECTOR, DRDY, DRQ, DSC, ERR, SECTOR, Unit
+from vmm.memory import GuestMemoryError
 
 PACKET_SIZE = 12
 CD_MAX_SECTORS = 80 * 60 * 75 * CD_SECTOR // SECTOR   # beyond this, a medium is a DVD
@@ -260,7 +261,7 @@ class Cdrom:
         needed = self.remaining
         try:
             regions, described = channel.bm.prds(channel.memory, needed)
-        except Exception:
+        except GuestMemoryError:              # the table is not in RAM
             self.error(ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE)
             channel.bm.finished(False)
             return
@@ -268,9 +269,14 @@ class Cdrom:
 
         def store(data: bytes) -> None:
             offset = 0
-            for address, length in regions:
-                channel.memory.write(address, data[offset:offset + length])
-                offset += length
+            try:
+                for address, length in regions:
+                    channel.memory.write(address, data[offset:offset + length])
+                    offset += length
+            except GuestMemoryError:            # PRDs outside RAM: the command fails
+                self.error(ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE)
+                channel.bm.finished(False)
+                return
             self.remaining = 0
             unit.status = DRDY | DSC
             if fits < needed:              # the PRDs ran out: the bus master stops there

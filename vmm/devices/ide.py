@@ -36,6 +36,7 @@ MAX_MULT_SECTORS = 16               # READ/WRITE MULTIPLE's block, as QEMU's
 CD_SECTOR = 2048
 CHANNELS = ((0x1F0, 0x3F6, 14), (0x170, 0x376, 15))   # command block, control, ISA IRQ
 HW_VERSION = "2.5+"                 # QEMU's qemu_hw_version(): IDENTIFY's firmware revision
+INVALID = "invalid"                 # a request's result when the guest's request was bad
 
 # status and error bits
 BSY, DRDY, DSC, DRQ, ERR = 0x80, 0x40, 0x10, 0x08, 0x01
@@ -457,7 +458,8 @@ class Channel:
         """Runs ``work`` off the vCPU thread, then ``done(result)`` under the machine
         lock, unless a reset or DMA stop came first. An OSError goes through the
         drive's werror/rerror policy: report (``done`` gets it), ignore (``done``
-        gets None), or stop the VM and ``retry`` on cont."""
+        gets None), or stop the VM and ``retry`` on cont. A request the guest got
+        wrong (DMA outside RAM) gives ``done`` INVALID."""
         generation = self.generation
 
         def complete(result: object) -> None:
@@ -482,8 +484,8 @@ class Channel:
                 return work()
             except OSError as e:
                 return e
-            except GuestMemoryError as e:
-                return OSError(5, str(e))
+            except GuestMemoryError:          # the guest's PRDs point outside RAM:
+                return INVALID                # the command fails, whatever werror says
 
         self.engine.submit(run, complete)
 
