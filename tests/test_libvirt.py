@@ -258,3 +258,52 @@ def test_domcapabilities_report_what_kvmkit_has(libvirtd):
         assert caps.find(element).get("supported") == "no", element
     custom = caps.find("cpu/mode[@name='custom']")
     assert {m.text for m in custom.findall("model")} == {"qemu64", "Opteron_G1"}
+
+
+IDE_DISKS = """    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/><source file='{disk}'/><target dev='hda' bus='ide'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/><source file='{iso}'/><target dev='hdc' bus='ide'/>
+      <readonly/>
+    </disk>
+  </devices>"""
+
+
+@pytest.mark.parametrize("vmm", ["qemu", "kvmkit"])
+def test_virsh_ide_disk_and_cdrom_change_media(libvirtd, tmp_path, vmm):
+    """A domain with an IDE disk and CD-ROM (libvirt's -blockdev nodes under
+    -device ide-hd/ide-cd): the guest uses both; `virsh change-media` swaps the
+    CD (open tray, remove, insert, close: the guest sees the new medium) and
+    ejects it."""
+    name = f"ide-{vmm}"
+    xml, sockets, console_path = _domain_xml(tmp_path, vmm, name, 128)
+    disk, first, second = tmp_path / "disk.img", tmp_path / "first.iso", tmp_path / "second.iso"
+    disk.write_bytes(b"".join(f"sector{n:08d}-".encode().ljust(512, b".") for n in range(2048)))
+    for path, tag, blocks in ((first, "first", 32), (second, "second", 48)):
+        path.write_bytes(b"".join(f"{tag}{n:07d}-".encode().ljust(2048, b"#")
+                                  for n in range(blocks)))
+    xml.write_text(xml.read_text().replace("  </devices>", IDE_DISKS.format(
+        disk=disk, iso=first)))
+    virsh = libvirtd.virsh
+    libvirtd.transcript.clear()
+    try:
+        console, _ = _boot(libvirtd, xml, name, console_path)
+        assert console.command("ide read 0 0 100 4 dma")["head"].startswith("sector00000100-")
+        assert bytes.fromhex(console.command("atapi 1 0 read 3 1 pio")["data"]).startswith(
+            b"first0000003-")
+        virsh("change-media", name, "hdc", str(second), "--update")
+        assert console.command("atapi 1 0 tur")["error"] >> 4 == 2         # not ready,
+        assert console.command("atapi 1 0 tur")["error"] >> 4 == 6         # then changed
+        assert bytes.fromhex(console.command("atapi 1 0 sense")["data"])[12] == 0x28
+        assert console.command("atapi 1 0 capacity")["data"] == f"{47:08x}00000800"
+        assert bytes.fromhex(console.command("atapi 1 0 read 40 1 dma")["data"]).startswith(
+            b"second0000040-")
+        virsh("change-media", name, "hdc", "--eject")
+        assert console.command("atapi 1 0 tur")["error"] >> 4 == 2
+        assert f"{second}" not in virsh("domblklist", name)
+    finally:
+        virsh("destroy", name, check=False)
+        virsh("undefine", name, check=False)
+        Path(tmp_path / "virsh-transcript.txt").write_text("\n".join(libvirtd.transcript))
+        shutil.rmtree(sockets, ignore_errors=True)
