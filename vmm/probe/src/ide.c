@@ -133,7 +133,7 @@ static void wait_dma(unsigned ch, u32 irqs_before)
     for (u32 spins = 1;; spins++) {
         if (irq_count[IDE_VECTOR + ch] != irqs_before)
             return;
-        if (spins % 4096 == 0) {
+        if (spins % (1u << 22) == 0) {        /* a few milliseconds */
             u8 bm = bm_read(ch, 2);
             if ((bm & BM_INT) || !(bm & BM_ACTIVE) || now_us() > end)
                 return;
