@@ -28,6 +28,7 @@ from vmm.errors import UserError
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 ZERO_CHUNK = 1 << 20
 BOUNCE_SIZE = 1 << 20            # O_DIRECT transfers go through this much at a time
+IOV_MAX = 1024                   # Linux's limit on one preadv's buffers
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
@@ -94,11 +95,18 @@ class RawImage:
         if self.direct:
             self._read_direct(offset, buffers)
             return
-        for view in buffers:
-            done = os.preadv(self.fd, [view], offset)
-            if done < len(view):             # past the end of a sparse tail: zeroes
-                view[done:] = bytes(len(view) - done)
-            offset += len(view)
+        total = sum(len(view) for view in buffers)
+        done = os.preadv(self.fd, buffers, offset) if len(buffers) <= IOV_MAX else 0
+        if done == total:                    # one call for the whole scatter list
+            return
+        position = 0
+        for view in buffers:                 # a short read: the rest view by view
+            start = min(max(done - position, 0), len(view))
+            if start < len(view):
+                got = os.preadv(self.fd, [view[start:]], offset + position + start)
+                if start + got < len(view):  # past the end of a sparse tail: zeroes
+                    view[start + got:] = bytes(len(view) - start - got)
+            position += len(view)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
