@@ -385,3 +385,66 @@ def test_a_hostile_guest_cannot_break_the_controller(launch, tmp_path):
     assert bytes.fromhex(vm.command("atapi 1 0 read 5 2 dma")["data"]).startswith(
         b"disc0000005-")
     assert "Traceback" not in vm.stderr
+
+
+def test_a_transfer_halfway_through_survives_save_and_restore(tmp_path, vmm_kind):
+    """Saved with a PIO read half read on ide.0 and a DMA read waiting for the bus
+    master's START on ide.1: after the restore the guest reads on from the same
+    word, and the DMA runs when started."""
+    from test_migration import qmp_status, start, wait_for_socket, wait_migration
+    image = disk_image(tmp_path / "disk.img", 2048)
+    second = disk_image(tmp_path / "second.img", 2048)
+    saved = tmp_path / "saved.vm"
+    src_qmp, dst_qmp = str(tmp_path / "src.sock"), str(tmp_path / "dst.sock")
+    drives = ["-drive", f"file={image},format=raw,if=ide,index=0",
+              "-drive", f"file={second},format=raw,if=ide,index=2"]
+    prd, buffer = 0x2000000, 0x2001000
+    src = start(vmm_kind, machine_args(extra=drives + [
+        "-qmp", f"unix:{src_qmp},server=on,wait=off"]), str(tmp_path))
+    try:
+        src.wait_event("ready", timeout=60)
+        assert src.command("ide identify 0 0")["present"]          # the controller set up
+        assert src.command("outl 0xcf8 0x80000920") == {"ok": True}
+        bm = int(src.command("inl 0xcfc")["value"], 16) & ~3
+        # ide.0: READ SECTORS of sector 77, four words taken
+        for line in ("outb 0x1f6 0xe0", "outb 0x1f2 1", "outb 0x1f3 77", "outb 0x1f4 0",
+                     "outb 0x1f5 0", "outb 0x1f7 0x20"):
+            src.command(line)
+        words = [int(src.command("inw 0x1f0")["value"], 16) for _ in range(4)]
+        assert b"".join(w.to_bytes(2, "little") for w in words) == b"sector00"
+        # ide.1: READ DMA of sector 300 into `buffer`, not started
+        for line in (f"writel {prd} {buffer}", f"writel {prd + 4} {0x80000200}",
+                     f"outl {bm + 12} {prd}", f"outb {bm + 10} 6", f"outb {bm + 8} 8",
+                     "outb 0x176 0xe0", "outb 0x172 1", "outb 0x173 44", "outb 0x174 1",
+                     "outb 0x175 0", "outb 0x177 0xc8"):
+            src.command(line)
+        source = QmpLine(src_qmp)
+        source.execute("stop")
+        assert source.execute("migrate", uri=f"exec:cat > {saved}") == {"return": {}}
+        assert wait_migration(source)["status"] == "completed"
+        source.execute("quit")
+    finally:
+        src.close()
+    dst = start(vmm_kind, machine_args(extra=drives + [
+        "-incoming", f"exec:cat {saved}", "-qmp", f"unix:{dst_qmp},server=on,wait=off"]),
+        str(tmp_path))
+    try:
+        destination = wait_for_socket(dst, dst_qmp)
+        while qmp_status(destination) == "inmigrate":
+            time.sleep(0.1)
+        destination.execute("cont")
+        words = [int(dst.command("inw 0x1f0")["value"], 16) for _ in range(4)]
+        assert b"".join(w.to_bytes(2, "little") for w in words) == b"000077-."
+        assert dst.command(f"outb {bm + 8} 9") == {"ok": True}      # START
+        deadline = time.monotonic() + 10
+        while int(dst.command(f"inb {bm + 10}")["value"], 16) & 1:  # still active
+            assert time.monotonic() < deadline
+        assert int(dst.command(f"readl {buffer}")["value"], 16).to_bytes(4, "little") == \
+            b"sect"
+        assert int(dst.command(f"readl {buffer + 8}")["value"], 16).to_bytes(4, "little") == \
+            b"0003"                                                   # sector00000300-
+        assert int(dst.command(f"readl {buffer + 12}")["value"], 16).to_bytes(4, "little") == \
+            b"00-."
+        assert int(dst.command("inb 0x177")["value"], 16) == 0x50
+    finally:
+        dst.close()

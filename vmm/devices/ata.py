@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 from vmm.devices.ide import (
     BSY,
+    CONTINUATIONS,
     DEV_ALWAYS_ON,
     DEV_HEAD,
+    DMA_RUNNERS,
     DRDY,
     DRQ,
     DSC,
@@ -69,7 +71,7 @@ def device_reset(unit: Unit, command: int) -> bool:
 def identify(unit: Unit, command: int) -> bool:
     if unit.kind == HD:
         unit.status = DRDY | DSC
-        unit.transfer_start(unit.identify(), True, unit.transfer_stop)
+        unit.transfer_start(unit.identify(), True, "stop")
         unit.channel.raise_irq()
         return False
     if unit.kind == CD:
@@ -80,7 +82,7 @@ def identify(unit: Unit, command: int) -> bool:
 
 def identify_packet(unit: Unit, command: int) -> bool:
     unit.status = DRDY | DSC
-    unit.transfer_start(unit.identify(), True, unit.transfer_stop)
+    unit.transfer_start(unit.identify(), True, "stop")
     unit.channel.raise_irq()
     return False
 
@@ -130,7 +132,7 @@ def write_pio(unit: Unit, command: int) -> bool:
     if not _begin(unit, command == 0x34):
         return True
     unit.status = DSC | DRDY
-    unit.transfer_start(bytearray(SECTOR), False, lambda: _sector_write(unit))
+    unit.transfer_start(bytearray(SECTOR), False, "write")
     return False
 
 
@@ -139,7 +141,7 @@ def write_multiple(unit: Unit, command: int) -> bool:
         return True
     unit.status = DSC | DRDY
     count = min(unit.nsector, unit.req_sectors)
-    unit.transfer_start(bytearray(SECTOR * count), False, lambda: _sector_write(unit))
+    unit.transfer_start(bytearray(SECTOR * count), False, "write")
     return False
 
 
@@ -309,7 +311,7 @@ def _sector_read(unit: Unit) -> None:
             return
         unit.set_lba(lba + count)
         unit.nsector -= count
-        unit.transfer_start(buffer, True, lambda: _sector_read(unit))
+        unit.transfer_start(buffer, True, "read")
         unit.channel.raise_irq()
 
     unit.channel.submit(unit, lambda: drive.read_into(lba * SECTOR, [memoryview(buffer)]),
@@ -338,8 +340,7 @@ def _sector_write(unit: Unit) -> None:
             unit.transfer_stop()
         else:
             following = min(unit.nsector, unit.req_sectors)
-            unit.transfer_start(bytearray(following * SECTOR), False,
-                                lambda: _sector_write(unit))
+            unit.transfer_start(bytearray(following * SECTOR), False, "write")
         unit.channel.raise_irq()
 
     def retry() -> None:
@@ -381,7 +382,7 @@ def _start_dma(unit: Unit, kind: str) -> None:
     """DRQ is up while the bus master moves the data; it starts once the guest sets
     START in the bus master's command register."""
     unit.status = DRDY | DSC | DRQ
-    unit.channel.bm.request(lambda: _run_dma(unit, kind))
+    unit.channel.bm.request(unit, kind)
 
 
 def _run_dma(unit: Unit, kind: str) -> None:
@@ -451,3 +452,7 @@ def _dma_error(unit: Unit) -> None:
     unit.channel.bm.finished(False)
     unit.channel.raise_irq()
 
+
+CONTINUATIONS.update(read=_sector_read, write=_sector_write)
+DMA_RUNNERS.update({kind: (lambda unit, kind=kind: _run_dma(unit, kind))
+                    for kind in (READ, WRITE, TRIM)})

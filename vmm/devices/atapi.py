@@ -18,7 +18,18 @@ import struct
 from collections.abc import Callable
 
 from vmm import savestate
-from vmm.devices.ide import BSY, CD_SECTOR, DRDY, DRQ, DSC, ERR, SECTOR, Unit
+from vmm.devices.ide import (
+    BSY,
+    CD_SECTOR,
+    CONTINUATIONS,
+    DMA_RUNNERS,
+    DRDY,
+    DRQ,
+    DSC,
+    ERR,
+    SECTOR,
+    Unit,
+)
 from vmm.memory import GuestMemoryError
 
 PACKET_SIZE = 12
@@ -107,7 +118,7 @@ class Cdrom:
         unit.status = DRDY | DSC
         self.dma = bool(unit.feature & 1)
         unit.nsector = REASON_COD
-        unit.transfer_start(bytearray(PACKET_SIZE), False, self.run)
+        unit.transfer_start(bytearray(PACKET_SIZE), False, "packet")
 
     def run(self) -> None:
         packet = bytes(self.unit.data[:PACKET_SIZE])
@@ -195,12 +206,12 @@ class Cdrom:
     def _start(self) -> None:
         if self.dma:
             self.unit.status = DRDY | DSC | DRQ | (BSY if self.read_lba >= 0 else 0)
-            self.unit.channel.bm.request(self._run_dma)
+            self.unit.channel.bm.request(self.unit, "atapi")
         else:
             self.unit.status = DRDY | DSC
-            self._next_block()
+            self.next_block()
 
-    def _next_block(self) -> None:
+    def next_block(self) -> None:
         """The next PIO block: at most the byte count limit, with an IRQ."""
         unit = self.unit
         if self.remaining <= 0:
@@ -218,7 +229,7 @@ class Cdrom:
             unit.lcyl, unit.hcyl = size & 0xFF, size >> 8 & 0xFF
             self.remaining -= size
             self.sent += size
-            unit.transfer_start(bytearray(data), True, self._next_block)
+            unit.transfer_start(bytearray(data), True, "reply")
             unit.channel.raise_irq()
 
         if self.read_lba < 0:
@@ -254,7 +265,7 @@ class Cdrom:
 
         unit.channel.submit(unit, work, done, False, lambda: self._fetch(start, size, then))
 
-    def _run_dma(self) -> None:
+    def run_dma(self) -> None:
         """The whole reply, or the read's data, into the PRD table's memory."""
         unit = self.unit
         channel = unit.channel
@@ -295,13 +306,17 @@ class Cdrom:
 
     # -- migration ------------------------------------------------------------------------------
     STATE = ("tray_open", "locked", "sense_key", "asc", "changed", "new_media",
-             "eject_requested")
+             "eject_requested", "dma", "remaining", "reply", "read_lba", "sector_size",
+             "sent")
 
     def save_state(self) -> dict:
         return savestate.save_fields(self, self.STATE)
 
     def load_state(self, state) -> None:
-        savestate.load_fields(self, self.STATE, state, "ide-cd")
+        savestate.check_fields(self, self.STATE, state, "ide-cd")
+        if state["sector_size"] not in (CD_SECTOR, 2352):
+            raise savestate.StateError("ide-cd.sector_size: saved value does not fit")
+        savestate.set_fields(self, self.STATE, state)
 
 
 # -- the packet commands ----------------------------------------------------------------------
@@ -593,3 +608,8 @@ COMMANDS: dict[int, tuple[Callable[[Cdrom, bytes], None], int]] = {
     0xBD: (mechanism_status, 0),
     0xBE: (read_cd, CHECK_READY | CONDDATA),
 }
+
+
+CONTINUATIONS.update(packet=lambda unit: unit.cd.run(),
+                     reply=lambda unit: unit.cd.next_block())
+DMA_RUNNERS["atapi"] = lambda unit: unit.cd.run_dma()

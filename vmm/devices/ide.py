@@ -51,6 +51,13 @@ BM_ACTIVE, BM_INT = 0x01, 0x04            # status: active, interrupt
 BM_PRD_TABLE_LIMIT = 4096                 # a PRD table never crosses a page, QEMU's fail-safe
 
 
+# What runs when a PIO block has moved through the data port, and what carries out
+# a DMA command, by name (so a migration can carry them): ata.py and atapi.py add
+# theirs.
+CONTINUATIONS: dict[str, Callable[[Unit], None]] = {"stop": lambda unit: unit.transfer_stop()}
+DMA_RUNNERS: dict[str, Callable[[Unit], None]] = {}
+
+
 class Unit:
     """One device position (master or slave) on a channel: its copy of the task
     file, and the disk or CD-ROM there, if any."""
@@ -76,7 +83,6 @@ class Unit:
     # -- what the unit is ---------------------------------------------------------
     def attach(self, kind: str, drive: Drive, serial: str, model: str, version: str,
                geometry: tuple[int, int, int], wwn: int = 0, rotation_rate: int = 0) -> None:
-        from vmm.devices.atapi import Cdrom
         self.kind, self.drive = kind, drive
         self.serial = serial or self.serial
         self.model = model or ("QEMU DVD-ROM" if kind == "cd" else "QEMU HARDDISK")
@@ -85,7 +91,7 @@ class Unit:
         self.cylinders, self.heads, self.sectors = geometry
         self.drive_heads, self.drive_sectors = self.heads, self.sectors
         self.identify_words = None
-        self.cd = Cdrom(self) if kind == "cd" else None
+        self.cd = atapi.Cdrom(self) if kind == "cd" else None
         self.reset()
 
     def detach(self) -> None:
@@ -136,11 +142,11 @@ class Unit:
         self.data = bytearray(b"\xff" * 4)
         self.pos = self.end = 0
         self.to_host = True
-        self.then: Callable[[], None] = self.transfer_stop
+        self.then = "stop"
 
-    def transfer_start(self, data: bytearray, to_host: bool, then: Callable[[], None]) -> None:
-        """The guest moves ``data`` through the data port (DRQ set); ``then`` runs once
-        it has all gone."""
+    def transfer_start(self, data: bytearray, to_host: bool, then: str) -> None:
+        """The guest moves ``data`` through the data port (DRQ set); the continuation
+        named ``then`` runs once it has all gone."""
         self.data, self.pos, self.end = data, 0, len(data)
         self.to_host, self.then = to_host, then
         if not self.status & ERR:
@@ -148,7 +154,7 @@ class Unit:
 
     def transfer_stop(self) -> None:
         self.data, self.pos, self.end = bytearray(), 0, 0
-        self.then = self.transfer_stop
+        self.then = "stop"
         self.status &= ~DRQ
 
     def data_read(self, size: int) -> int:
@@ -168,7 +174,7 @@ class Unit:
         self.pos += size
         if self.pos >= self.end:
             self.status &= ~DRQ
-            self.then()
+            CONTINUATIONS[self.then](self)
 
     # -- addressing ---------------------------------------------------------------------
     def lba(self) -> int:
@@ -227,10 +233,12 @@ class Unit:
     # -- migration --------------------------------------------------------------------------
     STATE = ("feature", "error", "nsector", "sector", "lcyl", "hcyl", "select", "status",
              "hob_feature", "hob_nsector", "hob_sector", "hob_lcyl", "hob_hcyl", "lba48",
-             "mult_sectors", "req_sectors", "heads", "sectors", "reset_reverts")
+             "mult_sectors", "req_sectors", "heads", "sectors", "reset_reverts",
+             "pos", "end", "to_host", "then")
 
     def save_state(self) -> dict:
         state = savestate.save_fields(self, self.STATE)
+        state["data"] = bytes(self.data)                # a PIO block half moved, too
         state["identify"] = list(self.identify_words) if self.identify_words else None
         if self.cd is not None:
             state["cd"] = self.cd.save_state()
@@ -241,14 +249,16 @@ class Unit:
         identify = state.get("identify")
         if identify is not None and (not isinstance(identify, list) or len(identify) != 256):
             raise savestate.StateError("ide.identify: saved value does not fit this device")
+        data = state.get("data")
+        if not isinstance(data, bytes) or state["then"] not in CONTINUATIONS or \
+                not 0 <= state["pos"] <= state["end"] <= len(data):
+            raise savestate.StateError("ide.data: saved value does not fit this device")
         if self.cd is not None:
             self.cd.load_state(state.get("cd"))
         savestate.set_fields(self, self.STATE, state)
+        self.data = bytearray(data)
         self.identify_words = list(identify) if identify is not None else None
-        # A PIO transfer half done is not saved: the register state says ready, and
-        # the guest's driver times the command out and retries it.
-        self.status &= ~(DRQ | BSY)
-        self._idle_transfer()
+        self.status &= ~BSY            # the I/O in flight was drained before the save
 
 
 def _padded(text: str, length: int) -> bytes:
@@ -341,14 +351,20 @@ class BusMaster:
 
     def reset(self) -> None:
         self.cmd = self.status = self.prd_table = 0
-        self.waiting: Callable[[], None] | None = None   # a DMA command awaiting START
+        self.waiting: tuple[Unit, str] | None = None   # a DMA command awaiting START
 
-    def request(self, run: Callable[[], None]) -> None:
-        """A unit's DMA command: it runs once the guest sets START (now, if it has)."""
-        self.waiting = run
+    def request(self, unit: Unit, kind: str) -> None:
+        """A unit's DMA command (of a DMA_RUNNERS kind): it runs once the guest sets
+        START (now, if it has)."""
+        self.waiting = (unit, kind)
         if self.status & BM_ACTIVE:
-            self.waiting = None
-            run()
+            self._run()
+
+    def _run(self) -> None:
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            unit, kind = waiting
+            DMA_RUNNERS[kind](unit)
 
     def finished(self, stay_active: bool) -> None:
         self.waiting = None
@@ -362,9 +378,7 @@ class BusMaster:
                 self.status &= ~BM_ACTIVE
             elif not self.status & BM_ACTIVE:
                 self.status |= BM_ACTIVE
-                run, self.waiting = self.waiting, None
-                if run is not None:
-                    run()
+                self._run()
         self.cmd = value & 0x09
 
     def prds(self, memory: GuestMemory, needed: int) -> tuple[list[tuple[int, int]], int]:
@@ -554,8 +568,7 @@ class Channel:
             self.selected = 1 if value & DEV_SELECT else 0
         elif offset == 7:
             self.lower_irq()
-            from vmm.devices.ata import execute
-            execute(self, value)
+            ata.execute(self, value)
 
     def status_read(self) -> int:
         """The alternate status: the status without acknowledging the interrupt."""
@@ -583,21 +596,29 @@ class Channel:
 
     # -- migration ------------------------------------------------------------------------
     def save_state(self) -> dict:
+        waiting = self.bm.waiting
         return {"selected": self.selected, "ctrl": self.ctrl,
-                "bm": {"cmd": self.bm.cmd, "status": self.bm.status & ~BM_ACTIVE,
+                "bm": {"cmd": self.bm.cmd, "status": self.bm.status,
                        "prd_table": self.bm.prd_table},
+                "dma_waiting": [waiting[0].index, waiting[1]] if waiting else None,
                 "units": [unit.save_state() for unit in self.units]}
 
     def load_state(self, state: dict) -> None:
         if not isinstance(state, dict) or not isinstance(state.get("units"), list) or \
                 len(state["units"]) != 2 or not isinstance(state.get("bm"), dict):
             raise savestate.StateError(f"{self.name}: saved state does not fit this device")
+        waiting = state.get("dma_waiting")
+        if waiting is not None and (not isinstance(waiting, list) or len(waiting) != 2
+                                    or waiting[0] not in (0, 1)
+                                    or waiting[1] not in DMA_RUNNERS):
+            raise savestate.StateError(f"{self.name}.dma_waiting: saved value does not fit")
         for unit, saved in zip(self.units, state["units"]):
             unit.load_state(saved)
         savestate.load_fields(self, ("selected", "ctrl"), state, self.name)
         savestate.load_fields(self.bm, ("cmd", "status", "prd_table"), state["bm"],
                               f"{self.name}.bm")
-        self.bm.waiting = None
+        # A DMA command the guest had not started yet waits for START again.
+        self.bm.waiting = (self.units[waiting[0]], waiting[1]) if waiting else None
 
 
 class Piix3Ide(PciDevice):
@@ -818,3 +839,8 @@ declare(DeviceType("ide-cd", "ide-device", description="virtual IDE CD-ROM",
                    category="Storage",
                    realize=lambda board, device: _realize_unit(board, device, "cd"),
                    unrealize=_unrealize_unit, props=_UNIT_PROPS))
+
+
+# The command sets, which add their continuations and DMA runners (they use the
+# names above, so they come after them).
+from vmm.devices import ata, atapi  # noqa: E402
