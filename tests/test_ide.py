@@ -42,6 +42,35 @@ def ata_string(ws: list[int]) -> str:
     return b"".join(bytes((w >> 8, w & 0xFF)) for w in ws).decode().strip()
 
 
+def save_and_restore(vmm_kind: str, tmp_path, drives: list[str], prepare):
+    """`virsh save`'s way: a guest with these drives, ``prepare(vm)`` run on it,
+    then stopped and migrated to a file; restored in a new VMM and continued. The
+    restored guest and its QMP (the caller closes the guest)."""
+    from test_migration import qmp_status, start, wait_for_socket, wait_migration
+    saved = tmp_path / "saved.vm"
+    src_qmp, dst_qmp = str(tmp_path / "src.sock"), str(tmp_path / "dst.sock")
+    src = start(vmm_kind, machine_args(extra=drives + [
+        "-qmp", f"unix:{src_qmp},server=on,wait=off"]), str(tmp_path))
+    try:
+        src.wait_event("ready", timeout=60)
+        prepare(src)
+        source = QmpLine(src_qmp)
+        source.execute("stop")
+        assert source.execute("migrate", uri=f"exec:cat > {saved}") == {"return": {}}
+        assert wait_migration(source)["status"] == "completed"
+        source.execute("quit")
+    finally:
+        src.close()
+    dst = start(vmm_kind, machine_args(extra=drives + [
+        "-incoming", f"exec:cat {saved}", "-qmp", f"unix:{dst_qmp},server=on,wait=off"]),
+        str(tmp_path))
+    destination = wait_for_socket(dst, dst_qmp)
+    while qmp_status(destination) == "inmigrate":
+        time.sleep(0.1)
+    destination.execute("cont")
+    return dst, destination
+
+
 def test_disk_identify_pio_and_dma(launch, tmp_path, vmm_kind):
     image = disk_image(tmp_path / "disk.img")
     vm = launch(machine_args(extra=["-drive", f"file={image},format=raw,if=ide,discard=unmap"]),
@@ -274,33 +303,16 @@ def test_command_line_errors_are_qemus(tmp_path, args, message):
 def test_disk_and_cdrom_state_survive_save_and_restore(tmp_path, vmm_kind):
     """`virsh save`/`restore` of a guest with an IDE disk and a locked CD-ROM: the
     lock, the medium and both drives' data are the same after the restore."""
-    from test_migration import qmp_status, start, wait_for_socket, wait_migration
     image = disk_image(tmp_path / "disk.img", 2048)
     iso = iso_image(tmp_path / "disc.iso", 64, "disc")
-    saved = tmp_path / "saved.vm"
-    src_qmp, dst_qmp = str(tmp_path / "src.sock"), str(tmp_path / "dst.sock")
-    drives = ["-drive", f"file={image},format=raw,if=ide", "-cdrom", str(iso)]
-    src = start(vmm_kind, machine_args(extra=drives + [
-        "-qmp", f"unix:{src_qmp},server=on,wait=off"]), str(tmp_path))
+
+    def prepare(vm):
+        assert vm.command("ide write 0 0 100 8 dma before-save")["status"] == 0x50
+        assert vm.command("atapi 1 0 lock 1")["status"] == 0x50
+
+    dst, destination = save_and_restore(vmm_kind, tmp_path, [
+        "-drive", f"file={image},format=raw,if=ide", "-cdrom", str(iso)], prepare)
     try:
-        src.wait_event("ready", timeout=60)
-        source = QmpLine(src_qmp)
-        assert src.command("ide write 0 0 100 8 dma before-save")["status"] == 0x50
-        assert src.command("atapi 1 0 lock 1")["status"] == 0x50
-        source.execute("stop")
-        assert source.execute("migrate", uri=f"exec:cat > {saved}") == {"return": {}}
-        assert wait_migration(source)["status"] == "completed"
-        source.execute("quit")
-    finally:
-        src.close()
-    dst = start(vmm_kind, machine_args(extra=drives + [
-        "-incoming", f"exec:cat {saved}", "-qmp", f"unix:{dst_qmp},server=on,wait=off"]),
-        str(tmp_path))
-    try:
-        destination = wait_for_socket(dst, dst_qmp)
-        while qmp_status(destination) == "inmigrate":
-            time.sleep(0.1)
-        destination.execute("cont")
         cd = next(b for b in destination.execute("query-block")["return"]
                   if b["device"] == "ide1-cd0")
         assert cd["locked"] is True and cd["inserted"]["file"] == str(iso)
@@ -391,60 +403,44 @@ def test_a_transfer_halfway_through_survives_save_and_restore(tmp_path, vmm_kind
     """Saved with a PIO read half read on ide.0 and a DMA read waiting for the bus
     master's START on ide.1: after the restore the guest reads on from the same
     word, and the DMA runs when started."""
-    from test_migration import qmp_status, start, wait_for_socket, wait_migration
     image = disk_image(tmp_path / "disk.img", 2048)
     second = disk_image(tmp_path / "second.img", 2048)
-    saved = tmp_path / "saved.vm"
-    src_qmp, dst_qmp = str(tmp_path / "src.sock"), str(tmp_path / "dst.sock")
-    drives = ["-drive", f"file={image},format=raw,if=ide,index=0",
-              "-drive", f"file={second},format=raw,if=ide,index=2"]
     prd, buffer = 0x2000000, 0x2001000
-    src = start(vmm_kind, machine_args(extra=drives + [
-        "-qmp", f"unix:{src_qmp},server=on,wait=off"]), str(tmp_path))
-    try:
-        src.wait_event("ready", timeout=60)
-        assert src.command("ide identify 0 0")["present"]          # the controller set up
-        assert src.command("outl 0xcf8 0x80000920") == {"ok": True}
-        bm = int(src.command("inl 0xcfc")["value"], 16) & ~3
+    bm = 0
+
+    def prepare(vm):
+        nonlocal bm
+        assert vm.command("ide identify 0 0")["present"]           # the controller set up
+        assert vm.command("outl 0xcf8 0x80000920") == {"ok": True}
+        bm = int(vm.command("inl 0xcfc")["value"], 16) & ~3
         # ide.0: READ SECTORS of sector 77, four words taken
         for line in ("outb 0x1f6 0xe0", "outb 0x1f2 1", "outb 0x1f3 77", "outb 0x1f4 0",
                      "outb 0x1f5 0", "outb 0x1f7 0x20"):
-            src.command(line)
-        words = [int(src.command("inw 0x1f0")["value"], 16) for _ in range(4)]
+            vm.command(line)
+        words = [int(vm.command("inw 0x1f0")["value"], 16) for _ in range(4)]
         assert b"".join(w.to_bytes(2, "little") for w in words) == b"sector00"
         # ide.1: READ DMA of sector 300 into `buffer`, not started
         for line in (f"writel {prd} {buffer}", f"writel {prd + 4} {0x80000200}",
                      f"outl {bm + 12} {prd}", f"outb {bm + 10} 6", f"outb {bm + 8} 8",
                      "outb 0x176 0xe0", "outb 0x172 1", "outb 0x173 44", "outb 0x174 1",
                      "outb 0x175 0", "outb 0x177 0xc8"):
-            src.command(line)
-        source = QmpLine(src_qmp)
-        source.execute("stop")
-        assert source.execute("migrate", uri=f"exec:cat > {saved}") == {"return": {}}
-        assert wait_migration(source)["status"] == "completed"
-        source.execute("quit")
-    finally:
-        src.close()
-    dst = start(vmm_kind, machine_args(extra=drives + [
-        "-incoming", f"exec:cat {saved}", "-qmp", f"unix:{dst_qmp},server=on,wait=off"]),
-        str(tmp_path))
+            vm.command(line)
+
+    dst, _ = save_and_restore(vmm_kind, tmp_path, [
+        "-drive", f"file={image},format=raw,if=ide,index=0",
+        "-drive", f"file={second},format=raw,if=ide,index=2"], prepare)
     try:
-        destination = wait_for_socket(dst, dst_qmp)
-        while qmp_status(destination) == "inmigrate":
-            time.sleep(0.1)
-        destination.execute("cont")
         words = [int(dst.command("inw 0x1f0")["value"], 16) for _ in range(4)]
         assert b"".join(w.to_bytes(2, "little") for w in words) == b"000077-."
         assert dst.command(f"outb {bm + 8} 9") == {"ok": True}      # START
         deadline = time.monotonic() + 10
         while int(dst.command(f"inb {bm + 10}")["value"], 16) & 1:  # still active
             assert time.monotonic() < deadline
-        assert int(dst.command(f"readl {buffer}")["value"], 16).to_bytes(4, "little") == \
-            b"sect"
-        assert int(dst.command(f"readl {buffer + 8}")["value"], 16).to_bytes(4, "little") == \
-            b"0003"                                                   # sector00000300-
-        assert int(dst.command(f"readl {buffer + 12}")["value"], 16).to_bytes(4, "little") == \
-            b"00-."
+
+        def read(address: int) -> bytes:
+            return int(dst.command(f"readl {address}")["value"], 16).to_bytes(4, "little")
+        assert read(buffer) + read(buffer + 4) + read(buffer + 8) + read(buffer + 12) == \
+            b"sector00000300-."
         assert int(dst.command("inb 0x177")["value"], 16) == 0x50
     finally:
         dst.close()
