@@ -1,5 +1,6 @@
 """The PIIX3 IDE function (8086:7010) and what sits on its two channels: ATA
-disks (ide-hd) and ATAPI CD-ROMs (ide-cd, packet commands in vmm/devices/atapi.py).
+disks (ide-hd; their commands in vmm/devices/ata.py) and ATAPI CD-ROMs (ide-cd;
+the packet commands in vmm/devices/atapi.py).
 
 Each channel has the legacy task file (0x1F0-0x1F7 and 0x3F6 for ide.0,
 0x170-0x177 and 0x376 for ide.1), ISA IRQ 14 or 15, and a bus master (BMDMA)
@@ -11,7 +12,8 @@ on the channel's I/O engine with BSY set, never on the vCPU thread; its
 completion (under the machine lock) updates the registers and raises the IRQ.
 The behaviour follows QEMU 7.2's model, which guests were tested against:
 IDENTIFY's words, the signature after reset, aborting what a unit does not
-support, and the state after errors.
+support, and the state after errors. A migration carries all of it, a PIO block
+half moved and a DMA command not yet started included.
 """
 
 from __future__ import annotations
