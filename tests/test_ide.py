@@ -417,6 +417,9 @@ def test_a_transfer_halfway_through_survives_save_and_restore(tmp_path, vmm_kind
         for line in ("outb 0x1f6 0xe0", "outb 0x1f2 1", "outb 0x1f3 77", "outb 0x1f4 0",
                      "outb 0x1f5 0", "outb 0x1f7 0x20"):
             vm.command(line)
+        deadline = time.monotonic() + 10       # the sector is read: BSY off, DRQ on
+        while int(vm.command("inb 0x3f6")["value"], 16) & 0x88 != 0x08:
+            assert time.monotonic() < deadline
         words = [int(vm.command("inw 0x1f0")["value"], 16) for _ in range(4)]
         assert b"".join(w.to_bytes(2, "little") for w in words) == b"sector00"
         # ide.1: READ DMA of sector 300 into `buffer`, not started
