@@ -124,11 +124,14 @@ class DeviceManager:
         """The device whose bus a new device goes on, and the bus: the named one, else
         the first of its type with room (create has made sure there is one)."""
         candidates = self.buses()
-        if device_type.bus in BUS_UNIT_LIMITS:         # ide.0 before ide.1
+        limit = BUS_UNIT_LIMITS.get(device_type.bus or "")
+        if limit is not None:                          # ide.0 before ide.1
             candidates.sort(key=lambda found: found[0])
         if name is None:
             free = [(owner, bus) for bus, bus_type, owner in candidates
-                    if bus_type == device_type.bus and not self.bus_full(owner, bus)]
+                    if bus_type == device_type.bus and (
+                        limit is None or sum(1 for d in self.devices if d.parent is owner
+                                             and d.bus == bus) < limit)]
             if free:
                 return free[0]
         for bus, bus_type, owner in candidates:
@@ -147,13 +150,6 @@ class DeviceManager:
             return self._bus_owner(device_type, None)[1]
         except DeviceError:
             return None
-
-    def bus_full(self, owner: Device, bus: str) -> bool:
-        """Whether a bus with a unit limit (IDE's two) has no room left."""
-        limit = BUS_UNIT_LIMITS.get(next((kind for name, kind, o in self.buses()
-                                          if o is owner and name == bus), ""))
-        return limit is not None and \
-            sum(1 for d in self.devices if d.parent is owner and d.bus == bus) >= limit
 
     # -- lookup ------------------------------------------------------------
     def find(self, qdev_id: str) -> Device | None:

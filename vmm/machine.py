@@ -23,7 +23,7 @@ from vmm.boot import acpi, firmware, layout, linux, multiboot
 from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
 from vmm.bus import Bus
 from vmm.chardev import Chardev, ChardevError, StdioChardev, make_chardev
-from vmm.config import MachineConfig
+from vmm.config import IDE_UNITS, MachineConfig
 from vmm.cpu_models import CpuModelError, mcg_cap, model_cpuid
 from vmm.device_manager import DeviceManager
 from vmm.devices import fw_cfg
@@ -358,7 +358,7 @@ class Machine:
         path_index = self._unattached_ide_index()
         for origin, index, drive_id, media in sorted(self.cfg.ide_drives,
                                                      key=lambda entry: entry[1]):
-            bus, unit = divmod(index, 2)
+            bus, unit = divmod(index, IDE_UNITS)
             try:
                 if bus >= len(CHANNELS):
                     raise UserError(f"machine type does not support if=ide,bus={bus},"

@@ -194,6 +194,34 @@ def block_props(sizes_honoured: bool) -> tuple[Prop, ...]:
         Prop("werror", "BlockdevOnError", "auto", policy))
 
 
+def drive_named(board: Board, owner: str, name: str) -> Any:
+    """The drive a disk's drive= names (a -drive id, or a node's anonymous drive),
+    free for it; QEMU's errors when there is none or another device has it."""
+    drive = board.block.backend_for(name)
+    if drive is None:
+        raise DeviceError(f"Property '{owner}.drive' can't find value '{name}'")
+    if drive.attached_to:
+        raise DeviceError(f"Property '{owner}.drive' can't take value '{name}', it's in use")
+    return drive
+
+
+def attach_drive(board: Board, drive: Any, props: dict, qom_path: str) -> None:
+    """A disk takes its drive: its write-cache property over the drive's cache mode,
+    the images claimed (an anonymous drive goes again if they cannot be), then its
+    werror/rerror properties."""
+    if props["write-cache"] != "auto":
+        drive.cache_writeback = drive.writeback = props["write-cache"] == "on"
+    try:
+        board.block.attach(drive, qom_path)
+    except UserError as e:
+        if not drive.name:
+            board.block.detach(drive)
+        raise DeviceError(str(e), hint=e.hint) from None
+    for policy in ("werror", "rerror"):
+        if props[policy] != "auto":
+            setattr(drive, policy, props[policy])
+
+
 # -- instances and the board they are built on ---------------------------
 class Board(Protocol):
     """What a device's realize may use from the machine it is built on."""

@@ -297,25 +297,18 @@ def _sector_read(unit: Unit) -> None:
         return
     unit.status |= BSY
     lba, count = unit.lba(), min(unit.nsector, unit.req_sectors)
-    if not unit.range_ok(lba, count):
-        unit.drive.invalid_request("rd")
-        _rw_error(unit)
-        return
     buffer = bytearray(count * SECTOR)
     drive = unit.drive
 
-    def done(result) -> None:
-        unit.status &= ~BSY
-        if isinstance(result, OSError):
-            _rw_error(unit)
-            return
+    def finish() -> None:
         unit.set_lba(lba + count)
         unit.nsector -= count
         unit.transfer_start(buffer, True, "read")
         unit.channel.raise_irq()
 
-    unit.channel.submit(unit, lambda: drive.read_into(lba * SECTOR, [memoryview(buffer)]),
-                        done, False, lambda: _sector_read(unit))
+    _pio_io(unit, False, lba, count,
+            lambda: drive.read_into(lba * SECTOR, [memoryview(buffer)]), finish,
+            lambda: _sector_read(unit))
 
 
 def _sector_write(unit: Unit) -> None:
@@ -323,17 +316,9 @@ def _sector_write(unit: Unit) -> None:
     data = bytes(unit.data)
     unit.status = DRDY | DSC | BSY
     lba, count = unit.lba(), min(unit.nsector, unit.req_sectors)
-    if not unit.range_ok(lba, count) or unit.drive.read_only:
-        unit.drive.invalid_request("wr")
-        _rw_error(unit)
-        return
     drive = unit.drive
 
-    def done(result) -> None:
-        unit.status &= ~BSY
-        if isinstance(result, OSError):
-            _rw_error(unit)
-            return
+    def finish() -> None:
         unit.nsector -= count
         unit.set_lba(lba + count)
         if unit.nsector == 0:
@@ -347,7 +332,26 @@ def _sector_write(unit: Unit) -> None:
         unit.data = bytearray(data)
         _sector_write(unit)
 
-    unit.channel.submit(unit, lambda: drive.write(lba * SECTOR, data), done, True, retry)
+    _pio_io(unit, True, lba, count, lambda: drive.write(lba * SECTOR, data), finish, retry)
+
+
+def _pio_io(unit: Unit, is_write: bool, lba: int, count: int, work, finish, retry) -> None:
+    """One PIO block's I/O (BSY set): refused past the end of the disk, or a write to
+    a read-only one; else ``work`` on the I/O engine, then ``finish`` with BSY clear,
+    or the command aborted if it failed."""
+    if not unit.range_ok(lba, count) or (is_write and unit.drive.read_only):
+        unit.drive.invalid_request("wr" if is_write else "rd")
+        _rw_error(unit)
+        return
+
+    def done(result) -> None:
+        unit.status &= ~BSY
+        if isinstance(result, OSError):
+            _rw_error(unit)
+            return
+        finish()
+
+    unit.channel.submit(unit, work, done, is_write, retry)
 
 
 def _rw_error(unit: Unit) -> None:

@@ -26,10 +26,19 @@ from vmm import savestate
 from vmm.block.drive import Drive
 from vmm.block.engine import IoEngine
 from vmm.block.geometry import guess_geometry
-from vmm.errors import UserError
 from vmm.memory import GuestMemory, GuestMemoryError
 from vmm.pci import PciDevice
-from vmm.qdev import DeviceError, DeviceType, Prop, block_props, bootindex, declare, fixed
+from vmm.qdev import (
+    DeviceError,
+    DeviceType,
+    Prop,
+    attach_drive,
+    block_props,
+    bootindex,
+    declare,
+    drive_named,
+    fixed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -742,37 +751,28 @@ def _realize_unit(board, device, kind: str):
     index = props["unit"]
     if index == UNSET_UNIT:
         index = 1 if channel.units[0].present else 0
-    if index >= 2:
-        raise DeviceError(f"Can't create IDE unit {index}, bus supports only 2 units")
+    if index >= len(channel.units):
+        raise DeviceError(f"Can't create IDE unit {index}, bus supports only "
+                          f"{len(channel.units)} units")
     unit = channel.units[index]
     if unit.present:
         raise DeviceError(f"IDE unit {index} is in use")
     name = props.get("drive") or ""
     if name:
-        drive = board.block.backend_for(name)
-        if drive is None:
-            raise DeviceError(f"Property '{driver}.drive' can't find value '{name}'")
-        if drive.attached_to:
-            raise DeviceError(f"Property '{driver}.drive' can't take value '{name}', "
-                              "it's in use")
+        drive = drive_named(board, driver, name)
     elif kind == "cd":                      # an empty drive of its own
         drive = board.block.empty_drive()
     else:
         raise DeviceError("No drive specified")
     try:
         geometry = _check_unit_props(drive, props, kind)
-        if props["write-cache"] != "auto":
-            drive.cache_writeback = drive.writeback = props["write-cache"] == "on"
-        path = board.devices.path(device)
-        board.block.attach(drive, path)
-        drive.device_id = device.id or ""
-    except UserError as e:
+    except DeviceError:
         if not drive.name:
             board.block.remove_drive(drive)
-        raise DeviceError(str(e), hint=e.hint) from None
-    for policy in ("werror", "rerror"):
-        if props[policy] != "auto":
-            setattr(drive, policy, props[policy])
+        raise
+    path = board.devices.path(device)
+    attach_drive(board, drive, props, path)
+    drive.device_id = device.id or ""
     unit.attach(kind, drive, props.get("serial") or "", props.get("model") or "",
                 props.get("ver") or "", geometry, props["wwn"], props.get("rotation_rate", 0))
     props["unit"] = index

@@ -30,9 +30,11 @@ from vmm.qdev import (
     DeviceError,
     DeviceType,
     Prop,
+    attach_drive,
     block_props,
     bootindex,
     declare,
+    drive_named,
     fixed,
     flag,
     on_off,
@@ -298,12 +300,7 @@ def _realize(board, device):
     name = props.get("drive") or ""
     if not name:
         raise DeviceError("Parameter 'drive' is missing")
-    drive = board.block.backend_for(name)
-    if drive is None:
-        raise DeviceError(f"Property 'virtio-blk-pci.drive' can't find value '{name}'")
-    if drive.attached_to:
-        raise DeviceError(f"Property 'virtio-blk-pci.drive' can't take value "
-                          f"'{name}', it's in use")
+    drive = drive_named(board, "virtio-blk-pci", name)
     # QEMU's defaults: a request queue per vCPU, and an MSI-X vector for each and for
     # the configuration.
     if props["num-queues"] == 0xFFFF:
@@ -315,19 +312,9 @@ def _realize(board, device):
         raise DeviceError("num-queues property must not be larger than 1024")
     if props["vectors"] == 0xFFFFFFFF:
         props["vectors"] = queues + 1
-    if props["write-cache"] != "auto":   # the device's say over the drive's cache mode
-        drive.cache_writeback = drive.writeback = props["write-cache"] == "on"
-    try:
-        board.block.attach(drive, board.devices.path(device) + "/virtio-backend")
-    except UserError as e:
-        if not drive.name:
-            board.block.detach(drive)
-        raise DeviceError(str(e), hint=e.hint) from None
-    for policy in ("werror", "rerror"):
-        if props[policy] != "auto":
-            if policy == "rerror" and props[policy] == "enospc":
-                raise DeviceError("enospc is not a valid read error action")
-            setattr(drive, policy, props[policy])
+    if props["rerror"] == "enospc":
+        raise DeviceError("enospc is not a valid read error action")
+    attach_drive(board, drive, props, board.devices.path(device) + "/virtio-backend")
     engine = IoEngine(board.lock, name=f"virtio-blk {name}")
     blk = VirtioBlk(drive, engine, props.get("serial") or "", queues,
                     report_error=lambda data: board.emit_from_vcpu("BLOCK_IO_ERROR", data),

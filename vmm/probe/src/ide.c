@@ -353,22 +353,30 @@ static void cmd_trim(unsigned ch, unsigned unit, const char *p)
     printf("}\n");
 }
 
-void cmd_ide(const char *args)
+/* CH UNIT from *p (moved past them); 0 after printing the error if there is no
+ * controller or they are out of range. */
+static int channel_and_unit(const char **p, u64 *ch, u64 *unit)
 {
-    const char *p = skip_spaces(args);
-    u64 ch = 0, unit = 0;
     if (!controller()) {
         printf("{\"error\": \"no PIIX3 IDE\"}\n");
-        return;
+        return 0;
     }
-    const char *op = p;
-    p = next_word(p);
-    parse_u64(&p, &ch);
-    parse_u64(&p, &unit);
-    if (ch > 1 || unit > 1) {
+    parse_u64(p, ch);
+    parse_u64(p, unit);
+    if (*ch > 1 || *unit > 1) {
         printf("{\"error\": \"bad channel or unit\"}\n");
-        return;
+        return 0;
     }
+    return 1;
+}
+
+void cmd_ide(const char *args)
+{
+    const char *op = skip_spaces(args);
+    const char *p = next_word(op);
+    u64 ch = 0, unit = 0;
+    if (!channel_and_unit(&p, &ch, &unit))
+        return;
     if (!strncmp(op, "identify", 8)) cmd_identify(ch, unit);
     else if (!strncmp(op, "signature", 9)) cmd_signature(ch, unit);
     else if (!strncmp(op, "read", 4)) cmd_rw(ch, unit, p, 0);
@@ -451,16 +459,8 @@ void cmd_atapi(const char *args)
 {
     const char *p = skip_spaces(args);
     u64 ch = 0, unit = 0;
-    if (!controller()) {
-        printf("{\"error\": \"no PIIX3 IDE\"}\n");
+    if (!channel_and_unit(&p, &ch, &unit))
         return;
-    }
-    parse_u64(&p, &ch);
-    parse_u64(&p, &unit);
-    if (ch > 1 || unit > 1) {
-        printf("{\"error\": \"bad channel or unit\"}\n");
-        return;
-    }
     const char *op = skip_spaces(p);
     p = next_word(op);
     memset(packet_buf, 0, sizeof(packet_buf));
