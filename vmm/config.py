@@ -35,6 +35,25 @@ class ChardevSpec:
     options: dict[str, str]
 
 
+def legacy_chardev(arg: str, cid: str) -> ChardevSpec | None:
+    """A chardev in -serial's shorthand ('stdio', 'file:PATH', 'unix:PATH,server=on',
+    'tcp:HOST:PORT[,server=on]', 'null', 'pty'), or None for other text."""
+    head, _, rest = arg.partition(":")
+    if head in ("stdio", "null", "pty", "none"):
+        return ChardevSpec(cid, "null" if head == "none" else head, {})
+    if head == "file":
+        return ChardevSpec(cid, "file", {"path": rest})
+    if head == "unix":
+        return ChardevSpec(cid, "socket", parse_opts(rest, implied="path"))
+    if head == "tcp":
+        hostport, *extra = rest.split(",", 1)
+        host, _, port = hostport.rpartition(":")
+        opts = parse_opts(extra[0]) if extra else {}
+        opts.update(host=host or "0.0.0.0", port=port)
+        return ChardevSpec(cid, "socket", opts)
+    return None
+
+
 @dataclass
 class DeviceSpec:
     driver: str
@@ -281,23 +300,9 @@ class _Parser:
             self.cfg.chardevs[-1].options["mux"] = "on"
             self.cfg.monitors.append(MonitorSpec(cid, "readline"))
             return cid
-        head, _, rest = arg.partition(":")
-        if head in ("stdio", "null", "pty", "none"):
-            self.cfg.chardevs.append(ChardevSpec(cid, "null" if head == "none" else head, {}))
-            return cid
-        if head == "file":
-            self.cfg.chardevs.append(ChardevSpec(cid, "file", {"path": rest}))
-            return cid
-        if head == "unix":
-            opts = parse_opts(rest, implied="path")
-            self.cfg.chardevs.append(ChardevSpec(cid, "socket", opts))
-            return cid
-        if head == "tcp":
-            hostport, *extra = rest.split(",", 1)
-            host, _, port = hostport.rpartition(":")
-            opts = parse_opts(extra[0]) if extra else {}
-            opts.update(host=host or "0.0.0.0", port=port)
-            self.cfg.chardevs.append(ChardevSpec(cid, "socket", opts))
+        spec = legacy_chardev(arg, cid)
+        if spec is not None:
+            self.cfg.chardevs.append(spec)
             return cid
         raise ConfigError(f"-{self.opt} {arg}: '{arg}' is not a valid char driver\n"
                           f"kvmkit: -{self.opt} {arg}: could not connect serial device to "
@@ -390,13 +395,13 @@ class _Parser:
                 raise self.fail(str(e)) from None
             self.cfg.netdevs.append((f"-netdev {arg}", {"type": kind, "id": netdev_id, **opts}))
             return
-        opts = parse_opts(arg, implied="type")
+        opts = self._netdev_text(arg)
         self.cfg.netdevs.append((f"-netdev {arg}", opts))
 
     def opt_nic(self, arg: str) -> None:
         """-nic TYPE[,id=..][,model=..][,mac=..][,back-end options]: a back end and a
         NIC for it in one option, as QEMU's net_param_nic (default model e1000)."""
-        opts = parse_opts(arg, implied="type")
+        opts = self._netdev_text(arg)
         if opts.get("type") == "none":
             return
         netdev_id = opts.pop("id", None) or self._auto_netdev_id()
@@ -507,7 +512,7 @@ class _Parser:
     def opt_net(self, arg: str) -> None:
         """-net nic[,model=][,macaddr=][,netdev=] and -net TYPE,...: the legacy form,
         where NICs and back ends without a netdev meet on hub 0."""
-        opts = parse_opts(arg, implied="type")
+        opts = self._netdev_text(arg)
         kind = opts.pop("type", "")
         if kind == "none":
             return
@@ -523,6 +528,12 @@ class _Parser:
         self.cfg.netdevs.append((f"-net {arg}", {**opts, "type": kind, "id": netdev_id,
                                                  "#hubport": str(self._hub_ports)}))
         self._hub_ports += 1
+
+    def _netdev_text(self, arg: str) -> dict:
+        try:
+            return netdev_options.parse_text(arg)
+        except UserError as e:
+            raise self.fail(str(e)) from None
 
     def _auto_netdev_id(self) -> str:
         """QEMU's generated ids: '#net', a counter, two random digits."""

@@ -23,7 +23,7 @@ from vmm.boot import acpi, firmware, layout, linux, multiboot
 from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
 from vmm.bus import Bus
 from vmm.chardev import Chardev, ChardevError, StdioChardev, make_chardev
-from vmm.config import IDE_UNITS, MachineConfig
+from vmm.config import IDE_UNITS, MachineConfig, legacy_chardev
 from vmm.cpu_models import CpuModelError, mcg_cap, model_cpuid
 from vmm.device_manager import DeviceManager
 from vmm.devices import fw_cfg
@@ -152,7 +152,21 @@ class Machine:
     def _new_network(self) -> Network:
         """The back ends' home: events they raise reach the monitor on the loop."""
         return Network(self.lock, _inherited_fd,
-                       lambda name, data: self._from_vcpu(self.emit, name, data))
+                       lambda name, data: self._from_vcpu(self.emit, name, data),
+                       self._guestfwd_chardev)
+
+    @staticmethod
+    def _guestfwd_chardev(text: str, label: str) -> Chardev | None:
+        """guestfwd's target in -serial's syntax (tcp:HOST:PORT, unix:PATH, file:...),
+        opened now as QEMU opens it; None if it cannot be."""
+        spec = legacy_chardev(text, label)
+        if spec is None:
+            return None
+        try:
+            return make_chardev(spec, lambda: None)
+        except ChardevError as e:
+            log.warning("%s", e)
+            return None
 
     def _ram_backing(self):
         """-machine memory-backend=ID: that object's RAM (its size when -m is not given)."""

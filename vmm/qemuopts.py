@@ -39,20 +39,25 @@ def parse_opts(text: str, implied: str | None = None) -> dict[str, str]:
     A bare first word becomes the ``implied`` key; other bare words are flags:
     ``foo`` means foo=on and ``nofoo`` means foo=off, as QEMU's legacy syntax.
     """
-    opts: dict[str, str] = {}
+    return dict(parse_opts_repeated(text, implied))
+
+
+def parse_opts_repeated(text: str, implied: str | None = None) -> list[tuple[str, str]]:
+    """parse_opts' pairs in order, a key given twice twice (for list members)."""
+    pairs: list[tuple[str, str]] = []
     for index, part in enumerate(split_opts(text)):
         if part == "":
             continue
         if "=" in part:
             key, value = part.split("=", 1)
-            opts[key] = value
+            pairs.append((key, value))
         elif index == 0 and implied is not None:
-            opts[implied] = part
+            pairs.append((implied, part))
         elif part.startswith("no") and len(part) > 2:
-            opts[part[2:]] = "off"
+            pairs.append((part[2:], "off"))
         else:
-            opts[part] = "on"
-    return opts
+            pairs.append((part, "on"))
+    return pairs
 
 
 def parse_size(text: str, default_shift: int = 0) -> int:

@@ -111,9 +111,7 @@ def _from_string(text: str):
 async def netdev_add_cmd(ctx: HmpContext, args: dict) -> str:
     from monitor.commands.netdev import valid_id
     from vmm.net import netdev_options
-    from vmm.qemuopts import parse_opts
-
-    opts = parse_opts(args["netdev"], implied="type")
+    opts = netdev_options.parse_text(args["netdev"])
     if "id" in opts and not valid_id(opts["id"]):
         # QEMU reports the bad id on its stderr; the monitor only shows this line
         return 'Try "help netdev_add" for more information\n'
@@ -121,6 +119,48 @@ async def netdev_add_cmd(ctx: HmpContext, args: dict) -> str:
     await ctx.call("netdev_add", **base,
                    **netdev_options.from_text(base.get("type", ""), opts))
     return ""
+
+
+def _slirp_target(ctx: HmpContext, args: dict):
+    """hostfwd_add/remove's [netdev_id] rule: (back end, rule), or (None, message)."""
+    from vmm.net.network import NetError
+
+    name, rule = (args["arg1"], args["arg2"]) if "arg2" in args else (None, args["arg1"])
+    try:
+        return ctx.machine.network.user_backend(name), rule
+    except NetError as e:
+        return None, f"{e}\n"
+
+
+@hmp("hostfwd_add", "arg1:s,arg2:s?",
+     "[netdev_id] [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport",
+     "redirect TCP or UDP connections from host to guest (requires -net user)")
+async def hostfwd_add_cmd(ctx: HmpContext, args: dict) -> str:
+    from vmm.errors import UserError
+
+    backend, rule = _slirp_target(ctx, args)
+    if backend is None:
+        return rule
+    try:
+        backend.add_hostfwd(rule)
+    except UserError as e:              # QEMU reports these bare, as error_report
+        return f"{e}\n"
+    return ""
+
+
+@hmp("hostfwd_remove", "arg1:s,arg2:s?", "[netdev_id] [tcp|udp]:[hostaddr]:hostport",
+     "remove host-to-guest TCP or UDP redirection")
+async def hostfwd_remove_cmd(ctx: HmpContext, args: dict) -> str:
+    from vmm.net.slirp_config import parse_hostfwd_key
+
+    backend, rule = _slirp_target(ctx, args)
+    if backend is None:
+        return rule
+    key = parse_hostfwd_key(rule)
+    if key is None:
+        return "invalid format\n"
+    removed = backend.remove_hostfwd(*key)
+    return f"host forwarding rule for {rule} {'removed' if removed else 'not found'}\n"
 
 
 @hmp("netdev_del", "id:s", "id", "remove host network device")

@@ -64,6 +64,11 @@ async def info_network(ctx: HmpContext, args: dict) -> str:
     return "".join(line + "\n" for line in ctx.machine.network.lines())
 
 
+@hmp("usernet", "", "", "show user network stack connection states", info=True)
+async def info_usernet(ctx: HmpContext, args: dict) -> str:
+    return ctx.machine.network.usernet_text()
+
+
 @hmp("pci", "", "", "show PCI info", info=True)
 async def info_pci(ctx: HmpContext, args: dict) -> str:
     out = []

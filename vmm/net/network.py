@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from vmm.errors import UserError
 from vmm.net.hub import Hub, HubPort
-from vmm.net.netdev_options import MEMBERS, NETDEV_TYPES
+from vmm.net.netdev_options import MEMBERS, NETDEV_TYPES, QEMU_ONLY_TYPES
 from vmm.net.slirp import SlirpError, UserBackend
 from vmm.net.tap import TapBackend, TapError
 
@@ -61,10 +61,12 @@ def parse_mac(text: str) -> bytes | None:
 
 class Network:
     def __init__(self, lock: threading.RLock, fd_lookup: Callable[[str], int],
-                 emit: Callable[[str, dict], None] = lambda name, data: None) -> None:
+                 emit: Callable[[str, dict], None] = lambda name, data: None,
+                 chardev_for: Callable[[str, str], object] | None = None) -> None:
         self.lock = lock
         self.fd_lookup = fd_lookup          # fd=NAME/N -> an open fd (getfd or inherited)
         self.emit = emit                    # a machine event, from any thread
+        self.chardev_for = chardev_for      # guestfwd's chardev, from -serial-style text
         self.order: list[str] = []          # every client name, in creation order
         self.netdevs: dict[str, object] = {}
         self.nics: dict[str, Nic] = {}
@@ -94,6 +96,8 @@ class Network:
                    fd_lookup: Callable[[str], int] | None = None) -> None:
         if netdev_id in self.netdevs:
             raise NetError(f"Duplicate ID '{netdev_id}'")    # -netdev adds " for netdev"
+        if kind in QEMU_ONLY_TYPES:
+            raise NetError(f"network backend '{kind}' is not supported by kvmkit")
         if kind not in NETDEV_TYPES:
             raise NetError(f"Parameter 'type' does not accept value '{kind}'")
         unknown = sorted(set(opts) - {"id", "type", *MEMBERS[kind]})
@@ -101,13 +105,15 @@ class Network:
             raise NetError(f"Invalid parameter '{unknown[0]}'")
         try:
             if kind == "user":
-                backend = UserBackend(opts, self.lock)
+                backend = UserBackend(opts, self.lock, self.chardev_for)
             elif kind == "bridge":
                 backend = TapBackend.on_bridge(opts, self.lock)
             else:
                 backend = TapBackend.from_options(opts, self.lock, fd_lookup or self.fd_lookup)
         except (TapError, SlirpError) as e:
             raise NetError(e.strerror or str(e)) from None
+        except UserError as e:                # a bad option value, as QEMU words it
+            raise NetError(str(e)) from None
         self.netdevs[netdev_id] = backend
         self.order.append(netdev_id)
         if self.loop is not None:
@@ -254,6 +260,35 @@ class Network:
                 backend = self.netdevs[name]
                 out += [f"{name}: {backend.info(0)}"] * backend.queue_count
         return out
+
+    def usernet_text(self) -> str:
+        """`info usernet`: each user back end's sockets, headed by its hub (-1 when
+        it is on none) and name."""
+        out = []
+        for name in self.order:
+            backend = self.netdevs.get(name)
+            if getattr(backend, "kind", "") != "user":
+                continue
+            hub_id = next((hub.hub_id for hub in self.hubs.values()
+                           if any(port.peer is backend for port in hub.ports)), -1)
+            out.append(f"Hub {hub_id} ({name}):\n{backend.connection_info()}")
+        return "".join(out)
+
+    def user_backend(self, name: str | None) -> object:
+        """hostfwd_add/remove's back end: the one named, or the first user one;
+        a NetError with QEMU's monitor text otherwise."""
+        if name is None:
+            backend = next((self.netdevs[n] for n in self.order
+                            if getattr(self.netdevs.get(n), "kind", "") == "user"), None)
+            if backend is None:
+                raise NetError("user mode network stack not in use")
+            return backend
+        backend = self.netdevs.get(name)
+        if backend is None:
+            raise NetError(f"unrecognized netdev id '{name}'")
+        if getattr(backend, "kind", "") != "user":
+            raise NetError("invalid device specified")
+        return backend
 
     def unpeered_warnings(self) -> list[str]:
         """QEMU's start-up warning for each back end (queue) that no NIC uses."""

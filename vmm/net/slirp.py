@@ -3,7 +3,8 @@
 libslirp is the library QEMU itself uses; it is opened at run time
 (libslirp.so.0, Debian's libslirp0), so kvmkit builds without its headers and
 only `-netdev user` needs it. The declarations below follow libslirp.h 4.x for
-SlirpConfig version 1 and SlirpCb's first nine callbacks.
+SlirpConfig version 1 and SlirpCb's first nine callbacks. The options are
+checked and resolved as QEMU does in vmm/net/slirp_config.py.
 
 Every call into libslirp happens under the machine lock (libslirp is not
 thread-safe): frames from the guest (slirp_input) on the device's thread, its
@@ -16,15 +17,21 @@ import asyncio
 import ipaddress
 import logging
 import os
+import pwd
 import select
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 from cffi import FFI
 
+from vmm.net import slirp_config
 from vmm.net.backend import SingleQueueBackend
+from vmm.net.slirp_config import SlirpConfigError
 from vmm.timer import DeviceTimer
 
 log = logging.getLogger(__name__)
@@ -82,6 +89,17 @@ void slirp_pollfds_poll(Slirp *slirp, int select_error, SlirpGetREventsCb get_re
 void slirp_input(Slirp *slirp, const uint8_t *pkt, int pkt_len);
 int slirp_add_hostfwd(Slirp *slirp, int is_udp, struct in_addr host_addr, int host_port,
                       struct in_addr guest_addr, int guest_port);
+int slirp_remove_hostfwd(Slirp *slirp, int is_udp, struct in_addr host_addr, int host_port);
+typedef ssize_t (*SlirpWriteCb)(const void *buf, size_t len, void *opaque);
+int slirp_add_exec(Slirp *slirp, const char *cmdline, struct in_addr *guest_addr,
+                   int guest_port);
+int slirp_add_guestfwd(Slirp *slirp, SlirpWriteCb write_cb, void *opaque,
+                       struct in_addr *guest_addr, int guest_port);
+size_t slirp_socket_can_recv(Slirp *slirp, struct in_addr guest_addr, int guest_port);
+void slirp_socket_recv(Slirp *slirp, struct in_addr guest_addr, int guest_port,
+                       const uint8_t *buf, int size);
+char *slirp_connection_info(Slirp *slirp);
+void free(void *ptr);
 """)
 POLL_IN, POLL_OUT, POLL_PRI, POLL_ERR, POLL_HUP = 1, 2, 4, 8, 16
 _lib = None
@@ -106,45 +124,49 @@ def _in_addr(text: str):
     return {"s_addr": struct.unpack("<I", socket.inet_aton(text))[0]}
 
 
-def parse_hostfwd(rule: str) -> tuple[bool, str, int, str, int]:
-    """hostfwd=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport, as QEMU's."""
-    try:
-        proto, rest = rule.split(":", 1) if rule.split(":", 1)[0] in ("tcp", "udp", "") \
-            else ("tcp", rule)
-        host, guest = rest.split("-", 1)
-        host_addr, host_port = host.rsplit(":", 1)
-        guest_addr, guest_port = guest.rsplit(":", 1)
-        return (proto == "udp", host_addr or "0.0.0.0", int(host_port), guest_addr,
-                int(guest_port))
-    except ValueError:
-        raise SlirpError(0, f"Invalid host forwarding rule '{rule}'") from None
+def _in6_addr(text: str):
+    return {"s6_addr32": list(struct.unpack("<4I", ipaddress.IPv6Address(text).packed))}
 
 
 class UserBackend(SingleQueueBackend):
-    """A slirp instance as a network back end: send(frame) in, nic.receive() out."""
+    """A slirp instance as a network back end: send(frame) in, nic.receive() out.
+    ``chardev_for(spec_text, label)`` opens a guestfwd target given in -serial's
+    syntax (None if it cannot)."""
 
     kind = "user"
 
-    def __init__(self, opts: dict, lock: threading.RLock) -> None:
+    def __init__(self, opts: dict, lock: threading.RLock,
+                 chardev_for: Callable[[str, str], object] | None = None) -> None:
         lib = _library()
+        config = slirp_config.settings(opts)
+        if config.smb is not None:
+            slirp_config.check_smb_export(config.smb)
+        self.config = config
         self.lock = lock
         self.nic = None
         self.link_down = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        network = ipaddress.ip_network(opts.get("net", "10.0.2.0/24"), strict=False)
-        self.network = network
-        self.restrict = opts.get("restrict", "off") in ("on", "yes", "true", "y")
-        hosts = list(network.hosts())
-        host = opts.get("host", str(hosts[1]))
-        dhcp_start = opts.get("dhcpstart", str(hosts[14]))
-        dns = opts.get("dns", str(hosts[2]))
-        self._keep = [_ffi.new("char[]", b"kvmkit")]
+        self.restrict = config.restricted
+        self._keep: list = []                     # C strings libslirp points at
         cfg = _ffi.new("SlirpConfig *", {
-            "version": 1, "restricted": int(self.restrict), "in_enabled": True,
-            "vnetwork": _in_addr(str(network.network_address)),
-            "vnetmask": _in_addr(str(network.netmask)), "vhost": _in_addr(host),
-            "in6_enabled": False, "vdhcp_start": _in_addr(dhcp_start),
-            "vnameserver": _in_addr(dns), "if_mtu": 1500, "if_mru": 1500})
+            "version": 1, "restricted": int(config.restricted), "in_enabled": config.ipv4,
+            "vnetwork": _in_addr(config.network), "vnetmask": _in_addr(config.netmask),
+            "vhost": _in_addr(config.host), "in6_enabled": config.ipv6,
+            "vprefix_addr6": _in6_addr(config.prefix6), "vprefix_len": config.prefix6_len,
+            "vhost6": _in6_addr(config.host6), "vdhcp_start": _in_addr(config.dhcp_start),
+            "vnameserver": _in_addr(config.dns), "vnameserver6": _in6_addr(config.dns6),
+            "if_mtu": 1500, "if_mru": 1500})
+        for field_name, value in (("vhostname", config.hostname),
+                                  ("tftp_server_name", config.tftp_server_name),
+                                  ("tftp_path", config.tftp), ("bootfile", config.bootfile),
+                                  ("vdomainname", config.domainname)):
+            if value is not None:
+                setattr(cfg, field_name, self._c_string(value))
+        if config.dnssearch:
+            names = _ffi.new("const char *[]", [self._c_string(n) for n in config.dnssearch]
+                             + [_ffi.NULL])
+            self._keep.append(names)
+            cfg.vdnssearch = names
         self._callbacks = self._make_callbacks()
         self.slirp = lib.slirp_new(cfg, self._callbacks["table"], _ffi.NULL)
         if self.slirp == _ffi.NULL:
@@ -156,12 +178,28 @@ class UserBackend(SingleQueueBackend):
         self._get_revents = _ffi.callback("int(int, void *)", self._on_get_revents)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._running = True
-        rules = opts.get("hostfwd", [])
-        for rule in [rules] if isinstance(rules, str) else rules:   # [String] from JSON
-            self.add_hostfwd(rule)
+        self._forwards: list[_ChardevForward] = []
+        self._smb_dir: str | None = None
+        try:
+            # QEMU sets its rules up last first (it keeps them on a stack)
+            for rule in reversed(config.hostfwd):
+                self.add_hostfwd(rule)
+            for rule in reversed(config.guestfwd):
+                self._add_guestfwd(rule, chardev_for)
+            if config.smb is not None:
+                self._start_smb(config.smb, config.smbserver)
+        except SlirpConfigError:
+            self._running = False
+            self._release()
+            raise
         self._thread = threading.Thread(target=self._poll_sockets, daemon=True,
                                         name="slirp")
         self._thread.start()
+
+    def _c_string(self, text: str):
+        value = _ffi.new("char[]", text.encode())
+        self._keep.append(value)
+        return value
 
     def _make_callbacks(self) -> dict:
         def send_packet(buf, length, _opaque):
@@ -215,22 +253,80 @@ class UserBackend(SingleQueueBackend):
             setattr(table, name, func)
         return {"table": table, **funcs}
 
-    # -- the monitor's and the NIC's side ----------------------------------------------
+    # -- forwarding rules -------------------------------------------------------------
     def add_hostfwd(self, rule: str) -> None:
-        is_udp, host_addr, host_port, guest_addr, guest_port = parse_hostfwd(rule)
-        guest = guest_addr or str(list(self.network.hosts())[14])
+        fwd = slirp_config.parse_hostfwd(rule)
         with self.lock:
-            result = _library().slirp_add_hostfwd(self.slirp, int(is_udp), _in_addr(host_addr),
-                                                  host_port, _in_addr(guest), guest_port)
+            result = _library().slirp_add_hostfwd(
+                self.slirp, int(fwd.is_udp), _in_addr(fwd.host_addr), fwd.host_port,
+                _in_addr(fwd.guest_addr), fwd.guest_port)
         if result < 0:
-            raise SlirpError(0, f"Could not set up host forwarding rule '{rule}'")
+            raise SlirpConfigError(f"Could not set up host forwarding rule '{rule}'")
 
+    def remove_hostfwd(self, is_udp: bool, host_addr: str, host_port: int) -> bool:
+        with self.lock:
+            return _library().slirp_remove_hostfwd(self.slirp, int(is_udp),
+                                                   _in_addr(host_addr), host_port) == 0
+
+    def _add_guestfwd(self, rule: str, chardev_for) -> None:
+        fwd = slirp_config.parse_guestfwd(rule)
+        lib = _library()
+        server = _ffi.new("struct in_addr *", _in_addr(fwd.server))
+        conflict = SlirpConfigError(f"Conflicting/invalid host:port in guest forwarding "
+                                    f"rule '{rule}'")
+        if fwd.command is not None:
+            with self.lock:
+                if lib.slirp_add_exec(self.slirp, self._c_string(fwd.command), server,
+                                      fwd.port) < 0:
+                    raise conflict
+            return
+        label = f"guestfwd.tcp.{fwd.port}"
+        chardev = chardev_for(fwd.chardev, label) if chardev_for is not None else None
+        if chardev is None:
+            raise SlirpConfigError(f"Could not open guest forwarding device '{label}'")
+        forward = _ChardevForward(self, chardev, fwd.server, fwd.port)
+        with self.lock:
+            if lib.slirp_add_guestfwd(self.slirp, forward.write_cb, _ffi.NULL, server,
+                                      fwd.port) < 0:
+                chardev.close()
+                raise conflict
+        self._forwards.append(forward)
+        if self.loop is not None:
+            forward.start(self.loop)
+
+    def _start_smb(self, export: str, smbserver: str | None) -> None:
+        """smb=DIR: QEMU's own smbd set-up, one share for the guest at 10.0.2.4
+        (or smbserver=) on ports 139 and 445."""
+        self._smb_dir = tempfile.mkdtemp(prefix="qemu-smb.")
+        conf = os.path.join(self._smb_dir, "smb.conf")
+        with open(conf, "w") as f:
+            f.write(slirp_config.smb_config(self._smb_dir, export,
+                                            pwd.getpwuid(os.geteuid()).pw_name))
+        command = self._c_string(f"{slirp_config.SMBD} -l {self._smb_dir} -s {conf}")
+        server = _ffi.new("struct in_addr *", _in_addr(smbserver or "0.0.0.0"))
+        with self.lock:
+            for port in (139, 445):
+                if _library().slirp_add_exec(self.slirp, command, server, port) < 0:
+                    raise SlirpConfigError("Conflicting/invalid smbserver address")
+
+    # -- the monitor's and the NIC's side ----------------------------------------------
     def info(self, index: int) -> str:
-        return (f"index={index},type=user,net={self.network.network_address},"
+        return (f"index={index},type=user,net={self.config.network},"
                 f"restrict={'on' if self.restrict else 'off'}")
+
+    def connection_info(self) -> str:
+        """libslirp's table of its sockets, as `info usernet` prints it."""
+        with self.lock:
+            text = _library().slirp_connection_info(self.slirp)
+            try:
+                return _ffi.string(text).decode(errors="replace")
+            finally:
+                _library().free(text)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        for forward in self._forwards:
+            forward.start(loop)
 
     def send(self, frame: bytes) -> None:
         if self.link_down:
@@ -293,6 +389,8 @@ class UserBackend(SingleQueueBackend):
                 if self._running:
                     self._revents = [_slirp_events(ready.get(fd, 0)) for fd, _ in fds]
                     lib.slirp_pollfds_poll(self.slirp, 0, self._get_revents, _ffi.NULL)
+                    for forward in self._forwards:
+                        forward.flush()
 
     def close(self) -> None:
         """Stops the back end at once; its thread frees libslirp when it sees that.
@@ -308,9 +406,61 @@ class UserBackend(SingleQueueBackend):
         with self.lock:
             for _handle, timer in self._timers.values():
                 timer.cancel()
-            _library().slirp_cleanup(self.slirp)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._release()
+
+    def _release(self) -> None:
+        _library().slirp_cleanup(self.slirp)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for forward in self._forwards:
+            forward.chardev.close()
+        if self._smb_dir is not None:
+            shutil.rmtree(self._smb_dir, ignore_errors=True)
+
+
+class _ChardevForward:
+    """guestfwd=...-DEV: the guest's connections to server:port meet chardev DEV.
+    slirp writes what the guest sends into it; what it reads goes to the guest as
+    fast as the guest's socket takes it (held here meanwhile, up to a bound)."""
+
+    PENDING_LIMIT = 1 << 20
+
+    def __init__(self, backend: UserBackend, chardev, server: str, port: int) -> None:
+        self.backend, self.chardev = backend, chardev
+        self.server, self.port = _in_addr(server), port
+        self.pending = bytearray()
+        self.write_cb = _ffi.callback("ssize_t(const void *, size_t, void *)",
+                                      self._to_chardev)
+        chardev.attach(self._from_chardev)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.chardev.start(loop)
+
+    def _to_chardev(self, buf, length, _opaque) -> int:
+        self.chardev.write(bytes(_ffi.buffer(buf, length)))
+        return length
+
+    def _from_chardev(self, data: bytes) -> None:
+        with self.backend.lock:
+            if len(self.pending) + len(data) > self.PENDING_LIMIT:
+                log.warning("guestfwd %d: the guest is not reading; %d bytes dropped",
+                            self.port, len(data))
+                return
+            self.pending += data
+            self.flush()
+        self.backend._wake()
+
+    def flush(self) -> None:
+        """Under the machine lock, with libslirp running."""
+        if not self.pending or not self.backend._running:
+            return
+        lib = _library()
+        room = lib.slirp_socket_can_recv(self.backend.slirp, self.server, self.port)
+        if room <= 0:
+            return
+        chunk = bytes(self.pending[:room])
+        lib.slirp_socket_recv(self.backend.slirp, self.server, self.port, chunk, len(chunk))
+        del self.pending[:len(chunk)]
 
 
 def _slirp_events(revents: int) -> int:

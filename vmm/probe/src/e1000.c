@@ -48,6 +48,7 @@ static u16 eeprom_word(unsigned addr)
 }
 
 static int link(void) { return (rd(STATUS) >> 1) & 1; }
+static void allmulti(void) { wr(RCTL, rd(RCTL) | (1u << 4)); }       /* MPE */
 
 static void send(const u8 *frame, u32 len)
 {
@@ -237,6 +238,6 @@ int e1000_probe(struct nic *nic)
     wr(RCTL, (1u << 1) | (1u << 15) | (1u << 26));     /* EN, BAM, SECRC; 2 KiB buffers */
     wr(TCTL, (1u << 1) | (1u << 3));                    /* EN, PSP */
     static const struct nic ops = {"e1000", 0, {0}, link, send, poll, recycle, info,
-                                   send_offload, 0, 0, 0};
+                                   send_offload, 0, 0, 0, allmulti};
     return nic_attach(nic, &ops, slot);
 }

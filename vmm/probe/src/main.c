@@ -280,6 +280,9 @@ static void dispatch(const char *line)
     if (is(line, "atapi", &a)) { cmd_atapi(a); return; }
     if (is(line, "console", &a)) { cmd_console(a); return; }
     if (is(line, "udpecho", &a)) { cmd_udpecho(a); return; }
+    if (is(line, "tcp", &a)) { cmd_tcp(a); return; }
+    if (is(line, "tftp", &a)) { cmd_tftp(a); return; }
+    if (is(line, "ip6", &a)) { cmd_ip6(a); return; }
     if (is(line, "echo", &a)) { printf("{\"echo\": \"%s\"}\n", skip_spaces(a)); return; }
     if (is(line, "crash", &a)) {
         printf("{\"crashing\": true}\n");

@@ -20,6 +20,7 @@ struct nic {
     u64 (*blast)(const u8 *frame, u32 len, u32 count, int reuse);
     void (*rx_meta)(void);                   /* JSON members about the last frame */
     void (*rx_irqs)(int on);                 /* receive interrupts on or off (polling) */
+    void (*allmulti)(void);                  /* take every multicast frame (IPv6's groups) */
 };
 
 /* A driver's probe fills nic->mac, then hands over its operations; returns 1. */

@@ -135,6 +135,9 @@ void cmd_rng(const char *args);
 /* dhcp.c */
 void cmd_dhcp(const char *args);
 void cmd_udpecho(const char *args);
+void cmd_tcp(const char *args);
+void cmd_tftp(const char *args);
+void cmd_ip6(const char *args);
 void cmd_report(const char *args);
 
 /* serial.c: called each time the command loop wakes up */

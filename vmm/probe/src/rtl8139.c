@@ -49,6 +49,13 @@ static u32 rx_cur;
 
 static int link(void) { return !(inb(io + MSR) & 0x04); }      /* LINKB: 1 = down */
 
+static void allmulti(void)             /* every MAR bit, and AM */
+{
+    outl(io + MAR, 0xffffffff);
+    outl(io + MAR + 4, 0xffffffff);
+    outl(io + RCR, inl(io + RCR) | 0x04);
+}
+
 static void send(const u8 *frame, u32 len)
 {
     unsigned n = tx_slot;
@@ -178,7 +185,7 @@ void cmd_netcplus(const char *args)
     outl(io + RCR, 0x02 | 0x08);                     /* APM, AB */
     outw(io + IMR, 0);
     static const struct nic cp_ops = {"rtl8139", 0, {0}, link, cp_send, cp_poll, cp_recycle,
-                                      info, cp_send_offload, 0, cp_rx_meta, 0};
+                                      info, cp_send_offload, 0, cp_rx_meta, 0, allmulti};
     net_replace_ops(&cp_ops);
     printf("{\"cpcmd\": \"0x%x\"}\n", inw(io + CPCMD));
 }
@@ -238,6 +245,6 @@ int rtl8139_probe(struct nic *nic)
     rx_cur = 0;
     tx_slot = 0;
     static const struct nic ops = {"rtl8139", 0, {0}, link, send, poll, recycle, info,
-                                   0, 0, 0, 0};
+                                   0, 0, 0, 0, allmulti};
     return nic_attach(nic, &ops, slot);
 }

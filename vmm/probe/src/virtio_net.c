@@ -211,7 +211,7 @@ static void rx_irqs(int on)
 }
 
 static const struct nic ops = {"virtio-net", 0, {0}, link, send, poll, recycle, info,
-                               send_offload, blast, rx_meta, rx_irqs};
+                               send_offload, blast, rx_meta, rx_irqs, 0};  /* promiscuous until told */
 
 /* Resets the device and sets it up with `wanted` features and `want_pairs` pairs. */
 static int setup(unsigned want_pairs)
