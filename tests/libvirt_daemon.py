@@ -2,7 +2,9 @@
 mount and network namespace of its own, so nothing on the host changes.
 
 In that namespace /run, /var/lib, /var/log, /var/cache and /etc/libvirt are
-empty tmpfs mounts holding only this daemon's configuration and state, and
+empty tmpfs mounts holding only this daemon's configuration and state, /sys
+shows the namespace's own links (libvirt reads a macvtap's ifindex there), a
+bridge br0 and a veth pair mvparent/mvpeer are there for guests' NICs, and
 /etc/passwd and /etc/group are copies with the 'libvirt-qemu' account libvirt
 looks up (bind-mounted over the host's inside the namespace only). The daemon
 runs emulators as root with no security driver, cgroups or per-VM namespaces,
@@ -42,9 +44,13 @@ cgroup_controllers = [ ]
 namespaces = [ ]
 stdio_handler = "file"
 EOF
+mount -t sysfs sysfs /sys
 ip link set lo up
 ip link add br0 type bridge
 ip link set br0 up
+ip link add mvparent type veth peer name mvpeer
+ip link set mvparent up
+ip link set mvpeer up
 exec libvirtd -f /etc/libvirt/libvirtd.conf
 """
 

@@ -46,6 +46,9 @@ NICS = {
             "<model type='virtio'/></interface>",
     "bridge": "<interface type='bridge'><mac address='52:54:00:6b:76:02'/>"
               "<source bridge='br0'/><model type='virtio'/></interface>",
+    # macvtap on a veth: libvirt makes the link, opens /dev/tapN and passes its fd
+    "direct": "<interface type='direct'><mac address='52:54:00:6b:76:03'/>"
+              "<source dev='mvparent' mode='bridge'/><model type='virtio'/></interface>",
 }
 
 
@@ -165,8 +168,9 @@ def test_virsh_manages_the_vmm(libvirtd, tmp_path, vmm):
         assert before["rss"] - after["rss"] >= 300 * 1024, (before, after)
         assert "usable" in after and "last_update" in after      # the guest's own stats
 
-        # a virtio NIC, plugged and unplugged while running: user networking, and
-        # a tap on a bridge (libvirt opens the tap and hands it over with getfd)
+        # a virtio NIC, plugged and unplugged while running: user networking, a tap
+        # on a bridge and a macvtap link (libvirt opens the tap and hands it over
+        # with getfd)
         for kind, nic in NICS.items():
             nic_xml = tmp_path / f"nic-{kind}.xml"
             nic_xml.write_text(nic)

@@ -346,6 +346,8 @@ class Machine:
                 if "id" not in opts:
                     raise NetError("Parameter 'id' is missing")
                 hub_port = opts.pop("#hubport", None)      # -net TYPE: on the hub
+                if hub_port is not None and {"queues", "fds", "vhostfds"} & set(opts):
+                    raise NetError("Multiqueue tap cannot be used with hubs")
                 self.network.add_netdev(opts["id"], opts.get("type", ""), opts)
                 if hub_port is not None:
                     self.network.connect_to_hub(opts["id"], int(hub_port))

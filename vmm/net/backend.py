@@ -32,8 +32,9 @@ class NetBackend(Protocol):
     def receive_ready(self) -> None:
         """The NIC has room again: offer what was held back."""
 
-    def info(self, index: int) -> str:
-        """Queue ``index`` as `info network` describes it."""
+    def info(self, index: int, queue: int | None = None) -> str:
+        """Queue ``queue`` (default: ``index``) as `info network` describes it, as
+        client number ``index`` (a NIC's queue; 0 when no NIC has it)."""
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None: ...
     def close(self) -> None: ...

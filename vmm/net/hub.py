@@ -29,7 +29,7 @@ class HubPort(SingleQueueBackend):
             if port is not self and not port.peer_is_nic and port.peer is not None:
                 port.peer.receive_ready()
 
-    def info(self, index: int) -> str:
+    def info(self, index: int, queue: int | None = None) -> str:
         return f"index={index},type=hubport,hubid={self.hub.hub_id}"
 
     def start(self, loop) -> None:

@@ -258,7 +258,9 @@ class Network:
                         out.append(f" \\ {names[id(nic.peer)]}: {nic.peer.info(index)}")
             elif id(self.netdevs[name]) not in attached:
                 backend = self.netdevs[name]
-                out += [f"{name}: {backend.info(0)}"] * backend.queue_count
+                # each queue its own client, as QEMU's taps: index 0, its own fd
+                out += [f"{name}: {backend.info(0, queue)}" for queue in
+                        range(backend.queue_count)]
         return out
 
     def usernet_text(self) -> str:

@@ -310,7 +310,7 @@ class UserBackend(SingleQueueBackend):
                     raise SlirpConfigError("Conflicting/invalid smbserver address")
 
     # -- the monitor's and the NIC's side ----------------------------------------------
-    def info(self, index: int) -> str:
+    def info(self, index: int, queue: int | None = None) -> str:
         return (f"index={index},type=user,net={self.config.network},"
                 f"restrict={'on' if self.restrict else 'off'}")
 

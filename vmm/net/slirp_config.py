@@ -155,6 +155,8 @@ def settings(opts: dict) -> SlirpSettings:
     s.smb, s.smbserver = opts.get("smb"), opts.get("smbserver")
     if s.smbserver is not None and _aton(s.smbserver) is None:
         raise SlirpConfigError("Failed to parse SMB address")
+    if s.smbserver is not None and s.smb is None:      # QEMU would ignore it
+        raise SlirpConfigError("smbserver= is used only with smb=")
     return s
 
 

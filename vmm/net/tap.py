@@ -23,10 +23,14 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import struct
 import subprocess
 import threading
 from collections.abc import Callable
+
+from vmm.errors import UserError
+from vmm.qemuopts import OptsError, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ TUNGETFEATURES = 0x800454CF
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 TUNSETQUEUE = 0x400454D9
+TUNSETSNDBUF = 0x400454D4
+INT_MAX = 2**31 - 1
 IFF_TAP = 0x0002
 IFF_MULTI_QUEUE = 0x0100
 IFF_ATTACH_QUEUE, IFF_DETACH_QUEUE = 0x0200, 0x0400
@@ -128,6 +134,7 @@ class TapBackend:
         self.loop_thread = 0
         self.link_down = False
         self.bridge: str | None = None
+        self.helper: str | None = None        # the bridge helper that opened it
         if vnet_hdr:
             self.set_offload()
 
@@ -138,20 +145,60 @@ class TapBackend:
     @classmethod
     def from_options(cls, opts: dict, lock: threading.RLock,
                      fd_lookup: Callable[[str], int]) -> TapBackend:
-        vnet_wanted = _wants(opts, "vnet_hdr")
-        if "fd" in opts or "fds" in opts:
-            if {"ifname", "script", "downscript", "vnet_hdr", "helper", "queues"} & set(opts):
+        """-netdev tap: QEMU's four ways (fd=, fds=, helper=, or a tap of its own),
+        with QEMU's checks; vhost and sndbuf as _check_vhost and set_sndbuf say."""
+        if "poll-us" in opts:
+            raise TapError(0, "poll-us= is not supported by kvmkit (it tunes vhost-net's "
+                              "busy polling, and kvmkit has no vhost-net)")
+        if "br" in opts and "helper" not in opts:
+            raise TapError(0, "br= is used only with helper= (QEMU ignores it otherwise; "
+                              "kvmkit does not)")
+        _check_vhost(opts, fd_lookup)
+        if "fd" in opts:
+            if {"ifname", "script", "downscript", "vnet_hdr", "helper", "queues", "fds",
+                    "vhostfds"} & set(opts):
                 raise TapError(0, "ifname=, script=, downscript=, vnet_hdr=, helper=, "
                                   "queues=, fds=, and vhostfds= are invalid with fd=")
-            fds = [fd_lookup(name) for name in
-                   (opts["fds"].split(":") if "fds" in opts else [opts["fd"]])]
-            for fd in fds:
-                os.set_blocking(fd, False)
-            name, flags = _tap_ifreq(fds[0])
-            return cls(fds, name, None, None, lock, vnet_hdr=bool(flags & IFF_VNET_HDR))
-        if opts.get("vhost") in ("on", "true", "yes") and not os.path.exists("/dev/vhost-net"):
-            # QEMU warns and goes on without vhost unless vhostforce=on.
-            log.warning("warning: tap: open vhost char device failed: No such file or directory")
+            backend = cls._adopt([fd_lookup(opts["fd"])], lock)
+        elif "fds" in opts:
+            if {"ifname", "script", "downscript", "vnet_hdr", "helper", "queues",
+                    "vhostfd"} & set(opts):
+                raise TapError(0, "ifname=, script=, downscript=, vnet_hdr=, helper=, "
+                                  "queues=, and vhostfd= are invalid with fds=")
+            backend = cls._adopt([fd_lookup(name) for name in opts["fds"].split(":")], lock)
+        elif "helper" in opts:
+            if {"ifname", "script", "downscript", "vnet_hdr", "queues", "vhostfds"} & set(opts):
+                raise TapError(0, "ifname=, script=, downscript=, vnet_hdr=, queues=, and "
+                                  "vhostfds= are invalid with helper=")
+            backend = cls._adopt([run_bridge_helper(opts["helper"],
+                                                    opts.get("br", "br0"))], lock)
+            backend.helper = opts["helper"]
+        else:
+            backend = cls._open(opts, lock)
+        try:
+            backend.set_sndbuf(opts.get("sndbuf"))
+        except TapError:
+            backend.close()
+            raise
+        return backend
+
+    @classmethod
+    def _adopt(cls, fds: list[int], lock: threading.RLock) -> TapBackend:
+        """Taps opened by someone else (libvirt, a helper); every queue must agree on
+        the vnet header, as QEMU checks."""
+        flags = [_tap_ifreq(fd)[1] for fd in fds]
+        if any(bool(f & IFF_VNET_HDR) != bool(flags[0] & IFF_VNET_HDR) for f in flags):
+            raise TapError(0, "vnet_hdr not consistent across given tap fds")
+        for fd in fds:
+            os.set_blocking(fd, False)
+        return cls(fds, _tap_ifreq(fds[0])[0], None, None, lock,
+                   vnet_hdr=bool(flags[0] & IFF_VNET_HDR))
+
+    @classmethod
+    def _open(cls, opts: dict, lock: threading.RLock) -> TapBackend:
+        """A tap of kvmkit's own: ifname= (made if missing), queues=, vnet_hdr=, and
+        the script that sets it up."""
+        vnet_wanted = _wants(opts, "vnet_hdr")
         try:
             queues = int(opts.get("queues", "1"), 0)
         except ValueError:
@@ -179,6 +226,21 @@ class TapBackend:
         backend._run_script(script)
         return backend
 
+    def set_sndbuf(self, text: str | None) -> None:
+        """sndbuf=: how much the kernel queues for the tap (TUNSETSNDBUF); QEMU sets
+        it always, unlimited (INT_MAX) unless told, and complains only when told."""
+        try:
+            size = min(parse_size(text), INT_MAX) if text is not None else 0
+        except OptsError:
+            raise TapError(0, "Parameter 'sndbuf' expects a size value") from None
+        for queue in self.queues:
+            try:
+                fcntl.ioctl(queue.fd, TUNSETSNDBUF, struct.pack("i", size or INT_MAX))
+            except OSError as e:
+                if text is not None:
+                    raise TapError(e.errno, f"TUNSETSNDBUF ioctl failed: {e.strerror}") \
+                        from None
+
     @classmethod
     def on_bridge(cls, opts: dict, lock: threading.RLock) -> TapBackend:
         """-netdev bridge,br=NAME: a new tap, enslaved to the bridge and up (pyroute2;
@@ -186,6 +248,10 @@ class TapBackend:
         from pyroute2 import IPRoute
 
         bridge = opts.get("br", "br0")
+        if "helper" in opts:                  # the user's helper, as QEMU runs it
+            backend = cls._adopt([run_bridge_helper(opts["helper"], bridge)], lock)
+            backend.bridge, backend.helper = bridge, opts["helper"]
+            return backend
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=bridge)
             if not found:
@@ -216,12 +282,16 @@ class TapBackend:
     def queue_count(self) -> int:
         return len(self.queues)
 
-    def info(self, index: int) -> str:
+    def info(self, index: int, queue: int | None = None) -> str:
         """Its `info network` text, as QEMU's (net/tap.c)."""
         if self.bridge is not None:
-            return f"index={index},type=tap,helper={BRIDGE_HELPER},br={self.bridge}"
+            return f"index={index},type=tap,helper={self.helper or BRIDGE_HELPER}," \
+                   f"br={self.bridge}"
+        if self.helper is not None:
+            return f"index={index},type=tap,helper={self.helper}"
         if self.script is None:
-            return f"index={index},type=tap,fd={self.queues[index].fd}"
+            fd = self.queues[index if queue is None else queue].fd
+            return f"index={index},type=tap,fd={fd}"
         return (f"index={index},type=tap,ifname={self.ifname},script={self.script},"
                 f"downscript={self.downscript}")
 
@@ -387,6 +457,75 @@ class TapBackend:
             except OSError:
                 pass
         self._run_script(self.downscript)
+
+
+def _check_vhost(opts: dict, fd_lookup: Callable[[str], int]) -> None:
+    """vhost=, vhostfd(s)= and vhostforce= as QEMU reads them. kvmkit has no
+    vhost-net: a request for it (vhost=on, or a vhostfd as libvirt passes when
+    /dev/vhost-net exists) falls back to kvmkit's own virtio-net path with a
+    warning, as QEMU falls back when vhost-net cannot start; vhostforce=on makes
+    that an error, as in QEMU."""
+    if "vhostfds" in opts and "fds" not in opts:
+        raise TapError(0, "vhostfds= is invalid if fds= wasn't specified")
+    if "vhostfds" in opts and len(opts["vhostfds"].split(":")) != len(opts["fds"].split(":")):
+        raise TapError(0, "The number of fds passed does not match the number of "
+                          "vhostfds passed")
+    given = [name for key in ("vhostfd", "vhostfds") if key in opts
+             for name in opts[key].split(":")]
+    force = _wants(opts, "vhostforce")
+    vhost = _wants(opts, "vhost")
+    if vhost is None:
+        vhost = bool(given) or bool(force)
+    if not vhost:
+        if given:
+            raise TapError(0, "vhostfd(s)= is not valid without vhost")
+        return
+    if force:
+        raise TapError(0, "vhost-net requested but could not be initialized "
+                          "(kvmkit has no vhost-net)")
+    for name in given:            # handed to us: ours to close
+        try:
+            os.close(fd_lookup(name))
+        except (OSError, ValueError, UserError):
+            pass
+    log.warning("warning: tap: vhost-net is not supported by kvmkit; virtio-net frames "
+                "go through kvmkit itself")
+
+
+def run_bridge_helper(helper: str, bridge: str) -> int:
+    """QEMU's bridge-helper protocol: the helper makes a tap, puts it on `bridge` and
+    sends its fd back over a socketpair (SCM_RIGHTS); `helper` with a space in it is
+    a shell command (--br= added unless it has one)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd_arg = f"--fd={theirs.fileno()}"
+    if " " in helper or "\t" in helper:
+        br_arg = "" if "--br=" in helper else f"--br={bridge}"
+        argv = ["/bin/sh", "-c", f"{helper} --use-vnet {fd_arg} {br_arg}"]
+    else:
+        argv = [helper, "--use-vnet", fd_arg, f"--br={bridge}"]
+    try:
+        child = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                 preexec_fn=_default_signal_mask)
+    except OSError:               # as QEMU, whose forked child cannot exec it
+        ours.close()
+        theirs.close()
+        raise TapError(0, "bridge helper failed") from None
+    theirs.close()
+    try:
+        _msg, fds, _flags, _addr = socket.recv_fds(ours, 16, 1)
+    except OSError as e:
+        fds = []
+        log.debug("bridge helper: %s", e)
+    finally:
+        ours.close()
+    status = child.wait()
+    if status != 0:
+        for fd in fds:
+            os.close(fd)
+        raise TapError(0, "bridge helper failed")
+    if not fds:
+        raise TapError(0, "failed to recv file descriptor")
+    return fds[0]
 
 
 def _default_signal_mask() -> None:
