@@ -395,3 +395,24 @@ def test_every_member_has_a_proof():
     assert set(TAP_PROOFS) == set(MEMBERS["tap"])
     assert set(BRIDGE_PROOFS) == set(MEMBERS["bridge"])
 
+
+
+def test_legacy_net_nic_options_do_something_or_are_refused():
+    """-net nic's own members (QEMU's NetLegacyNicOptions): addr= places the card,
+    vectors= sizes its MSI-X table, macaddr= and model= as their names say; any
+    other member is refused as QEMU refuses it."""
+    argv = kvmkit_command() + ["-nodefaults", "-display", "none", "-S", "-m", "64",
+                               "-net", "nic,model=virtio-net-pci,addr=7,vectors=5,"
+                                       "macaddr=52:54:00:00:00:77", "-net", "user",
+                               "-monitor", "stdio"]
+    out = subprocess.run(argv, input="info qtree\nquit\n", capture_output=True, text=True,
+                         timeout=30).stdout
+    card = out[out.index('dev: virtio-net-pci'):]
+    assert 'addr = 07.0' in card and 'vectors = 5 ' in card and \
+        'mac = "52:54:00:00:00:77"' in card, card[:2000]
+    result = subprocess.run(kvmkit_command() + ["-nodefaults", "-display", "none", "-S",
+                                                "-net", "nic,model=e1000,bogus=1"],
+                            capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL)
+    assert result.stderr.strip().endswith(
+        "-net nic,model=e1000,bogus=1: Invalid parameter 'bogus'")

@@ -517,11 +517,16 @@ class _Parser:
         if kind == "none":
             return
         if kind == "nic":
+            unknown = sorted(set(opts) - {"netdev", "macaddr", "model", "addr", "vectors",
+                                          "id", "name"})
+            if unknown:
+                raise self.fail(f"Invalid parameter '{unknown[0]}'")
             self._auto_netdev_id()            # QEMU names every -net, NICs too
             nic = {"netdev": opts.get("netdev") or f"#hub0:{self._hub_ports}"}
             self._hub_ports += not opts.get("netdev")
-            if "macaddr" in opts:
-                nic["mac"] = opts["macaddr"]
+            for option, prop in (("macaddr", "mac"), ("addr", "addr"), ("vectors", "vectors")):
+                if option in opts:
+                    nic[prop] = opts[option]
             self.cfg.devices.append(DeviceSpec(opts.get("model", "e1000"), nic, f"-net {arg}"))
             return
         netdev_id = opts.pop("id", None) or opts.pop("name", None) or self._auto_netdev_id()
