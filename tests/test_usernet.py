@@ -62,32 +62,50 @@ def test_dhcp_names_the_boot_file_and_the_guest_reads_it_over_tftp(launch, vmm_k
     assert missing["error_code"] == 1, missing
 
 
-def test_guestfwd_to_a_command_and_to_a_chardev(launch, vmm_kind, tmp_path):
+class Listener:
+    """A host TCP server for one connection (a guestfwd chardev connects to it)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=lambda: self.accepted.append(self.sock.accept()[0]),
+                         daemon=True).start()
+
+    def connection(self) -> socket.socket:
+        assert self.accepted, "the chardev did not connect when the netdev was made"
+        self.accepted[0].settimeout(10)
+        return self.accepted[0]
+
+    def close(self) -> None:
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+def test_guestfwd_to_a_command_and_to_chardevs(launch, vmm_kind, tmp_path):
     """guestfwd=tcp:10.0.2.100:1234-cmd:cat echoes what the guest sends; a rule to a
-    chardev (tcp:127.0.0.1:PORT, opened when the netdev is) carries the guest's
-    connection to the host's socket and the host's answer back."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    port = listener.getsockname()[1]
-    accepted: list[socket.socket] = []
-    threading.Thread(target=lambda: accepted.append(listener.accept()[0]),
-                     daemon=True).start()
+    chardev in -serial's syntax (tcp:127.0.0.1:PORT, opened when the netdev is), or
+    to a -chardev by id (chardev:ID), carries the guest's connection to the host's
+    socket and the host's answer back."""
+    by_spec, by_id = Listener(), Listener()
     vm = start(launch, vmm_kind, "user,id=u0,guestfwd=tcp:10.0.2.100:1234-cmd:cat,"
-               f"guestfwd=tcp:10.0.2.101:4321-tcp:127.0.0.1:{port}")
+               f"guestfwd=tcp:10.0.2.101:4321-tcp:127.0.0.1:{by_spec.port},"
+               "guestfwd=tcp:10.0.2.102:5000-chardev:gf",
+               "-chardev", f"socket,id=gf,host=127.0.0.1,port={by_id.port}")
     assert vm.command("dhcp", timeout=30)["ip"] == "10.0.2.15"
     echoed = vm.command("tcp 10.0.2.100 1234 through-cat 8000", timeout=30)
     assert echoed["connected"] and echoed["data"] == "through-cat", echoed
-    assert accepted, "the chardev did not connect when the netdev was made"
-    host = accepted[0]
-    host.settimeout(10)
-    vm.send("tcp 10.0.2.101 4321 guest-says-hello 8000\n")
-    assert host.recv(100) == b"guest-says-hello"
-    host.sendall(b"host-answers")
-    answer = vm.read_json(timeout=20)
-    assert answer["connected"] and answer["data"] == "host-answers", answer
-    host.close()
-    listener.close()
+    for listener, target in ((by_spec, "10.0.2.101 4321"), (by_id, "10.0.2.102 5000")):
+        host = listener.connection()
+        vm.send(f"tcp {target} guest-says-hello 8000\n")
+        assert host.recv(100) == b"guest-says-hello"
+        host.sendall(b"host-answers")
+        answer = vm.read_json(timeout=20)
+        assert answer["connected"] and answer["data"] == "host-answers", (target, answer)
+        listener.close()
 
 
 def normalised_usernet(text: str) -> str:

@@ -155,12 +155,21 @@ class Machine:
                        lambda name, data: self._from_vcpu(self.emit, name, data),
                        self._guestfwd_chardev)
 
-    @staticmethod
-    def _guestfwd_chardev(text: str, label: str) -> Chardev | None:
-        """guestfwd's target in -serial's syntax (tcp:HOST:PORT, unix:PATH, file:...),
-        opened now as QEMU opens it; None if it cannot be."""
+    def _guestfwd_chardev(self, text: str, label: str) -> tuple[Chardev, bool] | None:
+        """guestfwd's target: chardev:ID (one of -chardev's, which the machine runs),
+        or one in -serial's syntax (tcp:HOST:PORT, unix:PATH, file:...), opened now
+        as QEMU opens it, which the back end runs. (chardev, the back end's own?),
+        or None if there is none."""
+        if text.startswith("chardev:"):
+            found = self.chardevs.get(text[len("chardev:"):])
+            return (found, False) if found is not None else None
         spec = legacy_chardev(text, label)
         if spec is None:
+            return None
+        try:
+            return make_chardev(spec, lambda: None), True
+        except ChardevError as e:
+            log.warning("%s", e)
             return None
         try:
             return make_chardev(spec, lambda: None)

@@ -130,8 +130,8 @@ def _in6_addr(text: str):
 
 class UserBackend(SingleQueueBackend):
     """A slirp instance as a network back end: send(frame) in, nic.receive() out.
-    ``chardev_for(spec_text, label)`` opens a guestfwd target given in -serial's
-    syntax (None if it cannot)."""
+    ``chardev_for(target, label)`` finds or opens a guestfwd rule's chardev:
+    (chardev, opened for the rule?), or None."""
 
     kind = "user"
 
@@ -281,14 +281,14 @@ class UserBackend(SingleQueueBackend):
                     raise conflict
             return
         label = f"guestfwd.tcp.{fwd.port}"
-        chardev = chardev_for(fwd.chardev, label) if chardev_for is not None else None
-        if chardev is None:
+        found = chardev_for(fwd.chardev, label) if chardev_for is not None else None
+        if found is None:
             raise SlirpConfigError(f"Could not open guest forwarding device '{label}'")
-        forward = _ChardevForward(self, chardev, fwd.server, fwd.port)
+        forward = _ChardevForward(self, *found, fwd.server, fwd.port)
         with self.lock:
             if lib.slirp_add_guestfwd(self.slirp, forward.write_cb, _ffi.NULL, server,
                                       fwd.port) < 0:
-                chardev.close()
+                forward.close()
                 raise conflict
         self._forwards.append(forward)
         if self.loop is not None:
@@ -413,7 +413,7 @@ class UserBackend(SingleQueueBackend):
         os.close(self._wake_r)
         os.close(self._wake_w)
         for forward in self._forwards:
-            forward.chardev.close()
+            forward.close()
         if self._smb_dir is not None:
             shutil.rmtree(self._smb_dir, ignore_errors=True)
 
@@ -425,8 +425,10 @@ class _ChardevForward:
 
     PENDING_LIMIT = 1 << 20
 
-    def __init__(self, backend: UserBackend, chardev, server: str, port: int) -> None:
+    def __init__(self, backend: UserBackend, chardev, owned: bool, server: str,
+                 port: int) -> None:
         self.backend, self.chardev = backend, chardev
+        self.owned = owned            # opened for this rule (else a -chardev's)
         self.server, self.port = _in_addr(server), port
         self.pending = bytearray()
         self.write_cb = _ffi.callback("ssize_t(const void *, size_t, void *)",
@@ -434,7 +436,14 @@ class _ChardevForward:
         chardev.attach(self._from_chardev)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.chardev.start(loop)
+        if self.owned:
+            self.chardev.start(loop)
+
+    def close(self) -> None:
+        if self.owned:
+            self.chardev.close()
+        else:
+            self.chardev.attach(None)
 
     def _to_chardev(self, buf, length, _opaque) -> int:
         self.chardev.write(bytes(_ffi.buffer(buf, length)))
