@@ -153,6 +153,22 @@ def _build_and_run(cfg: MachineConfig, ready_fd: int | None = None) -> int:
                 pass
 
 
+def _confine(cfg: MachineConfig) -> str | None:
+    """Set-up is done: -chroot, -runas, then -sandbox's seccomp filter (on every
+    thread). An error message if one cannot be had."""
+    from vmm import privileges, seccomp
+
+    try:
+        if cfg.sandbox is not None:
+            seccomp.library()
+        privileges.drop(cfg.chroot, cfg.runas)
+        if cfg.sandbox is not None:
+            seccomp.install(cfg.sandbox)
+    except (privileges.PrivilegeError, seccomp.SandboxError) as e:
+        return e.strerror
+    return None
+
+
 def _monitors(machine, cfg: MachineConfig) -> list:
     """A monitor per -qmp/-monitor/-mon, all over one Monitor (QMP or HMP readline)."""
     from monitor.monitor import Monitor
@@ -203,6 +219,9 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
 
     waiter = threading.Thread(target=wait_for_signals, name="signals", daemon=True)
     waiter.start()
+    failure = _confine(machine.cfg)
+    if failure is not None:
+        return error(failure)
     if not machine.cfg.start_paused:
         machine.cont()
     if ready_fd is not None:

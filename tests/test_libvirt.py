@@ -144,6 +144,12 @@ def test_virsh_manages_the_vmm(libvirtd, tmp_path, vmm):
     try:
         console, ready = _boot(libvirtd, xml, name, console_path)
         assert ready["memory_mib"] >= MEMORY_MIB - 1
+        # libvirt asks both for its default seccomp sandbox, and both run under it
+        command_line = libvirtd.in_namespace("cat", f"/var/log/libvirt/qemu/{name}.log")
+        assert "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny," \
+               "resourcecontrol=deny" in command_line, command_line[-3000:]
+        pid = int(libvirtd.in_namespace("cat", f"/run/libvirt/qemu/{name}.pid"))
+        assert "Seccomp:\t2" in open(f"/proc/{pid}/status").read()
         info = virsh("dominfo", name)
         assert re.search(r"State:\s+running", info), info
         assert re.search(rf"Max memory:\s+{MEMORY_MIB * 1024} KiB", info), info

@@ -109,6 +109,9 @@ class MachineConfig:
     incoming: str | None = None       # -incoming URI|defer: wait for a migration stream
     loadvm: str | None = None         # -loadvm NAME: start from a snapshot
     daemonize: bool = False
+    sandbox: object = None              # -sandbox on: vmm.seccomp.SandboxOptions
+    runas: object = None                # -runas: vmm.privileges.RunAs
+    chroot: str | None = None           # -chroot DIR
     logfile: str | None = None
     show_version: bool = False
     show_help: bool = False
@@ -133,7 +136,7 @@ OPTIONS: dict[str, bool] = {
     "hdd": True, "cdrom": True, "global": True,
     "blockdev": True, "snapshot": False, "object": True, "add-fd": True, "usb": False,
     "rtc": True, "overcommit": True, "msg": True, "audiodev": True, "no-acpi": False,
-    "no-hpet": False, "sandbox": True,
+    "no-hpet": False, "sandbox": True, "runas": True, "chroot": True,
 }
 
 
@@ -628,11 +631,33 @@ class _Parser:
         self.cfg.acpi = False
 
     def opt_sandbox(self, arg: str) -> None:
-        """-sandbox off only: kvmkit installs no seccomp filter (so it does not list
-        'sandbox' in query-command-line-options, and libvirt does not ask for one)."""
+        """-sandbox on|off[,obsolete=][,elevateprivileges=][,spawn=][,resourcecontrol=]:
+        the seccomp filter of vmm/seccomp.py, installed once set-up is done."""
+        from vmm.seccomp import parse_options
+
         opts = parse_opts(arg, implied="enable")
-        if parse_bool("enable", opts.get("enable", "on")):
-            raise self.fail("kvmkit has no seccomp sandbox: only -sandbox off is supported")
+        unknown = sorted(set(opts) - {"enable", "obsolete", "elevateprivileges", "spawn",
+                                      "resourcecontrol"})
+        if unknown:
+            raise self.fail(f"Invalid parameter '{unknown[0]}'")
+        if not parse_bool("enable", opts.get("enable", "off")):
+            self.cfg.sandbox = None
+            return
+        try:
+            self.cfg.sandbox = parse_options(opts)
+        except ValueError as e:
+            raise self.fail(str(e)) from None
+
+    def opt_runas(self, arg: str) -> None:
+        from vmm.privileges import PrivilegeError, parse_runas
+
+        try:
+            self.cfg.runas = parse_runas(arg)
+        except PrivilegeError as e:
+            raise self.fail(e.strerror) from None
+
+    def opt_chroot(self, arg: str) -> None:
+        self.cfg.chroot = arg
 
     def opt_no_hpet(self, arg: str) -> None:
         pass    # kvmkit has no HPET: there is nothing to leave out

@@ -25,6 +25,8 @@ OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "chardev": (("backend", _S), ("path", _S), ("host", _S), ("port", _S), ("fd", _S),
                 ("server", _B), ("wait", _B), ("mux", _B), ("append", _B), ("signal", _B)),
     "mon": (("mode", _S), ("chardev", _S), ("pretty", _B)),
+    "sandbox": (("enable", _B), ("obsolete", _S), ("elevateprivileges", _S), ("spawn", _S),
+                ("resourcecontrol", _S)),
     "drive": (), "device": (), "netdev": (), "object": (), "global": (),
 }
 PARAMETER = Struct("CommandLineParameterInfo", (
