@@ -191,6 +191,7 @@ class DeviceManager:
                 device_type.unrealize(self.board, device)
                 break
         self.devices.remove(device)
+        self._paths.pop(id(device), None)    # (its id may be a new device's next)
 
     def close(self) -> None:
         """Unrealizes every device, newest first, as the VMM ends."""

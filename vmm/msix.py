@@ -33,17 +33,36 @@ class MsiRoutes:
         self.vm = vm
         self.routes: dict[int, tuple[int, int]] = {}
         self.fds: dict[int, int] = {}
-        self._free = FIRST_MSI_GSI
+        self._next = FIRST_MSI_GSI
+        self._released: list[int] = []    # GSIs given back (hot-unplug), used again first
 
     def allocate(self) -> int:
-        gsi = self._free
-        self._free += 1
+        if self._released:
+            gsi = self._released.pop()
+        else:
+            gsi = self._next
+            self._next += 1
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.routes[gsi] = (0xFEE00000, 0)
         self._commit()
         self.vm.irqfd(fd, gsi)
         self.fds[gsi] = fd
         return gsi
+
+    def release(self, gsis: list[int]) -> None:
+        """A device's vectors go back: their irqfds, eventfds and routes."""
+        for gsi in gsis:
+            fd = self.fds.pop(gsi, None)
+            if fd is None:
+                continue
+            try:
+                self.vm.irqfd(fd, gsi, deassign=True)
+            except OSError as e:
+                log.warning("MSI-X: releasing GSI %d: %s", gsi, e)
+            os.close(fd)
+            self.routes.pop(gsi, None)
+            self._released.append(gsi)
+        self._commit()
 
     def set_route(self, gsi: int, address: int, data: int) -> None:
         if self.routes.get(gsi) != (address, data):
@@ -82,6 +101,12 @@ class Msix:
         self.device = None
         self.cap = 0
         self.reset()
+
+    def release(self) -> None:
+        """The device is gone: its vectors' routes and eventfds go back."""
+        if self.routes is not None:
+            self.routes.release(self.gsis)
+            self.gsis = []
 
     def add_to(self, device, bar: int) -> None:
         self.device = device

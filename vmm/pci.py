@@ -292,6 +292,10 @@ class PciDevice:
         self.update_mappings()
         self.set_intx(0)
 
+    def release(self) -> None:
+        """The device left the bus for good: what it holds of the host's (MSI-X
+        routes and their eventfds) goes back."""
+
 
 class PciBus:
     """Bus 0 of the i440FX: 32 slots of up to 8 functions."""
@@ -320,6 +324,7 @@ class PciBus:
         device.reset()
         self.devices.pop((device.slot, device.function), None)
         device.bus = None
+        device.release()
 
     def free_slot(self) -> int:
         for slot in range(32):

@@ -152,6 +152,10 @@ class VirtioPciDevice(PciDevice):
         del self.queues[len(sizes):]
         self.queues += [_QueueState(size) for size in sizes[len(self.queues):]]
 
+    def release(self) -> None:
+        if self.msix:
+            self.msix.release()
+
     def reset(self) -> None:
         super().reset()
         if self.msix:
