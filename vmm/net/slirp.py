@@ -167,17 +167,20 @@ class UserBackend(SingleQueueBackend):
                              + [_ffi.NULL])
             self._keep.append(names)
             cfg.vdnssearch = names
+        # (slirp_new already calls back: IPv6's router advertisement timer)
+        self._timers: dict[int, tuple] = {}
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._running = True
         self._callbacks = self._make_callbacks()
         self.slirp = lib.slirp_new(cfg, self._callbacks["table"], _ffi.NULL)
         if self.slirp == _ffi.NULL:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
             raise SlirpError(0, "could not start user networking (slirp_new failed)")
-        self._timers: dict[int, tuple] = {}
         self._fds: list[tuple[int, int]] = []         # what slirp wants polled, by index
         self._revents: list[int] = []
         self._add_poll = _ffi.callback("int(int, int, void *)", self._on_add_poll)
         self._get_revents = _ffi.callback("int(int, void *)", self._on_get_revents)
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._running = True
         self._forwards: list[_ChardevForward] = []
         self._smb_dir: str | None = None
         try:

@@ -283,6 +283,7 @@ static void dispatch(const char *line)
     if (is(line, "tcp", &a)) { cmd_tcp(a); return; }
     if (is(line, "tftp", &a)) { cmd_tftp(a); return; }
     if (is(line, "ip6", &a)) { cmd_ip6(a); return; }
+    if (is(line, "fuzz", &a)) { cmd_fuzz(a); return; }
     if (is(line, "echo", &a)) { printf("{\"echo\": \"%s\"}\n", skip_spaces(a)); return; }
     if (is(line, "crash", &a)) {
         printf("{\"crashing\": true}\n");

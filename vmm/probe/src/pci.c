@@ -19,7 +19,7 @@ void pci_write32(unsigned bus, unsigned slot, unsigned fn, unsigned off, u32 v)
 }
 
 /* Size a BAR the standard way: decoding off, write ones, read the mask back. */
-static u64 bar_size(unsigned slot, unsigned fn, unsigned index, u32 low, int is64)
+u64 pci_bar_size(unsigned slot, unsigned fn, unsigned index, u32 low, int is64)
 {
     unsigned off = 0x10 + 4 * index;
     u32 cmd = pci_read32(0, slot, fn, 0x04);
@@ -62,7 +62,7 @@ static void print_function(unsigned slot, unsigned fn, u32 id)
     for (unsigned i = 0; header == 0 && i < 6; i++) {
         u32 low = pci_read32(0, slot, fn, 0x10 + 4 * i);
         int io = low & 1, is64 = !io && ((low >> 1) & 3) == 2;
-        u64 size = bar_size(slot, fn, i, low, is64);
+        u64 size = pci_bar_size(slot, fn, i, low, is64);
         if (size) {
             u64 base = io ? (low & ~3u) : (low & ~15u);
             if (is64)

@@ -146,6 +146,8 @@ extern void (*idle_hook)(void);
 /* pci.c */
 u32 pci_read32(unsigned bus, unsigned slot, unsigned fn, unsigned off);
 void pci_write32(unsigned bus, unsigned slot, unsigned fn, unsigned off, u32 v);
+u64 pci_bar_size(unsigned slot, unsigned fn, unsigned index, u32 low, int is64);
+void cmd_fuzz(const char *args);
 void cmd_pci(const char *args);
 
 #endif
