@@ -22,8 +22,8 @@ pytestmark = pytest.mark.kvm
 LIBVIRT_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 
-def proc_status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
+def proc_status(pid: int, thread: str | None = None) -> dict[str, str]:
+    with open(f"/proc/{pid}/task/{thread}/status" if thread else f"/proc/{pid}/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
@@ -55,7 +55,7 @@ def test_sandbox_refuses_spawning_while_the_guest_and_monitor_go_on(launch, tmp_
     if sandbox:
         assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1"
         for tid in threads:                       # TSYNC: the vCPU threads too
-            assert proc_status_of_task(vm.proc.pid, tid)["Seccomp"] == "2"
+            assert proc_status(vm.proc.pid, tid)["Seccomp"] == "2"
     else:
         assert status["Seccomp"] == "0"
     state = migrate_to_command(qmp, tmp_path / "state.bin")
@@ -68,11 +68,6 @@ def test_sandbox_refuses_spawning_while_the_guest_and_monitor_go_on(launch, tmp_
         assert qmp.execute("cont") == {"return": {}}
     assert qmp.hmp("info status") == "VM status: running\r\n"
     assert vm.command("touch 8 3")["errors"] == 0            # the guest still runs
-
-
-def proc_status_of_task(pid: int, tid: str) -> dict[str, str]:
-    with open(f"/proc/{pid}/task/{tid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
 @pytest.mark.parametrize("vmm", ["kvmkit", "qemu"])

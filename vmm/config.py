@@ -633,11 +633,10 @@ class _Parser:
     def opt_sandbox(self, arg: str) -> None:
         """-sandbox on|off[,obsolete=][,elevateprivileges=][,spawn=][,resourcecontrol=]:
         the seccomp filter of vmm/seccomp.py, installed once set-up is done."""
-        from vmm.seccomp import parse_options
+        from vmm.seccomp import OPTION_GROUPS, parse_options
 
         opts = parse_opts(arg, implied="enable")
-        unknown = sorted(set(opts) - {"enable", "obsolete", "elevateprivileges", "spawn",
-                                      "resourcecontrol"})
+        unknown = sorted(set(opts) - {"enable", *OPTION_GROUPS})
         if unknown:
             raise self.fail(f"Invalid parameter '{unknown[0]}'")
         if not parse_bool("enable", opts.get("enable", "off")):

@@ -73,10 +73,8 @@ def preload() -> None:
 
 def drop(chroot: str | None, runas: RunAs | None) -> None:
     """Into `chroot` (if any), then to `runas` (if any); PrivilegeError on failure."""
-    if chroot is None and runas is None:
-        return
-    preload()
     if chroot is not None:
+        preload()                 # (a chroot hides the files; a new user does not)
         try:
             os.chroot(chroot)
             os.chdir("/")

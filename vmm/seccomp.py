@@ -86,6 +86,13 @@ ACTIONS = {DEFAULT: ACT_KILL_PROCESS, OBSOLETE: ACT_KILL_PROCESS,
            RESOURCECTL: _errno(errno.EPERM)}
 
 
+# -sandbox's options: the group each denies, and the values it takes
+OPTION_GROUPS = {"obsolete": (OBSOLETE, ("deny", "allow")),
+                 "elevateprivileges": (PRIVILEGED, ("allow", "deny", "children")),
+                 "spawn": (SPAWN, ("allow", "deny")),
+                 "resourcecontrol": (RESOURCECTL, ("allow", "deny"))}
+
+
 class SandboxError(OSError):
     pass
 
@@ -103,16 +110,12 @@ def parse_options(opts: dict[str, str]) -> SandboxOptions:
     raises ValueError with QEMU's message."""
     groups = {DEFAULT, OBSOLETE}
     no_new_privs = False
-    choices = {"obsolete": ("deny", "allow"), "elevateprivileges": ("allow", "deny", "children"),
-               "spawn": ("allow", "deny"), "resourcecontrol": ("allow", "deny")}
-    for key, allowed in choices.items():
+    for key, (group, allowed) in OPTION_GROUPS.items():
         value = opts.get(key)
         if value is None:
             continue
         if value not in allowed:
             raise ValueError(f"invalid argument for {key}")
-        group = {"obsolete": OBSOLETE, "elevateprivileges": PRIVILEGED, "spawn": SPAWN,
-                 "resourcecontrol": RESOURCECTL}[key]
         if value == "allow":
             groups.discard(group)
         else:

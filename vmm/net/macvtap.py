@@ -111,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mac", help="the link's (and so the guest's) MAC address")
     parser.add_argument("--queues", type=int, default=1)
     argv = sys.argv[1:] if argv is None else argv
-    if "--" not in argv:
-        parser.error("no command to run (give it after --)")
-    split = argv.index("--")
+    split = argv.index("--") if "--" in argv else len(argv)
     args, command = parser.parse_args(argv[:split]), argv[split + 1:]
     if not command:
         parser.error("no command to run (give it after --)")

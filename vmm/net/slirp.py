@@ -146,7 +146,6 @@ class UserBackend(SingleQueueBackend):
         self.nic = None
         self.link_down = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.restrict = config.restricted
         self._keep: list = []                     # C strings libslirp points at
         cfg = _ffi.new("SlirpConfig *", {
             "version": 1, "restricted": int(config.restricted), "in_enabled": config.ipv4,
@@ -293,9 +292,7 @@ class UserBackend(SingleQueueBackend):
                                       fwd.port) < 0:
                 forward.close()
                 raise conflict
-        self._forwards.append(forward)
-        if self.loop is not None:
-            forward.start(self.loop)
+        self._forwards.append(forward)           # start() starts it with the loop
 
     def _start_smb(self, export: str, smbserver: str | None) -> None:
         """smb=DIR: QEMU's own smbd set-up, one share for the guest at 10.0.2.4
@@ -315,7 +312,7 @@ class UserBackend(SingleQueueBackend):
     # -- the monitor's and the NIC's side ----------------------------------------------
     def info(self, index: int, queue: int | None = None) -> str:
         return (f"index={index},type=user,net={self.config.network},"
-                f"restrict={'on' if self.restrict else 'off'}")
+                f"restrict={'on' if self.config.restricted else 'off'}")
 
     def connection_info(self) -> str:
         """libslirp's table of its sockets, as `info usernet` prints it."""

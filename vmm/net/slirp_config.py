@@ -88,25 +88,21 @@ def _classful_mask(net: int) -> int:
 
 def _network(text: str) -> tuple[int, int]:
     """net=ADDR[/LEN or /MASK] as (network, mask)."""
-    if "/" not in text:
-        net = _aton(text)
-        if net is None:
-            raise SlirpConfigError("Failed to parse netmask")
+    addr, slash, length = text.partition("/")
+    net = _aton(addr)
+    if net is None:
+        raise SlirpConfigError("Failed to parse netmask")
+    if not slash:
         mask = _classful_mask(net)
+    elif length.lstrip("+-").isdigit():
+        shift = int(length)
+        if not 4 <= shift <= 32:
+            raise SlirpConfigError("Invalid netmask provided (must be in range 4-32)")
+        mask = (0xffffffff << (32 - shift)) & 0xffffffff
     else:
-        addr, length = text.split("/", 1)
-        net = _aton(addr)
-        if net is None:
-            raise SlirpConfigError("Failed to parse netmask")
-        if length.lstrip("+-").isdigit():
-            shift = int(length)
-            if not 4 <= shift <= 32:
-                raise SlirpConfigError("Invalid netmask provided (must be in range 4-32)")
-            mask = (0xffffffff << (32 - shift)) & 0xffffffff
-        else:
-            mask = _aton(length)
-            if mask is None:
-                raise SlirpConfigError("Failed to parse netmask (trailing chars)")
+        mask = _aton(length)
+        if mask is None:
+            raise SlirpConfigError("Failed to parse netmask (trailing chars)")
     return net & mask, mask
 
 
@@ -229,14 +225,6 @@ def _resolve_ipv6(s: SlirpSettings, opts: dict) -> None:
 
 
 # -- forwarding rules ---------------------------------------------------------------
-def _split(text: str, sep: str) -> tuple[str, str] | None:
-    """QEMU's get_str_sep: the text before `sep` and the rest, or None."""
-    if sep not in text:
-        return None
-    head, rest = text.split(sep, 1)
-    return head, rest
-
-
 def _strtol(text: str, base: int = 0) -> int | None:
     """C's strtol with nothing left over (base 0: 0x.. hex, 0.. octal); an empty
     text is 0, as there."""
@@ -310,18 +298,11 @@ def _canonical(address: str) -> str:
 
 def parse_hostfwd_key(text: str) -> tuple[bool, str, int] | None:
     """hostfwd_remove's [tcp|udp]:[hostaddr]:hostport, or None (invalid format)."""
-    part = _split(text, ":")
-    if part is None or part[0] not in ("tcp", "udp", ""):
-        return None
-    proto, rest = part
-    part = _split(rest, ":")
-    if part is None:
-        return None
-    host_addr, port_text = part
-    if host_addr and _aton(host_addr) is None:
-        return None
+    proto, first, rest = text.partition(":")
+    host_addr, second, port_text = rest.partition(":")
     port = _strtol(port_text, 10) if port_text.strip() else None
-    if port is None or not -2**31 <= port < 2**31:
+    if not (first and second) or proto not in ("tcp", "udp", "") or \
+            not _address_ok(host_addr) or port is None or not -2**31 <= port < 2**31:
         return None
     return proto == "udp", _canonical(host_addr), port
 
@@ -336,23 +317,13 @@ class GuestForward:
 
 def parse_guestfwd(rule: str) -> GuestForward:
     """[tcp]:server:port-dev or [tcp]:server:port-cmd:command."""
-    fail = SlirpConfigError(f"Invalid guest forwarding rule '{rule}'")
-    part = _split(rule, ":")
-    if part is None or part[0] not in ("tcp", ""):
-        raise fail
-    part = _split(part[1], ":")
-    if part is None:
-        raise fail
-    server, rest = part
-    if server and _aton(server) is None:
-        raise fail
-    part = _split(rest, "-")
-    if part is None:
-        raise fail
-    port_text, target = part
+    proto, first, rest = rule.partition(":")
+    server, second, rest = rest.partition(":")
+    port_text, third, target = rest.partition("-")
     port = _strtol(port_text, 10)
-    if port is None or not 1 <= port <= 65535:
-        raise fail
+    if not (first and second and third) or proto not in ("tcp", "") or \
+            not _address_ok(server) or port is None or not 1 <= port <= 65535:
+        raise SlirpConfigError(f"Invalid guest forwarding rule '{rule}'")
     server = _canonical(server)
     if target.startswith("cmd:"):
         return GuestForward(server, port, target[4:], None)

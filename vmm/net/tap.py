@@ -42,6 +42,13 @@ TUNSETVNETHDRSZ = 0x400454D8
 TUNSETQUEUE = 0x400454D9
 TUNSETSNDBUF = 0x400454D4
 INT_MAX = 2**31 - 1
+# QEMU's ways of getting a tap other than opening one, and what each excludes
+EXCLUSIVE = {
+    "fd": ("ifname", "script", "downscript", "vnet_hdr", "helper", "queues", "fds",
+           "vhostfds"),
+    "fds": ("ifname", "script", "downscript", "vnet_hdr", "helper", "queues", "vhostfd"),
+    "helper": ("ifname", "script", "downscript", "vnet_hdr", "queues", "vhostfds"),
+}
 IFF_TAP = 0x0002
 IFF_MULTI_QUEUE = 0x0100
 IFF_ATTACH_QUEUE, IFF_DETACH_QUEUE = 0x0200, 0x0400
@@ -154,22 +161,17 @@ class TapBackend:
             raise TapError(0, "br= is used only with helper= (QEMU ignores it otherwise; "
                               "kvmkit does not)")
         _check_vhost(opts, fd_lookup)
-        if "fd" in opts:
-            if {"ifname", "script", "downscript", "vnet_hdr", "helper", "queues", "fds",
-                    "vhostfds"} & set(opts):
-                raise TapError(0, "ifname=, script=, downscript=, vnet_hdr=, helper=, "
-                                  "queues=, fds=, and vhostfds= are invalid with fd=")
+        mode = next((m for m in EXCLUSIVE if m in opts), None)
+        clash = [name for name in EXCLUSIVE.get(mode, ()) if name in opts]
+        if clash:
+            names = [f"{name}=" for name in EXCLUSIVE[mode]]
+            raise TapError(0, f"{', '.join(names[:-1])}, and {names[-1]} are invalid "
+                              f"with {mode}=")
+        if mode == "fd":
             backend = cls._adopt([fd_lookup(opts["fd"])], lock)
-        elif "fds" in opts:
-            if {"ifname", "script", "downscript", "vnet_hdr", "helper", "queues",
-                    "vhostfd"} & set(opts):
-                raise TapError(0, "ifname=, script=, downscript=, vnet_hdr=, helper=, "
-                                  "queues=, and vhostfd= are invalid with fds=")
+        elif mode == "fds":
             backend = cls._adopt([fd_lookup(name) for name in opts["fds"].split(":")], lock)
-        elif "helper" in opts:
-            if {"ifname", "script", "downscript", "vnet_hdr", "queues", "vhostfds"} & set(opts):
-                raise TapError(0, "ifname=, script=, downscript=, vnet_hdr=, queues=, and "
-                                  "vhostfds= are invalid with helper=")
+        elif mode == "helper":
             backend = cls._adopt([run_bridge_helper(opts["helper"],
                                                     opts.get("br", "br0"))], lock)
             backend.helper = opts["helper"]
@@ -186,13 +188,13 @@ class TapBackend:
     def _adopt(cls, fds: list[int], lock: threading.RLock) -> TapBackend:
         """Taps opened by someone else (libvirt, a helper); every queue must agree on
         the vnet header, as QEMU checks."""
-        flags = [_tap_ifreq(fd)[1] for fd in fds]
-        if any(bool(f & IFF_VNET_HDR) != bool(flags[0] & IFF_VNET_HDR) for f in flags):
+        name, first_flags = _tap_ifreq(fds[0])
+        vnet_hdr = bool(first_flags & IFF_VNET_HDR)
+        if any(bool(_tap_ifreq(fd)[1] & IFF_VNET_HDR) != vnet_hdr for fd in fds[1:]):
             raise TapError(0, "vnet_hdr not consistent across given tap fds")
         for fd in fds:
             os.set_blocking(fd, False)
-        return cls(fds, _tap_ifreq(fds[0])[0], None, None, lock,
-                   vnet_hdr=bool(flags[0] & IFF_VNET_HDR))
+        return cls(fds, name, None, None, lock, vnet_hdr=vnet_hdr)
 
     @classmethod
     def _open(cls, opts: dict, lock: threading.RLock) -> TapBackend:
