@@ -1,5 +1,7 @@
 """Soak: long runs of NIC hotplug and ballooning leak neither memory nor fds
-(#17; the NIC run found eventfds and GSI routes that hot-unplug never gave back).
+(#17; the NIC run found eventfds and GSI routes that hot-unplug never gave back,
+and virtio-net's VLAN table as a set of 4,096 ints, remade at every reset, which
+fragmented the C heap by 10 MiB over 1,000 cycles).
 
 1,000 cycles each (KVMKIT_SOAK_CYCLES to change it), with the probe guest sending
 a frame through a NIC every cycle (the host reads each one off the tap): the
@@ -46,18 +48,13 @@ class Figures:
                 cycle % 50 == 0:
             self.taken[cycle] = (rss(self.pid), fds(self.pid))
 
-    def check(self, known_growth: str | None = None) -> None:
-        """fds: the same at the end as after the first cycle. RSS: under 5 MiB more;
-        where a growth is known and not yet found (`known_growth` says what), a
-        larger one is reported as an expected failure rather than hidden."""
+    def check(self) -> None:
+        """fds: the same at the end as after the first cycle; RSS: under 5 MiB more."""
         print(f"\n{self.name}: " + ", ".join(
             f"cycle {c}: RSS {r / MiB:.1f} MiB, {n} fds" for c, (r, n) in self.taken.items()))
         (first_rss, first_fds), (last_rss, last_fds) = self.taken[1], self.taken[CYCLES]
         assert last_fds == first_fds, self.taken
-        growth = last_rss - first_rss
-        if growth >= RSS_GROWTH_LIMIT and known_growth:
-            pytest.xfail(f"RSS grew {growth / MiB:.1f} MiB in {CYCLES} cycles: {known_growth}")
-        assert growth < RSS_GROWTH_LIMIT, self.taken
+        assert last_rss - first_rss < RSS_GROWTH_LIMIT, self.taken
 
 
 def wait_for(qmp, name: str, device: str, timeout: float = 10) -> None:
@@ -100,9 +97,7 @@ def test_nic_hotplug_cycles_leak_nothing(launch, tmp_path, netns):
         wait_for(qmp, "DEVICE_DELETED", device)
         figures.take(cycle)
     host.close()
-    figures.check(known_growth="about 6 MiB in the first 50 cycles, then about 7 KiB a "
-                               "cycle in a C heap arena of a non-main thread; not Python "
-                               "objects (tracemalloc shows none)")
+    figures.check()
 
 
 def test_balloon_cycles_leak_nothing(launch, tmp_path, netns):
