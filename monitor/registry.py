@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.errors import COMMAND_NOT_FOUND, QmpError
-from monitor.types import Builtin, Enum, ListOf, Member, Struct, Type, Union, check_members
+from monitor.types import (
+    Alternate,
+    Builtin,
+    Enum,
+    ListOf,
+    Member,
+    Struct,
+    Type,
+    Union,
+    check_members,
+)
 
 
 @dataclass
@@ -26,7 +36,7 @@ class Command:
     returns: Type | None            # None: returns an empty object
     allow_oob: bool = False
     features: tuple[str, ...] = ()
-    extra_args: bool = False        # device_add: any further key=value is a property
+    extra_args: bool = False        # device_add: unchecked, all passed as ``props``
     lock: bool = True               # runs under the machine lock (run control must not)
     variants: Union | None = None   # a flat union's branches (netdev_add): their members
                                     # are checked, and reach the handler as ``props``
@@ -70,12 +80,8 @@ class Registry:
             base = {m.name for m in command.args}
             return {**{k: v for k, v in checked.items() if k in base},
                     "props": {k: v for k, v in checked.items() if k not in base}}
-        if command.extra_args:
-            declared = {m.name for m in command.args}
-            checked = check_members(command.args, {k: v for k, v in arguments.items()
-                                                   if k in declared})
-            checked["props"] = {k: v for k, v in arguments.items() if k not in declared}
-            return checked
+        if command.extra_args:            # QEMU's 'gen': false: the handler reads them all
+            return {"props": dict(arguments)}
         return check_members(command.args, arguments)
 
     # -- introspection -----------------------------------------------------
@@ -140,12 +146,22 @@ class _SchemaBuilder:
     def type_name(self, t: Type | None) -> str:
         if t is None:
             return self.object_type(())
-        if isinstance(t, Builtin):
-            if t not in self.names:
-                self.names[t] = t.schema_name
-                self.types.append({"name": t.schema_name, "meta-type": "builtin",
+        if isinstance(t, Builtin):      # QEMU names every integer type 'int' here
+            name = {"string": "str", "boolean": "bool", "value": "any"}.get(t.json_type,
+                                                                            t.json_type)
+            if ("builtin", name) not in self.names:
+                self.names[("builtin", name)] = name
+                self.types.append({"name": name, "meta-type": "builtin",
                                    "json-type": t.json_type})
-            return t.schema_name
+            return name
+        if isinstance(t, Alternate):
+            if t not in self.names:
+                name = self._new_name()
+                self.names[t] = name
+                entry = {"name": name, "meta-type": "alternate"}
+                self.types.append(entry)
+                entry["members"] = [{"type": self.type_name(c)} for c in t.choices]
+            return self.names[t]
         if isinstance(t, ListOf):
             element = self.type_name(t.element)
             name = f"[{element}]"

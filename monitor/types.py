@@ -18,6 +18,39 @@ def _type_error(name: str, expected: str) -> QmpError:
     return QmpError(f"Invalid parameter type for '{name}', expected: {expected}")
 
 
+# QEMU's sized integers: visited as 64 bits, then checked against the size, with
+# the member's own name (not its path) and the C type in the message.
+_SIZED = {"int8": (-(1 << 7), (1 << 7) - 1), "int16": (-(1 << 15), (1 << 15) - 1),
+          "int32": (-(1 << 31), (1 << 31) - 1), "uint8": (0, 255), "uint16": (0, 65535),
+          "uint32": (0, (1 << 32) - 1)}
+_INT64_MAX = (1 << 63) - 1
+
+
+def raw_name(full_name: str) -> str:
+    """The name QEMU's enum and sized-integer checks give: the member's own, or
+    'null' for a list element (they see the visitor's name, not the path)."""
+    return "null" if full_name.endswith("]") else full_name.rsplit(".", 1)[-1]
+
+
+def _check_integer(schema_name: str, name: str, value: object) -> int:
+    """QEMU's input visitor: a signed member takes any number that fits int64
+    (else: the wrong type); an unsigned one any that fits uint64, and a negative
+    int64 too, taken modulo 2^64 ("for backward compatibility"), else "expects
+    uint64"."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if schema_name.startswith("uint") or schema_name == "size":
+        if not whole:
+            raise QmpError(f"Parameter '{name}' expects uint64")
+        value = value % (1 << 64)
+    elif not whole or value > _INT64_MAX:
+        raise _type_error(name, "integer")
+    if schema_name in _SIZED:
+        lo, hi = _SIZED[schema_name]
+        if not lo <= value <= hi:
+            raise QmpError(f"Parameter '{raw_name(name)}' expects {schema_name}_t")
+    return value
+
+
 class Type:
     """Base of argument types; subclasses provide schema_name and json_type."""
 
@@ -33,19 +66,7 @@ class Builtin(Type):
     def check(self, name: str, value: object) -> object:
         kind = self.json_type
         if kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise _type_error(name, "integer")
-            lo, hi = {"int": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1),
-                      "size": (0, (1 << 64) - 1), "int64": (-(1 << 63), (1 << 63) - 1),
-                      "uint32": (0, (1 << 32) - 1), "uint8": (0, 255),
-                      "int32": (-(1 << 31), (1 << 31) - 1),
-                      "uint16": (0, 65535)}[self.schema_name]
-            if not lo <= value <= hi:
-                target = {"uint64": "uint64", "size": "uint64"}.get(self.schema_name,
-                                                                      self.schema_name)
-                raise QmpError(f"Parameter '{name}' expects {target}" if value < 0 and lo == 0
-                               else f"Parameter '{name}' is out of range")
-            return value
+            return _check_integer(self.schema_name, name, value)
         if kind == "number":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise _type_error(name, "number")
@@ -86,7 +107,7 @@ class Enum(Type):
         if not isinstance(value, str):
             raise _type_error(name, "string")
         if value not in self.values:
-            raise QmpError(f"Parameter '{name}' does not accept value '{value}'")
+            raise QmpError(f"Parameter '{raw_name(name)}' does not accept value '{value}'")
         return value
 
 
@@ -102,8 +123,8 @@ class ListOf(Type):
     def check(self, name: str, value: object) -> object:
         if not isinstance(value, list):
             raise _type_error(name, "array")
-        # QEMU 7.2 names list elements 'null' in its messages (sic)
-        return [self.element.check("null", item) for item in value]
+        return [self.element.check(f"{name}[{index}]", item)
+                for index, item in enumerate(value)]
 
 
 @dataclass(frozen=True)
@@ -120,10 +141,10 @@ class Struct(Type):
     members: tuple[Member, ...] = field(default_factory=tuple)
     json_type = "object"
 
-    def check(self, name: str, value: object, prefix: str = "") -> dict:
+    def check(self, name: str, value: object) -> dict:
         if not isinstance(value, dict):
             raise _type_error(name, "object")
-        return check_members(self.members, value, prefix=f"{prefix}{name}.")
+        return check_members(self.members, value, prefix=f"{name}.")
 
 
 def check_members(members: tuple[Member, ...] | list[Member], values: dict,
@@ -138,11 +159,7 @@ def check_members(members: tuple[Member, ...] | list[Member], values: dict,
             if member.default is not None:
                 out[member.name] = member.default
             continue
-        value = values[member.name]
-        if isinstance(member.type, Struct):
-            out[member.name] = member.type.check(member.name, value, prefix=prefix)
-        else:
-            out[member.name] = member.type.check(qualified, value)
+        out[member.name] = member.type.check(qualified, values[member.name])
     known = {m.name for m in members}
     for key in qdict_order(list(values)):
         if key not in known:
@@ -176,6 +193,40 @@ class Union(Type):
         if not isinstance(value, dict):
             raise _type_error(name, "object")
         return check_members(self.members_of(value), value, prefix=f"{name}.")
+
+
+@dataclass(frozen=True)
+class Alternate(Type):
+    """A value of one of several JSON types (QEMU's StrOrNull): the branch is picked
+    by the value's own type; any other type is refused with the alternate's name."""
+
+    schema_name: str
+    choices: tuple[Type, ...]
+    json_type = "value"
+
+    def check(self, name: str, value: object) -> object:
+        for choice in self.choices:
+            if _json_kind(value) == _json_kind_of(choice):
+                return choice.check(name, value)
+        raise _type_error(raw_name(name), self.schema_name)
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "value")
+
+
+def _json_kind_of(t: Type) -> str:
+    kind = getattr(t, "json_type", "value")
+    return "number" if kind == "int" else kind
+
+
+STR_OR_NULL = Alternate("StrOrNull", (STR, NULL))
 
 
 def reply_problems(t: Type | None, value: object, where: str = "return") -> list[str]:
