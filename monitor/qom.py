@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.errors import QmpError, device_not_found
-from monitor.types import BOOL, INT, STR, UINT32, Type
+from monitor.types import BOOL, STR, Builtin, Type
 
-CHECKS: dict[str, Type] = {"uint32": UINT32, "bool": BOOL, "str": STR, "size": INT, "int": INT,
-                           "int32": INT, "uint16": INT, "uint8": INT, "uint64": INT,
-                           "OnOffAuto": STR}
+CHECKS: dict[str, Type] = {"bool": BOOL, "str": STR, "OnOffAuto": STR, **{
+    kind: Builtin(kind, "int") for kind in ("size", "int", "int32", "uint8", "uint16",
+                                             "uint32", "uint64")}}
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _device_object(machine, device) -> QomObject:
     bus = machine.devices.first_bus(device.type.bus) or ""
     obj.props += [
         Prop("parent_bus", "link<bus>", lambda: f"/machine/unattached/{bus}"),
-        Prop("realized", "bool", lambda: True),
+        Prop("realized", "bool", lambda: True, _stay_realized),
         Prop("hotplugged", "bool", lambda: device.hotplugged),
         Prop("hotpluggable", "bool", lambda: device.type.hotpluggable),
     ]
@@ -75,6 +75,14 @@ def _device_object(machine, device) -> QomObject:
     return obj
 
 
+def _stay_realized(value: bool) -> None:
+    """QEMU lets qom-set unrealize a device in place; kvmkit unplugs with device_del
+    only (setting it true, as it is, changes nothing in either)."""
+    if not value:
+        raise QmpError("kvmkit does not unrealize a device through 'realized' "
+                       "(device_del unplugs it)")
+
+
 def _prop_value(device, name: str) -> Any:
     value = device.props.get(name)
     return "" if value is None else value
@@ -84,6 +92,7 @@ def _after_realize(device, name: str) -> Callable[[Any], None]:
     def refuse(value: Any) -> None:
         raise QmpError(f"Attempt to set property '{name}' on device "
                        f"'{device.id or ''}' (type '{device.driver}') after it was realized")
+    refuse.refuses = True                           # type: ignore[attr-defined]
     return refuse
 
 
@@ -131,7 +140,9 @@ def _walk(obj: QomObject, path: str):
         yield from _walk(child, f"{path}/{name}")
 
 
-def resolve(machine, path: str) -> QomObject:
+def resolve(machine, path: str, say_ambiguous: bool = True) -> QomObject:
+    """The object at a path, or at the end of a partial one; qom-list says when a
+    partial path is ambiguous, qom-get and qom-set only that nothing was found."""
     root = build_tree(machine)
     if path.startswith("/"):
         obj = root
@@ -140,9 +151,12 @@ def resolve(machine, path: str) -> QomObject:
             if obj is None:
                 raise device_not_found(path)
         return obj
+    # a partial path: the one object whose path ends so ('' ends every path)
     parts = [p for p in path.split("/") if p]
     matches = [obj for full, obj in _walk(root, "")
-               if parts and full.split("/")[-len(parts):] == parts]
+               if not parts or full.split("/")[-len(parts):] == parts]
+    if len(matches) > 1 and say_ambiguous:
+        raise QmpError(f"Path '{path}' is ambiguous")
     if len(matches) != 1:
         raise device_not_found(path)
     return matches[0]
@@ -153,7 +167,7 @@ def qom_list(machine, path: str) -> list[dict]:
 
 
 def qom_get(machine, path: str, prop_name: str) -> Any:
-    obj = resolve(machine, path)
+    obj = resolve(machine, path, say_ambiguous=False)
     prop = obj.find_prop(prop_name)
     if prop is None:
         raise QmpError(f"Property '{obj.typename}.{prop_name}' not found")
@@ -163,12 +177,14 @@ def qom_get(machine, path: str, prop_name: str) -> Any:
 
 
 def qom_set(machine, path: str, prop_name: str, value: Any) -> None:
-    obj = resolve(machine, path)
+    obj = resolve(machine, path, say_ambiguous=False)
     prop = obj.find_prop(prop_name)
     if prop is None:
         raise QmpError(f"Property '{obj.typename}.{prop_name}' not found")
     if prop.set is None:
         raise QmpError(f"Property '{obj.typename}.{prop_name}' is not writable")
+    if getattr(prop.set, "refuses", False):      # a device's own setting, once realized:
+        prop.set(value)                          # refused before its value is read
     check = CHECKS.get(prop.type)
     if check is not None:
         value = check.check(prop_name, value)

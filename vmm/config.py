@@ -556,7 +556,7 @@ class _Parser:
         try:
             _type, object_id, _props = user_objects.check(members, strict)
         except UserError as e:
-            raise self.fail(str(e)) from None
+            raise self.fail(str(e) + (f"\n{e.hint}" if e.hint else "")) from None
         if any(m.get("id") == object_id for _o, m, _s in self.cfg.objects):
             raise self.fail(f"Duplicate ID '{object_id}' for object")
         self.cfg.objects.append((f"-object {arg}", members, strict))

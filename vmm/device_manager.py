@@ -144,6 +144,10 @@ class DeviceManager:
                 return owner, bus
         raise DeviceError(f"Bus '{name}' not found")
 
+    def check_bus(self, device_type: DeviceType, name: str) -> None:
+        """That the named bus exists and takes this type (QEMU's messages)."""
+        self._bus_owner(device_type, name)
+
     def bus_for(self, device_type: DeviceType) -> str | None:
         """The bus a new device of this type goes on when none is named."""
         try:

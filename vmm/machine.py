@@ -53,7 +53,7 @@ from vmm.migration.outgoing import OutgoingMigration, Settings
 from vmm.msix import MsiRoutes
 from vmm.net.network import NetError, Network
 from vmm.objects import Objects, UserObject, throttle_values
-from vmm.pci import INTERRUPT_LINE, PciBus
+from vmm.pci import INTERRUPT_LINE, NoFreeSlot, PciBus
 from vmm.qdev import Device, DeviceError
 from vmm.timer import DeviceTimer
 from vmm.vcpu import VcpuThread, install_kick_handler
@@ -96,6 +96,7 @@ class Machine:
         self._unplugs_before_first_run: set[int] = set()
         self.objects = Objects()
         self.migration_settings = Settings()      # migrate-set-parameters/-capabilities
+        self._announce_timers: dict[str | None, asyncio.TimerHandle] = {}   # by announce id
         self.migration: OutgoingMigration | None = None   # the last `migrate`
         self.incoming: IncomingMigration | None = None
         self.prior_runstate: str | None = None     # before an outgoing migration stopped it
@@ -109,7 +110,7 @@ class Machine:
                 try:
                     self.objects.add(members, strict)
                 except UserError as e:
-                    raise MachineError(str(e)) from None
+                    raise MachineError(str(e) + (f"\n{e.hint}" if e.hint else "")) from None
             if cfg.machine_type != "none":        # -machine none boots nothing
                 self.boot_files = self._read_boot_files()
             for spec in cfg.chardevs:
@@ -474,6 +475,9 @@ class Machine:
                               f"{device.driver}, in use by {owner}")
         try:
             self.pci.plug(function, slot, number)
+        except NoFreeSlot:
+            raise DeviceError(f"PCI: no slot/function available for {device.driver}, all in "
+                              "use or reserved") from None
         except ValueError as e:
             raise DeviceError(str(e)) from None
         device.props["addr"] = function.slot << 3 | function.function
@@ -661,18 +665,32 @@ class Machine:
         self.incoming.start()
 
     def announce_self(self, initial: int, maximum: int, rounds: int, step: int,
-                      interfaces: list[str] | None = None) -> None:
+                      interfaces: list[str] | None = None, timer_id: str | None = None) -> None:
         """QEMU's announce timer: ``rounds`` rounds of RARP from every NIC (or those
         named), the first at once, then ``initial`` ms later, each next one ``step``
-        ms further apart (never more than ``maximum``)."""
-        delay = 0.0
-        for n in range(rounds):
-            self.loop.call_later(delay, self._announce_round, interfaces)
-            delay += min(initial + n * step, maximum) / 1000
+        ms further apart (never more than ``maximum``). One timer per id: a new
+        announcement with the same id (or none) replaces the last. Each round arms
+        the next, so no count of rounds a client asks for costs more than one."""
+        old = self._announce_timers.pop(timer_id, None)
+        if old is not None:
+            old.cancel()
+        if rounds:
+            self._announce_round(timer_id, (initial, maximum, rounds, step), interfaces, 0)
 
-    def _announce_round(self, interfaces: list[str] | None) -> None:
+    def _announce_round(self, timer_id: str | None, params: tuple[int, int, int, int],
+                        interfaces: list[str] | None, done: int) -> None:
         with self.lock:
             self.network.announce_self(interfaces)
+        initial, maximum, rounds, step = params
+        done += 1
+        if done == rounds:                   # (as QEMU's count-down: a negative never ends)
+            self._announce_timers.pop(timer_id, None)
+            return
+        delay = initial + (done - 1) * step
+        if delay < 0 or delay > maximum:
+            delay = maximum
+        self._announce_timers[timer_id] = self.loop.call_later(
+            max(delay, 0) / 1000, self._announce_round, timer_id, params, interfaces, done)
 
     def incoming_done(self) -> None:
         """The migration is in: the guest runs if it is to, else waits paused;

@@ -17,6 +17,8 @@ qom-list-properties. What kvmkit does with each object:
 from __future__ import annotations
 
 import base64
+import errno
+import mmap
 import os
 import re
 import threading
@@ -25,6 +27,7 @@ from typing import Any
 
 from vmm.errors import UserError
 from vmm.memory import RamBacking
+from vmm.qdev import ID_HINT
 from vmm.qemuopts import OptsError, parse_size, split_opts
 
 IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
@@ -86,17 +89,17 @@ class IoThread:
         self._stopped.set()
 
 
-_BACKEND = (
-    ObjectProp("share", "bool", "Mark the memory as private to QEMU or shared"),
-    ObjectProp("size", "int", "Size of the memory region (ex: 500M)", "size"),
+_BACKEND = (                                     # (in the order of QEMU's schema)
     ObjectProp("dump", "bool", "Set to 'off' to exclude from core dump"),
-    ObjectProp("x-use-canonical-path-for-ramblock-id", "bool"),
-    ObjectProp("prealloc", "bool", "Preallocate memory"),
-    ObjectProp("reserve", "bool", "Reserve swap space (or huge pages) if applicable"),
     ObjectProp("merge", "bool", "Mark memory as mergeable"),
+    ObjectProp("prealloc", "bool", "Preallocate memory"),
+    ObjectProp("share", "bool", "Mark the memory as private to QEMU or shared"),
+    ObjectProp("reserve", "bool", "Reserve swap space (or huge pages) if applicable"),
+    ObjectProp("size", "int", "Size of the memory region (ex: 500M)", "size"),
+    ObjectProp("x-use-canonical-path-for-ramblock-id", "bool"),
 )
-_THROTTLE_LIMITS = ("bps-total", "bps-read", "bps-write", "iops-total", "iops-read",
-                    "iops-write")
+THROTTLE_LIMITS = ("iops-total", "iops-read", "iops-write", "bps-total", "bps-read",
+                   "bps-write")                          # (QEMU's ThrottleLimits order)
 TYPES: dict[str, tuple[ObjectProp, ...]] = {
     "memory-backend-ram": _BACKEND,
     "memory-backend-file": _BACKEND + (
@@ -111,17 +114,18 @@ TYPES: dict[str, tuple[ObjectProp, ...]] = {
         ObjectProp("keyid", "string"), ObjectProp("iv", "string"),
         ObjectProp("data", "string"), ObjectProp("file", "string")),
     "iothread": (
+        ObjectProp("aio-max-batch", "int", kind="int64"),
+        ObjectProp("thread-pool-min", "int", kind="int64"),
+        ObjectProp("thread-pool-max", "int", kind="int64"),
         ObjectProp("poll-max-ns", "int", kind="int64"),
         ObjectProp("poll-grow", "int", kind="int64"),
-        ObjectProp("poll-shrink", "int", kind="int64"),
-        ObjectProp("aio-max-batch", "int", kind="int64")),
+        ObjectProp("poll-shrink", "int", kind="int64")),
     "rng-random": (ObjectProp("opened", "bool"), ObjectProp("filename", "string")),
     "rng-builtin": (ObjectProp("opened", "bool"),),
-    "throttle-group": tuple(
+    "throttle-group": (ObjectProp("limits", "ThrottleLimits"),) + tuple(
         ObjectProp(f"x-{limit}{suffix}", "int", kind="int64")
-        for limit in _THROTTLE_LIMITS for suffix in ("", "-max", "-max-length")) + (
-        ObjectProp("x-iops-size", "int", kind="int64"),
-        ObjectProp("limits", "ThrottleLimits")),
+        for limit in THROTTLE_LIMITS for suffix in ("", "-max", "-max-length")) + (
+        ObjectProp("x-iops-size", "int", kind="int64"),),
 }
 REQUIRED = {"memory-backend-ram": ("size",), "memory-backend-file": ("size", "mem-path"),
             "memory-backend-memfd": ("size",)}
@@ -129,7 +133,7 @@ REQUIRED = {"memory-backend-ram": ("size",), "memory-backend-file": ("size", "me
 DEFAULTS = {"memory-backend-ram": {"share": False},
             "memory-backend-file": {"share": False},
             "memory-backend-memfd": {"share": True, "seal": True}}
-READ_ONLY = {"loaded", "opened"}    # state, not settings: -object may not set them
+READ_ONLY = {"loaded", "opened"}    # state, not settings: QEMU lists them, refuses setting
 
 
 def qom_properties(qom_type: str) -> list[dict]:
@@ -172,15 +176,15 @@ def check(members: dict[str, Any], strict: bool) -> tuple[str, str, dict[str, An
     if object_id is None:
         raise ObjectError("Parameter 'id' is missing")
     if not isinstance(object_id, str) or not IDENTIFIER.fullmatch(object_id):
-        raise ObjectError("Parameter 'id' expects an identifier\n"
-                          "Identifiers consist of letters, digits, '-', '.', '_', "
-                          "starting with a letter.")
+        raise ObjectError("Parameter 'id' expects an identifier", hint=ID_HINT)
     known = {p.name: p for p in TYPES[qom_type]}
     props = dict(DEFAULTS.get(qom_type, {}))
     for key, value in members.items():
         prop = known.get(key)
-        if prop is None or key in READ_ONLY or (key == "limits" and not strict):
+        if prop is None or (key == "limits" and not strict):
             raise ObjectError(f"Invalid parameter '{key}'")
+        if key in READ_ONLY:
+            raise ObjectError(f"Property '{qom_type}.{key}' is not writable")
         props[key] = _value(prop, value, strict)
     for name in REQUIRED.get(qom_type, ()):
         if name not in props:
@@ -211,14 +215,15 @@ def _value(prop: ObjectProp, value: Any, strict: bool) -> Any:
             raise ObjectError(f"Parameter '{name}' does not accept value '{value}'")
         return value
     kind = prop.kind or "int64"
-    if strict:
-        if not isinstance(value, int) or isinstance(value, bool):
-            if kind == "int64":
+    if strict:             # QEMU's input visitor (a negative size is taken modulo 2^64)
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if kind == "int64":
+            if not whole or value >= 1 << 63:
                 raise ObjectError(f"Invalid parameter type for '{name}', expected: integer")
+            return value
+        if not whole:
             raise ObjectError(f"Parameter '{name}' expects uint64")
-        if kind != "int64" and not 0 <= value < 1 << 64:
-            raise ObjectError(f"Parameter '{name}' expects uint64")
-        return value
+        return value % (1 << 64)
     try:
         if kind == "size":
             return parse_size(value)
@@ -265,6 +270,8 @@ def _memory_backing(obj: UserObject) -> RamBacking:
     backing = RamBacking(shared=p.get("share", False), reserve=p.get("reserve", True),
                          prealloc=p.get("prealloc", False), merge=p.get("merge", True),
                          dump=p.get("dump", True))
+    if obj.qom_type == "memory-backend-ram" and not backing.shared:
+        _try_mapping(obj.id, size, backing.reserve)
     if obj.qom_type == "memory-backend-file":
         backing.fd = _open_mem_path(p["mem-path"], size)
     elif obj.qom_type == "memory-backend-memfd":
@@ -285,6 +292,18 @@ def _memory_backing(obj: UserObject) -> RamBacking:
     if backing.fd is not None:
         obj.fds.append(backing.fd)
     return backing
+
+
+def _try_mapping(object_id: str, size: int, reserve: bool) -> None:
+    """QEMU maps a RAM backend as it is made, so a size the kernel will not commit
+    to fails object-add; kvmkit maps it later, so it asks the kernel now."""
+    noreserve = getattr(mmap, "MAP_NORESERVE", 0x4000)        # (Python 3.13 names it)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (0 if reserve else noreserve)
+    try:
+        mmap.mmap(-1, size, flags=flags).close()
+    except (OSError, OverflowError) as e:
+        reason = e.strerror if isinstance(e, OSError) else os.strerror(errno.ENOMEM)
+        raise ObjectError(f"cannot set up guest memory '{object_id}': {reason}") from None
 
 
 def _open_mem_path(path: str, size: int) -> int:

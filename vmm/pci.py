@@ -297,6 +297,10 @@ class PciDevice:
         routes and their eventfds) goes back."""
 
 
+class NoFreeSlot(ValueError):
+    """Every slot of the bus has a device."""
+
+
 class PciBus:
     """Bus 0 of the i440FX: 32 slots of up to 8 functions."""
 
@@ -330,7 +334,7 @@ class PciBus:
         for slot in range(32):
             if not any((slot, f) in self.devices for f in range(8)):
                 return slot
-        raise ValueError("PCI: no slot available")
+        raise NoFreeSlot("PCI: no slot available")
 
     def find(self, slot: int, function: int) -> PciDevice | None:
         return self.devices.get((slot, function))

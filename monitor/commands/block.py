@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from monitor.commands.devices import find_device
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import REGISTRY, command
 from monitor.types import (
@@ -288,20 +289,19 @@ _THROTTLE_ARGS = [Member("device", STR, True), Member("id", STR, True)] + [
 @command("block_set_io_throttle", args=_THROTTLE_ARGS)
 def block_set_io_throttle(ctx, device=None, id=None, group=None, **limits):
     block = ctx.machine.block
+    if (device is None) == (id is None):
+        raise QmpError("Need exactly one of 'device' and 'id'")
     if device is not None:
         drive = block.find_drive(device)
         if drive is None:
             raise device_not_found(device)
     else:
-        if id is None:
-            raise QmpError("Need exactly one of 'device' and 'id'")
         # the QOM path of the device holding the drive (for virtio-blk-pci, its
         # virtio-backend child: the PCI proxy itself has none, as in QEMU)
         drive = next((d for d in block.drives if d.attached_to and d.attached_to == id),
                      None)
         if drive is None:
-            if ctx.machine.devices.find(id) is not None:
-                raise QmpError("Device does not have a block device backend")
-            raise device_not_found(id)
+            find_device(ctx.machine, id)        # not found, or not a device
+            raise QmpError("Device does not have a block device backend")
     values = {key: value for key, value in limits.items() if value is not None}
     block.set_throttle(drive, ThrottleConfig(values), group)

@@ -28,6 +28,7 @@ OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "sandbox": (("enable", _B), ("obsolete", _S), ("elevateprivileges", _S), ("spawn", _S),
                 ("resourcecontrol", _S)),
     "drive": (), "device": (), "netdev": (), "object": (), "global": (),
+    "": (),                       # (QEMU 7.2 has a group of that name, with no keys)
 }
 PARAMETER = Struct("CommandLineParameterInfo", (
     Member("name", STR), Member("type", Enum("CommandLineParameterType",

@@ -4,7 +4,8 @@ qom-list-properties), all from the models' declarations in vmm/devices/."""
 
 from __future__ import annotations
 
-from monitor.errors import QmpError, device_not_found
+from monitor import qom
+from monitor.errors import DEVICE_NOT_FOUND, QmpError, device_not_found
 from monitor.registry import REGISTRY, command
 from monitor.types import ANY, BOOL, STR, ListOf, Member, Struct, option_text
 from vmm import objects as user_objects
@@ -15,10 +16,24 @@ REGISTRY.event("DEVICE_DELETED", [Member("device", STR, True), Member("path", ST
 
 
 def find_device(machine, qdev_id: str):
-    device = machine.devices.find(qdev_id)
-    if device is None:
-        raise device_not_found(qdev_id)
-    return device
+    """QEMU's find_device_state: an id is a QOM path relative to /machine/peripheral
+    (or an absolute one), so '' names that container and '/machine' the machine:
+    objects there, but not devices."""
+    if "/" not in qdev_id and qdev_id:
+        device = machine.devices.find(qdev_id)
+        if device is None:
+            raise device_not_found(qdev_id)
+        return device
+    base = [] if qdev_id.startswith("/") else ["machine", "peripheral"]
+    path = "/" + "/".join(base + [part for part in qdev_id.split("/") if part])
+    device = next((d for d in machine.devices if machine.devices.path(d) == path), None)
+    if device is not None:
+        return device
+    try:
+        qom.resolve(machine, path)
+    except QmpError:
+        raise device_not_found(qdev_id) from None
+    raise QmpError(f"{qdev_id} is not a hotpluggable device")
 
 
 def _bus_of(machine, device_type, bus: str | None = None) -> str:
@@ -30,22 +45,37 @@ def _bus_of(machine, device_type, bus: str | None = None) -> str:
 @command("device_add", args=[Member("driver", STR), Member("bus", STR, True),
                              Member("id", STR, True)], extra_args=True,
          features=("json-cli", "json-cli-hotplug"))
-def device_add(ctx, driver, props, bus=None, id=None):
+def device_add(ctx, props):
+    """QEMU 7.2 reads device_add's arguments as -device's option text: a number or a
+    boolean becomes text, a list, an object or a null is passed over, and an id that
+    is not a string is no id; then the id is checked, the model, the bus, and only
+    then whether that bus takes hotplugged devices."""
     machine = ctx.machine
+    options = {k: option_text(v) for k, v in props.items()
+               if v is not None and not isinstance(v, (list, dict))}
+    if not isinstance(props.get("id"), str):
+        options.pop("id", None)
+    if "id" in options:
+        try:
+            qdev.check_id(options["id"])
+        except qdev.DeviceError as e:
+            raise QmpError(str(e)) from None
+    driver = options.pop("driver", None)
+    if driver is None:
+        raise QmpError("Parameter 'driver' is missing")
     device_type = qdev.lookup(driver)
     if device_type is None or device_type.abstract:
         raise QmpError(f"'{driver}' is not a valid device model name")
-    if id is not None and machine.devices.find(id) is not None:
-        raise QmpError(f"Duplicate device ID '{id}'")
+    if "bus" in options:
+        try:
+            machine.devices.check_bus(device_type, options["bus"])
+        except qdev.DeviceError as e:
+            raise QmpError(str(e)) from None
     if not device_type.hotpluggable:
-        raise QmpError(f"Bus '{_bus_of(machine, device_type, bus)}' does not support "
-                       "hotplugging")
-    # QEMU 7.2 reads device_add's arguments as option text, as -device's
-    options = {k: option_text(v) for k, v in props.items()}
-    if bus is not None:
-        options["bus"] = bus
-    if id is not None:
-        options["id"] = id
+        raise QmpError(f"Bus '{_bus_of(machine, device_type, options.get('bus'))}' does not "
+                       "support hotplugging")
+    if "id" in options and machine.devices.find(options["id"]) is not None:
+        raise QmpError(f"Duplicate device ID '{options['id']}'")
     machine.hotplug_device(driver, options)
 
 
@@ -131,7 +161,7 @@ def _property_info(prop: qdev.Prop, with_default: bool) -> dict:
 @command("device-list-properties", args=[Member("typename", STR)], returns=PROPERTY_INFO)
 def device_list_properties(ctx, typename):
     device_type = qdev.TYPES.get(typename) if qdev.lookup(typename) else None
-    if device_type is None and typename in OTHER_TYPES:
+    if device_type is None and (typename in OTHER_TYPES or typename == "object"):
         raise QmpError("Parameter 'typename' expects a non-abstract device type")
     if device_type is None:
         raise device_not_found(typename)
@@ -161,7 +191,7 @@ def qom_list_properties(ctx, typename):
             return _cpu_properties()
         if typename in OTHER_TYPES:
             return [{"name": "type", "type": "string"}]
-        raise QmpError(f"Class '{typename}' not found")
+        raise QmpError(f"Class '{typename}' not found", DEVICE_NOT_FOUND)
     props = [p for t in reversed(qdev.ancestry(device_type)) for p in t.props]
     if qdev.implements(device_type, "pci-device"):
         pci = len(qdev.TYPES["pci-device"].props)

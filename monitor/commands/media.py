@@ -10,6 +10,7 @@ A drive no device uses has no tray: its medium may be changed at will.
 
 from __future__ import annotations
 
+from monitor.commands.devices import find_device
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import REGISTRY, command
 from monitor.types import BOOL, STR, Enum, Member
@@ -34,9 +35,7 @@ def _drive(ctx, device: str | None, qdev_id: str | None) -> Drive:
         if drive is None:
             raise device_not_found(device)
         return drive
-    found = ctx.machine.devices.find(qdev_id)
-    if found is None:
-        raise device_not_found(qdev_id)
+    found = find_device(ctx.machine, qdev_id)
     path = ctx.machine.devices.path(found)
     drive = next((d for d in block.drives if d.attached_to and d.attached_to == path), None)
     if drive is None:

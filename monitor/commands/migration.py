@@ -16,6 +16,7 @@ from monitor.types import (
     INT,
     SIZE,
     STR,
+    STR_OR_NULL,
     UINT32,
     UINT64,
     Builtin,
@@ -61,14 +62,35 @@ PARAMETERS = (
     ("x-checkpoint-delay", UINT32, None),
     ("block-incremental", BOOL, None),
     ("multifd-channels", UINT8, (1, 255, "a value between 1 and 255")),
-    ("multifd-compression", MULTIFD_COMPRESSION, None),
-    ("multifd-zlib-level", UINT8, (0, 9, "a value between 0 and 9")),
-    ("multifd-zstd-level", UINT8, (0, 20, "a value between 0 and 20")),
     ("xbzrle-cache-size", SIZE, None),
     ("max-postcopy-bandwidth", SIZE, None),
     ("max-cpu-throttle", UINT8, None),
+    ("multifd-compression", MULTIFD_COMPRESSION, None),
+    ("multifd-zlib-level", UINT8, (0, 9, "a value between 0 and 9")),
+    ("multifd-zstd-level", UINT8, (0, 20, "a value between 0 and 20")),
 )
 PARAMETER_MEMBERS = tuple(Member(name, kind, optional=True) for name, kind, _ in PARAMETERS)
+# the order of QEMU's migrate_params_check; QEMU 7.2 leaves the multifd zlib and zstd
+# levels out of what it checks (it checks the values it has, not those given), so any
+# uint8 is taken for them
+CHECK_ORDER = ("compress-level", "compress-threads", "decompress-threads",
+               "throttle-trigger-threshold", "cpu-throttle-initial", "cpu-throttle-increment",
+               "max-bandwidth", "downtime-limit", "multifd-channels",
+               "xbzrle-cache-size", "max-cpu-throttle",
+               "announce-initial", "announce-max", "announce-rounds", "announce-step")
+TLS_PARAMETERS = ("tls-creds", "tls-hostname", "tls-authz")
+BITMAP_ALIAS = Struct("BitmapMigrationBitmapAlias", (
+    Member("name", STR), Member("alias", STR),
+    Member("transform", Struct("BitmapMigrationBitmapAliasTransform", (
+        Member("persistent", BOOL, optional=True),)), optional=True)))
+# MigrateSetParameters: the TLS names may be null (QEMU's StrOrNull: null is ""), and
+# block-bitmap-mapping is taken (kvmkit migrates no dirty bitmaps: it is only checked)
+SET_PARAMETER_MEMBERS = tuple(
+    Member(m.name, STR_OR_NULL, optional=True) if m.name in TLS_PARAMETERS else m
+    for m in PARAMETER_MEMBERS) + (Member("block-bitmap-mapping", ListOf(Struct(
+        "BitmapMigrationNodeAlias", (Member("node-name", STR), Member("alias", STR),
+                                     Member("bitmaps", ListOf(BITMAP_ALIAS))))),
+        optional=True),)
 MIGRATION_PARAMETERS = Struct("MigrationParameters", PARAMETER_MEMBERS)
 MIGRATION_INFO = Struct("MigrationInfo", (
     Member("status", MIGRATION_STATUS, optional=True),
@@ -106,24 +128,30 @@ def query_migrate_parameters(ctx):
     return dict(ctx.machine.migration_settings.parameters)
 
 
-@command("migrate-set-parameters", args=list(PARAMETER_MEMBERS))
+@command("migrate-set-parameters", args=list(SET_PARAMETER_MEMBERS))
 def migrate_set_parameters(ctx, **given):
     given = {name.replace("_", "-"): value for name, value in given.items()}
+    given.pop("block-bitmap-mapping", None)
+    for name in TLS_PARAMETERS:
+        if name in given and given[name] is None:
+            given[name] = ""
     current = ctx.machine.migration_settings.parameters
-    for name, _, limits in PARAMETERS:
-        if name in given and limits is not None:
-            low, high, what = limits
-            if not low <= given[name] <= high:
+    merged = {**current, **given}          # QEMU checks the lot, in its own order
+    limits = {name: limit for name, _, limit in PARAMETERS}
+    for name in CHECK_ORDER:
+        value = merged.get(name)
+        if name == "xbzrle-cache-size":
+            if value < 4096 or value & (value - 1):
+                raise QmpError("Parameter 'xbzrle_cache_size' expects a power of two no "
+                               "less than the target page size")
+        elif name == "max-cpu-throttle":
+            if not merged["cpu-throttle-initial"] <= value <= 99:
+                raise QmpError("Parameter 'max_cpu_throttle' expects an integer in the "
+                               "range of cpu_throttle_initial to 99")
+        elif value is not None:
+            low, high, what = limits[name]
+            if not low <= value <= high:
                 raise QmpError(f"Parameter '{name.replace('-', '_')}' expects {what}")
-    size = given.get("xbzrle-cache-size")
-    if size is not None and (size < 4096 or size & (size - 1)):
-        raise QmpError("Parameter 'xbzrle_cache_size' expects a power of two no less than "
-                       "the target page size")
-    throttle = given.get("max-cpu-throttle")
-    initial = given.get("cpu-throttle-initial", current["cpu-throttle-initial"])
-    if throttle is not None and not initial <= throttle <= 99:
-        raise QmpError("Parameter 'max_cpu_throttle' expects an integer in the range of "
-                       "cpu_throttle_initial to 99")
     if any(given.get(name) for name in ("tls-creds", "tls-hostname", "tls-authz")):
         raise QmpError("kvmkit does not support TLS for migration")
     current.update(given)

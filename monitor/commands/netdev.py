@@ -6,7 +6,7 @@ import re
 
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import REGISTRY, command
-from monitor.types import BOOL, INT, SIZE, STR, Enum, ListOf, Member, Struct, Union
+from monitor.types import BOOL, INT, SIZE, STR, UINT32, Enum, ListOf, Member, Struct, Union
 from vmm.net import netdev_options
 from vmm.net.netdev_options import NETDEV_TYPES
 
@@ -22,7 +22,7 @@ def valid_id(name: str) -> bool:
 
 def _member_type(kind: str):
     return {netdev_options.STR: STR, netdev_options.BOOL: BOOL, netdev_options.INT: INT,
-            netdev_options.SIZE: SIZE,
+            netdev_options.UINT32: UINT32, netdev_options.SIZE: SIZE,
             netdev_options.STRINGS: ListOf(Struct("String", (Member("str", STR),)))}[kind]
 
 
@@ -85,4 +85,4 @@ def query_rx_filter(ctx, name=None):
     Member("interfaces", ListOf(STR), True), Member("id", STR, True)])
 def announce_self(ctx, initial, max, rounds, step, interfaces=None, id=None):
     """RARP from the NICs (all, or those named), on QEMU's announce timer."""
-    ctx.machine.announce_self(initial, max, rounds, step, interfaces)
+    ctx.machine.announce_self(initial, max, rounds, step, interfaces, id)

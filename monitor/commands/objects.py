@@ -12,14 +12,17 @@ from vmm import fdsets
 from vmm import objects as user_objects
 from vmm.errors import UserError
 
-_SCHEMA_TYPES = {"bool": BOOL, "string": STR, "int": INT}
+_SCHEMA_TYPES = {"bool": BOOL, "string": STR, "int": INT, "ThrottleLimits": Struct(
+    "ThrottleLimits", tuple(Member(f"{limit}{suffix}", INT, True)
+                            for limit in user_objects.THROTTLE_LIMITS
+                            for suffix in ("", "-max", "-max-length"))
+    + (Member("iops-size", INT, True),))}
 OBJECT_TYPE = Enum("ObjectType", tuple(user_objects.TYPES))
 OBJECT_BASE = (Member("qom-type", OBJECT_TYPE), Member("id", STR))
 # QEMU's ObjectOptions: a flat union on qom-type, a branch per type kvmkit makes
 OBJECT_OPTIONS = Union("ObjectOptions", OBJECT_BASE, "qom-type", tuple(
     (name, Struct(f"{name}-options", tuple(
-        Member(p.name, _SCHEMA_TYPES.get(p.type, ANY), True)
-        for p in props if p.name not in user_objects.READ_ONLY)))
+        Member(p.name, _SCHEMA_TYPES.get(p.type, ANY), True) for p in props)))
     for name, props in user_objects.TYPES.items()))
 
 

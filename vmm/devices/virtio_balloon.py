@@ -238,7 +238,7 @@ def _realize(board, device):
     props = device.props
     if any(implements(d.type, "virtio-balloon-pci-base") for d in board.devices
            if d is not device):
-        raise DeviceError("There is already a balloon device")
+        raise DeviceError("Only one balloon device is supported")
     balloon = VirtioBalloon(
         board.memory, board.cfg.memory,
         lambda actual: board.emit_from_vcpu("BALLOON_CHANGE", {"actual": actual}),

@@ -16,7 +16,7 @@ from typing import Any
 from vmm.errors import UserError
 from vmm.qemuopts import OptsError, parse_bool, parse_int, parse_opts_repeated, parse_size
 
-STR, BOOL, INT, SIZE, STRINGS = "str", "bool", "int", "size", "[String]"
+STR, BOOL, INT, UINT32, SIZE, STRINGS = "str", "bool", "int", "uint32", "size", "[String]"
 MEMBERS: dict[str, dict[str, str]] = {
     "user": {"hostname": STR, "restrict": BOOL, "ipv4": BOOL, "ipv6": BOOL, "ip": STR,
              "net": STR, "host": STR, "tftp": STR, "bootfile": STR, "dhcpstart": STR,
@@ -26,8 +26,8 @@ MEMBERS: dict[str, dict[str, str]] = {
              "tftp-server-name": STR},
     "tap": {"ifname": STR, "fd": STR, "fds": STR, "script": STR, "downscript": STR,
             "br": STR, "helper": STR, "sndbuf": SIZE, "vnet_hdr": BOOL, "vhost": BOOL,
-            "vhostfd": STR, "vhostfds": STR, "vhostforce": BOOL, "queues": INT,
-            "poll-us": INT},
+            "vhostfd": STR, "vhostfds": STR, "vhostforce": BOOL, "queues": UINT32,
+            "poll-us": UINT32},
     "bridge": {"br": STR, "helper": STR},
 }
 NETDEV_TYPES = tuple(MEMBERS)
@@ -36,7 +36,8 @@ QEMU_ONLY_TYPES = ("l2tpv3", "socket", "stream", "dgram", "vde", "hubport", "net
                    "vhost-user", "vhost-vdpa")
 LIST_MEMBERS = frozenset(name for members in MEMBERS.values()
                          for name, kind in members.items() if kind == STRINGS)
-EXPECTED = {STR: "string", BOOL: "boolean", INT: "integer", SIZE: "integer"}
+EXPECTED = {STR: "string", BOOL: "boolean", INT: "integer", UINT32: "integer",
+            SIZE: "integer"}
 
 
 def from_json(kind: str, members: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def from_json(kind: str, members: dict[str, Any]) -> dict[str, Any]:
                     raise UserError(f"Invalid parameter type for '{key}[{index}]', "
                                     f"expected: object")
             continue
-        wanted = {STR: str, BOOL: bool, INT: int, SIZE: int}[member_type]
+        wanted = {STR: str, BOOL: bool, INT: int, UINT32: int, SIZE: int}[member_type]
         if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
             raise UserError(f"Invalid parameter type for '{key}', expected: "
                             f"{EXPECTED[member_type]}")
@@ -111,7 +112,7 @@ def from_text(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         try:
             if member_type == BOOL:
                 typed[key] = parse_bool(key, text)
-            elif member_type == INT:
+            elif member_type in (INT, UINT32):
                 typed[key] = parse_int(key, text)
             elif member_type == SIZE:
                 typed[key] = parse_size(text)

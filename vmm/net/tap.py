@@ -19,6 +19,7 @@ rather than kvmkit, as with QEMU.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fcntl
 import logging
 import os
@@ -26,11 +27,15 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 from vmm.errors import UserError
 from vmm.qemuopts import OptsError, parse_size
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -254,18 +259,28 @@ class TapBackend:
             backend = cls._adopt([run_bridge_helper(opts["helper"], bridge)], lock)
             backend.bridge, backend.helper = bridge, opts["helper"]
             return backend
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=bridge)
-            if not found:
-                raise TapError(0, f"bridge '{bridge}' does not exist")
-            vnet_hdr = bool(_tun_features() & IFF_VNET_HDR)
-            fd, ifname = open_tap("", vnet_hdr)
-            try:
-                tap = ipr.link_lookup(ifname=ifname)[0]
-                ipr.link("set", index=tap, master=found[0], state="up")
-            except Exception as e:
-                os.close(fd)
-                raise TapError(0, f"could not add {ifname} to bridge '{bridge}': {e}") from None
+
+        def new_tap_on_bridge() -> tuple[int, str, bool]:
+            with IPRoute() as ipr:
+                found = ipr.link_lookup(ifname=bridge)
+                if not found:
+                    raise TapError(0, f"bridge '{bridge}' does not exist")
+                vnet_hdr = bool(_tun_features() & IFF_VNET_HDR)
+                fd, ifname = open_tap("", vnet_hdr)
+                try:
+                    tap = ipr.link_lookup(ifname=ifname)[0]
+                    ipr.link("set", index=tap, master=found[0], state="up")
+                except Exception as e:
+                    os.close(fd)
+                    raise TapError(0, f"could not add {ifname} to bridge '{bridge}': "
+                                      f"{e}") from None
+            return fd, ifname, vnet_hdr
+
+        try:
+            fd, ifname, vnet_hdr = outside_event_loop(new_tap_on_bridge)
+        except TapError as e:             # the helper's reason on stderr, QEMU's error
+            print(e.strerror, file=sys.stderr, flush=True)
+            raise TapError(0, "bridge helper failed") from None
         backend = cls([fd], ifname, None, None, lock, vnet_hdr)
         backend.bridge = bridge
         return backend
@@ -492,6 +507,17 @@ def _check_vhost(opts: dict, fd_lookup: Callable[[str], int]) -> None:
             pass
     log.warning("warning: tap: vhost-net is not supported by kvmkit; virtio-net frames "
                 "go through kvmkit itself")
+
+
+def outside_event_loop(work: Callable[[], T]) -> T:
+    """pyroute2 runs an asyncio loop of its own, which cannot start inside a running
+    one (netdev_add runs in the monitor's): there, the work gets a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return work()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(work).result()
 
 
 def run_bridge_helper(helper: str, bridge: str) -> int:
