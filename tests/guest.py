@@ -170,7 +170,15 @@ class QmpLine:
         import socket
 
         self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
+        deadline = time.monotonic() + 10
+        while True:             # the socket file is made (bind) just before listen
+            try:
+                self.sock.connect(path)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.file = self.sock.makefile("rb")
         self.file.readline()
         self.events: list[dict] = []
