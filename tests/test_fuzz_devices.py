@@ -7,7 +7,8 @@ traceback and stop its vCPU), the monitor answering throughout, and afterwards a
 system_reset that boots the guest again. A guest that its own broken device
 killed (random DMA addresses can land on its code) is fine; the VMM is what is
 tested. Each run is replayed by its seed: KVMKIT_FUZZ_SEED and KVMKIT_FUZZ_STEPS
-change them (a long campaign: a large STEPS)."""
+change them, and KVMKIT_FUZZ_MINUTES runs seed after seed (from SEED up) for
+that long on each device: the long campaign."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from guest import QmpLine as Qmp
 pytestmark = pytest.mark.kvm
 SEED = int(os.environ.get("KVMKIT_FUZZ_SEED", "20261207"))
 STEPS = int(os.environ.get("KVMKIT_FUZZ_STEPS", "40000"))
+MINUTES = float(os.environ.get("KVMKIT_FUZZ_MINUTES", "0"))    # a campaign: seed after seed
 SLOT = 5
 DEVICES = {
     "virtio-net-pci": ["-netdev", "user,id=u0", "-device",
@@ -36,6 +38,17 @@ DEVICES = {
     "piix3-ide": ["-drive", "if=ide,file={disk},format=raw"],
 }
 TARGETS = {"piix3-ide": "1.1"}
+# Valid driver work before each run: the device is live (its queues set up) when the
+# fuzzing starts, and, after the reset that ends the run before, it works again.
+SEND = ("netsend ffffffffffff 0x88b5 before-fuzz", lambda r: r["sent"] == 60)
+ACTIVITY = {
+    "virtio-net-pci": SEND, "e1000": SEND, "rtl8139": SEND,
+    "virtio-blk-pci": ("blk write 3 before-fuzz", lambda r: r == {"status": 0}),
+    "piix3-ide": ("ide write 0 0 3 1 dma before-fuzz 48", lambda r: r["status"] == 0x50),
+    "virtio-rng-pci": ("rng 64", lambda r: r["bytes"] == 64),
+    "virtio-serial-pci": ("console", lambda r: r["max_ports"] == 31),
+    "virtio-balloon-pci": ("balloon", lambda r: r["present"] and r["actual"] == 0),
+}
 
 
 class Pinger:
@@ -45,6 +58,7 @@ class Pinger:
     def __init__(self, sock: str) -> None:
         self.qmp = Qmp(sock)
         self.answers, self.longest, self.failure = 0, 0.0, None
+        self.lock = threading.Lock()
         self.running = True
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -54,7 +68,8 @@ class Pinger:
         while self.running:
             started = time.monotonic()
             try:
-                reply = self.qmp.execute("query-status")
+                with self.lock:
+                    reply = self.qmp.execute("query-status")
             except Exception as e:                 # a hang or a closed monitor
                 self.failure = repr(e)
                 return
@@ -80,21 +95,40 @@ def test_kvmkit_survives_a_guest_fuzzing_its_registers(launch, tmp_path, device)
                 "kvmkit")
     vm.wait_event("ready", timeout=60)
     pinger = Pinger(sock)
-    vm.send(f"fuzz {SEED} {STEPS} {TARGETS.get(device, SLOT)}\n")
+    deadline = time.monotonic() + MINUTES * 60
+    started, seed, finished = time.monotonic(), SEED, 0
+    while True:                   # one seeded run, or seed after seed for MINUTES
+        finished += fuzz_once(vm, pinger, device, seed)
+        if time.monotonic() >= deadline:
+            break
+        seed += 1
+    pinger.stop()
+    print(f"\n{device}: seeds {SEED}..{seed}, {STEPS} steps each, "
+          f"{(seed - SEED + 1) * STEPS} accesses in {(time.monotonic() - started) / 60:.1f} min, "
+          f"guest finished {finished} of {seed - SEED + 1} runs, "
+          f"{pinger.answers} monitor answers, longest {pinger.longest * 1000:.0f} ms")
+
+
+def fuzz_once(vm, pinger: Pinger, device: str, seed: int) -> bool:
+    """One seeded run, then a reset that must boot the guest again; whether the
+    guest lived to print its summary."""
+    line, works = ACTIVITY[device]
+    answer = vm.command(line)
+    assert works(answer), (seed, line, answer)
+    vm.send(f"fuzz {seed} {STEPS} {TARGETS.get(device, SLOT)}\n")
     try:
         summary = vm.read_json(timeout=300)
     except GuestError:
         summary = None                          # the guest did not live to tell
-    pinger.stop()
-    assert vm.proc.poll() is None, vm.stderr
-    assert pinger.failure is None and pinger.answers > 0, pinger.failure
-    assert "Traceback" not in vm.stderr and "Exception" not in vm.stderr, vm.stderr
-    if summary is not None and "seed" in summary:
+    assert vm.proc.poll() is None, (seed, vm.stderr)
+    assert pinger.failure is None and pinger.answers > 0, (seed, pinger.failure)
+    assert "Traceback" not in vm.stderr and "Exception" not in vm.stderr, (seed, vm.stderr)
+    finished = summary is not None and "seed" in summary
+    if finished:
         assert summary["steps"] == STEPS and summary["writes"] > 0 and summary["regions"] > 0
-    qmp = pinger.qmp                          # (a QMP socket serves one client at a time)
-    assert qmp.execute("system_reset") == {"return": {}}
+    with pinger.lock:                   # (a QMP socket serves one client at a time)
+        assert pinger.qmp.execute("system_reset") == {"return": {}}
     vm.wait_event("ready", timeout=60)                 # the machine boots again
-    assert qmp.execute("query-status")["return"]["status"] == "running"
-    print(f"\n{device}: seed {SEED}, {STEPS} steps, guest "
-          f"{'finished' if summary and 'seed' in summary else 'died'}, "
-          f"{pinger.answers} monitor answers, longest {pinger.longest * 1000:.0f} ms")
+    with pinger.lock:
+        assert pinger.qmp.execute("query-status")["return"]["status"] == "running"
+    return finished
