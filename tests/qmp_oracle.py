@@ -282,7 +282,14 @@ class Side:
                 raise RuntimeError(f"{name} did not start: {self.stderr()}")
             time.sleep(0.05)
         self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(sock)
+        while True:              # (the socket file is made just before it listens)
+            try:
+                self.sock.connect(sock)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.buf = b""
         self.replies: list[dict] = []
         self.sock.settimeout(60)
