@@ -56,10 +56,7 @@ def device_add(ctx, props):
     if not isinstance(props.get("id"), str):
         options.pop("id", None)
     if "id" in options:
-        try:
-            qdev.check_id(options["id"])
-        except qdev.DeviceError as e:
-            raise QmpError(str(e)) from None
+        qdev.check_id(options["id"])
     driver = options.pop("driver", None)
     if driver is None:
         raise QmpError("Parameter 'driver' is missing")
@@ -67,10 +64,7 @@ def device_add(ctx, props):
     if device_type is None or device_type.abstract:
         raise QmpError(f"'{driver}' is not a valid device model name")
     if "bus" in options:
-        try:
-            machine.devices.check_bus(device_type, options["bus"])
-        except qdev.DeviceError as e:
-            raise QmpError(str(e)) from None
+        machine.devices.check_bus(device_type, options["bus"])
     if not device_type.hotpluggable:
         raise QmpError(f"Bus '{_bus_of(machine, device_type, options.get('bus'))}' does not "
                        "support hotplugging")

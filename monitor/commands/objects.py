@@ -22,7 +22,8 @@ OBJECT_BASE = (Member("qom-type", OBJECT_TYPE), Member("id", STR))
 # QEMU's ObjectOptions: a flat union on qom-type, a branch per type kvmkit makes
 OBJECT_OPTIONS = Union("ObjectOptions", OBJECT_BASE, "qom-type", tuple(
     (name, Struct(f"{name}-options", tuple(
-        Member(p.name, _SCHEMA_TYPES.get(p.type, ANY), True) for p in props)))
+        Member(p.name, Enum(p.type, p.values) if p.values else _SCHEMA_TYPES.get(p.type, ANY),
+               True) for p in props)))
     for name, props in user_objects.TYPES.items()))
 
 
