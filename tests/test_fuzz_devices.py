@@ -132,3 +132,22 @@ def fuzz_once(vm, pinger: Pinger, device: str, seed: int) -> bool:
     with pinger.lock:
         assert pinger.qmp.execute("query-status")["return"]["status"] == "running"
     return finished
+
+
+@pytest.mark.parametrize("offset", [-1, 0])
+def test_guest_ram_is_fenced_by_guard_pages(offset, tmp_path):
+    """What the fuzzing relies on to show that host memory outside guest RAM is never
+    touched: the byte just past a RAM region (and just before it) is a PROT_NONE
+    page, so a device or ring that ran over would kill the VMM, which every fuzz
+    run checks for. The last byte of RAM itself reads fine."""
+    import subprocess
+    import sys
+
+    program = ("import ctypes; from vmm.memory import GuestMemory; m = GuestMemory(1 << 20); "
+               "r = m.regions[0]; base = m.host_address(r); "
+               f"ctypes.string_at(base + r.size - 1, 1); print('inside', flush=True); "
+               f"ctypes.string_at(base + ({offset} if {offset} < 0 else r.size), 1); "
+               "print('outside')")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=30, cwd=tmp_path)      # (the installed package)
+    assert result.stdout == "inside\n" and result.returncode == -11, result

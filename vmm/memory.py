@@ -17,6 +17,11 @@ from dataclasses import dataclass
 PCI_HOLE_START = 0xC000_0000
 HIGH_RAM_START = 0x1_0000_0000
 PAGE_SIZE = 4096
+# Anonymous RAM is mapped between two PROT_NONE pages, so that a device or ring
+# bug that ran past a region's end (or before its start) faults at once instead
+# of touching other host memory.
+GUARD = PAGE_SIZE
+PROT_NONE = 0                   # (the mmap module names only PROT_READ, _WRITE, _EXEC)
 
 
 class GuestMemoryError(ValueError):
@@ -29,6 +34,7 @@ class RamRegion:
     size: int
     mapping: mmap.mmap
     view: memoryview
+    guard: int = 0                  # bytes of the mapping before the RAM (a guard page)
 
     @property
     def end(self) -> int:
@@ -68,9 +74,15 @@ class GuestMemory:
             flags |= getattr(mmap, "MAP_NORESERVE", 0x4000)
         if b.prealloc:
             flags |= getattr(mmap, "MAP_POPULATE", 0x8000)
+        guard = 0
         if b.fd is None:
-            mapping = mmap.mmap(-1, size, flags | mmap.MAP_ANONYMOUS,
+            guard = GUARD
+            mapping = mmap.mmap(-1, size + 2 * guard, flags | mmap.MAP_ANONYMOUS,
                                 mmap.PROT_READ | mmap.PROT_WRITE)
+            base = _address_of(mapping)
+            for start in (base, base + guard + size):
+                if _libc().mprotect(ctypes.c_void_p(start), guard, PROT_NONE):
+                    raise OSError(ctypes.get_errno(), "mprotect of a guard page")
         else:
             mapping = mmap.mmap(b.fd, size, flags, mmap.PROT_READ | mmap.PROT_WRITE,
                                 offset=offset)
@@ -78,7 +90,7 @@ class GuestMemory:
             mapping.madvise(mmap.MADV_MERGEABLE)
         if not b.dump and hasattr(mmap, "MADV_DONTDUMP"):
             mapping.madvise(mmap.MADV_DONTDUMP)
-        return RamRegion(gpa, size, mapping, memoryview(mapping))
+        return RamRegion(gpa, size, mapping, memoryview(mapping)[guard:guard + size], guard)
 
     @property
     def below_4g(self) -> int:
@@ -90,7 +102,7 @@ class GuestMemory:
 
     def host_address(self, region: RamRegion) -> int:
         from vmm._kvm import ffi  # local: keeps this module usable without the extension
-        return int(ffi.cast("uintptr_t", ffi.from_buffer(region.mapping)))
+        return int(ffi.cast("uintptr_t", ffi.from_buffer(region.mapping))) + region.guard
 
     def region_of(self, gpa: int, length: int) -> RamRegion:
         if length < 0:
@@ -176,7 +188,7 @@ class GuestMemory:
             raise GuestMemoryError("discard needs page-aligned ranges")
         # a shared mapping's pages live in the file or memfd: punch them out of it
         advice = mmap.MADV_REMOVE if self.backing.shared else mmap.MADV_DONTNEED
-        region.mapping.madvise(advice, start, length)
+        region.mapping.madvise(advice, region.guard + start, length)
         self.mark_dirty(gpa, length)              # now zero: migration must say so
 
     def close(self) -> None:
@@ -198,8 +210,16 @@ class GuestMemory:
         region = self.region_of(page, PAGE_SIZE)
         address = self.host_address(region) + page - region.gpa
         libc = _libc()
-        libc.mprotect(ctypes.c_void_p(address), PAGE_SIZE, mmap.PROT_NONE)
+        libc.mprotect(ctypes.c_void_p(address), PAGE_SIZE, PROT_NONE)
         libc.mprotect(ctypes.c_void_p(address), PAGE_SIZE, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def _address_of(mapping: mmap.mmap) -> int:
+    pointer = ctypes.c_char.from_buffer(mapping)     # (its export ends with it)
+    try:
+        return ctypes.addressof(pointer)
+    finally:
+        del pointer
 
 
 @functools.cache
