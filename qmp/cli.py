@@ -51,7 +51,10 @@ class _MessageFormatter(logging.Formatter):
 
 
 def error(message: str) -> int:
-    print(f"{_prefix()}{PROG}: {message}", file=sys.stderr, flush=True)
+    try:
+        print(f"{_prefix()}{PROG}: {message}", file=sys.stderr, flush=True)
+    except OSError:         # no one reads stderr any more: the message cannot stop us
+        pass
     return 1
 
 

@@ -243,6 +243,21 @@ def test_sigterm_ends_the_vmm_with_status_0(tmp_path):
     assert b"terminating on signal 15" in proc.stderr.read()
 
 
+def test_sigterm_ends_the_vmm_whose_parent_is_gone(tmp_path):
+    """The test harness that started it died: its stdout and stderr are pipes no one
+    reads. SIGTERM must still end it (the message it cannot print must not stop
+    it; found by a killed fuzz campaign whose VMMs outlived it)."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(kvmkit_command() + BASE + ["-kernel", probe_elf(), "-serial",
+                                                       "stdio"], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end)
+    os.close(write_end)
+    time.sleep(1)
+    os.close(read_end)                                  # the reader is gone
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
 def test_daemonize_refuses_stdio():
     result = subprocess.run(kvmkit_command() + BASE + ["-serial", "stdio", "-daemonize"],
                             capture_output=True, text=True, timeout=30)
