@@ -40,3 +40,37 @@ def test_bad_id_on_the_command_line():
     assert proc.stderr.splitlines()[-2:] == [
         "kvmkit: -device e1000,id=9lives: Parameter 'id' expects an identifier",
         "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."]
+
+
+ABSENT = [(name, {}) for name in (
+    "query-sev", "query-sev-capabilities", "query-sev-launch-measure", "query-sgx",
+    "query-sgx-capabilities", "query-tpm", "query-colo-status", "x-colo-lost-heartbeat",
+    "query-xen-replication-status",
+    "xen-colo-do-checkpoint", "query-replay", "replay-delete-break",
+    "query-vm-generation-id", "query-pr-managers", "x-query-jit", "x-query-opcount",
+    "x-query-profile", "x-query-rdma")] + [
+    ("query-sev-attestation-report", {"mnonce": "x"}),
+    ("sev-inject-launch-secret", {"packet-header": "a", "secret": "b", "gpa": 5}),
+    ("xen-set-replication", {"enable": True, "primary": True}),
+    ("xen-set-replication", {"enable": True, "primary": True, "failover": True}),
+    ("xen-set-global-dirty-log", {"enable": True}),
+    ("replay-break", {"icount": 5}), ("replay-seek", {"icount": 5}),
+    ("query-rocker", {"name": "r"}), ("query-rocker-ports", {"name": "r"}),
+    ("query-rocker-of-dpa-flows", {"name": "r", "tbl-id": 1}),
+    ("query-rocker-of-dpa-groups", {"name": "r", "type": 1})]
+
+
+def test_features_the_machine_lacks_answer_as_qemu(tmp_path):
+    """SEV, SGX, TPM, Xen and COLO replication, record/replay, rocker, PR managers, the
+    VM generation ID, TCG's counters: QEMU 7.2's answers on this KVM host, to the letter."""
+    ours = qmp_answers(kvmkit_command(), str(tmp_path / "kvmkit.sock"), ABSENT)
+    theirs = qmp_answers([QEMU, "-accel", "kvm"], str(tmp_path / "qemu.sock"), ABSENT)
+    assert [(c, a, r) for (c, a), r in zip(ABSENT, ours)] == \
+        [(c, a, r) for (c, a), r in zip(ABSENT, theirs)]
+
+
+def test_no_tpm_is_offered(tmp_path):
+    """QEMU lists the TPM models and back ends it was built with; kvmkit has none."""
+    asked = [("query-tpm-models", {}), ("query-tpm-types", {})]
+    assert qmp_answers(kvmkit_command(), str(tmp_path / "k.sock"), asked) == [
+        {"return": []}, {"return": []}]

@@ -1,6 +1,7 @@
 """Every QMP command, grouped by subject; importing this registers them all."""
 
 from monitor.commands import (  # noqa: F401
+    absent,
     balloon,
     block,
     cmdline,
