@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmm.errors import UserError
+from vmm.errors import DEVICE_NOT_FOUND, UserError
 from vmm.memory import RamBacking
 from vmm.qdev import ID_HINT
 from vmm.qemuopts import OptsError, parse_size, split_opts
@@ -91,8 +91,15 @@ class IoThread:
 
 _BACKEND = (                                     # (in the order of QEMU's schema)
     ObjectProp("dump", "bool", "Set to 'off' to exclude from core dump"),
+    ObjectProp("host-nodes", "uint16List", "Binds memory to the list of NUMA host nodes"),
     ObjectProp("merge", "bool", "Mark memory as mergeable"),
+    ObjectProp("policy", "HostMemPolicy", "Set the NUMA policy",
+               values=("default", "preferred", "bind", "interleave")),
     ObjectProp("prealloc", "bool", "Preallocate memory"),
+    ObjectProp("prealloc-threads", "uint32", "Number of CPU threads to use for prealloc",
+               "uint64"),
+    ObjectProp("prealloc-context", "link<thread-context>",
+               "Context to use for creating CPU threads for preallocation"),
     ObjectProp("share", "bool", "Mark the memory as private to QEMU or shared"),
     ObjectProp("reserve", "bool", "Reserve swap space (or huge pages) if applicable"),
     ObjectProp("size", "int", "Size of the memory region (ex: 500M)", "size"),
@@ -140,7 +147,7 @@ def qom_properties(qom_type: str) -> list[dict]:
     """qom-list-properties' answer for an object type."""
     out = [{"name": "type", "type": "string"}]
     for p in TYPES[qom_type]:
-        entry = {"name": p.name, "type": p.type}
+        entry = {"name": p.name, "type": "int" if p.type == "uint16List" else p.type}
         if p.description:
             entry["description"] = p.description
         out.append(entry)
@@ -198,6 +205,17 @@ def _value(prop: ObjectProp, value: Any, strict: bool) -> Any:
         if not isinstance(value, dict):
             raise ObjectError(f"Invalid parameter type for '{name}', expected: object")
         return value
+    if prop.type == "uint16List":                 # host-nodes: only as JSON
+        if not strict:
+            raise ObjectError(f"kvmkit does not bind guest memory to host NUMA nodes "
+                              f"('{name}')")
+        if not isinstance(value, list):
+            raise ObjectError(f"Invalid parameter type for '{name}', expected: array")
+        return value
+    if name == "prealloc-context":     # a link to a thread-context object: kvmkit has none
+        if strict and not isinstance(value, str):
+            raise ObjectError(f"Invalid parameter type for '{name}', expected: string")
+        raise ObjectError(f"Device '{value}' not found", DEVICE_NOT_FOUND)
     if prop.type == "bool":
         if strict:
             if not isinstance(value, bool):
@@ -264,6 +282,9 @@ def create(qom_type: str, object_id: str, props: dict[str, Any]) -> UserObject:
 
 def _memory_backing(obj: UserObject) -> RamBacking:
     p = obj.props
+    if p.get("host-nodes") or p.get("policy", "default") != "default":
+        raise ObjectError("kvmkit does not bind guest memory to host NUMA nodes "
+                          "('host-nodes', 'policy')")
     size = p["size"]
     if size == 0:
         raise ObjectError(f"property 'size' of {obj.qom_type} doesn't take value '0'")

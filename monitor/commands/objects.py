@@ -7,12 +7,14 @@ import os
 
 from monitor.errors import QmpError
 from monitor.registry import command
-from monitor.types import ANY, BOOL, INT, STR, Enum, ListOf, Member, Struct, Union
+from monitor.types import ANY, BOOL, INT, STR, UINT32, Builtin, Enum, ListOf, Member, Struct, Union
 from vmm import fdsets
 from vmm import objects as user_objects
 from vmm.errors import UserError
 
-_SCHEMA_TYPES = {"bool": BOOL, "string": STR, "int": INT, "ThrottleLimits": Struct(
+_SCHEMA_TYPES = {"bool": BOOL, "string": STR, "int": INT, "uint32": UINT32,
+                 "link<thread-context>": STR,
+                 "uint16List": ListOf(Builtin("uint16", "int")), "ThrottleLimits": Struct(
     "ThrottleLimits", tuple(Member(f"{limit}{suffix}", INT, True)
                             for limit in user_objects.THROTTLE_LIMITS
                             for suffix in ("", "-max", "-max-length"))
@@ -29,10 +31,7 @@ OBJECT_OPTIONS = Union("ObjectOptions", OBJECT_BASE, "qom-type", tuple(
 
 @command("object-add", args=OBJECT_BASE, variants=OBJECT_OPTIONS)
 def object_add(ctx, props, qom_type, id):
-    try:
-        obj = ctx.machine.objects.add({"qom-type": qom_type, "id": id, **props}, strict=True)
-    except user_objects.ObjectError as e:
-        raise QmpError(str(e)) from None
+    obj = ctx.machine.objects.add({"qom-type": qom_type, "id": id, **props}, strict=True)
     if obj.qom_type == "throttle-group":
         try:
             ctx.machine.block.add_throttle_group(obj.id,
