@@ -55,3 +55,29 @@ def test_exit_counters_move_while_the_guest_runs(launch, tmp_path, vmm):
     for _ in range(20):                   # each command is serial port I/O: exits
         assert vm.command("info")
     assert exits() > before
+
+
+def test_a_vcpu_halted_for_good_still_answers(tmp_path):
+    """A guest that disabled interrupts and halted never leaves KVM_RUN, and a vCPU
+    ioctl waits for that: query-stats must not ask the vCPU fd then (found by the
+    QMP oracle fuzzer, where it hung the monitor)."""
+    import time
+
+    from guest import start_with_qmp
+    from tinyguests import pvh_serial_guest
+
+    guest = tmp_path / "halt.elf"
+    guest.write_bytes(pvh_serial_guest(b"halting\n", None, tail=b"\xfa"))     # cli
+    sock = str(tmp_path / "k.sock")
+    proc = start_with_qmp(kvmkit_command() + ["-m", "64", "-nodefaults", "-display", "none",
+                                              "-kernel", str(guest)], sock)
+    try:
+        qmp = QmpLine(sock)
+        qmp.sock.settimeout(10)
+        time.sleep(1)                                     # it has halted by now
+        reply = qmp.execute("query-stats", target="vcpu")
+        assert reply["return"][0]["qom-path"] == VCPU0
+        assert qmp.execute("query-stats-schemas")["return"][0]["target"] == "vcpu"
+    finally:
+        proc.kill()
+        proc.wait()

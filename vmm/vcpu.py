@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from vmm._kvm import lib
 from vmm.kvm import Vcpu
+from vmm.kvm_stats import open_stats
 
 if TYPE_CHECKING:
     from vmm.bus import Bus
@@ -54,6 +55,9 @@ class VcpuThread:
         self.on_event = on_event
         self.thread: threading.Thread | None = None
         self.native_id: int | None = None
+        # KVM's counters (query-stats), opened now: a vCPU ioctl waits for the vCPU
+        # to leave KVM_RUN, which a halted guest may never do
+        self.stats = open_stats(vcpu.fd)
         self._cond = threading.Condition()
         self._run_allowed = False
         self._parked = True

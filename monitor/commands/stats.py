@@ -6,7 +6,7 @@ from __future__ import annotations
 from monitor.commands.core import cpu_qom_path
 from monitor.registry import command
 from monitor.types import ANY, INT, STR, Enum, ListOf, Member, Struct, Union
-from vmm.kvm_stats import open_stats
+from vmm.kvm_stats import KvmStats, open_stats
 
 STATS_TARGET = Enum("StatsTarget", ("vm", "vcpu"))
 STATS_PROVIDER = Enum("StatsProvider", ("kvm",))
@@ -29,12 +29,16 @@ STATS_SCHEMA = Struct("StatsSchema", (
         Member("bucket-size", INT, True)))))))
 
 
-def _sources(machine, target: str) -> list[tuple[str | None, int]]:
-    """(qom-path, fd to ask) for the VM or for each vCPU."""
+def _sources(machine, target: str) -> list[tuple[str | None, KvmStats, bool]]:
+    """(qom-path, statistics, whether to close them after) for the VM or each vCPU.
+    A vCPU's were opened before it first ran (vmm/vcpu.py): a vCPU ioctl waits while
+    the vCPU is in KVM_RUN, which a halted guest may never leave."""
     if target == "vm":
-        return [(None, machine.vm.fd)]
-    return [(cpu_qom_path(i), runner.vcpu.fd)                 # the last first, as QEMU
-            for i, runner in reversed(list(enumerate(machine.vcpus)))]
+        stats = open_stats(machine.vm.fd)
+        return [(None, stats, True)] if stats is not None else []
+    return [(cpu_qom_path(i), runner.stats, False)            # the last first, as QEMU
+            for i, runner in reversed(list(enumerate(machine.vcpus)))
+            if runner.stats is not None]
 
 
 @command("query-stats", args=STATS_FILTER_BASE, variants=STATS_FILTER,
@@ -49,16 +53,14 @@ def query_stats(ctx, target, props, providers=None):
             names = [n for p in kvm for n in p.get("names", [])]
     wanted = props.get("vcpus")
     results = []
-    for path, fd in _sources(ctx.machine, target):
-        if wanted is not None and path not in wanted:
-            continue
-        stats = open_stats(fd)
-        if stats is None:
-            continue
+    for path, stats, owned in _sources(ctx.machine, target):
         try:
+            if wanted is not None and path not in wanted:
+                continue
             values = stats.values(names)
         finally:
-            stats.close()
+            if owned:
+                stats.close()
         if names is not None and not values:
             continue
         results.append({"provider": "kvm", "stats": values,
@@ -72,14 +74,10 @@ def query_stats_schemas(ctx, provider=None):
     schemas = []
     for target in ("vcpu", "vm"):
         sources = _sources(ctx.machine, target)
-        if not sources:
-            continue
-        stats = open_stats(sources[0][1])
-        if stats is None:
-            continue
-        try:
+        if sources:
             schemas.append({"provider": "kvm", "target": target,
-                            "stats": [s.schema() for s in stats.stats]})
-        finally:
-            stats.close()
+                            "stats": [s.schema() for s in sources[0][1].stats]})
+        for _path, stats, owned in sources:
+            if owned:
+                stats.close()
     return schemas
