@@ -39,6 +39,8 @@ class DeviceManager:
         device_type = qdev.lookup(driver) if isinstance(driver, str) else None
         if device_type is None or device_type.abstract:
             raise DeviceError(f"'{driver}' is not a valid device model name")
+        if device_type.name in qdev.BOARD_PARTS:
+            raise DeviceError("Parameter 'driver' expects a pluggable device type")
         if self.first_bus(device_type.bus) is None:
             raise DeviceError(f"No '{device_type.bus or 'System'}' bus found for device "
                               f"'{device_type.name}'")

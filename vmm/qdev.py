@@ -29,6 +29,12 @@ NO_DEFAULT = None
 # QEMU's id_wellformed: a letter, then letters, digits, '-', '.' and '_'
 IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 CHARDEV_DESCRIPTION = "ID of a chardev to use as a backend"
+# What QEMU marks not user-creatable: parts of the board that -device and device_add
+# refuse before anything else ("expects a pluggable device type"). kvmkit's own
+# user_creatable is narrower still: the virtio backends and ports it makes only
+# inside their proxies are QEMU's pluggable types, refused later, and otherwise.
+BOARD_PARTS = frozenset({"PIIX4_PM", "i440FX-pcihost", "i440FX", "PIIX3", "piix3-ide",
+                         "kvm-ioapic", "kvm-pit"})
 ID_HINT = "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."
 
 INT_RANGES = {"uint8": (0, 0xFF, "uint8_t"), "uint16": (0, 0xFFFF, "uint16_t"),

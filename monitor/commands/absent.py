@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from monitor.errors import QmpError
 from monitor.registry import command
-from monitor.types import BOOL, INT, STR, UINT32, Builtin, Enum, ListOf, Member, Struct
+from monitor.types import BOOL, INT, STR, UINT32, UINT64, Builtin, Enum, ListOf, Member, Struct
 
 TPM_MODEL = Enum("TpmModel", ("tpm-tis", "tpm-crb", "tpm-spapr"))
 TPM_TYPE = Enum("TpmType", ("passthrough", "emulator"))
@@ -78,7 +78,7 @@ def query_sev_attestation_report(ctx, mnonce):
 
 
 @command("sev-inject-launch-secret", args=[
-    Member("packet-header", STR), Member("secret", STR), Member("gpa", INT, True)])
+    Member("packet-header", STR), Member("secret", STR), Member("gpa", UINT64, True)])
 def sev_inject_launch_secret(ctx, packet_header, secret, gpa=None):
     raise QmpError("SEV not enabled for guest")
 

@@ -280,10 +280,9 @@ def block_resize(ctx, size, device=None, node_name=None):
 
 
 _THROTTLE_ARGS = [Member("device", STR, True), Member("id", STR, True)] + [
-    Member(name, INT) for _opt, name in LIMITS] + [
-    Member(name + suffix, INT, True) for _opt, name in LIMITS
-    for suffix in ("_max", "_max_length")] + [Member("iops_size", INT, True),
-                                              Member("group", STR, True)]
+    Member(name, INT) for _opt, name in LIMITS] + [      # (in QEMU's order: its checks')
+    Member(name + suffix, INT, True) for suffix in ("_max", "_max_length")
+    for _opt, name in LIMITS] + [Member("iops_size", INT, True), Member("group", STR, True)]
 
 
 @command("block_set_io_throttle", args=_THROTTLE_ARGS)

@@ -63,6 +63,8 @@ def device_add(ctx, props):
     device_type = qdev.lookup(driver)
     if device_type is None or device_type.abstract:
         raise QmpError(f"'{driver}' is not a valid device model name")
+    if device_type.name in qdev.BOARD_PARTS:
+        raise QmpError("Parameter 'driver' expects a pluggable device type")
     if "bus" in options:
         machine.devices.check_bus(device_type, options["bus"])
     if not device_type.hotpluggable:

@@ -299,7 +299,7 @@ def _realize(board, device):
     props = device.props
     name = props.get("drive") or ""
     if not name:
-        raise DeviceError("Parameter 'drive' is missing")
+        raise DeviceError("drive property not set")
     drive = drive_named(board, "virtio-blk-pci", name)
     # QEMU's defaults: a request queue per vCPU, and an MSI-X vector for each and for
     # the configuration.
