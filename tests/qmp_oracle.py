@@ -371,7 +371,11 @@ def exchange(sides: list[Side], batches: list[list[dict | bytes]],
         for key, events in selector.select(1.0):
             side = key.data
             if events & selectors.EVENT_WRITE and pending[side]:
-                sent = side.sock.send(pending[side][:1 << 16])
+                try:
+                    sent = side.sock.send(pending[side][:1 << 16])
+                except OSError as e:
+                    raise SideFailure(side, f"{e} (exit status {side.proc.poll()}): "
+                                            f"{side.stderr()}") from None
                 pending[side] = pending[side][sent:]
                 if not pending[side]:
                     selector.modify(side.sock, selectors.EVENT_READ, side)
@@ -593,7 +597,8 @@ class Pair:
         self.qemu.close()
 
 
-def campaign(messages: int, seed: int, batch: int, workdir: Path) -> Tally:
+def campaign(messages: int, seed: int, batch: int, workdir: Path,
+             report_to: Path | None = None) -> Tally:
     pair = Pair(workdir)
     maker = MessageMaker(RandomChooser(seed), pair.ours)
     started, done = time.monotonic(), 0
@@ -611,6 +616,8 @@ def campaign(messages: int, seed: int, batch: int, workdir: Path) -> Tally:
                 t = pair.tally
                 print(f"{done} messages, {time.monotonic() - started:.0f} s, "
                       f"{len(t.differences)} differences", flush=True)
+                if report_to is not None:          # so that nothing is lost if it ends early
+                    report_to.write_text(report(t))
     finally:
         pair.close()
     return pair.tally
@@ -650,6 +657,8 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--report", type=Path, help="rewrite the report here as it goes")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        print(report(campaign(options.messages, options.seed, options.batch, Path(tmp))))
+        print(report(campaign(options.messages, options.seed, options.batch, Path(tmp),
+                              options.report)))
