@@ -374,8 +374,11 @@ def throttle_values(props: dict[str, Any]) -> dict[str, int]:
              "iops-total": "iops", "iops-read": "iops_rd", "iops-write": "iops_wr"}
     values: dict[str, int] = {}
     given = {k[2:]: v for k, v in props.items() if k.startswith("x-")}
-    if any(v < 0 for v in given.values()):          # (the x- properties' own check;
-        raise ObjectError("Property values cannot be negative")   # limits' comes later)
+    for key, value in given.items():         # the x- properties' own checks, as each is
+        if value < 0:                        # set (the limits' come later, together)
+            raise ObjectError("Property values cannot be negative")
+        if key.endswith("-max-length") and value > 0xFFFF_FFFF:      # (QEMU's "therange")
+            raise ObjectError(f"x-{key} value must be in therange [0, 4294967295]")
     given.update(props.get("limits", {}))
     for key, value in given.items():
         if not isinstance(value, int) or isinstance(value, bool):

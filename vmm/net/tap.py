@@ -165,13 +165,14 @@ class TapBackend:
         if "br" in opts and "helper" not in opts:
             raise TapError(0, "br= is used only with helper= (QEMU ignores it otherwise; "
                               "kvmkit does not)")
-        _check_vhost(opts, fd_lookup)
         mode = next((m for m in EXCLUSIVE if m in opts), None)
         clash = [name for name in EXCLUSIVE.get(mode, ()) if name in opts]
         if clash:
             names = [f"{name}=" for name in EXCLUSIVE[mode]]
             raise TapError(0, f"{', '.join(names[:-1])}, and {names[-1]} are invalid "
                               f"with {mode}=")
+        if "vhostfds" in opts and "fds" not in opts:
+            raise TapError(0, "vhostfds= is invalid if fds= wasn't specified")
         if mode == "fd":
             backend = cls._adopt([fd_lookup(opts["fd"])], lock)
         elif mode == "fds":
@@ -182,7 +183,8 @@ class TapBackend:
             backend.helper = opts["helper"]
         else:
             backend = cls._open(opts, lock)
-        try:
+        try:                          # (QEMU sees to vhost once it has the tap)
+            _check_vhost(opts, fd_lookup)
             backend.set_sndbuf(opts.get("sndbuf"))
         except TapError:
             backend.close()
@@ -482,8 +484,6 @@ def _check_vhost(opts: dict, fd_lookup: Callable[[str], int]) -> None:
     /dev/vhost-net exists) falls back to kvmkit's own virtio-net path with a
     warning, as QEMU falls back when vhost-net cannot start; vhostforce=on makes
     that an error, as in QEMU."""
-    if "vhostfds" in opts and "fds" not in opts:
-        raise TapError(0, "vhostfds= is invalid if fds= wasn't specified")
     if "vhostfds" in opts and len(opts["vhostfds"].split(":")) != len(opts["fds"].split(":")):
         raise TapError(0, "The number of fds passed does not match the number of "
                           "vhostfds passed")
