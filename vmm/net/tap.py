@@ -173,6 +173,9 @@ class TapBackend:
                               f"with {mode}=")
         if "vhostfds" in opts and "fds" not in opts:
             raise TapError(0, "vhostfds= is invalid if fds= wasn't specified")
+        if "vhostfds" in opts and len(opts["vhostfds"].split(":")) != len(opts["fds"].split(":")):
+            raise TapError(0, "The number of fds passed does not match the number of "
+                              "vhostfds passed")
         if mode == "fd":
             backend = cls._adopt([fd_lookup(opts["fd"])], lock)
         elif mode == "fds":
@@ -484,9 +487,6 @@ def _check_vhost(opts: dict, fd_lookup: Callable[[str], int]) -> None:
     /dev/vhost-net exists) falls back to kvmkit's own virtio-net path with a
     warning, as QEMU falls back when vhost-net cannot start; vhostforce=on makes
     that an error, as in QEMU."""
-    if "vhostfds" in opts and len(opts["vhostfds"].split(":")) != len(opts["fds"].split(":")):
-        raise TapError(0, "The number of fds passed does not match the number of "
-                          "vhostfds passed")
     given = [name for key in ("vhostfd", "vhostfds") if key in opts
              for name in opts[key].split(":")]
     force = _wants(opts, "vhostforce")
