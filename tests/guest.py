@@ -162,23 +162,30 @@ def start_with_qmp(argv: list[str], *sockets: str, preexec_fn=None) -> subproces
     return proc
 
 
+def connect_unix(path: str, deadline: float):
+    """A socket connected to a VMM's unix socket, retried until ``deadline`` (a
+    time.monotonic() value): the socket file is made (bind) just before listen."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    while True:
+        try:
+            sock.connect(path)
+            return sock
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                sock.close()
+                raise
+            time.sleep(0.05)
+
+
 class QmpLine:
     """A minimal line-based QMP client for tests: negotiates, then runs commands,
     keeping any events that arrive in between."""
 
     def __init__(self, path: str) -> None:
-        import socket
 
-        self.sock = socket.socket(socket.AF_UNIX)
-        deadline = time.monotonic() + 10
-        while True:             # the socket file is made (bind) just before listen
-            try:
-                self.sock.connect(path)
-                break
-            except ConnectionRefusedError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.sock = connect_unix(path, time.monotonic() + 10)
         self.file = self.sock.makefile("rb")
         self.file.readline()
         self.events: list[dict] = []

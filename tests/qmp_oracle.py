@@ -24,7 +24,6 @@ import os
 import random
 import re
 import selectors
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from typing import Any, Protocol
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from guest import QEMU, kvmkit_command  # noqa: E402
+from guest import QEMU, connect_unix, kvmkit_command  # noqa: E402
 from qmp_replay import REFERENCE  # noqa: E402
 
 SCHEMA = json.loads(json.loads((REFERENCE / "03b_query_qmp_schema.json").read_text())
@@ -288,15 +287,7 @@ class Side:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start: {self.stderr()}")
             time.sleep(0.05)
-        self.sock = socket.socket(socket.AF_UNIX)
-        while True:              # (the socket file is made just before it listens)
-            try:
-                self.sock.connect(sock)
-                break
-            except ConnectionRefusedError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.sock = connect_unix(sock, deadline)
         self.buf = b""
         self.replies: list[dict] = []
         self.sock.settimeout(60)
