@@ -204,6 +204,10 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
         return error(failure)
     for server in servers:
         server.start()
+    if machine.cfg.gdb:
+        failure = await _start_gdb(machine, machine.cfg.gdb)
+        if failure is not None:
+            return error(failure)
 
     def on_signal(signum: int, pid: int) -> None:
         sender = f" from pid {pid} ({_program_of(pid)})" if pid > 0 else ""
@@ -236,6 +240,17 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
     finished.set()                       # the signal thread ends on a signal of its own
     signal.pthread_kill(waiter.ident, signal.SIGHUP)
     return status
+
+
+async def _start_gdb(machine, device: str) -> str | None:
+    from vmm.gdbstub import GdbServer
+
+    machine.gdb = GdbServer(machine)
+    try:
+        await machine.gdb.start(device)
+    except OSError as e:
+        return f"-gdb {device}: Failed to bind socket: {e.strerror}"
+    return None
 
 
 def _start_incoming(machine) -> str | None:

@@ -119,12 +119,13 @@ class MachineConfig:
     list_devices: bool = False
     device_help: str | None = None     # -device DRIVER,help
     list_cpus: bool = False
+    gdb: str | None = None              # -gdb DEVICE, -s: where the gdb stub listens
 
 
 # option -> takes an argument
 IDE_UNITS = 2                     # units on an IDE bus: master and slave
 OPTIONS: dict[str, bool] = {
-    "m": True, "smp": True, "kernel": True, "initrd": True, "append": True,
+    "m": True, "smp": True, "s": False, "gdb": True, "kernel": True, "initrd": True, "append": True,
     "incoming": True, "loadvm": True,
     "machine": True, "M": True, "accel": True, "enable-kvm": False, "cpu": True,
     "name": True, "uuid": True, "nodefaults": False, "nographic": False, "display": True,
@@ -259,6 +260,19 @@ class _Parser:
         if not eq or not dot or not driver or not prop:
             raise self.fail(f"Invalid parameter '{key}'")
         self.cfg.globals.setdefault(driver, {})[prop] = value
+
+    def opt_s(self, arg: str) -> None:
+        self.opt_gdb("tcp::1234")
+
+    def opt_gdb(self, arg: str) -> None:
+        from vmm.gdbstub import GdbDeviceError, parse_device
+
+        if arg != "none":
+            try:
+                parse_device(arg)
+            except GdbDeviceError as e:
+                raise self.fail(str(e)) from None
+        self.cfg.gdb = None if arg == "none" else arg
 
     def opt_name(self, arg: str) -> None:
         opts = parse_opts(arg, implied="guest")
@@ -747,6 +761,8 @@ Standard options:
 -uuid uuid      guest UUID
 -nodefaults     create no default devices
 -S              do not start the CPUs (the monitor's 'cont' starts them)
+-gdb dev        accept a gdb connection on dev (tcp:[host]:port or unix:path)
+-s              shorthand for -gdb tcp::1234
 -no-reboot      exit instead of rebooting
 -no-shutdown    stop, but do not exit, when the guest powers off
 -pidfile file   write the process id to file

@@ -275,6 +275,14 @@ class Vcpu:
     def set_debugregs(self, debugregs) -> None:
         self._set(lib.KVM_SET_DEBUGREGS, debugregs, "KVM_SET_DEBUGREGS")
 
+    def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
+        """KVM_SET_GUEST_DEBUG: single-step and breakpoints that exit to us, not the guest."""
+        dbg = ffi.new("struct kvm_guest_debug *")
+        dbg.control = control
+        for i, value in enumerate(debugreg or ()):
+            dbg.arch.debugreg[i] = value
+        self._set(lib.KVM_SET_GUEST_DEBUG, dbg, "KVM_SET_GUEST_DEBUG")
+
     def get_vcpu_events(self):
         return self._get(lib.KVM_GET_VCPU_EVENTS, "struct kvm_vcpu_events *",
                          "KVM_GET_VCPU_EVENTS")

@@ -103,6 +103,7 @@ class Machine:
         self.saved_runstate: str | None = None     # the source's, from an incoming stream
         self.chardevs: dict[str, Chardev] = {}
         self.vcpus: list[VcpuThread] = []
+        self.gdb = None                            # the gdb stub, once -gdb or gdbserver starts it
         try:
             for set_id, fd, opaque in cfg.fdsets:
                 fdsets.add(fd, set_id, opaque)
@@ -919,8 +920,22 @@ class Machine:
             self._from_vcpu(self._guest_reset)
         elif kind == "system-event" and info.get("type") == KVM_SYSTEM_EVENT_SHUTDOWN:
             self._from_vcpu(self.shutdown, True, "guest-shutdown")
+        elif kind == "debug":
+            self._from_vcpu(self._debug_exit, index, info)
         else:
             self._from_vcpu(self._internal_error, index, kind, info)
+
+    def _debug_exit(self, index: int, info: dict) -> None:
+        """A breakpoint or single-step (vmm/gdbstub.py): the VM stops in 'debug' for
+        gdb, or the vCPU runs on when the trap was the guest's own."""
+        if self.runstate != "running":
+            return
+        if self.gdb is None or not self.gdb.on_debug_exit(index, info):
+            self.vcpus[index].resume()
+            return
+        self._pause_all()
+        self.runstate = "debug"
+        self.emit("STOP")
 
     def _internal_error(self, index: int, kind: str, info: dict) -> None:
         if self.runstate == "internal-error":

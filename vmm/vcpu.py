@@ -236,6 +236,11 @@ class VcpuThread:
             ndata = min(ndata, 16)
             extra = list(struct.unpack_from(f"<{ndata}Q", page, lib.RUN_INTERNAL_DATA))
             return "internal-error", {"suberror": suberror, "data": extra}
+        if reason == lib.KVM_EXIT_DEBUG:
+            exception, = struct.unpack_from("<I", page, lib.RUN_DEBUG_EXCEPTION)
+            return "debug", {"exception": exception,
+                             "pc": _unpack_u64(page, lib.RUN_DEBUG_PC)[0],
+                             "dr6": _unpack_u64(page, lib.RUN_DEBUG_DR6)[0]}
         if reason == lib.KVM_EXIT_FAIL_ENTRY:
             return "internal-error", {
                 "fail-entry": _unpack_u64(page, lib.RUN_FAIL_ENTRY_REASON)[0]}

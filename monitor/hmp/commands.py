@@ -167,3 +167,24 @@ async def hostfwd_remove_cmd(ctx: HmpContext, args: dict) -> str:
 async def netdev_del_cmd(ctx: HmpContext, args: dict) -> str:
     await ctx.call("netdev_del", id=args["id"])
     return ""
+
+
+@hmp("gdbserver", "device:s?", "[device]",
+     "start gdbserver on given device (default 'tcp::1234'), stop with 'none'")
+async def gdbserver_cmd(ctx: HmpContext, args: dict) -> str:
+    from vmm.gdbstub import DEFAULT_DEVICE, GdbDeviceError, GdbServer
+
+    device = args.get("device", DEFAULT_DEVICE)
+    machine = ctx.machine
+    if device == "none":
+        if machine.gdb is not None:
+            await machine.gdb.stop()
+        return "Disabled gdbserver\n"
+    if machine.gdb is None:
+        machine.gdb = GdbServer(machine)
+    try:
+        await machine.gdb.start(device)
+    except (GdbDeviceError, OSError) as e:
+        reason = str(e) if isinstance(e, GdbDeviceError) else f"Failed to bind socket: {e.strerror}"
+        return f"{reason}\nCould not open gdbserver on device '{device}'\n"
+    return f"Waiting for gdb connection on device '{device}'\n"

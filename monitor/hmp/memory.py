@@ -7,10 +7,6 @@ import struct
 from monitor.errors import QmpError
 from monitor.hmp.table import HmpContext, hmp
 
-PAGE_PRESENT = 1
-PAGE_SIZE_BIT = 0x80
-ADDR_MASK = 0x000FFFFFFFFFF000
-
 
 def _char(value: int) -> str:
     ch = chr(value)
@@ -71,22 +67,13 @@ def _physical_reader(machine):
 
 
 def translate(machine, cpu: int, vaddr: int) -> int:
-    """Guest-virtual to guest-physical through CPU `cpu`'s page tables (4-level or none)."""
-    sregs = machine.cpu_state(cpu)["sregs"]
-    if not sregs.cr0 & 0x80000000:
-        return vaddr & 0xFFFFFFFF
-    if not sregs.efer & 0x400:
-        raise QmpError("x: only long-mode and unpaged guests are supported")
-    read = _physical_reader(machine)
-    table = sregs.cr3 & ADDR_MASK
-    for level, shift in enumerate((39, 30, 21, 12)):
-        entry = struct.unpack("<Q", read(table + ((vaddr >> shift) & 0x1FF) * 8, 8))[0]
-        if not entry & PAGE_PRESENT:
-            raise QmpError(f"Cannot access memory at address 0x{vaddr:x}")
-        if level in (1, 2) and entry & PAGE_SIZE_BIT:
-            return (entry & ADDR_MASK & ~((1 << shift) - 1)) | (vaddr & ((1 << shift) - 1))
-        table = entry & ADDR_MASK
-    return table | (vaddr & 0xFFF)
+    """Guest-virtual to guest-physical through CPU `cpu`'s page tables."""
+    from vmm.paging import translate as walk
+
+    gpa = walk(machine.memory.read, machine.cpu_state(cpu)["sregs"], vaddr)
+    if gpa is None:
+        raise QmpError(f"Cannot access memory at address 0x{vaddr:x}")
+    return gpa
 
 
 @hmp("x", "fmt:/,addr:l", "/fmt addr", "virtual memory dump starting at 'addr'")
