@@ -89,6 +89,8 @@ class Builtin(Type):
 INT = Builtin("int", "int")
 UINT64 = Builtin("uint64", "int")
 UINT32 = Builtin("uint32", "int")
+UINT16 = Builtin("uint16", "int")
+UINT8 = Builtin("uint8", "int")
 SIZE = Builtin("size", "int")
 NUMBER = Builtin("number", "number")
 STR = Builtin("str", "string")

@@ -222,6 +222,7 @@ class MessageMaker:
             # a mangled line may be 'c': the guests differ (SeaBIOS, kvmkit's own), so
             # the machines must not run
             args["command-line"] = "info " + args["command-line"]
+        tame(request)
         return request
 
     def mutate(self, request: dict, entity: dict) -> None:
@@ -524,6 +525,33 @@ def feature_gap(ours: list[dict], theirs: list[dict]) -> str | None:
     if match and theirs[0].get("error", {}).get("class") != "DeviceNotFound":
         return f"QOM path {match.group(1)}"
     return None
+
+
+# Commands that write guest memory to a host file (both VMMs would write what they
+# are asked: 2^62 bytes, or, for a negative size, QEMU without end), and those
+# that open host files or sockets by paths deep in their arguments.
+WRITES_MEMORY = {"memsave", "pmemsave"}
+OPENS_PATHS = {"chardev-add", "chardev-change"}
+PATH_MEMBERS = {"out", "in", "logfile", "device", "path"}
+
+
+def tame(request: dict) -> None:
+    """Keeps a request's effect on the host small and inside the work directory."""
+    command, args = request.get("execute"), request.get("arguments")
+    if not isinstance(command, str) or not isinstance(args, dict):
+        return
+    if command in WRITES_MEMORY and isinstance(args.get("size"), int) and \
+            not 0 <= args["size"] <= 1 << 16:
+        args["size"] = 4096
+    if command in OPENS_PATHS:
+        def walk(value):
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    if key in PATH_MEMBERS and isinstance(inner, str):
+                        value[key] = "fuzz-chardev"
+                    else:
+                        walk(inner)
+        walk(args)
 
 
 def kills_qemu(message: dict | bytes) -> bool:

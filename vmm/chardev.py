@@ -1,4 +1,5 @@
-"""Character device back ends (-chardev, -serial): stdio, file, pty, socket, null.
+"""Character device back ends (-chardev, -serial): stdio, file, pty, socket, null,
+ringbuf (and its older name, memory).
 
 ``write`` may be called from any thread (a vCPU writing its UART); input is
 read on the asyncio loop and handed to the attached front end. A socket
@@ -38,6 +39,7 @@ class Chardev:
     def __init__(self, chardev_id: str) -> None:
         self.id = chardev_id
         self.receiver: Receiver | None = None
+        self.on_break: Callable[[], None] | None = None    # the front end takes a break
         self.loop: asyncio.AbstractEventLoop | None = None
         self._write_lock = threading.Lock()
 
@@ -53,6 +55,11 @@ class Chardev:
 
     def write(self, data: bytes) -> None:
         pass
+
+    def send_break(self) -> None:
+        """A break condition on the line (chardev-send-break), for the front end."""
+        if self.on_break is not None:
+            self.on_break()
 
     def close(self) -> None:
         pass
@@ -81,6 +88,39 @@ class Chardev:
 
 class NullChardev(Chardev):
     backend = "null"
+
+
+class RingbufChardev(Chardev):
+    """What the front end writes, kept in a ring of `size` bytes (a power of two) that
+    the monitor reads (ringbuf-read); when full, the oldest bytes go."""
+
+    backend = "ringbuf"
+
+    def __init__(self, chardev_id: str, size: int = 65536, backend: str = "ringbuf") -> None:
+        super().__init__(chardev_id)
+        if size <= 0 or size & (size - 1):
+            raise ChardevError("size of ringbuf chardev must be power of two")
+        self.backend = backend
+        self.size = size
+        self._ring = bytearray(size)
+        self._produced = self._consumed = 0      # counters; their difference is the fill
+
+    def write(self, data: bytes) -> None:
+        with self._write_lock:
+            mask = self.size - 1
+            for byte in data[-self.size:]:
+                self._ring[self._produced & mask] = byte
+                self._produced += 1
+            if self._produced - self._consumed > self.size:
+                self._consumed = self._produced - self.size
+
+    def read(self, count: int) -> bytes:
+        with self._write_lock:
+            count = min(count, self._produced - self._consumed)
+            mask = self.size - 1
+            out = bytes(self._ring[(self._consumed + i) & mask] for i in range(count))
+            self._consumed += count
+            return out
 
 
 class FdChardev(Chardev):
@@ -295,7 +335,16 @@ class SocketChardev(Chardev):
             base = f"unix:{self.path}"
         else:
             base = f"tcp:{self.host}:{self.port}"
-        return base + (",server=on" if self.server else "")
+        waiting = self.server and self.client is None       # a server with no client
+        return ("disconnected:" if waiting else "") + base + (",server=on" if self.server else "")
+
+    def yank(self) -> None:
+        """Drops the connection at once (QMP yank), as if the peer had gone."""
+        if self.client is not None:
+            try:
+                self.client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         super().start(loop)
@@ -573,6 +622,9 @@ def make_chardev(spec, on_terminate: Callable[[], None]) -> Chardev:
                                   append=parse_bool("append", o.get("append", "off")))
         elif spec.backend == "pty":
             chardev = PtyChardev(spec.id)
+        elif spec.backend in ("ringbuf", "memory"):
+            chardev = RingbufChardev(spec.id, parse_int("size", o.get("size", "65536")),
+                                     spec.backend)
         elif spec.backend == "socket":
             server = parse_bool("server", o.get("server", "off"))
             wait = parse_bool("wait", o.get("wait", "on"))

@@ -329,7 +329,8 @@ class _Parser:
         opts = parse_opts(arg, implied="backend")
         backend = opts.pop("backend", "")
         cid = opts.pop("id", None)
-        if backend not in ("stdio", "file", "pty", "socket", "null", "pipe", "serial"):
+        if backend not in ("stdio", "file", "pty", "socket", "null", "pipe", "serial", "ringbuf",
+                           "memory"):
             raise self.fail(f"'{backend}' is not a valid char driver name")
         if cid is None:
             raise self.fail("Parameter 'id' is missing")

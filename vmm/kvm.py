@@ -275,6 +275,9 @@ class Vcpu:
     def set_debugregs(self, debugregs) -> None:
         self._set(lib.KVM_SET_DEBUGREGS, debugregs, "KVM_SET_DEBUGREGS")
 
+    def nmi(self) -> None:
+        _check(lib.kk_ioctl_val(self.fd, lib.KVM_NMI, 0), "KVM_NMI")
+
     def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
         """KVM_SET_GUEST_DEBUG: single-step and breakpoints that exit to us, not the guest."""
         dbg = ffi.new("struct kvm_guest_debug *")

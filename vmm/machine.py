@@ -104,6 +104,8 @@ class Machine:
         self.chardevs: dict[str, Chardev] = {}
         self.vcpus: list[VcpuThread] = []
         self.gdb = None                            # the gdb stub, once -gdb or gdbserver starts it
+        self.panic_action = "shutdown"             # set-action: for a pvpanic device's report
+        self.watchdog_action = "reset"             # set-action, watchdog-set-action
         try:
             for set_id, fd, opaque in cfg.fdsets:
                 fdsets.add(fd, set_id, opaque)

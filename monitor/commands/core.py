@@ -179,13 +179,6 @@ def query_memory_size_summary(ctx):
     return {"base-memory": ctx.machine.cfg.memory, "plugged-memory": 0}
 
 
-@command("query-chardev", returns=ListOf(Struct("ChardevInfo", (
-    Member("label", STR), Member("filename", STR), Member("frontend-open", BOOL)))))
-def query_chardev(ctx):
-    return [{"label": c.id, "filename": c.filename, "frontend-open": c.receiver is not None}
-            for c in ctx.machine.chardevs.values()]
-
-
 @command("migrate-pause", allow_oob=True)
 def migrate_pause(ctx):
     raise QmpError("migrate-pause is currently only supported during postcopy-active state")

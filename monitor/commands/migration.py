@@ -17,16 +17,15 @@ from monitor.types import (
     SIZE,
     STR,
     STR_OR_NULL,
+    UINT8,
     UINT32,
     UINT64,
-    Builtin,
     Enum,
     ListOf,
     Member,
     Struct,
 )
 
-UINT8 = Builtin("uint8", "int")
 MIGRATION_CAPABILITY = Enum("MigrationCapability", ("events",))
 CAPABILITY_STATUS = Struct("MigrationCapabilityStatus", (
     Member("capability", MIGRATION_CAPABILITY), Member("state", BOOL)))

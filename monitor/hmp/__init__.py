@@ -4,13 +4,15 @@ table.py has the table and argument syntax; the commands live in
 commands.py (control and devices), block.py (drives and their info), info.py
 (`info ...`), migration.py (migrate and its info), snapshots.py (savevm,
 loadvm, delvm), memory.py (x, xp,
-gpa2hva) and registers.py (`info registers`).
+gpa2hva), machine.py (nmi, memsave, port I/O, chardevs, memory `info`) and
+registers.py (`info registers`).
 """
 
 from monitor.hmp import (  # noqa: F401  (registration)
     block,
     commands,
     info,
+    machine,
     memory,
     migration,
     registers,

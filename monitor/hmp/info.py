@@ -106,15 +106,7 @@ async def info_qom_tree(ctx: HmpContext, args: dict) -> str:
 
 @hmp("irq", "", "", "show the interrupts statistics (if available)", info=True)
 async def info_irq(ctx: HmpContext, args: dict) -> str:
-    if ctx.machine.empty:                   # no interrupt controllers
-        return ""
-    counts = sorted(ctx.machine.irq_counts.items())
-    out = ["IRQ statistics for kvm-ioapic:\n"]
-    out += [f"{gsi:2d}: {n}\n" if gsi >= 10 else f" {gsi}: {n}\n" for gsi, n in counts]
-    out.append("IRQ statistics for kvm-i8259:\n")
-    out += [f"{gsi:2d}: {n}\n" if gsi >= 10 else f" {gsi}: {n}\n"
-            for gsi, n in counts if gsi < 16]
-    return "".join(out)
+    return (await ctx.call("x-query-irq"))["human-readable-text"]
 
 
 @hmp("memory_size_summary", "", "",

@@ -31,6 +31,7 @@ IIR_FIFO_ENABLED = 0xC0
 
 LSR_DR = 0x01
 LSR_OE = 0x02
+LSR_BI = 0x10
 LSR_THRE = 0x20
 LSR_TEMT = 0x40
 
@@ -79,6 +80,12 @@ class Serial16550:
             self.lsr |= LSR_DR
         self._update_irq()
 
+    def receive_break(self) -> None:
+        """A break on the line: a zero byte with the break flag, as QEMU's 16550."""
+        self.rx.append(0)
+        self.lsr |= LSR_BI | LSR_DR
+        self._update_irq()
+
     # -- guest side --------------------------------------------------------
     def bus_read(self, offset: int, size: int) -> int:
         if offset == 0:
@@ -103,7 +110,7 @@ class Serial16550:
             return self.mcr
         if offset == 5:
             lsr = self.lsr
-            self.lsr &= ~LSR_OE
+            self.lsr &= ~(LSR_OE | LSR_BI)
             self._update_irq()
             return lsr
         if offset == 6:
@@ -165,7 +172,7 @@ class Serial16550:
         self._update_irq()
 
     def _pending_iir(self) -> int:
-        if self.ier & IER_RLSI and self.lsr & LSR_OE:
+        if self.ier & IER_RLSI and self.lsr & (LSR_OE | LSR_BI):
             return IIR_RLSI
         if self.ier & IER_RDI and self.rx:
             if self.fcr & FCR_ENABLE and len(self.rx) < FIFO_TRIGGER[self.fcr >> 6]:
@@ -207,6 +214,7 @@ def _realize(board, device):
     board.pio.map(iobase, 8, uart)
     if chardev is not None:
         chardev.attach(lambda data: board.host_input(uart.receive, data))
+        chardev.on_break = lambda: board.host_input(lambda _data: uart.receive_break(), b"")
     props.update(index=index, iobase=iobase, irq=irq)
     return uart
 

@@ -106,6 +106,11 @@ class OutgoingMigration:
             self.machine.emit("MIGRATION", {"status": "setup"})
         self.thread.start()
 
+    def yank(self) -> None:
+        """QMP yank: the stream is cut at once, and the migration fails."""
+        if self.running and self._channel is not None:
+            self._channel.abort()
+
     def cancel(self) -> None:
         """migrate_cancel: the stream is cut; the thread puts the source back."""
         if self.running:

@@ -224,8 +224,8 @@ static void cmd_irqs(void)
 {
     printf("{\"generation\": %u, \"counts\": {", irq_generation);
     int first = 1;
-    for (int v = 32; v < 256; v++)
-        if (irq_count[v]) {
+    for (int v = 2; v < 256; v++)      /* NMIs (2) and interrupts */
+        if (irq_count[v] && (v == 2 || v >= 32)) {
             printf("%s\"%d\": %u", first ? "" : ", ", v, irq_count[v]);
             first = 0;
         }

@@ -246,6 +246,8 @@ isr_common:
         movq 16(%rsp), %rax             /* vector */
         cmpq $13, %rax
         je gp_fault
+        cmpq $2, %rax                   /* an NMI (inject-nmi): counted, no EOI */
+        je nmi
         cmpq $32, %rax
         jb exception
         /* a device interrupt: count it, bump the generation, EOI. A level-triggered
@@ -265,6 +267,8 @@ isr_common:
         popq %rcx
 1:      movl $LAPIC_EOI, %ebx
         movl $0, (%rbx)
+        jmp isr_return
+nmi:    lock incl irq_count+8
 isr_return:
         popq %rbx
         popq %rax

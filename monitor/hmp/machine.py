@@ -1,0 +1,238 @@
+"""HMP over the machine as a whole: nmi, memsave and pmemsave, sum, gva2gpa and
+gpa2hpa, i and o (port I/O), print, watchdog_action, the chardev and ring-buffer
+commands, and the `info` reports of memory, NUMA, RAM blocks, ROMs and iothreads."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from monitor.errors import QmpError
+from monitor.hmp.memory import translate
+from monitor.hmp.table import HmpContext, hmp
+
+
+def _simple(name: str, args_type: str, params: str, help: str, qmp: str,
+            rename: dict[str, str] | None = None) -> None:
+    """HMP commands that run one QMP command and print nothing on success."""
+    async def handler(ctx: HmpContext, args: dict) -> str:
+        await ctx.call(qmp, **{(rename or {}).get(k, k): v for k, v in args.items()})
+        return ""
+    hmp(name, args_type, params, help, qmp=qmp)(handler)
+
+
+_simple("nmi", "", "", "inject an NMI", "inject-nmi")
+_simple("memsave", "val:l,size:i,filename:s", "addr size file",
+        "save to disk virtual memory dump starting at 'addr' of size 'size'", "memsave")
+_simple("pmemsave", "val:l,size:i,filename:s", "addr size file",
+        "save to disk physical memory dump starting at 'addr' of size 'size'", "pmemsave")
+_simple("chardev-remove", "id:s", "id", "remove chardev", "chardev-remove")
+_simple("chardev-send-break", "id:s", "id", "send a break on chardev", "chardev-send-break")
+_simple("ringbuf_write", "device:s,data:s", "device data",
+        "Write to a ring buffer character device", "ringbuf-write")
+
+
+@hmp("ringbuf_read", "device:s,size:i", "device size",
+     "Read from a ring buffer character device")
+async def ringbuf_read_cmd(ctx: HmpContext, args: dict) -> str:
+    """The bytes as they are, control characters escaped as \\xNN (QEMU's way)."""
+    from monitor.commands.chardevs import _ringbuf
+
+    ring = _ringbuf(ctx, args["device"])
+    if args["size"] <= 0:
+        raise QmpError("size must be greater than zero")
+    data = ring.read(args["size"]).split(b"\0", 1)[0].decode("utf-8", errors="replace")
+    out = []
+    for ch in data:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return "".join(out) + "\n"
+
+
+def _chardev_backend(text: str) -> tuple[str, dict]:
+    """-chardev's option text as chardev-add's (id, backend)."""
+    from vmm.qemuopts import parse_opts
+
+    opts = parse_opts(text, implied="backend")
+    kind = opts.pop("backend", "")
+    chardev_id = opts.pop("id", "")
+    data: dict = {}
+    if kind == "file":
+        data = {"out": opts.get("path", "")}
+        if "append" in opts:
+            data["append"] = opts["append"] == "on"
+    elif kind == "socket":
+        if "path" in opts:
+            addr = {"type": "unix", "data": {"path": opts["path"]}}
+        else:
+            addr = {"type": "inet", "data": {"host": opts.get("host", ""),
+                                             "port": opts.get("port", "")}}
+        data = {"addr": addr, "server": opts.get("server", "off") == "on",
+                "wait": opts.get("wait", "on") == "on"}
+    elif kind in ("ringbuf", "memory") and "size" in opts:
+        data = {"size": int(opts["size"], 0)}
+    return chardev_id, {"type": kind, "data": data}
+
+
+@hmp("chardev-add", "args:s", "args", "add chardev")
+async def chardev_add_cmd(ctx: HmpContext, args: dict) -> str:
+    chardev_id, backend = _chardev_backend(args["args"])
+    reply = await ctx.call("chardev-add", id=chardev_id, backend=backend)
+    return f"char device redirected to {reply['pty']}\n" if "pty" in reply else ""
+
+
+@hmp("chardev-change", "id:s,args:s", "id args", "change chardev")
+async def chardev_change_cmd(ctx: HmpContext, args: dict) -> str:
+    _id, backend = _chardev_backend(args["args"])
+    reply = await ctx.call("chardev-change", id=args["id"], backend=backend)
+    return f"char device redirected to {reply['pty']}\n" if "pty" in reply else ""
+
+
+@hmp("watchdog_action", "action:s", "[reset|shutdown|poweroff|pause|debug|none]",
+     "change watchdog action")
+async def watchdog_action_cmd(ctx: HmpContext, args: dict) -> str:
+    from monitor.commands.machine import WATCHDOG_ACTION
+
+    if args["action"] not in WATCHDOG_ACTION.values:
+        return f"Error: invalid parameter value: {args['action']}\n"
+    await ctx.call("watchdog-set-action", action=args["action"])
+    return ""
+
+
+# -- memory and ports --------------------------------------------------------------
+@hmp("sum", "start:i,size:i", "addr size", "compute the checksum of a memory region")
+async def sum_cmd(ctx: HmpContext, args: dict) -> str:
+    """The BSD checksum of guest-physical bytes, as QEMU prints it."""
+    from monitor.commands.machine import physical_bytes
+
+    total = 0
+    addr, end = args["start"], args["start"] + args["size"]
+    while addr < end:
+        step = min(end - addr, 0x1000 - (addr & 0xFFF))
+        for byte in physical_bytes(ctx.machine, addr, step):
+            total = ((total >> 1) | ((total & 1) << 15)) + byte
+            total &= 0xFFFF
+        addr += step
+    return f"{total:05d}\n"
+
+
+@hmp("gva2gpa", "addr:l", "addr",
+     "print the guest physical address corresponding to a guest virtual address")
+async def gva2gpa_cmd(ctx: HmpContext, args: dict) -> str:
+    if not ctx.machine.vcpus:
+        return "No cpu\n"
+    try:
+        gpa = translate(ctx.machine, ctx.cpu, args["addr"])
+    except QmpError:
+        return "Unmapped\n"
+    return f"gpa: {gpa:#x}\n"
+
+
+@hmp("gpa2hpa", "addr:l", "addr",
+     "print the host physical address corresponding to a guest physical address")
+async def gpa2hpa_cmd(ctx: HmpContext, args: dict) -> str:
+    memory, addr = ctx.machine.memory, args["addr"]
+    try:
+        region = memory.region_of(addr, 1)
+    except ValueError:
+        return f"No memory is mapped at address 0x{addr:x}\n"
+    hva = memory.host_address(region) + addr - region.gpa
+    region.view[addr - region.gpa:addr - region.gpa + 1].tobytes()    # fault it in
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek((hva // 4096) * 8)
+            entry, = struct.unpack("<Q", f.read(8))
+    except OSError as e:
+        return f"Error: Cannot open /proc/self/pagemap: {os.strerror(e.errno or 0)}\n"
+    frame = entry & ((1 << 55) - 1)
+    if not entry >> 63 & 1 or not frame:
+        return "Error: Page not present\n"
+    return f"Host physical address for 0x{addr:x} (pc.ram) is 0x{frame * 4096 | hva & 0xFFF:x}\n"
+
+
+_PORT_SUFFIX = {1: "b", 2: "w", 4: "l"}
+
+
+@hmp("i", "fmt:/,addr:i", "/fmt addr", "I/O port read")
+async def port_in_cmd(ctx: HmpContext, args: dict) -> str:
+    _count, _fmt, size = args["fmt"]
+    size = size if size in (1, 2, 4) else 1
+    port = args["addr"] & 0xFFFF
+    with ctx.machine.lock:
+        value = ctx.machine.pio.read(port, size)
+    return f"port{_PORT_SUFFIX[size]}[0x{port:04x}] = 0x{value:0{size * 2}x}\n"
+
+
+@hmp("o", "fmt:/,addr:i,val:i", "/fmt addr value", "I/O port write")
+async def port_out_cmd(ctx: HmpContext, args: dict) -> str:
+    _count, _fmt, size = args["fmt"]
+    size = size if size in (1, 2, 4) else 1
+    with ctx.machine.lock:
+        ctx.machine.pio.write(args["addr"] & 0xFFFF, size,
+                              args["val"] & ((1 << (size * 8)) - 1))
+    return ""
+
+
+@hmp("print", "fmt:/,val:l", "/fmt expr",
+     "print expression value (use $reg for CPU register access)", aliases=("p",))
+async def print_cmd(ctx: HmpContext, args: dict) -> str:
+    from monitor.hmp.memory import _char
+
+    _count, fmt, _size = args["fmt"]
+    value = args["val"] & 0xFFFFFFFFFFFFFFFF
+    if fmt == "o":
+        return (f"0{value:o}" if value else "0") + "\n"
+    if fmt == "x":
+        return (f"0x{value:x}" if value else "0") + "\n"
+    if fmt == "u":
+        return f"{value}\n"
+    if fmt == "c":
+        return _char(value & 0xFF) + "\n"
+    return f"{value - (1 << 64) if value >> 63 else value}\n"
+
+
+# -- info --------------------------------------------------------------------------
+@hmp("memdev", "", "", "show memory backends", info=True)
+async def info_memdev(ctx: HmpContext, args: dict) -> str:
+    out = []
+    for m in await ctx.call("query-memdev"):
+        out.append(f"memory backend: {m['id']}\n  size:  {m['size']}\n"
+                   f"  merge: {str(m['merge']).lower()}\n  dump: {str(m['dump']).lower()}\n"
+                   f"  prealloc: {str(m['prealloc']).lower()}\n"
+                   f"  share: {str(m['share']).lower()}\n")
+        if "reserve" in m:
+            out.append(f"  reserve: {str(m['reserve']).lower()}\n")
+        out.append(f"  policy: {m['policy']}\n  host nodes: "
+                   + ",".join(str(n) for n in m["host-nodes"]) + "\n\n")
+    return "".join(out)
+
+
+@hmp("memory-devices", "", "", "show memory devices", info=True)
+async def info_memory_devices(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("query-memory-devices")
+    return ""                  # one paragraph a device, and kvmkit plugs none (see there)
+
+
+def _text_info(name: str, help: str, qmp: str) -> None:
+    async def handler(ctx: HmpContext, args: dict) -> str:
+        return (await ctx.call(qmp))["human-readable-text"]
+    hmp(name, "", "", help, info=True)(handler)
+
+
+_text_info("numa", "show NUMA information", "x-query-numa")
+_text_info("ramblock", "Display system ramblock information", "x-query-ramblock")
+_text_info("roms", "show roms", "x-query-roms")
+
+
+@hmp("iothreads", "", "", "show iothreads", info=True)
+async def info_iothreads(ctx: HmpContext, args: dict) -> str:
+    out = []
+    for t in await ctx.call("query-iothreads"):
+        out.append(f"{t['id']}:\n  thread_id={t['thread-id']}\n  poll-max-ns={t['poll-max-ns']}\n"
+                   f"  poll-grow={t['poll-grow']}\n  poll-shrink={t['poll-shrink']}\n"
+                   f"  aio-max-batch={t['aio-max-batch']}\n")
+    return "".join(out)

@@ -1,0 +1,224 @@
+"""Machine-wide monitor commands, on the probe guest under kvmkit and QEMU 7.2: NMIs,
+memory saved to files, ring-buffer chardevs, chardevs added and removed at run
+time, yank; and their error texts against QEMU's."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+from guest import (
+    QEMU,
+    QmpLine,
+    kvmkit_command,
+    machine_args,
+    probe_elf,
+    qmp_answers,
+    start_kvmkit,
+    start_qemu,
+)
+
+pytestmark = pytest.mark.kvm
+
+
+@pytest.fixture(params=["kvmkit", "qemu"])
+def probe(request, tmp_path):
+    """(vm, qmp): the probe guest on COM1 (stdio) with QMP on a socket."""
+    sock = str(tmp_path / "qmp.sock")
+    start = start_kvmkit if request.param == "kvmkit" else start_qemu
+    vm = start(machine_args(extra=["-qmp", f"unix:{sock},server=on,wait=off"]))
+    try:
+        assert vm.read_json(60)["event"] == "ready"
+        yield vm, QmpLine(sock)
+    finally:
+        vm.close()
+
+
+def elf_segments(path: str) -> list[tuple[int, bytes]]:
+    """(physical address, file bytes) of each PT_LOAD of an ELF64."""
+    import struct
+    data = open(path, "rb").read()
+    phoff, = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    out = []
+    for i in range(phnum):
+        p_type, _flags, offset, _vaddr, paddr, filesz = struct.unpack_from(
+            "<IIQQQQ", data, phoff + i * phentsize)
+        if p_type == 1 and filesz:
+            out.append((paddr, data[offset:offset + filesz]))
+    return out
+
+
+def test_inject_nmi_reaches_the_guest(probe):
+    vm, qmp = probe
+    assert "2" not in vm.command("irqs")["counts"]
+    assert qmp.execute("inject-nmi") == {"return": {}}
+    assert qmp.execute("human-monitor-command", **{"command-line": "nmi"}) == {"return": ""}
+    deadline = time.monotonic() + 10
+    while vm.command("irqs")["counts"].get("2", 0) < 2:
+        assert time.monotonic() < deadline, vm.command("irqs")
+        time.sleep(0.1)
+    assert vm.command("echo after") == {"echo": "after"}
+
+
+def test_memsave_and_pmemsave_write_guest_memory(probe, tmp_path):
+    """pmemsave of the probe's code is its ELF's bytes; memsave of the same range
+    through the guest's page tables (identity-mapped there) is too."""
+    vm, qmp = probe
+    paddr, code = elf_segments(probe_elf())[0]
+    size = min(len(code), 8192)
+    for command in ("pmemsave", "memsave"):
+        target = tmp_path / f"{command}.bin"
+        assert qmp.execute(command, val=paddr, size=size, filename=str(target)) == {"return": {}}
+        assert target.read_bytes() == code[:size], command
+
+
+def test_memory_command_errors_as_qemu(tmp_path):
+    commands = [
+        ("memsave", {"val": 0, "size": 16, "filename": str(tmp_path / "a"), "cpu-index": 5}),
+        ("memsave", {"val": 0, "size": 16, "filename": "/nonexistent/x"}),
+        ("memsave", {"val": -1, "size": 16, "filename": str(tmp_path / "b")}),
+        ("memsave", {"val": 0, "size": 0, "filename": str(tmp_path / "c")}),
+        ("pmemsave", {"val": 0, "size": 16, "filename": "/nonexistent/x"}),
+        ("pmemsave", {"val": 1 << 42, "size": 16, "filename": str(tmp_path / "d")}),
+        ("query-memory-devices", {}), ("query-acpi-ospm-status", {}),
+        ("query-current-machine", {}), ("set-action", {"reboot": "shutdown"}),
+        ("watchdog-set-action", {"action": "bogus"}), ("watchdog-set-action", {"action": "pause"}),
+        ("rtc-reset-reinjection", {}), ("x-exit-preconfig", {}),
+        ("set-numa-node", {"type": "node"}), ("set-numa-node", {"type": "dist", "src": 70000}),
+        ("dumpdtb", {"filename": str(tmp_path / "x.dtb")}), ("x-query-numa", {}),
+        ("x-query-irq", {}), ("inject-nmi", {"x": 1}),
+    ]
+    ours = qmp_answers(kvmkit_command() + ["-m", "256"], str(tmp_path / "k.sock"), commands)
+    theirs = qmp_answers([QEMU, "-accel", "kvm", "-m", "256"], str(tmp_path / "q.sock"),
+                         commands)
+    assert ours == theirs
+    assert (tmp_path / "d").read_bytes() == bytes(16)
+
+
+def test_query_memdev_as_qemu(tmp_path):
+    extra = ["-m", "256", "-object", "memory-backend-ram,id=mem1,size=64M,merge=off,dump=off"]
+    ours = qmp_answers(kvmkit_command() + extra, str(tmp_path / "k.sock"), [("query-memdev", {})])
+    theirs = qmp_answers([QEMU, "-accel", "kvm"] + extra, str(tmp_path / "q.sock"),
+                         [("query-memdev", {})])
+    assert ours == theirs
+
+
+def test_ringbuf_chardev_holds_the_guests_console(tmp_path):
+    """The probe's COM1 on a ring buffer: ringbuf-read returns what the guest printed;
+    ringbuf-write adds to the ring, as QEMU's does; the texts match QEMU's."""
+    answers = {}
+    for name, argv in (("kvmkit", kvmkit_command()), ("qemu", [QEMU, "-accel", "kvm"])):
+        sock = str(tmp_path / f"{name}.sock")
+        proc = subprocess.Popen(argv + [
+            "-m", "256", "-nodefaults", "-display", "none", "-kernel", probe_elf(),
+            "-chardev", "ringbuf,id=con,size=1024", "-serial", "chardev:con",
+            "-qmp", f"unix:{sock},server=on,wait=off"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(sock):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            qmp = QmpLine(sock)
+            text = ""
+            while "ready" not in text:
+                assert time.monotonic() < deadline + 30, text
+                text += qmp.execute("ringbuf-read", device="con", size=4096)["return"]
+                time.sleep(0.1)
+            replies = [qmp.execute(c, **a) for c, a in (
+                ("ringbuf-write", {"device": "con", "data": "aGVsbG8=", "format": "base64"}),
+                ("ringbuf-read", {"device": "con", "size": 3}),
+                ("ringbuf-read", {"device": "con", "size": 100, "format": "base64"}),
+                ("ringbuf-read", {"device": "con", "size": 0}),
+                ("ringbuf-read", {"device": "nosuch", "size": 1}),
+                ("ringbuf-write", {"device": "con", "data": "!", "format": "base64"}),
+                ("chardev-add", {"id": "small", "backend": {"type": "ringbuf",
+                                                            "data": {"size": 100}}}),
+                ("chardev-add", {"id": "r8", "backend": {"type": "ringbuf",
+                                                         "data": {"size": 8}}}),
+                ("ringbuf-write", {"device": "r8", "data": "0123456789"}),
+                ("ringbuf-read", {"device": "r8", "size": 100}),
+                ("ringbuf-write", {"device": f"{'compat_monitor0'}", "data": "x"}))]
+            answers[name] = (text[:text.index("\n")], replies)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert answers["kvmkit"][1] == answers["qemu"][1]
+    assert answers["kvmkit"][1][1] == {"return": "hel"}
+    assert answers["kvmkit"][1][9] == {"return": "23456789"}
+    for name in answers:
+        assert answers[name][0].startswith('{"event": "ready"'), answers[name][0]
+
+
+def test_chardevs_added_and_removed_at_run_time(tmp_path):
+    sock_path = str(tmp_path / "c5.sock")
+    commands = [
+        ("chardev-add", {"id": "c1", "backend": {"type": "null", "data": {}}}),
+        ("chardev-add", {"id": "c1", "backend": {"type": "null", "data": {}}}),
+        ("chardev-add", {"id": "c4", "backend": {"type": "file",
+                                                 "data": {"out": str(tmp_path / "c4.out")}}}),
+        ("chardev-add", {"id": "c5", "backend": {"type": "socket", "data": {
+            "addr": {"type": "unix", "data": {"path": sock_path}}, "server": True,
+            "wait": False}}}),
+        ("chardev-add", {"id": "c8", "backend": {"type": "file",
+                                                 "data": {"out": "/nonexistent/x"}}}),
+        ("chardev-add", {"id": "c9", "backend": {"type": "nosuch", "data": {}}}),
+        ("chardev-remove", {"id": "c1"}), ("chardev-remove", {"id": "c1"}),
+        ("chardev-remove", {"id": "compat_monitor0"}),
+        ("chardev-send-break", {"id": "c4"}), ("chardev-send-break", {"id": "nosuch"}),
+        ("chardev-change", {"id": "c4", "backend": {"type": "null", "data": {}}}),
+        ("chardev-change", {"id": "nosuch", "backend": {"type": "null", "data": {}}}),
+        ("query-yank", {}),
+        ("yank", {"instances": [{"type": "chardev", "id": "nosuch"}]}),
+        ("yank", {"instances": [{"type": "migration"}]}),
+        ("yank", {"instances": []}),
+    ]
+    answers = {}
+    for name, argv in (("kvmkit", kvmkit_command()), ("qemu", [QEMU, "-accel", "kvm"])):
+        answers[name] = qmp_answers(argv + ["-m", "256"], str(tmp_path / f"{name}.sock"),
+                                    commands)
+        assert (tmp_path / "c4.out").exists()
+        os.unlink(tmp_path / "c4.out")
+    # the yank instances name each side's own monitor socket chardev and c5
+    assert answers["kvmkit"] == answers["qemu"]
+
+
+def test_yank_drops_a_socket_chardevs_client(tmp_path):
+    sock = str(tmp_path / "k.sock")
+    path = str(tmp_path / "s.sock")
+    from guest import start_with_qmp
+    proc = start_with_qmp(kvmkit_command() + ["-m", "256", "-S", "-display", "none",
+                                              "-chardev", f"socket,id=s,path={path},"
+                                              "server=on,wait=off"], sock)
+    try:
+        qmp = QmpLine(sock)
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        deadline = time.monotonic() + 10
+        while not qmp.execute("query-chardev")["return"][0]["filename"].startswith("unix:"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert {"type": "chardev", "id": "s"} in qmp.execute("query-yank")["return"]
+        assert qmp.execute("yank", instances=[{"type": "chardev", "id": "s"}]) == {"return": {}}
+        client.settimeout(10)
+        assert client.recv(10) == b""              # the connection is gone
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_serial_break_sets_the_line_status():
+    from vmm.devices.serial import LSR_BI, Serial16550
+    levels = []
+    uart = Serial16550(lambda data: None, levels.append)
+    uart.bus_write(1, 1, 0x04)                  # IER: receiver line status interrupts
+    uart.receive_break()
+    assert levels[-1] == 1
+    assert uart.bus_read(2, 1) & 0x0F == 0x06   # IIR: receiver line status
+    assert uart.bus_read(5, 1) & LSR_BI
+    assert not uart.bus_read(5, 1) & LSR_BI     # reading LSR clears it
+    assert uart.bus_read(0, 1) == 0             # the break's zero byte
