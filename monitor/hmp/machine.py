@@ -236,3 +236,40 @@ async def info_iothreads(ctx: HmpContext, args: dict) -> str:
                    f"  poll-grow={t['poll-grow']}\n  poll-shrink={t['poll-shrink']}\n"
                    f"  aio-max-batch={t['aio-max-batch']}\n")
     return "".join(out)
+
+
+@hmp("dump-guest-memory",
+     "paging:-p,detach:-d,windmp:-w,zlib:-z,lzo:-l,snappy:-s,filename:F,begin:l?,length:l?",
+     "[-p] [-d] [-z|-l|-s|-w] filename [begin length]",
+     "dump guest memory into file 'filename'.\n\t\t\t"
+     "-p: do paging to get guest's memory mapping.\n\t\t\t"
+     "-d: return immediately (do not wait for completion).\n\t\t\t"
+     "-z: dump in kdump-compressed format, with zlib compression.\n\t\t\t"
+     "-l: dump in kdump-compressed format, with lzo compression.\n\t\t\t"
+     "-s: dump in kdump-compressed format, with snappy compression.\n\t\t\t"
+     "-w: dump in Windows crashdump format (can be used instead of ELF-dump converting),"
+     "\n\t\t\t    for Windows x86 and x64 guests with vmcoreinfo driver only.\n\t\t\t"
+     "begin: the starting physical address.\n\t\t\t"
+     "length: the memory size, in bytes.")
+async def dump_guest_memory_cmd(ctx: HmpContext, args: dict) -> str:
+    formats = [f for flag, f in (("zlib", "kdump-zlib"), ("lzo", "kdump-lzo"),
+                                 ("snappy", "kdump-snappy"), ("windmp", "win-dmp"))
+               if args[flag]]
+    if len(formats) > 1:
+        return "Error: only one of '-z|-l|-s|-w' can be set\n"
+    extra = {k: args[k] for k in ("begin", "length") if k in args}
+    if formats:
+        extra["format"] = formats[0]
+    await ctx.call("dump-guest-memory", paging=args["paging"], detach=args["detach"],
+                   protocol="file:" + args["filename"], **extra)
+    return ""
+
+
+@hmp("dump", "", "", "Display the latest dump status", info=True)
+async def info_dump(ctx: HmpContext, args: dict) -> str:
+    result = await ctx.call("query-dump")
+    text = f"Status: {result['status']}\n"
+    if result["status"] == "active":
+        done = result["completed"] * 100.0 / result["total"] if result["total"] else 0.0
+        text += f"Finished: {done:.2f} %\n"
+    return text
