@@ -118,14 +118,14 @@ def dump_guest_memory(ctx, paging, protocol, detach=False, begin=None, length=No
         with state.lock:
             state.completed += n
 
-    def run() -> None:
-        error = None
+    def write() -> str | None:
+        """Writes the dump; the error QEMU reports, if it failed."""
         try:
             with os.fdopen(fd, "wb") as out:
                 dump.write_elf(out, cpus, parts, progress)
         except OSError as e:
-            error = f"dump: failed to save memory: {e.strerror}"
-        machine.loop.call_soon_threadsafe(finish, error)
+            return f"dump: failed to save memory: {e.strerror}"
+        return None
 
     def finish(error: str | None) -> None:
         with state.lock:
@@ -136,14 +136,10 @@ def dump_guest_memory(ctx, paging, protocol, detach=False, begin=None, length=No
                                         **({"error": error} if error else {})})
 
     if detach:
-        threading.Thread(target=run, name="dump", daemon=True).start()
+        threading.Thread(target=lambda: machine.loop.call_soon_threadsafe(finish, write()),
+                         name="dump", daemon=True).start()
         return
-    error = None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            dump.write_elf(out, cpus, parts, progress)
-    except OSError as e:
-        error = f"dump: failed to save memory: {e.strerror}"
+    error = write()
     finish(error)
     if error:
         raise QmpError(error)
