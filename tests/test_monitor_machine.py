@@ -74,6 +74,11 @@ def test_memsave_and_pmemsave_write_guest_memory(probe, tmp_path):
         target = tmp_path / f"{command}.bin"
         assert qmp.execute(command, val=paddr, size=size, filename=str(target)) == {"return": {}}
         assert target.read_bytes() == code[:size], command
+    checksum = 0
+    for byte in code[:size]:                     # BSD sum(1), as QEMU's `sum` computes it
+        checksum = (((checksum >> 1) | ((checksum & 1) << 15)) + byte) & 0xFFFF
+    hmp = qmp.execute("human-monitor-command", **{"command-line": f"sum {paddr} {size}"})
+    assert hmp == {"return": f"{checksum:05d}\r\n"}
 
 
 def test_memory_command_errors_as_qemu(tmp_path):
@@ -91,7 +96,19 @@ def test_memory_command_errors_as_qemu(tmp_path):
         ("set-numa-node", {"type": "node"}), ("set-numa-node", {"type": "dist", "src": 70000}),
         ("dumpdtb", {"filename": str(tmp_path / "x.dtb")}), ("x-query-numa", {}),
         ("x-query-irq", {}), ("inject-nmi", {"x": 1}),
-    ]
+        ("calc-dirty-rate", {"calc-time": 0}), ("calc-dirty-rate", {"calc-time": 61}),
+        ("calc-dirty-rate", {"calc-time": 1, "sample-pages": 10}),
+        ("calc-dirty-rate", {"calc-time": 1, "mode": "dirty-ring"}),
+        ("calc-dirty-rate", {"calc-time": 1, "mode": "dirty-ring", "sample-pages": 256}),
+        ("query-dirty-rate", {}), ("set-vcpu-dirty-limit", {"dirty-rate": 1}),
+        ("cancel-vcpu-dirty-limit", {"cpu-index": 9}), ("query-vcpu-dirty-limit", {}),
+    ] + [("human-monitor-command", {"command-line": line}) for line in (
+        "info dirty_rate", "info vcpu_dirty_limit", "calc_dirty_rate -r -b 1",
+        "set_vcpu_dirty_limit 10", "cancel_vcpu_dirty_limit", "watchdog_action bogus",
+        "watchdog_action pause", "sum 0x2000000 4096", "info memory-devices", "info numa",
+        "gva2gpa 0x1000", "p 1+2", "p /d -1", "print /o 8", "i /b 0x1234", "i /w 0x1234",
+        "o /b 0x1234 5", "info irq",
+        "chardev-remove nosuch", "ringbuf_read nosuch 1", "nmi")]
     ours = qmp_answers(kvmkit_command() + ["-m", "256"], str(tmp_path / "k.sock"), commands)
     theirs = qmp_answers([QEMU, "-accel", "kvm", "-m", "256"], str(tmp_path / "q.sock"),
                          commands)
@@ -222,3 +239,22 @@ def test_serial_break_sets_the_line_status():
     assert uart.bus_read(5, 1) & LSR_BI
     assert not uart.bus_read(5, 1) & LSR_BI     # reading LSR clears it
     assert uart.bus_read(0, 1) == 0             # the break's zero byte
+
+
+@pytest.mark.parametrize("mode", ["page-sampling", "dirty-bitmap"])
+def test_dirty_rate_of_a_guest_writing_memory(probe, mode):
+    """While the probe rewrites 64 MiB over and over, calc-dirty-rate measures tens
+    of MB/s (each page counts once a period); an idle guest's is near nothing."""
+    vm, qmp = probe
+    vm.send("churn 64 400")
+    time.sleep(0.3)
+    assert qmp.execute("calc-dirty-rate", **{"calc-time": 1, "mode": mode}) == {"return": {}}
+    deadline = time.monotonic() + 30
+    while (info := qmp.execute("query-dirty-rate")["return"])["status"] != "measured":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert info["mode"] == mode and info["calc-time"] == 1
+    assert info["dirty-rate"] >= 16, info
+    assert vm.read_json(120) == {"mib": 64, "seed": 400}
+    text = qmp.execute("human-monitor-command", **{"command-line": "info dirty_rate"})
+    assert f"Mode: {mode}\r\nDirty rate: {info['dirty-rate']} (MB/s)\r\n" in text["return"]

@@ -9,6 +9,7 @@ from monitor.commands import (  # noqa: F401
     core,
     cpu,
     devices,
+    dirtyrate,
     dump,
     fds,
     hmp,

@@ -273,3 +273,57 @@ async def info_dump(ctx: HmpContext, args: dict) -> str:
         done = result["completed"] * 100.0 / result["total"] if result["total"] else 0.0
         text += f"Finished: {done:.2f} %\n"
     return text
+
+
+# -- dirty pages -----------------------------------------------------------------------
+@hmp("calc_dirty_rate", "dirty_ring:-r,dirty_bitmap:-b,second:l,sample_pages_per_GB:l?",
+     "[-r] [-b] second [sample_pages_per_GB]",
+     "start a round of guest dirty rate measurement (using -r to\n\t\t\t specify dirty ring "
+     "as the method of calculation and\n\t\t\t -b to specify dirty bitmap as method of "
+     "calculation)")
+async def calc_dirty_rate_cmd(ctx: HmpContext, args: dict) -> str:
+    if args["dirty_ring"] and args["dirty_bitmap"]:
+        return "Either dirty ring or dirty bitmap can be specified!\n"
+    mode = "dirty-ring" if args["dirty_ring"] else \
+        "dirty-bitmap" if args["dirty_bitmap"] else "page-sampling"
+    extra = {"sample-pages": args["sample_pages_per_GB"]} \
+        if "sample_pages_per_GB" in args else {}
+    await ctx.call("calc-dirty-rate", **{"calc-time": args["second"], "mode": mode, **extra})
+    return (f"Starting dirty rate measurement with period {args['second']} seconds\n"
+            "[Please use 'info dirty_rate' to check results]\n")
+
+
+@hmp("dirty_rate", "", "", "show dirty rate information", info=True)
+async def info_dirty_rate(ctx: HmpContext, args: dict) -> str:
+    info = await ctx.call("query-dirty-rate")
+    rate = f"{info['dirty-rate']} (MB/s)" if "dirty-rate" in info else "(not ready)"
+    return (f"Status: {info['status']}\nStart Time: {info['start-time']} (ms)\n"
+            f"Sample Pages: {info['sample-pages']} (per GB)\nPeriod: {info['calc-time']} (sec)\n"
+            f"Mode: {info['mode']}\nDirty rate: {rate}\n")
+
+
+@hmp("set_vcpu_dirty_limit", "dirty_rate:l,cpu_index:l?", "dirty_rate [cpu_index]",
+     "set dirty page rate limit, use cpu_index to set limit\n\t\t\t\t\t on a specified "
+     "virtual cpu")
+async def set_vcpu_dirty_limit_cmd(ctx: HmpContext, args: dict) -> str:
+    extra = {"cpu-index": args["cpu_index"]} if "cpu_index" in args else {}
+    await ctx.call("set-vcpu-dirty-limit", **{"dirty-rate": args["dirty_rate"], **extra})
+    return ""
+
+
+@hmp("cancel_vcpu_dirty_limit", "cpu_index:l?", "[cpu_index]",
+     "cancel dirty page rate limit, use cpu_index to cancel\n\t\t\t\t\t limit on a "
+     "specified virtual cpu")
+async def cancel_vcpu_dirty_limit_cmd(ctx: HmpContext, args: dict) -> str:
+    extra = {"cpu-index": args["cpu_index"]} if "cpu_index" in args else {}
+    await ctx.call("cancel-vcpu-dirty-limit", **extra)
+    return "[Please use 'info vcpu_dirty_limit' to query dirty limit for virtual CPU]\n"
+
+
+@hmp("vcpu_dirty_limit", "", "", "show dirty page limit information of all vCPU", info=True)
+async def info_vcpu_dirty_limit(ctx: HmpContext, args: dict) -> str:
+    limits = await ctx.call("query-vcpu-dirty-limit")
+    if not limits:
+        return "Dirty page limit not enabled!\n"
+    return "".join(f"vcpu[{x['cpu-index']}], limit rate {x['limit-rate']} (MB/s), "
+                   f"current rate {x['current-rate']} (MB/s)\n" for x in limits)
