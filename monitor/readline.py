@@ -176,6 +176,7 @@ class ReadlineSession:
         self.session = Session(name="hmp")
         self.state = HmpState()
         self.readline = Readline(self.write, complete_command)
+        self.state.history = self.readline.history          # `info history` lists it
         self.pending = bytearray()
         self.wakeup = asyncio.Event()
         self.worker: asyncio.Task | None = None

@@ -284,7 +284,7 @@ def test_interactive_monitor_in_a_pty(tmp_path):
         "-m", "64", "-nodefaults", "-S", "-monitor", "stdio"], timeout=20, cwd=str(tmp_path))
     child.expect_exact("QEMU 7.2.22 monitor - type 'help' for more information")
     child.expect_exact("(qemu) ")
-    child.send("info sta\t")                       # Tab completes the info subcommand
+    child.send("info statu\t")                     # Tab completes the info subcommand
     child.expect_exact("info status \x1b[K")
     child.send("\r")
     child.expect_exact("VM status: paused (prelaunch)")

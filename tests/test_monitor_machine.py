@@ -258,3 +258,51 @@ def test_dirty_rate_of_a_guest_writing_memory(probe, mode):
     assert vm.read_json(120) == {"mib": 64, "seed": 400}
     text = qmp.execute("human-monitor-command", **{"command-line": "info dirty_rate"})
     assert f"Mode: {mode}\r\nDirty rate: {info['dirty-rate']} (MB/s)\r\n" in text["return"]
+
+
+HMP_LINES_AS_QEMU = [
+    "object_add iothread,id=io1", "object_add iothread,id=io1", "object_del io1",
+    "object_del io1", "announce_self", "getfd x", "closefd x", "exit_preconfig", "cpu 0",
+    "cpu 5", "cpu", "boot_set c", "boot_set x", "boot_set abcd", "boot_set cc", "boot_set e",
+    "singlestep", "singlestep off", "singlestep maybe", "log", "log help", "log nosuch",
+    "log none", "log int,guest_errors", "logfile /nonexistent/x", "mce 0 0 0 0 0 0",
+    "mce 0 99 0x8000000000000000 0 0 0", "info mem", "info tlb", "info jit", "info opcount",
+    "info profile", "info replay", "info rdma", "info history", "info memdev", "info numa",
+    "info memory-devices", "info dump", "dump-guest-memory -z -l x", "help mce",
+    "help dump-guest-memory", "help calc_dirty_rate", "help info stats", "help log"]
+
+
+def test_hmp_texts_as_qemu(tmp_path):
+    commands = [("human-monitor-command", {"command-line": line}) for line in HMP_LINES_AS_QEMU]
+    ours = qmp_answers(kvmkit_command() + ["-m", "128"], str(tmp_path / "k.sock"), commands)
+    theirs = qmp_answers([QEMU, "-accel", "kvm", "-m", "128"], str(tmp_path / "q.sock"),
+                         commands)
+    for line, mine, qemus in zip(HMP_LINES_AS_QEMU, ours, theirs):
+        assert mine == qemus, line
+
+
+def test_page_tables_and_stats_print_as_on_qemu(tmp_path):
+    """The probe's own page tables: `info mem` and `info tlb` are the same text on
+    both VMMs; `info stats` has QEMU's lines, numbers aside."""
+    import re
+    texts = {}
+    for name, start in (("kvmkit", start_kvmkit), ("qemu", start_qemu)):
+        sock = str(tmp_path / f"{name}.sock")
+        vm = start(machine_args(extra=["-qmp", f"unix:{sock},server=on,wait=off"]))
+        try:
+            assert vm.read_json(60)["event"] == "ready"
+            qmp = QmpLine(sock)
+            texts[name] = [qmp.hmp(line) for line in (
+                "info mem", "info tlb", "info stats vcpu", "info stats vm exits",
+                "gva2gpa 0x101000", "gva2gpa 0x7fffffffffff")]
+        finally:
+            vm.close()
+    ours, theirs = texts["kvmkit"], texts["qemu"]
+    assert ours[0] == theirs[0]                                       # info mem
+    no_accessed_dirty = lambda t: re.sub(r" (...)..(....)\r", r" \1..\2\r", t)  # noqa
+    assert no_accessed_dirty(ours[1]) == no_accessed_dirty(theirs[1])  # info tlb
+    numbers = lambda t: re.sub(r"(: |=)(\d+|yes|no)\b", r"\1N", t)    # noqa: E731
+    assert [numbers(t) for t in ours[2:4]] == [numbers(t) for t in theirs[2:4]]
+    assert ours[4:] == theirs[4:] == ["gpa: 0x101000\r\n", "Unmapped\r\n"]
+    assert texts["kvmkit"][0].startswith("0000000000000000-")
+    assert "halt_wait_hist (log2-histogram, ns): [1]=" in texts["kvmkit"][2]

@@ -275,6 +275,12 @@ class Vcpu:
     def set_debugregs(self, debugregs) -> None:
         self._set(lib.KVM_SET_DEBUGREGS, debugregs, "KVM_SET_DEBUGREGS")
 
+    def inject_mce(self, bank: int, status: int, mcg_status: int, addr: int, misc: int) -> None:
+        mce = ffi.new("struct kvm_x86_mce *")
+        mce.bank, mce.status, mce.mcg_status, mce.addr, mce.misc = (
+            bank, status, mcg_status, addr, misc)
+        self._set(lib.KVM_X86_SET_MCE, mce, "KVM_X86_SET_MCE")
+
     def nmi(self) -> None:
         _check(lib.kk_ioctl_val(self.fd, lib.KVM_NMI, 0), "KVM_NMI")
 

@@ -106,6 +106,9 @@ class Machine:
         self.gdb = None                            # the gdb stub, once -gdb or gdbserver starts it
         self.panic_action = "shutdown"             # set-action: for a pvpanic device's report
         self.watchdog_action = "reset"             # set-action, watchdog-set-action
+        self.boot_order = "cad"                    # HMP boot_set (kvmkit boots -kernel)
+        self.singlestep = False                    # HMP singlestep: TCG's, no effect here
+        self.log_items: list[str] = []             # HMP log: TCG's items, accepted
         try:
             for set_id, fd, opaque in cfg.fdsets:
                 fdsets.add(fd, set_id, opaque)

@@ -78,12 +78,13 @@ def dump_guest_memory(ctx, paging, protocol, detach=False, begin=None, length=No
         raise QmpError("Dump not allowed during incoming migration.")
     if state.status == "active":
         raise QmpError("There is a dump in progress now.")
+    if format not in (None, "elf", "win-dmp") and \
+            (paging or begin is not None or length is not None):
+        raise QmpError("kdump-compressed format doesn't support paging or filter")
     if begin is not None and length is None:
         raise QmpError("Parameter 'length' is missing")
     if begin is None and length is not None:
         raise QmpError("Parameter 'begin' is missing")
-    if format not in (None, "elf", "win-dmp") and (paging or begin is not None):
-        raise QmpError("kdump-compressed format doesn't support paging or filter")
     if format in ("kdump-zlib", "kdump-lzo", "kdump-snappy"):
         raise QmpError(f"{format} is not available now")
     fd = _open_target(ctx, protocol)

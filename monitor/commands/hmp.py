@@ -17,5 +17,5 @@ async def human_monitor_command(ctx, command_line, cpu_index=None):
         cpu_index = (cpu_index + (1 << 31)) % (1 << 32) - (1 << 31)
     if cpu_index is not None and not 0 <= cpu_index < len(ctx.machine.vcpus):
         raise QmpError("Parameter 'cpu-index' expects a CPU number")
-    output = await run_line(ctx.monitor, ctx.session, command_line, cpu=cpu_index or 0)
+    output = await run_line(ctx.monitor, ctx.session, command_line, cpu=cpu_index)
     return output.replace("\n", "\r\n")

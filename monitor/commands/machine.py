@@ -135,6 +135,7 @@ def _open_for_dump(filename: str):
 def memsave(ctx, val, size, filename, cpu_index=0):
     """size bytes of guest-virtual memory from val, through that vCPU's page tables."""
     machine = ctx.machine
+    cpu_index = (cpu_index + (1 << 31)) % (1 << 32) - (1 << 31)   # QEMU passes a C int on
     if not 0 <= cpu_index < len(machine.vcpus):
         raise QmpError("Parameter 'cpu-index' expects a CPU number")
     addr = val & 0xFFFFFFFFFFFFFFFF

@@ -15,6 +15,7 @@ from monitor.hmp import (  # noqa: F401  (registration)
     machine,
     memory,
     migration,
+    misc,
     registers,
     snapshots,
 )

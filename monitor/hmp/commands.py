@@ -15,6 +15,9 @@ async def help_cmd(ctx: HmpContext, args: dict) -> str:
     if name is None:
         return "".join(help_line(c) for c in unique(COMMANDS))
     words = name.split()
+    if words[0] == "log":                     # QEMU lists the log items instead
+        from monitor.hmp.misc import log_items_help
+        return log_items_help()
     if words[0] == "info":
         if len(words) == 1:
             return "".join(help_line(c) for c in unique(INFO))

@@ -43,6 +43,7 @@ class HmpContext:
     monitor: Monitor
     session: Session
     cpu: int = 0
+    state: HmpState | None = None
 
     @property
     def machine(self):
@@ -58,6 +59,8 @@ class HmpState:
 
     last_format: str = "x"
     last_size: int = 4
+    cpu: int = 0                       # `cpu N`: the vCPU commands look at
+    history: list[str] = field(default_factory=list)   # the readline monitor's lines
 
 
 COMMANDS: dict[str, HmpCommand] = {}
@@ -230,7 +233,7 @@ def _parse_format(cur: _Cursor) -> tuple[int, str, int]:
 
 
 async def run_line(monitor: Monitor, session: Session, line: str,
-                   state: HmpState | None = None, cpu: int = 0) -> str:
+                   state: HmpState | None = None, cpu: int | None = None) -> str:
     """Runs one HMP command line; returns its output, errors included, as QEMU prints it."""
     if state is None:
         if session.hmp_state is None:
@@ -250,7 +253,7 @@ async def run_line(monitor: Monitor, session: Session, line: str,
         cmd = INFO.get(sub_name)
         if cmd is None:
             return f"unknown command: 'info {sub_name}'\n"
-    ctx = HmpContext(monitor, session, cpu)
+    ctx = HmpContext(monitor, session, state.cpu if cpu is None else cpu, state)
     try:
         args = parse_arguments(cmd, rest, state, lambda reg: _register(ctx, reg))
     except ArgError as e:
