@@ -10,6 +10,7 @@ from monitor.commands import (  # noqa: F401
     cpu,
     devices,
     dirtyrate,
+    display,
     dump,
     fds,
     hmp,

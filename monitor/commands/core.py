@@ -177,8 +177,3 @@ def query_hotpluggable_cpus(ctx):
     Member("base-memory", INT), Member("plugged-memory", INT, True))))
 def query_memory_size_summary(ctx):
     return {"base-memory": ctx.machine.cfg.memory, "plugged-memory": 0}
-
-
-@command("migrate-pause", allow_oob=True)
-def migrate_pause(ctx):
-    raise QmpError("migrate-pause is currently only supported during postcopy-active state")

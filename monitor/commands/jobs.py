@@ -8,12 +8,13 @@ job-dismiss, as QEMU's (auto-finalize on, auto-dismiss off).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from monitor.errors import QmpError
+from monitor.errors import DEVICE_NOT_ACTIVE, QmpError
 from monitor.registry import REGISTRY, command
-from monitor.types import INT, STR, Enum, ListOf, Member, Struct
+from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
 from vmm.errors import UserError
 
 JOB_STATUS = Enum("JobStatus", ("undefined", "created", "running", "paused", "ready",
@@ -31,6 +32,8 @@ class Job:
     status: str = "created"
     error: str | None = None
     done: int = 0
+    user_paused: bool = False
+    task: object = None              # the asyncio task running it
 
     def info(self) -> dict:
         info = {"current-progress": self.done, "status": self.status, "total-progress": 1,
@@ -48,8 +51,6 @@ def _jobs(machine) -> list[Job]:
 
 def start_job(ctx, job_id: str, job_type: str, work: Callable[[], Awaitable[None]]) -> None:
     """Registers a job and runs ``work`` on the loop; its UserError is the job's."""
-    import asyncio
-
     jobs = _jobs(ctx.machine)
     if any(j.id == job_id for j in jobs):
         raise QmpError(f"Job ID '{job_id}' already in use")
@@ -71,6 +72,9 @@ def start_job(ctx, job_id: str, job_type: str, work: Callable[[], Awaitable[None
         except UserError as e:
             job.error = str(e)
             status("aborting")
+        except asyncio.CancelledError:            # job-cancel
+            job.error = "Operation canceled"
+            status("aborting")
         else:
             status("waiting")
             status("pending")
@@ -78,7 +82,7 @@ def start_job(ctx, job_id: str, job_type: str, work: Callable[[], Awaitable[None
         status("concluded")
 
     status("created")
-    asyncio.get_running_loop().create_task(run())
+    job.task = asyncio.get_running_loop().create_task(run())
 
 
 @command("query-jobs", returns=ListOf(Struct("JobInfo", (
@@ -89,15 +93,114 @@ def query_jobs(ctx):
     return [job.info() for job in _jobs(ctx.machine)]
 
 
+# QEMU's table of which verbs a job accepts in which state
+VERBS = {"cancel": ("created", "running", "paused", "ready", "standby", "waiting", "pending",
+                    "aborting"),
+         "pause": ("created", "running", "paused", "ready", "standby", "waiting", "pending",
+                   "aborting"),
+         "resume": ("created", "running", "paused", "ready", "standby", "waiting", "pending",
+                    "aborting"),
+         "complete": ("ready",), "finalize": ("pending",), "dismiss": ("concluded",)}
+
+
+def _job(ctx, job_id: str, verb: str) -> Job:
+    job = next((j for j in _jobs(ctx.machine) if j.id == job_id), None)
+    if job is None:
+        raise QmpError("Job not found")
+    if job.status not in VERBS[verb]:
+        raise QmpError(f"Job '{job_id}' in state '{job.status}' cannot accept command verb "
+                       f"'{verb}'")
+    return job
+
+
+@command("job-cancel", args=[Member("id", STR)])
+def job_cancel(ctx, id):
+    job = _job(ctx, id, "cancel")
+    if job.task is not None:
+        job.task.cancel()
+
+
+@command("job-pause", args=[Member("id", STR)])
+def job_pause(ctx, id):
+    """Counted, as QEMU's: a snapshot job has no point to pause at, so it runs on."""
+    job = _job(ctx, id, "pause")
+    if job.user_paused:
+        raise QmpError("Job is already paused")
+    job.user_paused = True
+
+
+@command("job-resume", args=[Member("id", STR)])
+def job_resume(ctx, id):
+    job = _job(ctx, id, "resume")
+    if not job.user_paused:
+        raise QmpError("Can't resume a job that was not paused")
+    job.user_paused = False
+
+
+@command("job-complete", args=[Member("id", STR)])
+def job_complete(ctx, id):
+    _job(ctx, id, "complete")        # only a ready job (a mirror) completes: kvmkit has none
+
+
+@command("job-finalize", args=[Member("id", STR)])
+def job_finalize(ctx, id):
+    _job(ctx, id, "finalize")        # kvmkit's jobs finalize themselves
+
+
 @command("job-dismiss", args=[Member("id", STR)])
 def job_dismiss(ctx, id):
     jobs = _jobs(ctx.machine)
-    job = next((j for j in jobs if j.id == id), None)
-    if job is None:
-        raise QmpError("Job not found")
-    if job.status != "concluded":
-        raise QmpError(f"Job '{id}' in state '{job.status}' cannot accept command verb "
-                       f"'dismiss'")
+    job = _job(ctx, id, "dismiss")
     jobs.remove(job)
     job.status = "null"
     ctx.machine.emit("JOB_STATUS_CHANGE", {"status": "null", "id": id})
+
+
+# -- block jobs: kvmkit's jobs are none of them (no stream, commit, mirror or backup) --
+def _no_block_job(job_id: str):
+    raise QmpError(f"Block job '{job_id}' not found", DEVICE_NOT_ACTIVE)
+
+
+@command("query-block-jobs", returns=ListOf(Struct("BlockJobInfo", (
+    Member("type", STR), Member("device", STR), Member("len", INT), Member("offset", INT),
+    Member("busy", BOOL), Member("paused", BOOL), Member("speed", INT),
+    Member("io-status", Enum("BlockDeviceIoStatus", ("ok", "failed", "nospace"))),
+    Member("ready", BOOL), Member("status", JOB_STATUS), Member("auto-finalize", BOOL),
+    Member("auto-dismiss", BOOL), Member("error", STR, True)))))
+def query_block_jobs(ctx):
+    return []
+
+
+@command("block-job-cancel", args=[Member("device", STR), Member("force", BOOL, True)])
+def block_job_cancel(ctx, device, force=False):
+    _no_block_job(device)
+
+
+@command("block-job-complete", args=[Member("device", STR)])
+def block_job_complete(ctx, device):
+    _no_block_job(device)
+
+
+@command("block-job-pause", args=[Member("device", STR)])
+def block_job_pause(ctx, device):
+    _no_block_job(device)
+
+
+@command("block-job-resume", args=[Member("device", STR)])
+def block_job_resume(ctx, device):
+    _no_block_job(device)
+
+
+@command("block-job-set-speed", args=[Member("device", STR), Member("speed", INT)])
+def block_job_set_speed(ctx, device, speed):
+    _no_block_job(device)
+
+
+@command("block-job-dismiss", args=[Member("id", STR)])
+def block_job_dismiss(ctx, id):
+    _no_block_job(id)
+
+
+@command("block-job-finalize", args=[Member("id", STR)])
+def block_job_finalize(ctx, id):
+    _no_block_job(id)

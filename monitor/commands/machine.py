@@ -276,3 +276,15 @@ def roms_text(machine) -> str:
 @command("x-query-roms", returns=HUMAN_READABLE, features=("unstable",))
 def x_query_roms(ctx):
     return {"human-readable-text": roms_text(ctx.machine)}
+
+
+def usb_text(machine) -> str:
+    """`info usb`: the devices on the guest's USB bus, which kvmkit's UHCI has none of."""
+    if not any(d.driver == "piix3-usb-uhci" for d in machine.devices):
+        raise QmpError("USB support not enabled")
+    return ""
+
+
+@command("x-query-usb", returns=HUMAN_READABLE, features=("unstable",))
+def x_query_usb(ctx):
+    return {"human-readable-text": usb_text(ctx.machine)}

@@ -211,3 +211,28 @@ def query_migrate(ctx):
     if machine.migration is not None:
         info.update(machine.migration.info())
     return info
+
+
+# -- postcopy, which kvmkit does not do: QEMU's answers without the capability ---------
+@command("migrate-pause", allow_oob=True)
+def migrate_pause(ctx):
+    raise QmpError("migrate-pause is currently only supported during postcopy-active state")
+
+
+@command("migrate-recover", args=[Member("uri", STR)], allow_oob=True)
+def migrate_recover(ctx, uri):
+    raise QmpError("Migrate recover can only be run when postcopy is paused.")
+
+
+@command("migrate-start-postcopy")
+def migrate_start_postcopy(ctx):
+    raise QmpError("Enable postcopy with migrate_set_capability before the start of migration")
+
+
+@command("migrate-continue", args=[Member("state", MIGRATION_STATUS)])
+def migrate_continue(ctx, state):
+    """Only a migration paused in `state` (pause-before-switchover) goes on; kvmkit's
+    never pause, so this names the state it is in."""
+    migration = ctx.machine.migration
+    current = migration.status if migration is not None else "none"
+    raise QmpError(f"Migration not in expected state: {current}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from monitor.hmp.table import HmpContext, hmp
+from monitor.hmp.table import HmpContext, forward, hmp
 from vmm.block import options as blockdev_options
 from vmm.block.throttle import LIMITS
 from vmm.errors import UserError
@@ -213,3 +213,26 @@ async def change(ctx: HmpContext, args: dict) -> str:
     await ctx.call("blockdev-change-medium", **call)
     return ""
 
+
+
+forward("block_job_cancel", "force:-f,device:B", "[-f] device",
+           "stop an active background block operation (use -f\n\t\t\t if you want to abort "
+           "the operation immediately\n\t\t\t instead of keep running until data is in "
+           "sync)", "block-job-cancel")
+forward("block_job_complete", "device:B", "device",
+           "stop an active background block operation", "block-job-complete")
+forward("block_job_pause", "device:B", "device",
+           "pause an active background block operation", "block-job-pause")
+forward("block_job_resume", "device:B", "device",
+           "resume a paused background block operation", "block-job-resume")
+forward("block_job_set_speed", "device:B,speed:o", "device speed",
+           "set maximum speed for a background block operation", "block-job-set-speed")
+
+
+@hmp("block-jobs", "", "", "show progress of ongoing block device operations", info=True)
+async def info_block_jobs(ctx: HmpContext, args: dict) -> str:
+    jobs = await ctx.call("query-block-jobs")
+    if not jobs:
+        return "No active jobs\n"
+    return "".join(f"Type {j['type']}, device {j['device']}: Completed {j['offset']} of "
+                   f"{j['len']} bytes, speed limit {j['speed']} bytes/s\n" for j in jobs)

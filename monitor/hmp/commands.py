@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from monitor.errors import QmpError
-from monitor.hmp.table import COMMANDS, INFO, HmpContext, help_line, hmp, unique
+from monitor.hmp.table import COMMANDS, INFO, HmpContext, forward, help_line, hmp, unique
 from monitor.qemu_json import pretty
 
 
@@ -33,26 +33,15 @@ async def info_cmd(ctx: HmpContext, args: dict) -> str:
     return "".join(help_line(c) for c in unique(INFO))
 
 
-def _forward(name: str, args_type: str, params: str, help: str,
-             aliases: tuple[str, ...] = ()) -> None:
-    """HMP commands that run the QMP command of the same name, with the same
-    argument names, and print nothing on success: they name it, and the registry
-    checks the arguments."""
-    async def handler(ctx: HmpContext, args: dict) -> str:
-        await ctx.call(name, **args)
-        return ""
-    hmp(name, args_type, params, help, aliases=aliases, qmp=name)(handler)
-
-
-_forward("stop", "", "", "stop emulation", ("s",))
-_forward("cont", "", "", "resume emulation", ("c",))
-_forward("system_reset", "", "", "reset the system")
-_forward("system_powerdown", "", "", "send system power down event")
-_forward("system_wakeup", "", "", "wakeup guest from suspend")
-_forward("quit", "", "", "quit the emulator", ("q",))
-_forward("balloon", "value:M", "target", "request VM to change its memory allocation (in MB)")
-_forward("device_del", "id:s", "device", "remove device")
-_forward("set_link", "name:s,up:b", "name on|off", "change the link status of a network adapter")
+forward("stop", "", "", "stop emulation", aliases=("s",))
+forward("cont", "", "", "resume emulation", aliases=("c",))
+forward("system_reset", "", "", "reset the system")
+forward("system_powerdown", "", "", "send system power down event")
+forward("system_wakeup", "", "", "wakeup guest from suspend")
+forward("quit", "", "", "quit the emulator", aliases=("q",))
+forward("balloon", "value:M", "target", "request VM to change its memory allocation (in MB)")
+forward("device_del", "id:s", "device", "remove device")
+forward("set_link", "name:s,up:b", "name on|off", "change the link status of a network adapter")
 
 
 @hmp("device_add", "device:O", "driver[,prop=value][,...]",

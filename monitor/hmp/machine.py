@@ -9,26 +9,16 @@ import struct
 
 from monitor.errors import QmpError
 from monitor.hmp.memory import translate
-from monitor.hmp.table import HmpContext, hmp
+from monitor.hmp.table import HmpContext, forward, hmp
 
-
-def _simple(name: str, args_type: str, params: str, help: str, qmp: str,
-            rename: dict[str, str] | None = None) -> None:
-    """HMP commands that run one QMP command and print nothing on success."""
-    async def handler(ctx: HmpContext, args: dict) -> str:
-        await ctx.call(qmp, **{(rename or {}).get(k, k): v for k, v in args.items()})
-        return ""
-    hmp(name, args_type, params, help, qmp=qmp)(handler)
-
-
-_simple("nmi", "", "", "inject an NMI", "inject-nmi")
-_simple("memsave", "val:l,size:i,filename:s", "addr size file",
+forward("nmi", "", "", "inject an NMI", "inject-nmi")
+forward("memsave", "val:l,size:i,filename:s", "addr size file",
         "save to disk virtual memory dump starting at 'addr' of size 'size'", "memsave")
-_simple("pmemsave", "val:l,size:i,filename:s", "addr size file",
+forward("pmemsave", "val:l,size:i,filename:s", "addr size file",
         "save to disk physical memory dump starting at 'addr' of size 'size'", "pmemsave")
-_simple("chardev-remove", "id:s", "id", "remove chardev", "chardev-remove")
-_simple("chardev-send-break", "id:s", "id", "send a break on chardev", "chardev-send-break")
-_simple("ringbuf_write", "device:s,data:s", "device data",
+forward("chardev-remove", "id:s", "id", "remove chardev", "chardev-remove")
+forward("chardev-send-break", "id:s", "id", "send a break on chardev", "chardev-send-break")
+forward("ringbuf_write", "device:s,data:s", "device data",
         "Write to a ring buffer character device", "ringbuf-write")
 
 
@@ -226,6 +216,7 @@ def _text_info(name: str, help: str, qmp: str) -> None:
 _text_info("numa", "show NUMA information", "x-query-numa")
 _text_info("ramblock", "Display system ramblock information", "x-query-ramblock")
 _text_info("roms", "show roms", "x-query-roms")
+_text_info("usb", "show guest USB devices", "x-query-usb")
 
 
 @hmp("iothreads", "", "", "show iothreads", info=True)
@@ -327,3 +318,60 @@ async def info_vcpu_dirty_limit(ctx: HmpContext, args: dict) -> str:
         return "Dirty page limit not enabled!\n"
     return "".join(f"vcpu[{x['cpu-index']}], limit rate {x['limit-rate']} (MB/s), "
                    f"current rate {x['current-rate']} (MB/s)\n" for x in limits)
+
+
+# -- displays (none yet: see monitor/commands/display.py) -------------------------------
+@hmp("spice", "", "", "show the spice server status", info=True)
+async def info_spice(ctx: HmpContext, args: dict) -> str:
+    info = await ctx.call("query-spice")
+    return "Server: disabled\n" if not info["enabled"] else "Server: enabled\n"
+
+
+@hmp("vnc", "", "", "show the vnc server status", info=True)
+async def info_vnc(ctx: HmpContext, args: dict) -> str:
+    servers = await ctx.call("query-vnc-servers")
+    return "None\n" if not servers else "".join(f"{s['id']}:\n" for s in servers)
+
+
+@hmp("mice", "", "", "show which guest mouse is receiving events", info=True)
+async def info_mice(ctx: HmpContext, args: dict) -> str:
+    mice = await ctx.call("query-mice")
+    if not mice:
+        return "No mouse devices connected\n"
+    return "".join(f"{'*' if m['current'] else ' '} Mouse #{m['index']}: {m['name']}"
+                   f"{' (absolute)' if m['absolute'] else ''}\n" for m in mice)
+
+
+@hmp("screendump", "filename:F,format:-fs,device:s?,head:i?",
+     "filename [-f format] [device [head]]",
+     "save screen from head 'head' of display device 'device'in specified format 'format' "
+     "as image 'filename'.Currently only 'png' and 'ppm' formats are supported.")
+async def screendump_cmd(ctx: HmpContext, args: dict) -> str:
+    extra = {k: args[k] for k in ("device", "head", "format") if k in args}
+    await ctx.call("screendump", filename=args["filename"], **extra)
+    return ""
+
+
+@hmp("set_password", "protocol:s,password:s,display:-ds,connected:s?",
+     "protocol password [-d display] [action-if-connected]", "set spice/vnc password")
+async def set_password_cmd(ctx: HmpContext, args: dict) -> str:
+    extra = {k: args[k] for k in ("display", "connected") if k in args}
+    await ctx.call("set_password", protocol=args["protocol"], password=args["password"],
+                   **extra)
+    return ""
+
+
+@hmp("expire_password", "protocol:s,time:s,display:-ds", "protocol time [-d display]",
+     "set spice/vnc password expire-time")
+async def expire_password_cmd(ctx: HmpContext, args: dict) -> str:
+    extra = {"display": args["display"]} if "display" in args else {}
+    await ctx.call("expire_password", protocol=args["protocol"], time=args["time"], **extra)
+    return ""
+
+
+@hmp("client_migrate_info", "protocol:s,hostname:s,port:i?,tls-port:i?,cert-subject:s?",
+     "protocol hostname port tls-port cert-subject",
+     "set migration information for remote display")
+async def client_migrate_info_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("client_migrate_info", **args)
+    return ""

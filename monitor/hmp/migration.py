@@ -6,7 +6,7 @@ import asyncio
 
 from monitor.commands.migration import MIGRATION_CAPABILITY, PARAMETERS
 from monitor.errors import QmpError
-from monitor.hmp.table import HmpContext, hmp
+from monitor.hmp.table import HmpContext, forward, hmp
 from monitor.types import BOOL, SIZE, STR, Enum
 from vmm.qemuopts import OptsError, parse_size
 
@@ -163,3 +163,15 @@ async def info_migrate_parameters(ctx: HmpContext, args: dict) -> str:
             value = f"'{value}'"
         out += f"{name}: {value}{unit}\n"
     return out
+
+
+forward("migrate_continue", "state:s", "state",
+          "Continue migration from the given paused state", "migrate-continue")
+forward("migrate_recover", "uri:s", "uri",
+          "Continue a paused incoming postcopy migration", "migrate-recover")
+forward("migrate_pause", "", "", "Pause an ongoing migration (postcopy-only)",
+          "migrate-pause")
+forward("migrate_start_postcopy", "", "",
+          "Followup to a migration command to switch the migration to postcopy mode. "
+          "The postcopy-ram capability must be set on both source and destination before "
+          "the original migration command .", "migrate-start-postcopy")

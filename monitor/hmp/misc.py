@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import struct
 
-from monitor.hmp.table import HmpContext, hmp
+from monitor.hmp.table import HmpContext, forward, hmp
 from vmm import paging
 
 
@@ -21,24 +21,12 @@ async def object_add_cmd(ctx: HmpContext, args: dict) -> str:
     return ""
 
 
-@hmp("object_del", "id:s", "id", "destroy QOM object")
-async def object_del_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("object-del", id=args["id"])
-    return ""
-
-
-@hmp("getfd", "fdname:s", "getfd name",
-     "receive a file descriptor via SCM rights and assign it a name")
-async def getfd_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("getfd", fdname=args["fdname"])
-    return ""
-
-
-@hmp("closefd", "fdname:s", "closefd name",
-     "close a file descriptor previously passed via SCM rights")
-async def closefd_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("closefd", fdname=args["fdname"])
-    return ""
+forward("object_del", "id:s", "id", "destroy QOM object", "object-del")
+forward("getfd", "fdname:s", "getfd name",
+        "receive a file descriptor via SCM rights and assign it a name")
+forward("closefd", "fdname:s", "closefd name",
+        "close a file descriptor previously passed via SCM rights")
+forward("exit_preconfig", "", "", "exit the preconfig state", "x-exit-preconfig")
 
 
 @hmp("announce_self", "interfaces:s?,id:s?", "[interfaces] [id]",
@@ -54,12 +42,6 @@ async def announce_self_cmd(ctx: HmpContext, args: dict) -> str:
     await ctx.call("announce-self", initial=params["announce-initial"],
                    max=params["announce-max"], rounds=params["announce-rounds"],
                    step=params["announce-step"], **extra)
-    return ""
-
-
-@hmp("exit_preconfig", "", "", "exit the preconfig state")
-async def exit_preconfig_cmd(ctx: HmpContext, args: dict) -> str:
-    await ctx.call("x-exit-preconfig")
     return ""
 
 
@@ -335,16 +317,76 @@ def _stat_value(schema: dict, value) -> str:
     return str(int(value))
 
 
-def _tcg_only(name: str, help: str, text: str) -> None:
+def _report(name: str, args_type: str, params: str, help: str, qmp: str,
+            text=lambda reply, args: reply["human-readable-text"]) -> None:
+    """`info X` over a QMP query of a feature kvmkit lacks or has only in part; its
+    error, if it answers one, is printed as QEMU prints it."""
     async def handler(ctx: HmpContext, args: dict) -> str:
-        return text
-    hmp(name, "", "", help, info=True)(handler)
+        return text(await ctx.call(qmp, **args), args)
+    hmp(name, args_type, params, help, info=True)(handler)
 
 
-_tcg_only("jit", "show dynamic compiler info",
-          "Error: JIT information is only available with accel=tcg\n")
-_tcg_only("opcount", "show dynamic compiler opcode counters",
-          "Error: Opcode count information is only available with accel=tcg\n")
-_tcg_only("profile", "show profiling information", "Error: Internal profiler not compiled\n")
-_tcg_only("replay", "show record/replay information", "Record/replay is not active\n")
-_tcg_only("rdma", "show RDMA state", "")
+_report("jit", "", "", "show dynamic compiler info", "x-query-jit")
+_report("opcount", "", "", "show dynamic compiler opcode counters", "x-query-opcount")
+_report("profile", "", "", "show profiling information", "x-query-profile")
+_report("rdma", "", "", "show RDMA state", "x-query-rdma")
+_report("replay", "", "", "show record/replay information", "query-replay",
+        lambda reply, _a: "Record/replay is not active\n" if reply["mode"] == "none" else
+        f"Record/replay mode: {reply['mode']}\n")
+_report("vm-generation-id", "", "", "Show Virtual Machine Generation ID",
+        "query-vm-generation-id", lambda reply, _a: f"{reply['guid']}\n")
+_report("tpm", "", "", "show the TPM device", "query-tpm",
+        lambda reply, _a: "" if not reply else "TPM device:\n")
+_report("sev", "", "", "show SEV information", "query-sev",
+        lambda reply, _a: "SEV is not enabled\n" if not reply["enabled"] else
+        f"SEV policy: 0x{reply['policy']:x}\n")
+for _rocker, _params, _help in (
+        ("rocker", "name", "Show rocker switch"),
+        ("rocker-ports", "name", "Show rocker ports"),
+        ("rocker-of-dpa-flows", "name [tbl_id]", "Show rocker OF-DPA flow tables"),
+        ("rocker-of-dpa-groups", "name [type]", "Show rocker OF-DPA groups")):
+    _extra = {"rocker-of-dpa-flows": ",tbl-id:i?", "rocker-of-dpa-groups": ",type:i?"}
+    _report(_rocker, "name:s" + _extra.get(_rocker, ""), _params, _help,
+            "query-" + _rocker, lambda reply, _a: "")
+
+
+@hmp("sgx", "", "", "show intel SGX information", info=True)
+async def info_sgx(ctx: HmpContext, args: dict) -> str:
+    from vmm.errors import UserError
+    try:
+        await ctx.call("query-sgx")
+    except UserError:
+        return "No EPC regions defined, SGX not available\n"
+    return ""
+
+
+@hmp("usbhost", "", "", "show host USB devices", info=True)
+async def info_usbhost(ctx: HmpContext, args: dict) -> str:
+    return 'Command "info usbhost" is not available.\n'      # no host USB passthrough
+
+
+@hmp("capture", "", "", "show capture information", info=True)
+async def info_capture(ctx: HmpContext, args: dict) -> str:
+    return ""                                  # kvmkit has no audio to capture
+
+
+def _replay(name: str, args_type: str, params: str, help: str, qmp: str) -> None:
+    """Record/replay, which kvmkit lacks: QEMU prints these errors bare."""
+    async def handler(ctx: HmpContext, args: dict) -> str:
+        from vmm.errors import UserError
+        try:
+            await ctx.call(qmp, **args)
+        except UserError as e:
+            return f"{e}\n"
+        return ""
+    hmp(name, args_type, params, help, qmp=qmp)(handler)
+
+
+_replay("replay_break", "icount:l", "icount", "set breakpoint at the specified instruction count",
+        "replay-break")
+_replay("replay_delete_break", "", "", "remove replay breakpoint", "replay-delete-break")
+_replay("replay_seek", "icount:l", "icount",
+        "replay execution to the specified instruction count", "replay-seek")
+forward("x_colo_lost_heartbeat", "", "",
+        "Tell COLO that heartbeat is lost,\n\t\t\ta failover or takeover is needed.",
+        "x-colo-lost-heartbeat")

@@ -3,7 +3,8 @@
 A command declares its arguments with QEMU's args_type letters:
 ``s`` word, ``S`` rest of line, ``O`` option string, ``i``/``l`` integer
 expression, ``M`` size in MiB (no negatives), ``o`` size in bytes (with
-suffixes), ``b`` on|off, ``-x`` flag, ``/`` x/xp format; a trailing ``?``
+suffixes), ``b`` on|off, ``-x`` flag, ``-xs`` flag with a value, ``/`` x/xp format;
+a trailing ``?``
 makes an argument optional. Parse errors print QEMU's message and
 ``Try "help NAME" for more information``.
 """
@@ -79,6 +80,18 @@ def hmp(name: str, args_type: str = "", params: str = "", help: str = "",
     return register
 
 
+def forward(name: str, args_type: str, params: str, help: str, qmp: str | None = None,
+            aliases: tuple[str, ...] = ()) -> None:
+    """An HMP command that runs a QMP command (of the same name unless `qmp` says) with
+    its arguments, printing nothing on success: the registry checks the arguments."""
+    target = qmp or name
+
+    async def handler(ctx: HmpContext, args: dict) -> str:
+        await ctx.call(target, **args)
+        return ""
+    hmp(name, args_type, params, help, aliases=aliases, qmp=target)(handler)
+
+
 def help_line(cmd: HmpCommand) -> str:
     names = "|".join((cmd.name, *cmd.aliases))
     prefix = "info " if cmd.full_name.startswith("info ") else ""
@@ -143,6 +156,16 @@ def parse_arguments(cmd: HmpCommand, text: str, state: HmpState,
         name, _, kind = spec.partition(":")
         optional = kind.endswith("?")
         kind = kind.rstrip("?")
+        if kind.startswith("-") and len(kind) == 3 and kind[2] == "s":   # -f VALUE
+            cur.skip_spaces()
+            if cur.text.startswith(f"-{kind[1]}", cur.pos) and (
+                    cur.pos + 2 >= len(cur.text) or cur.text[cur.pos + 2].isspace()):
+                cur.pos += 2
+                value = cur.word()
+                if value is None:
+                    raise ArgError(f"{cmd.name}: string expected")
+                args[name] = value
+            continue
         if kind.startswith("-"):
             cur.skip_spaces()
             flag = kind[1:]

@@ -1,0 +1,137 @@
+"""Displays and remote desktops, as kvmkit has them today: no graphics console, no
+VNC or SPICE server and no mouse. Each command answers what QEMU 7.2 answers on
+a machine without them (-display none, no -vnc), so a client learns the truth;
+issue #19 brings the VGA, VNC and input devices that change these answers."""
+
+from __future__ import annotations
+
+import os
+
+from monitor.errors import DEVICE_NOT_ACTIVE, QmpError
+from monitor.registry import command
+from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
+
+SPICE_NOT_IN_USE = "SPICE is not in use"
+NO_VNC = "Can not find vnc display"
+DISPLAY_PROTOCOL = Enum("DisplayProtocol", ("vnc", "spice"))
+
+
+@command("query-spice", returns=Struct("SpiceInfo", (
+    Member("enabled", BOOL), Member("migrated", BOOL), Member("host", STR, True),
+    Member("port", INT, True), Member("tls-port", INT, True), Member("auth", STR, True),
+    Member("compiled-version", STR, True),
+    Member("mouse-mode", Enum("SpiceQueryMouseMode", ("client", "server", "unknown"))),
+    Member("channels", ListOf(Struct("SpiceChannel", (
+        Member("host", STR), Member("port", STR),
+        Member("family", Enum("NetworkAddressFamily", ("ipv4", "ipv6", "unix", "vsock",
+                                                        "unknown"))),
+        Member("connection-id", INT), Member("channel-type", INT), Member("channel-id", INT),
+        Member("tls", BOOL)))), True))))
+def query_spice(ctx):
+    return {"enabled": False, "migrated": False, "mouse-mode": "client"}
+
+
+@command("query-vnc", returns=Struct("VncInfo", (
+    Member("enabled", BOOL), Member("host", STR, True), Member("family", STR, True),
+    Member("service", STR, True), Member("auth", STR, True),
+    Member("clients", ListOf(Struct("VncClientInfo", (
+        Member("host", STR), Member("service", STR), Member("family", STR),
+        Member("websocket", BOOL)))), True))))
+def query_vnc(ctx):
+    return {"enabled": False}
+
+
+@command("query-vnc-servers", returns=ListOf(Struct("VncInfo2", (
+    Member("id", STR), Member("server", ListOf(STR)), Member("clients", ListOf(STR)),
+    Member("auth", STR), Member("vencrypt", STR, True), Member("display", STR, True)))))
+def query_vnc_servers(ctx):
+    return []
+
+
+@command("query-display-options", returns=Struct("DisplayOptions", (
+    Member("type", Enum("DisplayType", ("default", "none", "gtk", "sdl", "egl-headless",
+                                         "curses", "cocoa", "spice-app", "dbus"))),
+    Member("full-screen", BOOL, True), Member("window-close", BOOL, True),
+    Member("show-cursor", BOOL, True), Member("gl", STR, True))))
+def query_display_options(ctx):
+    return {"type": "none"}                # kvmkit opens no window, whatever -display says
+
+
+@command("query-mice", returns=ListOf(Struct("MouseInfo", (
+    Member("name", STR), Member("index", INT), Member("current", BOOL),
+    Member("absolute", BOOL)))))
+def query_mice(ctx):
+    return []                              # kvmkit's i8042 has no PS/2 mouse yet
+
+
+@command("set_password", args=[Member("protocol", DISPLAY_PROTOCOL), Member("password", STR),
+                               Member("connected", Enum("SetPasswordAction", (
+                                   "keep", "fail", "disconnect")), True),
+                               Member("display", STR, True)])
+def set_password(ctx, protocol, password, connected=None, display=None):
+    if protocol == "spice":
+        raise QmpError(SPICE_NOT_IN_USE, DEVICE_NOT_ACTIVE)
+    raise QmpError("Could not set password")
+
+
+@command("expire_password", args=[Member("protocol", DISPLAY_PROTOCOL), Member("time", STR),
+                                  Member("display", STR, True)])
+def expire_password(ctx, protocol, time, display=None):
+    if protocol == "spice":
+        raise QmpError(SPICE_NOT_IN_USE, DEVICE_NOT_ACTIVE)
+    raise QmpError("Could not set password expire time")
+
+
+@command("change-vnc-password", args=[Member("password", STR)])
+def change_vnc_password(ctx, password):
+    raise QmpError("Could not set password")
+
+
+@command("add_client", args=[Member("protocol", STR), Member("fdname", STR),
+                             Member("skipauth", BOOL, True), Member("tls", BOOL, True)])
+def add_client(ctx, protocol, fdname, skipauth=None, tls=None):
+    fd = ctx.session.fds.pop(fdname, None)
+    if fd is None:
+        raise QmpError(f"File descriptor named '{fdname}' has not been found")
+    os.close(fd)
+    if protocol == "spice":
+        raise QmpError(SPICE_NOT_IN_USE, DEVICE_NOT_ACTIVE)
+    if protocol == "vnc":
+        raise QmpError(NO_VNC)
+    raise QmpError(f"protocol '{protocol}' is invalid")
+
+
+@command("client_migrate_info", args=[Member("protocol", STR), Member("hostname", STR),
+                                      Member("port", INT, True), Member("tls-port", INT, True),
+                                      Member("cert-subject", STR, True)])
+def client_migrate_info(ctx, protocol, hostname, port=None, tls_port=None, cert_subject=None):
+    if protocol == "spice":
+        raise QmpError(SPICE_NOT_IN_USE, DEVICE_NOT_ACTIVE)
+    raise QmpError("Parameter 'protocol' expects 'spice'")
+
+
+DISPLAY_TYPE = Enum("DisplayReloadType", ("vnc",))
+
+
+@command("display-reload", args=[Member("type", DISPLAY_TYPE), Member("tls-certs", BOOL, True)])
+def display_reload(ctx, type, tls_certs=False):
+    if tls_certs:                          # nothing else to reload, so nothing to fail
+        raise QmpError(NO_VNC)
+
+
+@command("display-update", args=[Member("type", Enum("DisplayUpdateType", ("vnc",))),
+                                 Member("addresses", ListOf(STR), True)])
+def display_update(ctx, type, addresses=None):
+    raise QmpError(NO_VNC)
+
+
+@command("screendump", args=[Member("filename", STR), Member("device", STR, True),
+                             Member("head", INT, True),
+                             Member("format", Enum("ImageFormat", ("ppm", "png")), True)])
+def screendump(ctx, filename, device=None, head=None, format="ppm"):
+    if device is not None:
+        from monitor.commands.devices import find_device
+
+        find_device(ctx.machine, device)             # QEMU's DeviceNotFound first
+        raise QmpError(f"Device '{device}' has no QemuConsole attached")
+    raise QmpError("There is no console to take a screendump from")
