@@ -559,11 +559,19 @@ def kills_qemu(message: dict | bytes) -> bool:
     - a colo-compare object that fails to complete is finalized with an
       uninitialised mutex ("qemu_mutex_destroy: Assertion `mutex->initialized'");
     - a memory backend within a page of 2^64 bytes (a negative size, taken modulo
-      2^64) rounds up to 0 ("find_ram_offset: Assertion `size != 0'")."""
-    if not isinstance(message, dict) or message.get("execute") != "object-add":
+      2^64) rounds up to 0 ("find_ram_offset: Assertion `size != 0'");
+    - a ring-buffer chardev of 2^31 bytes or more, which it cannot allocate."""
+    if not isinstance(message, dict):
         return False
     args = message.get("arguments")
     if not isinstance(args, dict):
+        return False
+    if message.get("execute") in ("chardev-add", "chardev-change"):
+        backend = args.get("backend")
+        data = backend.get("data") if isinstance(backend, dict) else None
+        size = data.get("size") if isinstance(data, dict) else None
+        return isinstance(size, int) and size >= 1 << 31
+    if message.get("execute") != "object-add":
         return False
     size = args.get("size")
     return args.get("qom-type") == "colo-compare" or \

@@ -27,6 +27,7 @@ from vmm.qemuopts import OptsError, parse_bool, parse_int
 Receiver = Callable[[bytes], None]
 OUTPUT_LIMIT = 16 << 20   # bytes a slow socket client may have pending before we drop it
 MAX_FDS = 16              # file descriptors accepted with one message (SCM_RIGHTS)
+RINGBUF_LIMIT = 1 << 30   # bytes a ringbuf chardev may hold
 
 
 class ChardevError(UserError):
@@ -100,6 +101,8 @@ class RingbufChardev(Chardev):
         super().__init__(chardev_id)
         if size <= 0 or size & (size - 1):
             raise ChardevError("size of ringbuf chardev must be power of two")
+        if size > RINGBUF_LIMIT:           # QEMU tries to allocate it, and dies
+            raise ChardevError(f"size of ringbuf chardev must be at most {RINGBUF_LIMIT}")
         self.backend = backend
         self.size = size
         self._ring = bytearray(size)

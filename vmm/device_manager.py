@@ -127,8 +127,8 @@ class DeviceManager:
         the first of its type with room (create has made sure there is one)."""
         candidates = self.buses()
         limit = BUS_UNIT_LIMITS.get(device_type.bus or "")
-        if limit is not None:                          # ide.0 before ide.1
-            candidates.sort(key=lambda found: found[0])
+        if limit is not None:       # ide.1 before ide.0: QEMU lists a device's buses newest first
+            candidates.sort(key=lambda found: found[0], reverse=True)
         if name is None:
             free = [(owner, bus) for bus, bus_type, owner in candidates
                     if bus_type == device_type.bus and (

@@ -20,7 +20,7 @@ ReadPhys = Callable[[int, int], bytes]      # (gpa, length) -> bytes; ValueError
 def translate(read_phys: ReadPhys, sregs, vaddr: int) -> int | None:
     """The guest-physical address of vaddr, or None when no page maps it."""
     if not sregs.cr0 & CR0_PG:
-        return vaddr & 0xFFFFFFFF
+        return vaddr                       # as QEMU's debug access: the address itself
     try:
         if sregs.efer & EFER_LMA:
             return _walk(read_phys, sregs.cr3 & ADDR_52, vaddr, (39, 30, 21, 12), 8, (30, 21))

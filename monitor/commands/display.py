@@ -71,6 +71,8 @@ def query_mice(ctx):
 def set_password(ctx, protocol, password, connected=None, display=None):
     if protocol == "spice":
         raise QmpError(SPICE_NOT_IN_USE, DEVICE_NOT_ACTIVE)
+    if connected not in (None, "keep"):            # VNC can only keep its clients
+        raise QmpError("Invalid parameter 'connected'")
     raise QmpError("Could not set password")
 
 
@@ -133,5 +135,5 @@ def screendump(ctx, filename, device=None, head=None, format="ppm"):
         from monitor.commands.devices import find_device
 
         find_device(ctx.machine, device)             # QEMU's DeviceNotFound first
-        raise QmpError(f"Device '{device}' has no QemuConsole attached")
+        raise QmpError(f"Device {device} (head {head or 0}) is not bound to a QemuConsole")
     raise QmpError("There is no console to take a screendump from")
