@@ -204,6 +204,12 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
         return error(failure)
     for server in servers:
         server.start()
+    for option in machine.cfg.traces:
+        from vmm import trace
+        try:
+            trace.enable_from_option(option)
+        except OSError as e:
+            return error(f"-trace {option}: {e.strerror}: {e.filename}")
     if machine.cfg.gdb:
         failure = await _start_gdb(machine, machine.cfg.gdb)
         if failure is not None:

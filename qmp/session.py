@@ -10,6 +10,7 @@ before that command's reply.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from monitor.monitor import Monitor, Session
 from monitor.qdict import qdict_order
 from qmp.json_stream import JsonStreamParser
 from qmp.wire import message
+from vmm import trace
 
 log = logging.getLogger(__name__)
 
@@ -153,4 +155,7 @@ class QmpSession:
         command = self.monitor.find(name)
         if oob and not command.allow_oob:
             raise QmpError(f"The command {name} does not support OOB")
+        if not oob and trace.monitor_qmp_cmd_in_band.enabled:
+            trace.monitor_qmp_cmd_in_band(id=json.dumps(request["id"]) if "id" in request
+                                          else "")
         return await self.monitor.execute(command, request.get("arguments", {}), self.state)

@@ -277,7 +277,9 @@ HMP_LINES_AS_QEMU = [
     "help block_job_cancel", "info block-jobs", "migrate_continue pre-switchover",
     "migrate_recover tcp:1", "migrate_start_postcopy", "migrate_pause", "info spice",
     "info vnc", "info usb", "screendump x.ppm", "screendump x.png -f png",
-    "set_password vnc x", "expire_password vnc now", "client_migrate_info spice h"]
+    "set_password vnc x", "expire_password vnc now", "client_migrate_info spice h",
+    "info trace-events kvm_run*", "trace-event kvm_run_exit on", "trace-event nosuch on",
+    "info trace-events kvm_run_exit", "help trace-event"]
 
 
 # QMP commands whose answers on a machine without a display, VNC, SPICE, block jobs
@@ -297,7 +299,11 @@ QMP_AS_QEMU = [
     ("query-block-jobs", {}), ("block-job-cancel", {"device": "x"}),
     ("block-job-dismiss", {"id": "x"}), ("job-cancel", {"id": "x"}),
     ("job-complete", {"id": "x"}), ("job-pause", {"id": "x"}), ("x-query-usb", {}),
-]
+    ("trace-event-get-state", {"name": "nosuch"}),
+    ("trace-event-set-state", {"name": "nosuch*", "enable": True}),
+] + [("trace-event-get-state", {"name": name}) for name in (
+    "kvm_run_exit", "virtio_set_status", "virtio_queue_notify", "pci_cfg_write",
+    "monitor_qmp_cmd_in_band")]
 
 
 def test_qmp_answers_without_the_feature_as_qemu(tmp_path):
@@ -342,3 +348,33 @@ def test_page_tables_and_stats_print_as_on_qemu(tmp_path):
     assert ours[4:] == theirs[4:] == ["gpa: 0x101000\r\n", "Unmapped\r\n"]
     assert texts["kvmkit"][0].startswith("0000000000000000-")
     assert "halt_wait_hist (log2-histogram, ns): [1]=" in texts["kvmkit"][2]
+
+
+def test_trace_events_write_lines_as_qemus_log_backend(tmp_path):
+    """-trace and trace-event-set-state turn kvmkit's events on; each passing writes
+    PID@TIME:name fields to stderr (QEMU's log back end); the states read back."""
+    sock = str(tmp_path / "q.sock")
+    vm = start_kvmkit(machine_args(extra=["-trace", "enable=virtio_set_status",
+                                          "-device", "virtio-rng-pci",
+                                          "-qmp", f"unix:{sock},server=on,wait=off"]))
+    try:
+        assert vm.read_json(60)["event"] == "ready"
+        qmp = QmpLine(sock)
+        assert qmp.execute("trace-event-get-state", name="virtio_*")["return"] == [
+            {"name": "virtio_set_status", "state": "enabled", "vcpu": False},
+            {"name": "virtio_queue_notify", "state": "disabled", "vcpu": False}]
+        assert qmp.execute("trace-event-set-state", name="virtio_queue_notify",
+                           enable=True) == {"return": {}}
+        assert "bytes" in vm.command("rng 16")
+        deadline = time.monotonic() + 10
+        while "virtio_queue_notify vdev VirtioRng n 0" not in vm.stderr:
+            assert time.monotonic() < deadline, vm.stderr
+            time.sleep(0.1)
+        import re
+        assert re.search(rf"^{vm.proc.pid}@\d+\.\d{{6}}:virtio_set_status vdev VirtioRng val "
+                         r"\d+$", vm.stderr, re.M), vm.stderr
+        assert qmp.hmp("trace-event virtio_* off") == ""
+        assert qmp.hmp("info trace-events virtio_*") == (
+            "virtio_set_status : state 0\r\nvirtio_queue_notify : state 0\r\n")
+    finally:
+        vm.close()

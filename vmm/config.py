@@ -120,12 +120,14 @@ class MachineConfig:
     device_help: str | None = None     # -device DRIVER,help
     list_cpus: bool = False
     gdb: str | None = None              # -gdb DEVICE, -s: where the gdb stub listens
+    traces: list[str] = field(default_factory=list)     # -trace options, in order
 
 
 # option -> takes an argument
 IDE_UNITS = 2                     # units on an IDE bus: master and slave
 OPTIONS: dict[str, bool] = {
-    "m": True, "smp": True, "s": False, "gdb": True, "kernel": True, "initrd": True, "append": True,
+    "m": True, "smp": True, "s": False, "gdb": True, "trace": True, "kernel": True,
+    "initrd": True, "append": True,
     "incoming": True, "loadvm": True,
     "machine": True, "M": True, "accel": True, "enable-kvm": False, "cpu": True,
     "name": True, "uuid": True, "nodefaults": False, "nographic": False, "display": True,
@@ -260,6 +262,9 @@ class _Parser:
         if not eq or not dot or not driver or not prop:
             raise self.fail(f"Invalid parameter '{key}'")
         self.cfg.globals.setdefault(driver, {})[prop] = value
+
+    def opt_trace(self, arg: str) -> None:
+        self.cfg.traces.append(arg)
 
     def opt_s(self, arg: str) -> None:
         self.opt_gdb("tcp::1234")
@@ -764,6 +769,8 @@ Standard options:
 -S              do not start the CPUs (the monitor's 'cont' starts them)
 -gdb dev        accept a gdb connection on dev (tcp:[host]:port or unix:path)
 -s              shorthand for -gdb tcp::1234
+-trace [enable=]pattern[,events=file][,file=file]
+                enable trace events (trace-event-get-state lists them)
 -no-reboot      exit instead of rebooting
 -no-shutdown    stop, but do not exit, when the guest powers off
 -pidfile file   write the process id to file

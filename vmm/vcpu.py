@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from vmm import trace
 from vmm._kvm import lib
 from vmm.kvm import Vcpu
 from vmm.kvm_stats import open_stats
@@ -188,6 +189,8 @@ class VcpuThread:
             elif reason == exit_intr:
                 continue
             else:
+                if trace.kvm_run_exit.enabled:
+                    trace.kvm_run_exit(cpu_index=vcpu.index, reason=reason)
                 self._stop_self()
                 self.on_event(vcpu.index, *self._describe_exit(reason, page))
 

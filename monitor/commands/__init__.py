@@ -25,4 +25,5 @@ from monitor.commands import (  # noqa: F401
     runstate,
     snapshots,
     stats,
+    tracing,
 )

@@ -390,3 +390,23 @@ _replay("replay_seek", "icount:l", "icount",
 forward("x_colo_lost_heartbeat", "", "",
         "Tell COLO that heartbeat is lost,\n\t\t\ta failover or takeover is needed.",
         "x-colo-lost-heartbeat")
+
+
+@hmp("trace-event", "name:s,option:b,vcpu:i?", "name on|off [vcpu]",
+     "changes status of a specific trace event (vcpu: vCPU to set, default is all)")
+async def trace_event_cmd(ctx: HmpContext, args: dict) -> str:
+    from vmm.errors import UserError
+    try:
+        await ctx.call("trace-event-set-state", name=args["name"], enable=args["option"])
+    except UserError as e:
+        return f"{e}\n"                       # QEMU prints it bare
+    return ""
+
+
+@hmp("trace-events", "name:s?,vcpu:i?", "[name] [vcpu]",
+     "show available trace-events & their state (name: event name pattern; vcpu: vCPU to "
+     "query, default is any)", info=True)
+async def info_trace_events(ctx: HmpContext, args: dict) -> str:
+    from vmm import trace
+    return "".join(f"{e.name} : state {int(e.enabled)}\n"
+                   for e in trace.matching(args.get("name", "*")))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vmm import savestate
+from vmm import savestate, trace
 from vmm.pci import PciBus, PciDevice
 from vmm.qdev import DeviceType, declare, fixed, flag
 
@@ -105,6 +105,11 @@ class PciConfigPorts:
         elif offset >= 4:
             device, register = self._target()
             if device is not None:
+                if trace.pci_cfg_write.enabled:
+                    trace.pci_cfg_write(dev=type(device).__name__,
+                                        slot=(self.address >> 11) & 0x1F,
+                                        func=(self.address >> 8) & 7,
+                                        offset=register | (offset - 4), val=value)
                 device.config_write(register | (offset - 4), size, value)
 
 

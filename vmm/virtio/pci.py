@@ -25,7 +25,7 @@ import logging
 import struct
 from functools import partial
 
-from vmm import savestate
+from vmm import savestate, trace
 from vmm.memory import GuestMemory
 from vmm.msix import MsiRoutes, Msix
 from vmm.pci import UNMAPPED, Bar, PciDevice
@@ -231,6 +231,8 @@ class VirtioPciDevice(PciDevice):
         self.queues[index] = fresh
 
     def _set_status(self, value: int) -> None:
+        if trace.virtio_set_status.enabled:
+            trace.virtio_set_status(vdev=type(self.backend).__name__, val=value)
         was_ready = self.device_status & S_DRIVER_OK
         self.device_status = value | (self.device_status & S_NEEDS_RESET)
         if value & S_DRIVER_OK and not was_ready:
@@ -246,6 +248,8 @@ class VirtioPciDevice(PciDevice):
         return self.device_status & (S_DRIVER_OK | S_NEEDS_RESET) == S_DRIVER_OK
 
     def notify(self, index: int) -> None:
+        if trace.virtio_queue_notify.enabled:
+            trace.virtio_queue_notify(vdev=type(self.backend).__name__, n=index)
         if not self.running or self.queue(index) is None:
             return
         try:
