@@ -301,6 +301,12 @@ QMP_AS_QEMU = [
     ("job-complete", {"id": "x"}), ("job-pause", {"id": "x"}), ("x-query-usb", {}),
     ("trace-event-get-state", {"name": "nosuch"}),
     ("trace-event-set-state", {"name": "nosuch*", "enable": True}),
+    ("nbd-server-stop", {}), ("nbd-server-add", {"device": "x"}),
+    ("nbd-server-remove", {"name": "x"}), ("block-export-del", {"id": "x"}),
+    ("query-block-exports", {}), ("block-export-add", {"type": "nbd", "id": "e",
+                                                       "node-name": "x"}),
+    ("human-monitor-command", {"command-line": "nbd_server_remove -f x"}),
+    ("human-monitor-command", {"command-line": "nbd_server_add -w x"}),
 ] + [("trace-event-get-state", {"name": name}) for name in (
     "kvm_run_exit", "virtio_set_status", "virtio_queue_notify", "pci_cfg_write",
     "monitor_qmp_cmd_in_band")]

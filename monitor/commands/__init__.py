@@ -12,6 +12,7 @@ from monitor.commands import (  # noqa: F401
     dirtyrate,
     display,
     dump,
+    exports,
     fds,
     hmp,
     jobs,

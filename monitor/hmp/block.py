@@ -236,3 +236,32 @@ async def info_block_jobs(ctx: HmpContext, args: dict) -> str:
         return "No active jobs\n"
     return "".join(f"Type {j['type']}, device {j['device']}: Completed {j['offset']} of "
                    f"{j['len']} bytes, speed limit {j['speed']} bytes/s\n" for j in jobs)
+
+
+forward("nbd_server_stop", "", "nbd_server_stop",
+        "stop serving block devices using the NBD protocol", "nbd-server-stop")
+
+
+@hmp("nbd_server_remove", "force:-f,name:s", "nbd_server_remove [-f] name",
+     "remove an export previously exposed via NBD")
+async def nbd_server_remove_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("nbd-server-remove", name=args["name"],
+                   mode="hard" if args["force"] else "safe")
+    return ""
+
+
+@hmp("nbd_server_add", "writable:-w,device:B,name:s?", "nbd_server_add [-w] device [name]",
+     "export a block device via NBD")
+async def nbd_server_add_cmd(ctx: HmpContext, args: dict) -> str:
+    extra = {"name": args["name"]} if "name" in args else {}
+    await ctx.call("nbd-server-add", device=args["device"], writable=args["writable"], **extra)
+    return ""
+
+
+@hmp("nbd_server_start", "all:-a,writable:-w,uri:s", "nbd_server_start [-a] [-w] host:port",
+     "serve block devices on the given host and port")
+async def nbd_server_start_cmd(ctx: HmpContext, args: dict) -> str:
+    host, _, port = args["uri"].rpartition(":")
+    await ctx.call("nbd-server-start", addr={"type": "inet", "data": {"host": host,
+                                                                      "port": port}})
+    return ""
