@@ -142,7 +142,7 @@ def test_ringbuf_chardev_holds_the_guests_console(tmp_path):
                 time.sleep(0.05)
             qmp = QmpLine(sock)
             text = ""
-            while "ready" not in text:
+            while "ready" not in text or "\n" not in text[text.index("ready"):]:
                 assert time.monotonic() < deadline + 30, text
                 text += qmp.execute("ringbuf-read", device="con", size=4096)["return"]
                 time.sleep(0.1)

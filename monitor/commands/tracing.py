@@ -11,11 +11,20 @@ from vmm import trace
 TRACE_STATE = Enum("TraceEventState", ("unavailable", "disabled", "enabled"))
 
 
-def events_named(pattern: str) -> list[trace.TraceEvent]:
-    """A name must name an event; a pattern may match none."""
+def events_named(ctx, pattern: str, vcpu: int | None) -> list[trace.TraceEvent]:
+    """QEMU's selection: the vCPU must exist; a name must name an event, a pattern
+    ('*', '?') may match none; per vCPU, only vCPU events count, and kvmkit's (as
+    QEMU 7.2's) are none of them."""
+    if vcpu is not None and vcpu % (1 << 32) >= len(ctx.machine.vcpus):
+        raise QmpError(f"invalid vCPU index {vcpu % (1 << 32)}")
+    is_pattern = any(c in pattern for c in "*?")
     found = trace.matching(pattern)
-    if not found and not any(c in pattern for c in "*?["):
+    if not found and not is_pattern:
         raise QmpError(f'unknown event "{pattern}"')
+    if vcpu is not None:
+        if not is_pattern:
+            raise QmpError(f'event "{pattern}" is not vCPU-specific')
+        return []
     return found
 
 
@@ -24,12 +33,12 @@ def events_named(pattern: str) -> list[trace.TraceEvent]:
              Member("name", STR), Member("state", TRACE_STATE), Member("vcpu", BOOL)))))
 def trace_event_get_state(ctx, name, vcpu=None):
     return [{"name": e.name, "state": "enabled" if e.enabled else "disabled", "vcpu": False}
-            for e in events_named(name)]
+            for e in events_named(ctx, name, vcpu)]
 
 
 @command("trace-event-set-state", args=[Member("name", STR), Member("enable", BOOL),
                                         Member("ignore-unavailable", BOOL, True),
                                         Member("vcpu", INT, True)])
 def trace_event_set_state(ctx, name, enable, ignore_unavailable=False, vcpu=None):
-    for event in events_named(name):
+    for event in events_named(ctx, name, vcpu):
         event.enabled = enable

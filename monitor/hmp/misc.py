@@ -396,8 +396,10 @@ forward("x_colo_lost_heartbeat", "", "",
      "changes status of a specific trace event (vcpu: vCPU to set, default is all)")
 async def trace_event_cmd(ctx: HmpContext, args: dict) -> str:
     from vmm.errors import UserError
+    extra = {"vcpu": args["vcpu"]} if "vcpu" in args else {}
     try:
-        await ctx.call("trace-event-set-state", name=args["name"], enable=args["option"])
+        await ctx.call("trace-event-set-state", name=args["name"], enable=args["option"],
+                       **extra)
     except UserError as e:
         return f"{e}\n"                       # QEMU prints it bare
     return ""
@@ -407,6 +409,10 @@ async def trace_event_cmd(ctx: HmpContext, args: dict) -> str:
      "show available trace-events & their state (name: event name pattern; vcpu: vCPU to "
      "query, default is any)", info=True)
 async def info_trace_events(ctx: HmpContext, args: dict) -> str:
-    from vmm import trace
-    return "".join(f"{e.name} : state {int(e.enabled)}\n"
-                   for e in trace.matching(args.get("name", "*")))
+    from vmm.errors import UserError
+    extra = {"vcpu": args["vcpu"]} if "vcpu" in args else {}
+    try:
+        events = await ctx.call("trace-event-get-state", name=args.get("name", "*"), **extra)
+    except UserError as e:
+        return f"{e}\n"
+    return "".join(f"{e['name']} : state {int(e['state'] == 'enabled')}\n" for e in events)
