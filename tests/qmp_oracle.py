@@ -475,9 +475,16 @@ class Tally:
             # what depends on it is not compared from now on
             device = (message.get("arguments") or {}).get("id")
             if message["execute"] == "device_del":          # (gone only when the guest says)
-                self.taint |= {device} | DEPENDS_ON.get(str(device), set())
+                self.taint |= {device, "@pci-slots"} | DEPENDS_ON.get(str(device), set())
             driver = (message.get("arguments") or {}).get("driver")
             self.taint |= DEPENDS_ON.get(f"driver:{driver}", set())
+        if "@pci-slots" in self.taint and any(
+                "no slot/function available" in str(r) for r in ours + theirs):
+            self.tainted += 1            # the sides have filled their PCI buses differently
+            return None
+        if command == "device_add" and ours and theirs and "error" in ours[0] \
+                and "return" in theirs[0]:
+            self.taint.add("@pci-slots")
         self.compared += 1
         if [shape(r) for r in ours] == [shape(r) for r in theirs]:
             return None
@@ -503,6 +510,7 @@ GAPS = [   # kvmkit's refusal of something QEMU has (the first group names it)
     re.compile(r"Parameter '[^']*' does not accept value '(.*)'"),     # a smaller enum
     re.compile(r"'(.*)' is not a valid device model name"),
     re.compile(r"(.*kvmkit.*)"),                                    # said outright
+    re.compile(r"(kdump-\w+) is not available now"),     # a dump format QEMU was built with
 ]
 TYPE_GAPS = [re.compile(r"Class '(.*)' not found"), re.compile(r"Device '(.*)' not found")]
 

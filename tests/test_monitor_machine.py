@@ -384,3 +384,36 @@ def test_trace_events_write_lines_as_qemus_log_backend(tmp_path):
             "virtio_set_status : state 0\r\nvirtio_queue_notify : state 0\r\n")
     finally:
         vm.close()
+
+
+def test_virtio_queries_as_qemu(tmp_path):
+    """The probe drives a balloon: x-query-virtio lists the devices, and a queue's
+    state, its next element and the device's status read as on QEMU (QEMU offers
+    two legacy layout features kvmkit does not, which are taken out)."""
+    import re
+    path = "/machine/peripheral/b0/virtio-backend"
+    answers = {}
+    for name, start in (("kvmkit", start_kvmkit), ("qemu", start_qemu)):
+        sock = str(tmp_path / f"{name}.sock")
+        vm = start(machine_args(extra=["-qmp", f"unix:{sock},server=on,wait=off",
+                                       "-device", "virtio-balloon-pci,id=b0",
+                                       "-device", "virtio-rng-pci,id=r0"]))
+        try:
+            assert vm.read_json(60)["event"] == "ready"
+            qmp = QmpLine(sock)
+            answers[name] = [qmp.execute(c, **a) for c, a in (
+                ("x-query-virtio", {}), ("x-query-virtio-queue-status", {"path": path,
+                                                                          "queue": 0}),
+                ("x-query-virtio-queue-status", {"path": path, "queue": 9}),
+                ("x-query-virtio-queue-element", {"path": path, "queue": 0}),
+                ("x-query-virtio-vhost-queue-status", {"path": path, "queue": 0}),
+                ("x-query-virtio-status", {"path": "/machine/peripheral/b0"}))]
+            answers[name].append(qmp.hmp(f"info virtio-status {path}"))
+            answers[name].append(qmp.hmp(f"info virtio-queue-status {path} 1"))
+        finally:
+            vm.close()
+    legacy = r",\r\n\tVIRTIO_F_ANY_LAYOUT[^\r]*\r\n\tVIRTIO_F_NOTIFY_ON_EMPTY[^\r]*"
+    answers["qemu"][6] = re.sub(legacy, "", answers["qemu"][6]).replace(
+        "0x0000010040000000", "0x0000010000000000")
+    assert answers["kvmkit"] == answers["qemu"]
+    assert answers["kvmkit"][1]["return"]["vring-num"] == 64

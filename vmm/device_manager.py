@@ -14,6 +14,7 @@ from typing import Any
 
 from vmm import qdev
 from vmm.errors import UserError
+from vmm.pci import NoFreeSlot
 from vmm.qdev import Board, Device, DeviceError, DeviceType
 
 BUS_UNIT_LIMITS = {"IDE": 2}          # devices a bus of that type takes (others: no limit)
@@ -106,6 +107,18 @@ class DeviceManager:
             self.devices.remove(device)
             raise
         return device
+
+    def check_pci_room(self, device: Device) -> None:
+        """For a realize whose checks QEMU makes after taking the PCI slot (a link
+        property's, such as netdev=, come before): a full bus is reported first."""
+        pci = getattr(self.board, "pci", None)
+        if device.type.bus != "PCI" or pci is None or device.props.get("addr", -1) != -1:
+            return
+        try:
+            pci.free_slot()
+        except NoFreeSlot:
+            raise DeviceError(f"PCI: no slot/function available for {device.driver}, all in "
+                              "use or reserved") from None
 
     def buses(self) -> list[tuple[str, str, Device]]:
         """Every bus on the board: (name, bus type, the device that provides it)."""

@@ -13,14 +13,15 @@ CR0_PG = 1 << 31
 CR4_PAE = 1 << 5
 EFER_LMA = 1 << 10
 ADDR_52 = 0x000FFFFFFFFFF000
+PHYS_MASK = (1 << 52) - 1
 
 ReadPhys = Callable[[int, int], bytes]      # (gpa, length) -> bytes; ValueError if unmapped
 
 
 def translate(read_phys: ReadPhys, sregs, vaddr: int) -> int | None:
     """The guest-physical address of vaddr, or None when no page maps it."""
-    if not sregs.cr0 & CR0_PG:
-        return vaddr                       # as QEMU's debug access: the address itself
+    if not sregs.cr0 & CR0_PG:             # as QEMU's debug access: the address itself,
+        return vaddr & PHYS_MASK           # within the physical address space
     try:
         if sregs.efer & EFER_LMA:
             return _walk(read_phys, sregs.cr3 & ADDR_52, vaddr, (39, 30, 21, 12), 8, (30, 21))

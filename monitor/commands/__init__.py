@@ -27,4 +27,5 @@ from monitor.commands import (  # noqa: F401
     snapshots,
     stats,
     tracing,
+    virtio,
 )

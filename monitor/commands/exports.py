@@ -94,6 +94,9 @@ def nbd_server_remove(ctx, name, mode=None):
 @command("block-export-add", args=EXPORT_BASE, variants=EXPORT_OPTIONS)
 def block_export_add(ctx, type, id, node_name, props, fixed_iothread=None, iothread=None,
                      writable=None, writethrough=None):
+    from monitor.commands.netdev import valid_id
+    if not valid_id(id):
+        raise QmpError("Invalid block export id")
     _node(ctx, "", node_name)
     if type == "nbd":
         raise QmpError(NOT_RUNNING)

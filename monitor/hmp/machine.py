@@ -375,3 +375,89 @@ async def expire_password_cmd(ctx: HmpContext, args: dict) -> str:
 async def client_migrate_info_cmd(ctx: HmpContext, args: dict) -> str:
     await ctx.call("client_migrate_info", **args)
     return ""
+
+
+# -- virtio ---------------------------------------------------------------------------
+@hmp("virtio", "", "", "List all available virtio devices", info=True)
+async def info_virtio(ctx: HmpContext, args: dict) -> str:
+    devices = await ctx.call("x-query-virtio")
+    if not devices:
+        return "No VirtIO devices\n"
+    return "".join(f"{d['path']} [{d['name']}]\n" for d in devices)
+
+
+def _comma_lines(lines: list[str]) -> str:
+    """One a line, tab first, a comma after each but the last (as QEMU's lists)."""
+    return "".join(f"\t{line}{',' if i < len(lines) - 1 else ''}\n"
+                   for i, line in enumerate(lines))
+
+
+def _feature_lines(features: dict) -> str:
+    text = _comma_lines(features.get("transports", [])) + \
+        _comma_lines(features.get("dev-features", []))
+    if "unknown-dev-features" in features:
+        text += f"  unknown-features(0x{features['unknown-dev-features']:016x})\n"
+    return text
+
+
+@hmp("virtio-status", "path:s", "path", "Display status of a given virtio device", info=True)
+async def info_virtio_status(ctx: HmpContext, args: dict) -> str:
+    s = await ctx.call("x-query-virtio-status", path=args["path"])
+    flag = lambda v: "true" if v else "false"       # noqa: E731
+    return (f"{args['path']}:\n  device_name:             {s['name']} \n"
+            f"  device_id:               {s['device-id']}\n"
+            f"  vhost_started:           {flag(s['vhost-started'])}\n"
+            f"  bus_name:                {s['bus-name'] or '(null)'}\n"
+            f"  broken:                  {flag(s['broken'])}\n"
+            f"  disabled:                {flag(s['disabled'])}\n"
+            f"  disable_legacy_check:    {flag(s['disable-legacy-check'])}\n"
+            f"  started:                 {flag(s['started'])}\n"
+            f"  use_started:             {flag(s['use-started'])}\n"
+            f"  start_on_kick:           {flag(s['start-on-kick'])}\n"
+            f"  use_guest_notifier_mask: {flag(s['use-guest-notifier-mask'])}\n"
+            f"  vm_running:              {flag(s['vm-running'])}\n"
+            f"  num_vqs:                 {s['num-vqs']}\n"
+            f"  queue_sel:               {s['queue-sel']}\n"
+            f"  isr:                     {s['isr']}\n"
+            f"  endianness:              {s['device-endian']}\n  status:\n"
+            + _comma_lines(s["status"]["statuses"])
+            + "  Guest features:\n" + _feature_lines(s["guest-features"])
+            + "  Host features:\n" + _feature_lines(s["host-features"])
+            + "  Backend features:\n" + _feature_lines(s["backend-features"]) + "\n")
+
+
+@hmp("virtio-queue-status", "path:s,queue:i", "path queue",
+     "Display status of a given virtio queue", info=True)
+async def info_virtio_queue_status(ctx: HmpContext, args: dict) -> str:
+    q = await ctx.call("x-query-virtio-queue-status", path=args["path"], queue=args["queue"])
+    return (f"{args['path']}:\n  device_name:          {q['name']}\n"
+            f"  queue_index:          {q['queue-index']}\n  inuse:                {q['inuse']}\n"
+            f"  used_idx:             {q['used-idx']}\n"
+            f"  signalled_used:       {q['signalled-used']}\n"
+            f"  signalled_used_valid: {'true' if q['signalled-used-valid'] else 'false'}\n"
+            f"  last_avail_idx:       {q['last-avail-idx']}\n"
+            f"  shadow_avail_idx:     {q['shadow-avail-idx']}\n  VRing:\n"
+            f"    num:          {q['vring-num']}\n    num_default:  {q['vring-num-default']}\n"
+            f"    align:        {q['vring-align']}\n    desc:         0x{q['vring-desc']:016x}\n"
+            f"    avail:        0x{q['vring-avail']:016x}\n"
+            f"    used:         0x{q['vring-used']:016x}\n")
+
+
+@hmp("virtio-queue-element", "path:s,queue:i,index:i?", "path queue [index]",
+     "Display element of a given virtio queue", info=True)
+async def info_virtio_queue_element(ctx: HmpContext, args: dict) -> str:
+    e = await ctx.call("x-query-virtio-queue-element", **args)
+    descs = "".join(f"        addr 0x{d['addr']:x} len {d['len']}"
+                    + (f" ({', '.join(d['flags'])})" if d["flags"] else "") + "\n"
+                    for d in e["descs"])
+    return (f"{args['path']}:\n  device_name: {e['name']}\n  index:   {e['index']}\n"
+            f"  desc:\n    descs:\n{descs}  avail:\n    flags: {e['avail']['flags']}\n"
+            f"    idx:   {e['avail']['idx']}\n    ring:  {e['avail']['ring']}\n"
+            f"  used:\n    flags: {e['used']['flags']}\n    idx:   {e['used']['idx']}\n")
+
+
+@hmp("virtio-vhost-queue-status", "path:s,queue:i", "path queue",
+     "Display status of a given vhost queue", info=True)
+async def info_virtio_vhost_queue_status(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("x-query-virtio-vhost-queue-status", path=args["path"], queue=args["queue"])
+    return ""

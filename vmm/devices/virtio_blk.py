@@ -299,6 +299,7 @@ def _realize(board, device):
     props = device.props
     name = props.get("drive") or ""
     if not name:
+        board.devices.check_pci_room(device)
         raise DeviceError("drive property not set")
     drive = drive_named(board, "virtio-blk-pci", name)
     # QEMU's defaults: a request queue per vCPU, and an MSI-X vector for each and for
