@@ -279,7 +279,10 @@ HMP_LINES_AS_QEMU = [
     "info vnc", "info usb", "screendump x.ppm", "screendump x.png -f png",
     "set_password vnc x", "expire_password vnc now", "client_migrate_info spice h",
     "info trace-events kvm_run*", "trace-event kvm_run_exit on", "trace-event nosuch on",
-    "info trace-events kvm_run_exit", "help trace-event"]
+    "info trace-events kvm_run_exit", "help trace-event", "mouse_move 1 1", "mouse_button 1",
+    "mouse_set 5", "pcie_aer_inject_error x 0", "wavcapture w.wav x", "stopcapture 0",
+    "help pcie_aer_inject_error", "help wavcapture", "help info qdm", "info virtio",
+    "info virtio-status /machine/nosuch"]
 
 
 # QMP commands whose answers on a machine without a display, VNC, SPICE, block jobs

@@ -438,10 +438,12 @@ CATEGORIES = ("Controller/Bridge/Hub", "USB", "Storage", "Network", "Input", "Di
               "Sound", "Misc", "CPU", "Watchdog", "Uncategorized")
 
 
-def device_help() -> str:
-    """-device help, in QEMU's format: a section per category, models sorted by name."""
+def device_help(with_board_parts: bool = False) -> str:
+    """-device help, in QEMU's format: a section per category, models sorted by name;
+    with the board's own parts too (HMP info qdm), each marked no-user."""
     sections = []
-    creatable = [t for t in all_types() if not t.abstract and t.user_creatable]
+    creatable = [t for t in all_types()
+                 if not t.abstract and (t.user_creatable or with_board_parts)]
     for category in CATEGORIES:
         models = sorted((t for t in creatable if t.category == category), key=lambda t: t.name)
         if not models:
@@ -453,6 +455,8 @@ def device_help() -> str:
                 line += f', alias "{t.alias}"'
             if t.description:
                 line += f', desc "{t.description}"'
+            if not t.user_creatable:
+                line += ", no-user"
             lines.append(line)
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections)

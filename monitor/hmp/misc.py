@@ -416,3 +416,53 @@ async def info_trace_events(ctx: HmpContext, args: dict) -> str:
     except UserError as e:
         return f"{e}\n"
     return "".join(f"{e['name']} : state {int(e['state'] == 'enabled')}\n" for e in events)
+
+
+@hmp("qdm", "", "", "show qdev device model list", info=True)
+async def info_qdm(ctx: HmpContext, args: dict) -> str:
+    from vmm import qdev
+    return qdev.device_help(with_board_parts=True)
+
+
+@hmp("mouse_move", "dx_str:s,dy_str:s,dz_str:s?", "dx dy [dz]", "send mouse move events")
+async def mouse_move_cmd(ctx: HmpContext, args: dict) -> str:
+    return ""                    # to the current mouse, and kvmkit has none yet (#19)
+
+
+@hmp("mouse_button", "button_state:i", "state", "change mouse button state (1=L, 2=M, 4=R)")
+async def mouse_button_cmd(ctx: HmpContext, args: dict) -> str:
+    return ""                    # as mouse_move
+
+
+@hmp("mouse_set", "index:i", "index", "set which mouse device receives events")
+async def mouse_set_cmd(ctx: HmpContext, args: dict) -> str:
+    mice = await ctx.call("query-mice")
+    if not any(m["index"] == args["index"] for m in mice):
+        return f"Mouse at index '{args['index']}' not found\n"
+    return ""
+
+
+@hmp("wavcapture", "path:F,audiodev:s,freq:i?,bits:i?,nchannels:i?",
+     "path audiodev [frequency [bits [channels]]]",
+     "capture audio to a wave file (default frequency=44100 bits=16 channels=2)")
+async def wavcapture_cmd(ctx: HmpContext, args: dict) -> str:
+    return f"Audiodev '{args['audiodev']}' not found\n"      # kvmkit has no audio back ends
+
+
+@hmp("stopcapture", "n:i", "capture index", "stop capture")
+async def stopcapture_cmd(ctx: HmpContext, args: dict) -> str:
+    return ""                                              # there are no captures to stop
+
+
+@hmp("pcie_aer_inject_error",
+     "advisory_non_fatal:-a,correctable:-c,id:s,error_status:s,header0:i?,header1:i?,"
+     "header2:i?,header3:i?,prefix0:i?,prefix1:i?,prefix2:i?,prefix3:i?",
+     "[-a] [-c] id <error_status> [<tlp header> [<tlp header prefix>]]",
+     "inject pcie aer error\n\t\t\t -a for advisory non fatal error\n\t\t\t -c for "
+     "correctable error\n\t\t\t<id> = qdev device id\n\t\t\t<error_status> = error string "
+     "or 32bit\n\t\t\t<tlp header> = 32bit x 4\n\t\t\t<tlp header prefix> = 32bit x 4")
+async def pcie_aer_inject_error_cmd(ctx: HmpContext, args: dict) -> str:
+    device = ctx.machine.devices.find(args["id"])
+    if device is None or device.type.bus != "PCI":
+        return f"id or pci device path is invalid or device not found. {args['id']}\n"
+    return f"the device doesn't support pci express. {args['id']}\n"   # i440FX: PCI only
