@@ -173,15 +173,19 @@ APIC_MODE_EXTINT = 0x7
 APIC_MODE_NMI = 0x4
 
 
+APIC_LVT_LEVEL = 1 << 15
+
+
 def set_lapic_lints(vcpu: Vcpu) -> None:
-    """LINT0 as ExtINT (legacy PIC), LINT1 as NMI: what firmware leaves for the OS."""
+    """LINT0 as ExtINT (legacy PIC), LINT1 as NMI, both level-triggered: what SeaBIOS
+    leaves for the OS on QEMU (0x8700, 0x8400)."""
     from vmm._kvm import ffi
 
     lapic = vcpu.get_lapic()
     regs = ffi.buffer(lapic.regs)
     for reg, mode in ((APIC_LVT_LINT0, APIC_MODE_EXTINT), (APIC_LVT_LINT1, APIC_MODE_NMI)):
         value = int.from_bytes(regs[reg:reg + 4], "little")
-        value = (value & ~0x700 & ~(1 << 16)) | (mode << 8)
+        value = (value & ~0x700 & ~(1 << 16)) | (mode << 8) | APIC_LVT_LEVEL
         regs[reg:reg + 4] = value.to_bytes(4, "little")
     vcpu.set_lapic(lapic)
 

@@ -12,6 +12,7 @@ from monitor.hmp import (  # noqa: F401  (registration)
     block,
     commands,
     info,
+    interrupts,
     machine,
     memory,
     migration,
