@@ -13,7 +13,9 @@ from monitor.types import (
     ANY,
     BOOL,
     INT,
+    NULL,
     STR,
+    Alternate,
     Enum,
     ListOf,
     Member,
@@ -228,11 +230,16 @@ def query_blockstats(ctx, query_nodes=False):
 
 
 # -- changes --------------------------------------------------------------------------
-def _blockdev_members():
-    """BlockdevOptions as a flat union on 'driver', for the drivers kvmkit has."""
+def _blockdev_members(refs=None):
+    """BlockdevOptions as a flat union on 'driver', for the drivers kvmkit has. A
+    node's references (file, backing) are BlockdevRef alternates, a name or inline
+    options, checked with the outer options as QEMU's visitor does: built twice, so
+    that one level of inline options is checked here (deeper ones when opened)."""
     def member_type(kind):
         if isinstance(kind, tuple):
             return Enum("enum", kind)
+        if refs is not None and kind in refs:
+            return refs[kind]
         return {blockdev_options.STR: STR, blockdev_options.BOOL: BOOL,
                 blockdev_options.INT: INT}.get(kind, ANY)
 
@@ -247,7 +254,10 @@ def _blockdev_members():
     return base, Union("BlockdevOptions", base, "driver", variants)
 
 
-BLOCKDEV_BASE, BLOCKDEV = _blockdev_members()
+_INNER = _blockdev_members()[1]
+BLOCKDEV_BASE, BLOCKDEV = _blockdev_members({
+    blockdev_options.REF: Alternate("BlockdevRef", (STR, _INNER)),
+    blockdev_options.REF_OR_NULL: Alternate("BlockdevRefOrNull", (STR, _INNER, NULL))})
 
 
 @command("blockdev-add", args=BLOCKDEV_BASE, variants=BLOCKDEV)

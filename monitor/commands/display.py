@@ -1,7 +1,10 @@
 """Displays and remote desktops, as kvmkit has them today: no graphics console, no
-VNC or SPICE server and no mouse. Each command answers what QEMU 7.2 answers on
-a machine without them (-display none, no -vnc), so a client learns the truth;
-issue #19 brings the VGA, VNC and input devices that change these answers."""
+VNC or SPICE server and no mouse. The commands QEMU has whatever it was built
+with answer as QEMU 7.2 answers on a machine without them (-display none, no
+-vnc); those QEMU has only when built with VNC or SPICE (query-vnc, query-spice,
+change-vnc-password, display-reload, display-update) kvmkit does not have, as
+such a QEMU does not: libvirt reads the schema to learn which graphics exist.
+Issue #19 brings the VGA, VNC and input devices that change these answers."""
 
 from __future__ import annotations
 
@@ -14,38 +17,6 @@ from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
 SPICE_NOT_IN_USE = "SPICE is not in use"
 NO_VNC = "Can not find vnc display"
 DISPLAY_PROTOCOL = Enum("DisplayProtocol", ("vnc", "spice"))
-
-
-@command("query-spice", returns=Struct("SpiceInfo", (
-    Member("enabled", BOOL), Member("migrated", BOOL), Member("host", STR, True),
-    Member("port", INT, True), Member("tls-port", INT, True), Member("auth", STR, True),
-    Member("compiled-version", STR, True),
-    Member("mouse-mode", Enum("SpiceQueryMouseMode", ("client", "server", "unknown"))),
-    Member("channels", ListOf(Struct("SpiceChannel", (
-        Member("host", STR), Member("port", STR),
-        Member("family", Enum("NetworkAddressFamily", ("ipv4", "ipv6", "unix", "vsock",
-                                                        "unknown"))),
-        Member("connection-id", INT), Member("channel-type", INT), Member("channel-id", INT),
-        Member("tls", BOOL)))), True))))
-def query_spice(ctx):
-    return {"enabled": False, "migrated": False, "mouse-mode": "client"}
-
-
-@command("query-vnc", returns=Struct("VncInfo", (
-    Member("enabled", BOOL), Member("host", STR, True), Member("family", STR, True),
-    Member("service", STR, True), Member("auth", STR, True),
-    Member("clients", ListOf(Struct("VncClientInfo", (
-        Member("host", STR), Member("service", STR), Member("family", STR),
-        Member("websocket", BOOL)))), True))))
-def query_vnc(ctx):
-    return {"enabled": False}
-
-
-@command("query-vnc-servers", returns=ListOf(Struct("VncInfo2", (
-    Member("id", STR), Member("server", ListOf(STR)), Member("clients", ListOf(STR)),
-    Member("auth", STR), Member("vencrypt", STR, True), Member("display", STR, True)))))
-def query_vnc_servers(ctx):
-    return []
 
 
 @command("query-display-options", returns=Struct("DisplayOptions", (
@@ -84,11 +55,6 @@ def expire_password(ctx, protocol, time, display=None):
     raise QmpError("Could not set password expire time")
 
 
-@command("change-vnc-password", args=[Member("password", STR)])
-def change_vnc_password(ctx, password):
-    raise QmpError("Could not set password")
-
-
 @command("add_client", args=[Member("protocol", STR), Member("fdname", STR),
                              Member("skipauth", BOOL, True), Member("tls", BOOL, True)])
 def add_client(ctx, protocol, fdname, skipauth=None, tls=None):
@@ -110,21 +76,6 @@ def client_migrate_info(ctx, protocol, hostname, port=None, tls_port=None, cert_
     if protocol == "spice":
         raise QmpError(SPICE_NOT_IN_USE, DEVICE_NOT_ACTIVE)
     raise QmpError("Parameter 'protocol' expects 'spice'")
-
-
-DISPLAY_TYPE = Enum("DisplayReloadType", ("vnc",))
-
-
-@command("display-reload", args=[Member("type", DISPLAY_TYPE), Member("tls-certs", BOOL, True)])
-def display_reload(ctx, type, tls_certs=False):
-    if tls_certs:                          # nothing else to reload, so nothing to fail
-        raise QmpError(NO_VNC)
-
-
-@command("display-update", args=[Member("type", Enum("DisplayUpdateType", ("vnc",))),
-                                 Member("addresses", ListOf(STR), True)])
-def display_update(ctx, type, addresses=None):
-    raise QmpError(NO_VNC)
 
 
 @command("screendump", args=[Member("filename", STR), Member("device", STR, True),

@@ -78,7 +78,7 @@ def dump_guest_memory(ctx, paging, protocol, detach=False, begin=None, length=No
         raise QmpError("Dump not allowed during incoming migration.")
     if state.status == "active":
         raise QmpError("There is a dump in progress now.")
-    if format not in (None, "elf", "win-dmp") and \
+    if format not in (None, "elf") and \
             (paging or begin is not None or length is not None):
         raise QmpError("kdump-compressed format doesn't support paging or filter")
     if begin is not None and length is None:

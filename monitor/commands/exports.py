@@ -44,7 +44,7 @@ EXPORT_OPTIONS = Union("BlockExportOptions", EXPORT_BASE, "type", (
         Member("mountpoint", STR), Member("growable", BOOL, True),
         Member("allow-other", Enum("FuseExportAllowOther", ("off", "on", "auto")), True)))),
     ("vduse-blk", Struct("BlockExportOptionsVduseBlk", (
-        Member("num-queues", UINT16, True), Member("queue-size", UINT16, True),
+        Member("name", STR), Member("num-queues", UINT16, True), Member("queue-size", UINT16, True),
         Member("logical-block-size", SIZE, True), Member("serial", STR, True))))))
 
 

@@ -288,3 +288,53 @@ def usb_text(machine) -> str:
 @command("x-query-usb", returns=HUMAN_READABLE, features=("unstable",))
 def x_query_usb(ctx):
     return {"human-readable-text": usb_text(ctx.machine)}
+
+
+# -- device state alone (QEMU's Xen commands; kvmkit's stream without RAM) -------------
+def _open_device_state(filename: str, mode: str):
+    try:
+        return open(filename, mode)
+    except OSError as e:
+        raise QmpError(f"Unable to open {filename}: {e.strerror}") from None
+
+
+@command("xen-save-devices-state", args=[Member("filename", STR), Member("live", BOOL, True)],
+         lock=False)
+def xen_save_devices_state(ctx, filename, live=True):
+    """Every device's state and the vCPUs', without RAM, in kvmkit's migration stream
+    format; the VM stops while it is taken, as QEMU's."""
+    from vmm.migration import machine_state
+    from vmm.migration.stream import Writer
+
+    machine = ctx.machine
+    with _open_device_state(filename, "wb") as out:
+        resume = machine.running
+        if resume:
+            machine.stop("save-vm")
+        try:
+            writer = Writer(out)
+            writer.header()
+            writer.state(machine_state.save(machine))
+            writer.end()
+        finally:
+            if resume and machine.runstate == "save-vm":
+                machine.cont()
+
+
+@command("xen-load-devices-state", args=[Member("filename", STR)], lock=False)
+def xen_load_devices_state(ctx, filename):
+    """What xen-save-devices-state wrote, loaded into a stopped VM (RAM is the
+    caller's to restore)."""
+    from vmm.errors import UserError
+    from vmm.migration import machine_state
+    from vmm.migration.stream import Reader
+
+    machine = ctx.machine
+    if machine.running:
+        raise QmpError("The VM must be stopped to load its device state")
+    with _open_device_state(filename, "rb") as source:
+        try:
+            state = Reader(source).load(machine.memory)
+            machine_state.load(machine, state)
+        except UserError as e:
+            raise QmpError(str(e)) from None

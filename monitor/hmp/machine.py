@@ -321,18 +321,6 @@ async def info_vcpu_dirty_limit(ctx: HmpContext, args: dict) -> str:
 
 
 # -- displays (none yet: see monitor/commands/display.py) -------------------------------
-@hmp("spice", "", "", "show the spice server status", info=True)
-async def info_spice(ctx: HmpContext, args: dict) -> str:
-    info = await ctx.call("query-spice")
-    return "Server: disabled\n" if not info["enabled"] else "Server: enabled\n"
-
-
-@hmp("vnc", "", "", "show the vnc server status", info=True)
-async def info_vnc(ctx: HmpContext, args: dict) -> str:
-    servers = await ctx.call("query-vnc-servers")
-    return "None\n" if not servers else "".join(f"{s['id']}:\n" for s in servers)
-
-
 @hmp("mice", "", "", "show which guest mouse is receiving events", info=True)
 async def info_mice(ctx: HmpContext, args: dict) -> str:
     mice = await ctx.call("query-mice")
