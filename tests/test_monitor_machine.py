@@ -282,7 +282,7 @@ HMP_LINES_AS_QEMU = [
     "info trace-events kvm_run_exit", "help trace-event", "mouse_move 1 1", "mouse_button 1",
     "mouse_set 5", "pcie_aer_inject_error x 0", "wavcapture w.wav x", "stopcapture 0",
     "help pcie_aer_inject_error", "help wavcapture", "help info qdm", "info virtio",
-    "info virtio-status /machine/nosuch"]
+    "info virtio-status /machine/nosuch", "dumpdtb x.dtb", "help dumpdtb"]
 
 
 # QMP commands whose answers on a machine without a display, VNC, SPICE, block jobs

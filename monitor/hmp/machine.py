@@ -17,6 +17,7 @@ forward("memsave", "val:l,size:i,filename:s", "addr size file",
 forward("pmemsave", "val:l,size:i,filename:s", "addr size file",
         "save to disk physical memory dump starting at 'addr' of size 'size'", "pmemsave")
 forward("chardev-remove", "id:s", "id", "remove chardev", "chardev-remove")
+forward("dumpdtb", "filename:F", "filename", "dump the FDT in dtb format to 'filename'")
 forward("chardev-send-break", "id:s", "id", "send a break on chardev", "chardev-send-break")
 forward("ringbuf_write", "device:s,data:s", "device data",
         "Write to a ring buffer character device", "ringbuf-write")
