@@ -271,17 +271,23 @@ def blockdev_del(ctx, node_name):
     ctx.machine.block.delete_blockdev(node_name)
 
 
+def lookup_node(block, device: str | None, node_name: str | None) -> Node:
+    """A node by its drive's id, else by its name, as QEMU's bdrv_lookup_bs."""
+    drive = block.find_drive(device) if device else None
+    node = drive.root if drive is not None else \
+        block.graph.find(node_name) if node_name else None
+    if node is None:
+        raise QmpError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
+    return node
+
+
 @command("block_resize", args=[Member("device", STR, True), Member("node-name", STR, True),
                                Member("size", INT)])
 def block_resize(ctx, size, device=None, node_name=None):
     """A drive's image, by the drive's id or the node's name, to ``size`` bytes; a
     device on it tells its guest."""
     block = ctx.machine.block
-    drive = block.find_drive(device) if device is not None else None
-    node = drive.root if drive is not None else \
-        block.graph.find(node_name) if node_name is not None else None
-    if node is None:
-        raise QmpError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
+    node = lookup_node(block, device, node_name)
     if size < 0:
         raise QmpError("Parameter 'size' expects a >0 size")
     if size % 512:

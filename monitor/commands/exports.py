@@ -4,6 +4,7 @@ QEMU answers with no NBD server running; starting one names the gap."""
 
 from __future__ import annotations
 
+from monitor.commands.block import lookup_node
 from monitor.commands.chardevs import FD, INET, SOCKET_ADDRESS, UNIX, VSOCK
 from monitor.errors import QmpError
 from monitor.registry import command
@@ -48,16 +49,6 @@ EXPORT_OPTIONS = Union("BlockExportOptions", EXPORT_BASE, "type", (
         Member("logical-block-size", SIZE, True), Member("serial", STR, True))))))
 
 
-def _node(ctx, device: str, node_name: str):
-    """A drive by id, or a node by name, as QEMU's bdrv_lookup_bs finds it."""
-    block = ctx.machine.block
-    drive = block.find_drive(device) if device else None
-    node = drive.root if drive is not None else block.graph.find(node_name or device)
-    if node is None:
-        raise QmpError(f"Cannot find device='{device}' nor node-name='{node_name or device}'")
-    return node
-
-
 @command("query-block-exports", returns=ListOf(Struct("BlockExportInfo", (
     Member("id", STR), Member("type", EXPORT_TYPE), Member("node-name", STR),
     Member("shutting-down", BOOL)))))
@@ -81,7 +72,7 @@ def nbd_server_stop(ctx):
     Member("name", STR, True), Member("description", STR, True), Member("device", STR),
     Member("writable", BOOL, True), Member("bitmap", STR, True)], features=("deprecated",))
 def nbd_server_add(ctx, device, name=None, description=None, writable=None, bitmap=None):
-    _node(ctx, device, device)
+    lookup_node(ctx.machine.block, device, device)
     raise QmpError(NOT_RUNNING)
 
 
@@ -97,7 +88,7 @@ def block_export_add(ctx, type, id, node_name, props, fixed_iothread=None, iothr
     from monitor.commands.netdev import valid_id
     if not valid_id(id):
         raise QmpError("Invalid block export id")
-    _node(ctx, "", node_name)
+    lookup_node(ctx.machine.block, "", node_name)
     if type == "nbd":
         raise QmpError(NOT_RUNNING)
     raise QmpError(f"kvmkit does not export block devices as {type}")

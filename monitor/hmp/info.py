@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monitor import qom
 from monitor.hmp import qtree
-from monitor.hmp.table import HmpContext, hmp
+from monitor.hmp.table import HmpContext, hmp, report
 
 
 @hmp("status", "", "", "show the current VM status (running|paused)", info=True)
@@ -104,9 +104,7 @@ async def info_qom_tree(ctx: HmpContext, args: dict) -> str:
                                                            args.get("path") or "/machine"))
 
 
-@hmp("irq", "", "", "show the interrupts statistics (if available)", info=True)
-async def info_irq(ctx: HmpContext, args: dict) -> str:
-    return (await ctx.call("x-query-irq"))["human-readable-text"]
+report("irq", "", "", "show the interrupts statistics (if available)", "x-query-irq")
 
 
 @hmp("memory_size_summary", "", "",

@@ -9,7 +9,7 @@ import struct
 
 from monitor.errors import QmpError
 from monitor.hmp.memory import translate
-from monitor.hmp.table import HmpContext, forward, hmp
+from monitor.hmp.table import HmpContext, forward, hmp, report
 
 forward("nmi", "", "", "inject an NMI", "inject-nmi")
 forward("memsave", "val:l,size:i,filename:s", "addr size file",
@@ -208,16 +208,10 @@ async def info_memory_devices(ctx: HmpContext, args: dict) -> str:
     return ""                  # one paragraph a device, and kvmkit plugs none (see there)
 
 
-def _text_info(name: str, help: str, qmp: str) -> None:
-    async def handler(ctx: HmpContext, args: dict) -> str:
-        return (await ctx.call(qmp))["human-readable-text"]
-    hmp(name, "", "", help, info=True)(handler)
-
-
-_text_info("numa", "show NUMA information", "x-query-numa")
-_text_info("ramblock", "Display system ramblock information", "x-query-ramblock")
-_text_info("roms", "show roms", "x-query-roms")
-_text_info("usb", "show guest USB devices", "x-query-usb")
+report("numa", "", "", "show NUMA information", "x-query-numa")
+report("ramblock", "", "", "Display system ramblock information", "x-query-ramblock")
+report("roms", "", "", "show roms", "x-query-roms")
+report("usb", "", "", "show guest USB devices", "x-query-usb")
 
 
 @hmp("iothreads", "", "", "show iothreads", info=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import struct
 
-from monitor.hmp.table import HmpContext, forward, hmp
+from monitor.hmp.table import HmpContext, forward, hmp, report
 from vmm import paging
 
 
@@ -317,28 +317,19 @@ def _stat_value(schema: dict, value) -> str:
     return str(int(value))
 
 
-def _report(name: str, args_type: str, params: str, help: str, qmp: str,
-            text=lambda reply, args: reply["human-readable-text"]) -> None:
-    """`info X` over a QMP query of a feature kvmkit lacks or has only in part; its
-    error, if it answers one, is printed as QEMU prints it."""
-    async def handler(ctx: HmpContext, args: dict) -> str:
-        return text(await ctx.call(qmp, **args), args)
-    hmp(name, args_type, params, help, info=True)(handler)
-
-
-_report("jit", "", "", "show dynamic compiler info", "x-query-jit")
-_report("opcount", "", "", "show dynamic compiler opcode counters", "x-query-opcount")
-_report("profile", "", "", "show profiling information", "x-query-profile")
-_report("rdma", "", "", "show RDMA state", "x-query-rdma")
-_report("replay", "", "", "show record/replay information", "query-replay",
-        lambda reply, _a: "Record/replay is not active\n" if reply["mode"] == "none" else
+report("jit", "", "", "show dynamic compiler info", "x-query-jit")
+report("opcount", "", "", "show dynamic compiler opcode counters", "x-query-opcount")
+report("profile", "", "", "show profiling information", "x-query-profile")
+report("rdma", "", "", "show RDMA state", "x-query-rdma")
+report("replay", "", "", "show record/replay information", "query-replay",
+        lambda reply: "Record/replay is not active\n" if reply["mode"] == "none" else
         f"Record/replay mode: {reply['mode']}\n")
-_report("vm-generation-id", "", "", "Show Virtual Machine Generation ID",
-        "query-vm-generation-id", lambda reply, _a: f"{reply['guid']}\n")
-_report("tpm", "", "", "show the TPM device", "query-tpm",
-        lambda reply, _a: "" if not reply else "TPM device:\n")
-_report("sev", "", "", "show SEV information", "query-sev",
-        lambda reply, _a: "SEV is not enabled\n" if not reply["enabled"] else
+report("vm-generation-id", "", "", "Show Virtual Machine Generation ID",
+        "query-vm-generation-id", lambda reply: f"{reply['guid']}\n")
+report("tpm", "", "", "show the TPM device", "query-tpm",
+        lambda reply: "" if not reply else "TPM device:\n")
+report("sev", "", "", "show SEV information", "query-sev",
+        lambda reply: "SEV is not enabled\n" if not reply["enabled"] else
         f"SEV policy: 0x{reply['policy']:x}\n")
 for _rocker, _params, _help in (
         ("rocker", "name", "Show rocker switch"),
@@ -346,8 +337,8 @@ for _rocker, _params, _help in (
         ("rocker-of-dpa-flows", "name [tbl_id]", "Show rocker OF-DPA flow tables"),
         ("rocker-of-dpa-groups", "name [type]", "Show rocker OF-DPA groups")):
     _extra = {"rocker-of-dpa-flows": ",tbl-id:i?", "rocker-of-dpa-groups": ",type:i?"}
-    _report(_rocker, "name:s" + _extra.get(_rocker, ""), _params, _help,
-            "query-" + _rocker, lambda reply, _a: "")
+    report(_rocker, "name:s" + _extra.get(_rocker, ""), _params, _help,
+            "query-" + _rocker, lambda reply: "")
 
 
 @hmp("sgx", "", "", "show intel SGX information", info=True)

@@ -92,6 +92,15 @@ def forward(name: str, args_type: str, params: str, help: str, qmp: str | None =
     hmp(name, args_type, params, help, aliases=aliases, qmp=target)(handler)
 
 
+def report(name: str, args_type: str, params: str, help: str, qmp: str,
+           text: Callable[[Any], str] = lambda reply: reply["human-readable-text"]) -> None:
+    """`info NAME` over a QMP query: its reply put as text (by default the
+    human-readable-text of QEMU's x-query-* commands); its error printed as HMP's."""
+    async def handler(ctx: HmpContext, args: dict) -> str:
+        return text(await ctx.call(qmp, **args))
+    hmp(name, args_type, params, help, info=True)(handler)
+
+
 def help_line(cmd: HmpCommand) -> str:
     names = "|".join((cmd.name, *cmd.aliases))
     prefix = "info " if cmd.full_name.startswith("info ") else ""
