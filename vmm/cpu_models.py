@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from vmm.cpu_model_table import MODELS
 from vmm.errors import UserError
 from vmm.kvm import CpuidEntry
 
@@ -20,10 +21,10 @@ EAX, EBX, ECX, EDX = "eax", "ebx", "ecx", "edx"
 FEATURES: dict[str, tuple[int, int, str, int]] = {}
 
 
-def _bits(leaf: int, reg: str, names: str) -> None:
+def _bits(leaf: int, reg: str, names: str, index: int = 0) -> None:
     for bit, name in enumerate(names.split()):
         if name != "-":
-            FEATURES[name] = (leaf, 0, reg, bit)
+            FEATURES[name] = (leaf, index, reg, bit)
 
 
 _bits(1, EDX, "fpu vme de pse tsc msr pae mce cx8 apic - sep mtrr pge mca cmov pat pse36 pn "
@@ -48,12 +49,30 @@ _bits(0x40000001, EAX, "kvmclock kvm-nopiodelay kvm-mmu - kvm-asyncpf "
       "kvm-steal-time kvm-pv-eoi kvm-pv-unhalt - kvm-pv-tlb-flush - "
       "kvm-pv-ipi kvm-poll-control kvm-pv-sched-yield kvm-asyncpf-int kvm-msi-ext-dest-id")
 FEATURES["kvmclock-stable-bit"] = (0x40000001, 0, EAX, 24)
-# QEMU's other names for three features (its static model expansion omits them)
-ALIASES = {"sse3": "pni", "sse4_1": "sse4.1", "sse4_2": "sse4.2"}
-FEATURES.update({alias: FEATURES[name] for alias, name in ALIASES.items()})
 _bits(7, EDX, "- - avx512-4vnniw avx512-4fmaps fsrm - - - avx512-vp2intersect - md-clear - - "
       "- serialize - tsx-ldtrk - - - - - - avx512-fp16 - - spec-ctrl stibp - "
       "arch-capabilities core-capability ssbd")
+FEATURES.update(cldemote=(7, 0, ECX, 25), movdiri=(7, 0, ECX, 27), movdir64b=(7, 0, ECX, 28))
+_bits(7, EAX, "- - - - avx-vnni avx512-bf16", index=1)
+_bits(6, EAX, "- - arat")
+_bits(0xD, EAX, "xsaveopt xsavec xgetbv1 xsaves", index=1)
+_bits(0x80000007, EDX, "- - - - - - - - invtsc")
+FEATURES.update({"perfctr-core": (0x80000001, 0, ECX, 23), "wbnoinvd": (0x80000008, 0, EBX, 9),
+                 "ibpb": (0x80000008, 0, EBX, 12), "ibrs": (0x80000008, 0, EBX, 14),
+                 "amd-stibp": (0x80000008, 0, EBX, 15), "amd-ssbd": (0x80000008, 0, EBX, 24)})
+# Features that are bits of feature MSRs, not CPUID: name -> (MSR, bit)
+MSR_FEATURES = {"rdctl-no": (0x10A, 0), "ibrs-all": (0x10A, 1), "rsba": (0x10A, 2),
+                "skip-l1dfl-vmentry": (0x10A, 3), "ssb-no": (0x10A, 4), "mds-no": (0x10A, 5),
+                "pschange-mc-no": (0x10A, 6), "tsx-ctrl": (0x10A, 7), "taa-no": (0x10A, 8),
+                "split-lock-detect": (0xCF, 5)}
+# XSAVE state components and the feature that asks for each (QEMU's x86_ext_save_areas)
+XSAVE_COMPONENTS = {2: "avx", 3: "mpx", 4: "mpx", 5: "avx512f", 6: "avx512f", 7: "avx512f",
+                    9: "pku"}
+# QEMU's other names for some features (its static model expansion omits them)
+ALIASES = {"sse3": "pni", "sse4_1": "sse4.1", "sse4_2": "sse4.2", "sse4-1": "sse4.1",
+           "sse4-2": "sse4.2", "pclmuldq": "pclmulqdq", "i64": "lm", "xd": "nx",
+           "ffxsr": "fxsr-opt"}
+FEATURES.update({alias: FEATURES[name] for alias, name in ALIASES.items()})
 
 # CPUID.1:EDX bits that AMD repeats in CPUID.80000001h:EDX (QEMU's CPUID_EXT2_AMD_ALIASES)
 AMD_ALIASES = 0x0183F3FF
@@ -66,33 +85,37 @@ QEMU_KVM_FEATURES = 0x0100007B
 @dataclass(frozen=True)
 class CpuModel:
     name: str
-    vendor: str
+    version: str            # QEMU's versioned name it is an alias of (SandyBridge-v1)
     family: int
     model: int
     stepping: int
     level: int
     xlevel: int
     model_id: str
-    features: dict[tuple[int, str], int]        # (leaf, register) -> bits
+    features: dict[tuple[int, int, str], int]        # (leaf, subleaf, register) -> bits
+    msr_features: tuple[str, ...] = ()
+
+
+def _feature_bits(names: str) -> dict[tuple[int, int, str], int]:
+    bits: dict[tuple[int, int, str], int] = {}
+    for name in names.split():
+        if name in MSR_FEATURES:
+            continue
+        leaf, index, reg, bit = FEATURES[name]
+        bits[(leaf, index, reg)] = bits.get((leaf, index, reg), 0) | 1 << bit
+    return bits
 
 
 # What QEMU adds to every named model under KVM: x2apic, the hypervisor bit and its
 # paravirtual features (kvm_default_props)
-KVM_DEFAULTS = {(1, ECX): (1 << 21) | (1 << 31), (0x40000001, EAX): QEMU_KVM_FEATURES}
+KVM_DEFAULTS = {(1, 0, ECX): (1 << 21) | (1 << 31), (0x40000001, 0, EAX): QEMU_KVM_FEATURES}
 
-NAMED_MODELS = {model.name: model for model in (
-    CpuModel("qemu64", "AuthenticAMD", 15, 107, 1, 0xD, 0x8000000A,
-             "QEMU Virtual CPU version 2.5+",
-             {(1, EDX): 0x078BFBFD,
-              (1, ECX): (1 << 0) | (1 << 13),                            # sse3 cx16
-              (0x80000001, EDX): (1 << 11) | (1 << 20) | (1 << 29),      # syscall nx lm
-              (0x80000001, ECX): 1 << 0}),                               # lahf_lm
-    CpuModel("Opteron_G1", "AuthenticAMD", 15, 6, 1, 5, 0x80000008,
-             "AMD Opteron 240 (Gen 1 Class Opteron)",
-             {(1, EDX): 0x078BFBFF,
-              (1, ECX): 1 << 0,                                          # sse3
-              (0x80000001, EDX): (1 << 11) | (1 << 20) | (1 << 29)}),   # syscall nx lm
-)}
+# QEMU's models, read from QEMU itself (scripts/cpu_model_table.py). Under KVM a
+# named model takes the host's vendor, as QEMU's do (syscall and sysenter in
+# compatibility mode differ by vendor, and KVM runs the host's).
+NAMED_MODELS = {name: CpuModel(name, *identity, _feature_bits(features),
+                               tuple(f for f in features.split() if f in MSR_FEATURES))
+                for name, (*identity, features) in MODELS.items()}
 PASSTHROUGH_MODELS = ("host", "max")
 MODEL_NAMES = tuple(NAMED_MODELS) + PASSTHROUGH_MODELS
 DESCRIPTIONS = {"host": "KVM processor with all supported host features",
@@ -100,7 +123,7 @@ DESCRIPTIONS = {"host": "KVM processor with all supported host features",
                 **{m.name: m.model_id for m in NAMED_MODELS.values()}}
 
 
-def _model_features(model: CpuModel) -> dict[tuple[int, str], int]:
+def _model_features(model: CpuModel) -> dict[tuple[int, int, str], int]:
     features = dict(model.features)
     for key, bits in KVM_DEFAULTS.items():
         features[key] = features.get(key, 0) | bits
@@ -139,7 +162,7 @@ def parse_cpu(arg: str) -> CpuConfig:
             continue
         if prop[0] in "+-":
             name = _feature_name(prop[1:])
-            if name not in FEATURES:
+            if name not in FEATURES and name not in MSR_FEATURES:
                 raise CpuModelError(f"Property '{typename}.{prop[1:]}' not found")
             (cfg.plus if prop[0] == "+" else cfg.minus).add(name)
             (cfg.minus if prop[0] == "+" else cfg.plus).discard(name)
@@ -156,14 +179,14 @@ def parse_cpu(arg: str) -> CpuConfig:
             except ValueError:
                 raise CpuModelError("Parameter 'phys-bits' expects uint32") from None
         elif key in ("host-phys-bits", "migratable", "check", "enforce") or \
-                _feature_name(key) in FEATURES:
+                _feature_name(key) in FEATURES or key in MSR_FEATURES:
             on = _switch(typename, key, value if has_value else "on")
             name = _feature_name(key)
             if key == "host-phys-bits":
                 cfg.host_phys_bits = on
             elif key in ("check", "enforce"):
                 setattr(cfg, key, on)
-            elif name in FEATURES:
+            elif name in FEATURES or name in MSR_FEATURES:
                 (cfg.plus if on else cfg.minus).add(name)
                 (cfg.minus if on else cfg.plus).discard(name)
         else:
@@ -191,10 +214,13 @@ def _string_leaves(text: str) -> list[tuple[int, int, int, int]]:
     return [tuple(words[i:i + 4]) for i in range(0, 12, 4)]   # type: ignore[misc]
 
 
-def model_cpuid(cfg: CpuConfig, supported: list[CpuidEntry],
-                warn=lambda message: None, masked: bool = True) -> list[CpuidEntry]:
+def model_cpuid(cfg: CpuConfig, supported: list[CpuidEntry], warn=lambda message: None,
+                masked: bool = True, feature_msrs: dict[int, int] | None = None
+                ) -> list[CpuidEntry]:
     """The CPUID table of the model before per-vCPU topology, masked by KVM support
-    (unmasked: the features the model asks for, as QEMU's model expansion lists them)."""
+    (unmasked: the features the model asks for, as QEMU's model expansion lists them).
+    With ``feature_msrs`` (KVM's feature MSR values), the model's MSR features are
+    checked too."""
     kvm = {(e.function, e.index): e for e in supported}
 
     def host(leaf: int, reg: str, index: int = 0) -> int:
@@ -203,32 +229,34 @@ def model_cpuid(cfg: CpuConfig, supported: list[CpuidEntry],
 
     if cfg.model in PASSTHROUGH_MODELS:
         entries = {(e.function, e.index): e for e in supported}
-        wanted: dict[tuple[int, str], int] = {}
+        wanted: dict[tuple[int, int, str], int] = {}
     else:
         named = NAMED_MODELS[cfg.model]
         entries, wanted = _named_model_leaves(named, kvm), _model_features(named)
-    for name in cfg.plus | cfg.minus:
-        leaf, _, reg, bit = FEATURES[name]
-        value = wanted.get((leaf, reg), host(leaf, reg) if cfg.model in PASSTHROUGH_MODELS
-                           else 0)
-        wanted[(leaf, reg)] = value | (1 << bit) if name in cfg.plus else value & ~(1 << bit)
-    vendor = cfg.vendor or (NAMED_MODELS[cfg.model].vendor if cfg.model in NAMED_MODELS
-                            else None)
+    for name in (cfg.plus | cfg.minus) - set(MSR_FEATURES):
+        leaf, index, reg, bit = FEATURES[name]
+        value = wanted.get((leaf, index, reg), host(leaf, reg, index)
+                           if cfg.model in PASSTHROUGH_MODELS else 0)
+        wanted[(leaf, index, reg)] = (value | (1 << bit) if name in cfg.plus
+                                      else value & ~(1 << bit))
+    vendor = cfg.vendor or _vendor_of(kvm.get((0, 0)))
     unavailable = False
-    for (leaf, reg), bits in sorted(wanted.items()):
-        missing = bits & ~host(leaf, reg) if masked else 0
+    for (leaf, index, reg), bits in sorted(wanted.items(), key=_feature_word_order):
+        missing = bits & ~host(leaf, reg, index) if masked else 0
         if leaf == 1 and reg == ECX:
             missing &= ~(1 << 31)                # the hypervisor bit is ours to give
         unavailable = unavailable or bool(missing)
         for bit in range(32):
             if missing >> bit & 1 and (cfg.check or cfg.enforce):
-                warn(f"warning: host doesn't support requested feature: "
-                     f"{_leaf_name(leaf)}:{reg.upper()}.{_name_of(leaf, reg, bit)} [bit {bit}]")
+                warn(f"warning: host doesn't support requested feature: {_leaf_name(leaf)}:"
+                     f"{reg.upper()}.{_name_of(leaf, index, reg, bit)} [bit {bit}]")
         value = bits & ~missing
         if leaf == 0x80000001 and reg == EDX and vendor == "AuthenticAMD":
             value |= getattr(entries.get((1, 0)), EDX, 0) & AMD_ALIASES
-        entry = entries.get((leaf, 0)) or CpuidEntry(leaf, 0, 0, 0, 0, 0, 0)
-        entries[(leaf, 0)] = replace(entry, **{reg: value})
+        entry = entries.get((leaf, index)) or CpuidEntry(leaf, index, 0, 0, 0, 0, 0)
+        entries[(leaf, index)] = replace(entry, **{reg: value})
+    if masked:
+        unavailable |= _check_xsave_and_msrs(cfg, wanted, kvm, feature_msrs, warn)
     if unavailable and cfg.enforce:
         raise CpuModelError("Host doesn't support requested features")
     if vendor is not None:
@@ -243,11 +271,67 @@ def model_cpuid(cfg: CpuConfig, supported: list[CpuidEntry],
     return [entries[key] for key in sorted(entries)]
 
 
+# QEMU's feature words, in the order it reports what the host lacks
+FEATURE_WORDS = [(1, 0, EDX), (1, 0, ECX), (7, 0, EBX), (7, 0, ECX), (7, 0, EDX), (7, 1, EAX),
+                 (0x80000001, 0, EDX), (0x80000001, 0, ECX), (0x80000007, 0, EDX),
+                 (0x80000008, 0, EBX), (0x40000001, 0, EAX), (0x8000000A, 0, EDX),
+                 (0xD, 1, EAX), (6, 0, EAX)]
+
+
+def feature_msr_values(read) -> dict[int, int]:
+    """KVM's values of the MSRs that hold MSR features; ``read`` is Kvm.feature_msr."""
+    return {msr: read(msr) for msr in sorted({msr for msr, _ in MSR_FEATURES.values()})}
+
+
+def _check_xsave_and_msrs(cfg: CpuConfig, wanted: dict, kvm: dict,
+                          feature_msrs: dict[int, int] | None, warn) -> bool:
+    """Warns of the XSAVE components and MSR features the model asks for and KVM
+    lacks, as QEMU does after the CPUID words; whether there were any."""
+    def requested(name: str) -> bool:
+        leaf, index, reg, bit = FEATURES[name]
+        return bool(wanted.get((leaf, index, reg), 0) >> bit & 1)
+
+    leaf_d = kvm.get((0xD, 0))
+    xcr0 = (leaf_d.edx << 32 | leaf_d.eax) if leaf_d else 0
+    missing = False
+    for component, name in XSAVE_COMPONENTS.items():
+        if requested(name) and not xcr0 >> component & 1:
+            missing = True
+            if cfg.check or cfg.enforce:
+                warn(f"warning: host doesn't support requested feature: CPUID.0DH:EAX "
+                     f"[bit {component}]")
+    if feature_msrs is None:
+        return missing
+    model = NAMED_MODELS.get(cfg.model)
+    names = (set(model.msr_features) if model else set()) | \
+        {n for n in cfg.plus if n in MSR_FEATURES}
+    for name, (msr, bit) in sorted(MSR_FEATURES.items(), key=lambda item: item[1]):
+        if name in names and name not in cfg.minus and not feature_msrs.get(msr, 0) >> bit & 1:
+            missing = True
+            if cfg.check or cfg.enforce:
+                warn(f"warning: host doesn't support requested feature: MSR({msr:X}H).{name} "
+                     f"[bit {bit}]")
+    return missing
+
+
+def _feature_word_order(item) -> tuple[int, tuple]:
+    key = item[0]
+    return (FEATURE_WORDS.index(key) if key in FEATURE_WORDS else len(FEATURE_WORDS), key)
+
+
+def _vendor_of(leaf0: CpuidEntry | None) -> str | None:
+    if leaf0 is None:
+        return None
+    return b"".join(getattr(leaf0, r).to_bytes(4, "little")
+                    for r in ("ebx", "edx", "ecx")).decode(errors="replace")
+
+
 def _named_model_leaves(model: CpuModel, kvm: dict) -> dict[tuple[int, int], CpuidEntry]:
     fms = ((model.family - 0xF if model.family > 0xF else 0) << 20) | \
         ((model.model >> 4) << 16) | (min(model.family, 0xF) << 8) | \
         ((model.model & 0xF) << 4) | model.stepping
-    vendor = _vendor_regs(model.vendor)
+    host0 = kvm.get((0, 0))
+    vendor = (host0.ebx, host0.ecx, host0.edx) if host0 else (0, 0, 0)
     leaves: dict[tuple[int, int], CpuidEntry] = {
         (0, 0): CpuidEntry(0, 0, 0, model.level, *vendor),
         (1, 0): CpuidEntry(1, 0, 0, fms, 8 << 8, 0, 0),          # clflush line: 64 bytes
@@ -266,10 +350,15 @@ def _named_model_leaves(model: CpuModel, kvm: dict) -> dict[tuple[int, int], Cpu
     for i, regs in enumerate(_string_leaves(model.model_id)):
         leaves[(0x80000002 + i, 0)] = CpuidEntry(0x80000002 + i, 0, 0, *regs)
     for (function, index), entry in kvm.items():       # caches and topology: KVM's
-        if function in (2, 4, 0xB) and function <= model.level:
+        if function in (2, 4, 0xB, 0xD) and function <= model.level:
             leaves[(function, index)] = entry
+    if model.level >= 6:
+        leaves[(6, 0)] = CpuidEntry(6, 0, 0, 0, 0, 0, 0)
     if model.level >= 7:
         leaves[(7, 0)] = CpuidEntry(7, 0, 1, 0, 0, 0, 0)
+        leaves[(7, 1)] = CpuidEntry(7, 1, 1, 0, 0, 0, 0)
+    if model.level >= 0xD and (0xD, 1) in leaves:      # xsaveopt & co. are the model's
+        leaves[(0xD, 1)] = replace(leaves[(0xD, 1)], eax=0)
     return {key: entry for key, entry in leaves.items()
             if key[0] < 0x80000000 or key[0] <= model.xlevel}
 
@@ -278,9 +367,9 @@ def _leaf_name(leaf: int) -> str:
     return f"CPUID.{leaf:02X}H" if leaf < 0x100 else f"CPUID.{leaf:08X}H"
 
 
-def _name_of(leaf: int, reg: str, bit: int) -> str:
-    for name, (f_leaf, _, f_reg, f_bit) in FEATURES.items():
-        if (f_leaf, f_reg, f_bit) == (leaf, reg, bit):
+def _name_of(leaf: int, index: int, reg: str, bit: int) -> str:
+    for name, feature in FEATURES.items():
+        if feature == (leaf, index, reg, bit):
             return name
     return f"bit{bit}"
 
@@ -292,11 +381,20 @@ def help_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def unavailable_features(cfg: CpuConfig, supported: list[CpuidEntry]) -> list[str]:
-    """The features the model asks for that KVM cannot give (query-cpu-definitions)."""
+def unavailable_features(cfg: CpuConfig, supported: list[CpuidEntry],
+                         feature_msrs: dict[int, int] | None = None) -> list[str]:
+    """The features the model asks for that KVM cannot give (query-cpu-definitions);
+    an XSAVE component counts as the feature that asks for it, as in QEMU's list."""
     missing: list[str] = []
-    model_cpuid(cfg, supported, lambda message: missing.append(message.split(".")[-1]
-                                                               .split(" ")[0]))
+
+    def note(message: str) -> None:
+        where = message.split("feature: ", 1)[1].rsplit(" [bit", 1)
+        if where[0] == "CPUID.0DH:EAX":
+            missing.append(XSAVE_COMPONENTS[int(where[1].rstrip("]"))])
+        else:
+            missing.append(where[0].split(".", 2)[-1] if where[0].startswith("CPUID")
+                           else where[0].split(".", 1)[1])   # CPUID.01H:ECX.sse4.1, MSR(10AH).x
+    model_cpuid(cfg, supported, note, feature_msrs=feature_msrs)
     return missing
 
 

@@ -83,6 +83,13 @@ class Kvm:
         _check(lib.kk_ioctl(self.fd, lib.KVM_GET_MSR_INDEX_LIST, buf), "KVM_GET_MSR_INDEX_LIST")
         return list(buf.indices[0:buf.nmsrs])
 
+    def feature_msr(self, index: int) -> int:
+        """A feature MSR's value as KVM offers it (ARCH_CAPABILITIES, ...); 0 when KVM
+        has none (KVM_GET_MSRS on the system fd reads feature MSRs)."""
+        buf = ffi.new("struct kvm_msrs *", {"nmsrs": 1, "entries": 1})
+        buf.nmsrs, buf.entries[0].index = 1, index
+        return buf.entries[0].data if lib.kk_ioctl(self.fd, lib.KVM_GET_MSRS, buf) == 1 else 0
+
     def create_vm(self) -> Vm:
         fd = _check(lib.kk_ioctl_val(self.fd, lib.KVM_CREATE_VM, 0), "KVM_CREATE_VM")
         return Vm(self, fd)

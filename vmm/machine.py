@@ -24,7 +24,7 @@ from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
 from vmm.bus import Bus
 from vmm.chardev import Chardev, ChardevError, StdioChardev, make_chardev
 from vmm.config import IDE_UNITS, MachineConfig, legacy_chardev
-from vmm.cpu_models import CpuModelError, mcg_cap, model_cpuid
+from vmm.cpu_models import CpuModelError, feature_msr_values, mcg_cap, model_cpuid
 from vmm.device_manager import DeviceManager
 from vmm.devices import fw_cfg
 from vmm.devices.acpi_pcihp import PCIHP_BASE, PCIHP_LEN, PciHotplug
@@ -548,7 +548,8 @@ class Machine:
     def _setup_vcpus(self) -> None:
         install_kick_handler()
         try:
-            table = model_cpuid(self.cfg.cpu, self.kvm.supported_cpuid(), log.warning)
+            table = model_cpuid(self.cfg.cpu, self.kvm.supported_cpuid(), log.warning,
+                                feature_msrs=feature_msr_values(self.kvm.feature_msr))
         except CpuModelError as e:
             raise MachineError(str(e)) from None
         self._mcg_cap = machine_check = mcg_cap(table, self.kvm.mce_cap_supported())

@@ -12,6 +12,7 @@ from vmm.cpu_models import (
     NAMED_MODELS,
     CpuModelError,
     expand,
+    feature_msr_values,
     parse_cpu,
     unavailable_features,
 )
@@ -27,9 +28,10 @@ EXPANSION_TYPE = Enum("CpuModelExpansionType", ("static", "full"))
 @command("query-cpu-definitions", returns=ListOf(CPU_DEFINITION))
 def query_cpu_definitions(ctx):
     supported = ctx.machine.kvm.supported_cpuid()
+    msrs = feature_msr_values(ctx.machine.kvm.feature_msr)
     return [{"name": name, "typename": f"{name}-x86_64-cpu",
-             "unavailable-features": unavailable_features(parse_cpu(name), supported),
-             **({"alias-of": f"{name}-v1"} if name in NAMED_MODELS else {}),  # QEMU's versions
+             "unavailable-features": unavailable_features(parse_cpu(name), supported, msrs),
+             **({"alias-of": NAMED_MODELS[name].version} if name in NAMED_MODELS else {}),
              "static": False, "migration-safe": name in NAMED_MODELS, "deprecated": False}
             for name in MODEL_NAMES]
 
