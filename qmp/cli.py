@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         handler = logging.StreamHandler()
         handler.setFormatter(_MessageFormatter())
         logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    for warning in cfg.warnings:
+        logging.getLogger("vmm.config").warning(warning)
     # The signals that end kvmkit are taken by one thread (sigwaitinfo tells who sent
     # them): blocked here, before any thread starts, so every thread inherits that.
     # (restored afterwards: main() may run inside another program, such as a test)

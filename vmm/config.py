@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from vmm import objects as user_objects
 from vmm.block import options as blockdev_options
+from vmm.boot.smbios import SmbiosConfig, SmbiosError
 from vmm.cpu_models import CpuConfig, CpuModelError, parse_cpu
 from vmm.errors import UserError
 from vmm.net import netdev_options
@@ -80,6 +81,8 @@ class MachineConfig:
     objects: list[tuple[str, dict, bool]] = field(default_factory=list)  # (origin, members, JSON)
     fdsets: list[tuple[int, int, str | None]] = field(default_factory=list)  # -add-fd
     cpus: int = 1
+    topology: tuple[int, int, int] = (1, 1, 1)    # sockets, cores per socket, threads per core
+    smbios: SmbiosConfig = field(default_factory=SmbiosConfig)
     cpu: CpuConfig = field(default_factory=CpuConfig)
     pit: bool = True
     globals: dict[str, dict[str, str]] = field(default_factory=dict)   # driver -> prop -> value
@@ -121,6 +124,8 @@ class MachineConfig:
     list_cpus: bool = False
     gdb: str | None = None              # -gdb DEVICE, -s: where the gdb stub listens
     traces: list[str] = field(default_factory=list)     # -trace options, in order
+    mem_lock: bool = False              # -overcommit mem-lock=on: guest RAM stays resident
+    warnings: list[str] = field(default_factory=list)   # printed once logging is set up
 
 
 # option -> takes an argument
@@ -138,7 +143,8 @@ OPTIONS: dict[str, bool] = {
     "no-user-config": False, "boot": True, "drive": True, "hda": True, "hdb": True, "hdc": True,
     "hdd": True, "cdrom": True, "global": True,
     "blockdev": True, "snapshot": False, "object": True, "add-fd": True, "usb": False,
-    "rtc": True, "overcommit": True, "msg": True, "audiodev": True, "no-acpi": False,
+    "rtc": True, "overcommit": True, "realtime": True, "smbios": True, "msg": True,
+    "audiodev": True, "no-acpi": False,
     "no-hpet": False, "sandbox": True, "runas": True, "chroot": True,
 }
 
@@ -200,6 +206,13 @@ class _Parser:
         if values.get("maxcpus", cpus) != cpus:
             raise self.fail("CPU hotplug (maxcpus) is not supported by kvmkit")
         self.cfg.cpus = cpus
+        # what is not given follows QEMU 7.2's pc machines: cores before sockets
+        threads, dies = values.get("threads", 1), values.get("dies", 1)
+        sockets = values.get("sockets") or 1
+        cores = values.get("cores") or max(1, cpus // (sockets * dies * threads))
+        if "sockets" not in values and "cores" in values:
+            sockets = max(1, cpus // (cores * dies * threads))
+        self.cfg.topology = (sockets, cores * dies, threads)
 
     def opt_machine(self, arg: str) -> None:
         opts = parse_opts(arg, implied="type")
@@ -603,25 +616,49 @@ class _Parser:
 
     def opt_rtc(self, arg: str) -> None:
         """-rtc base=utc|localtime|DATE,clock=host|rt|vm,driftfix=none|slew: the RTC
-        counts from the host's UTC clock, which is what libvirt asks for."""
+        counts from the host's UTC clock, which is what libvirt asks for. driftfix=slew
+        makes up lost periodic interrupts in QEMU; kvmkit's RTC raises only update and
+        alarm interrupts, which it never loses, so slew and none behave alike."""
         opts = parse_opts(arg)
         for key, value in opts.items():
             if key not in ("base", "clock", "driftfix"):
                 raise self.fail(f"Invalid parameter '{key}'")
             if (key, value) not in (("base", "utc"), ("clock", "host"), ("clock", "vm"),
-                                    ("driftfix", "none")):
+                                    ("driftfix", "none"), ("driftfix", "slew")):
                 raise self.fail(f"Parameter '{key}' does not accept value '{value}' "
                                 "(kvmkit's RTC runs on UTC from the host clock)")
 
     def opt_overcommit(self, arg: str) -> None:
-        """-overcommit mem-lock=off|cpu-pm=off: kvmkit neither locks RAM nor passes
-        CPU power management through."""
+        """-overcommit mem-lock=on|off,cpu-pm=off: mem-lock=on locks all of kvmkit's
+        memory, guest RAM included, as QEMU does (mlockall); kvmkit does not pass CPU
+        power management through."""
         for key, value in parse_opts(arg).items():
             if key not in ("mem-lock", "cpu-pm"):
                 raise self.fail(f"Invalid parameter '{key}'")
-            if parse_bool(key, value):
+            on = parse_bool(key, value)
+            if key == "mem-lock":
+                self.cfg.mem_lock = on
+            elif on:
                 raise self.fail(f"Parameter '{key}' does not accept value '{value}' "
                                 f"(kvmkit supports only {key}=off)")
+
+    def opt_smbios(self, arg: str) -> None:
+        """-smbios file=BINARY | type=N,field=value...: the guest's DMI tables."""
+        try:
+            self.cfg.smbios.add(parse_opts(arg))
+        except SmbiosError as e:
+            raise self.fail(str(e)) from None
+
+    def opt_realtime(self, arg: str) -> None:
+        """-realtime mlock=on|off: QEMU's older spelling of -overcommit mem-lock=, which
+        QEMU 7.2 no longer takes. Command lines written for older QEMUs (OpenStack's)
+        still use it, so kvmkit takes it, with the deprecation warning QEMU gave."""
+        for key, value in parse_opts(arg).items():
+            if key != "mlock":
+                raise self.fail(f"Invalid parameter '{key}'")
+            self.cfg.mem_lock = parse_bool(key, value)
+        self.cfg.warnings.append("warning: '-realtime mlock=...' is deprecated, please use "
+                                 "'-overcommit mem-lock=...'")
 
     def opt_msg(self, arg: str) -> None:
         """-msg timestamp=on|off[,guest-name=on|off]: error lines get QEMU's prefixes."""

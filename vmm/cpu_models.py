@@ -60,6 +60,10 @@ _bits(0x80000007, EDX, "- - - - - - - - invtsc")
 FEATURES.update({"perfctr-core": (0x80000001, 0, ECX, 23), "wbnoinvd": (0x80000008, 0, EBX, 9),
                  "ibpb": (0x80000008, 0, EBX, 12), "ibrs": (0x80000008, 0, EBX, 14),
                  "amd-stibp": (0x80000008, 0, EBX, 15), "amd-ssbd": (0x80000008, 0, EBX, 24)})
+# Bits the guest's OS sets (CPUID mirrors CR4.OSXSAVE and CR4.PKE). Older QEMUs took
+# them as flags and ignored them; QEMU 7.2 refuses them, which breaks command lines
+# written for those QEMUs (OpenStack's), so kvmkit takes them with a warning.
+OS_CONTROLLED = ("osxsave", "ospke")
 # Features that are bits of feature MSRs, not CPUID: name -> (MSR, bit)
 MSR_FEATURES = {"rdctl-no": (0x10A, 0), "ibrs-all": (0x10A, 1), "rsba": (0x10A, 2),
                 "skip-l1dfl-vmentry": (0x10A, 3), "ssb-no": (0x10A, 4), "mds-no": (0x10A, 5),
@@ -143,6 +147,7 @@ class CpuConfig:
     phys_bits: int | None = None
     host_phys_bits: bool = False
     check: bool = True           # warn about features the host cannot give
+    ignored: list[str] = field(default_factory=list)     # OS-controlled flags asked for
     enforce: bool = False        # and refuse to start instead
 
 
@@ -162,6 +167,9 @@ def parse_cpu(arg: str) -> CpuConfig:
             continue
         if prop[0] in "+-":
             name = _feature_name(prop[1:])
+            if name in OS_CONTROLLED:
+                cfg.ignored.append(name)
+                continue
             if name not in FEATURES and name not in MSR_FEATURES:
                 raise CpuModelError(f"Property '{typename}.{prop[1:]}' not found")
             (cfg.plus if prop[0] == "+" else cfg.minus).add(name)
@@ -377,8 +385,18 @@ def _name_of(leaf: int, index: int, reg: str, bit: int) -> str:
 def help_text() -> str:
     """-cpu help: the models kvmkit has, in QEMU's layout."""
     lines = ["Available CPUs:"]
-    lines += [f"x86 {name:<30} {DESCRIPTIONS[name]}" for name in sorted(MODEL_NAMES)]
+    for name, model in sorted(NAMED_MODELS.items()):
+        alias = ("(alias configured by machine type)" if model.version == f"{name}-v1"
+                 else f"(alias of {model.version})")
+        lines.append(f"x86 {name:<20}  {alias}")
+    lines += [f"x86 {name:<20}  {DESCRIPTIONS[name]}" for name in PASSTHROUGH_MODELS]
+    lines += ["", "Recognized CPUID flags:"]
+    lines += ["  " + " ".join(chunk) for chunk in _chunks(sorted(FEATURES), 10)]
     return "\n".join(lines) + "\n"
+
+
+def _chunks(names: list[str], size: int) -> list[list[str]]:
+    return [names[i:i + size] for i in range(0, len(names), size)]
 
 
 def unavailable_features(cfg: CpuConfig, supported: list[CpuidEntry],

@@ -16,14 +16,14 @@ import sys
 import threading
 from collections.abc import Callable
 
+from vmm import __version__, fdsets, qdev
 from vmm import cpu as cpustate
-from vmm import fdsets, qdev
 from vmm.block.layer import BlockLayer
-from vmm.boot import acpi, firmware, layout, linux, multiboot
+from vmm.boot import acpi, firmware, layout, linux, multiboot, smbios
 from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
 from vmm.bus import Bus
 from vmm.chardev import Chardev, ChardevError, StdioChardev, make_chardev
-from vmm.config import IDE_UNITS, MachineConfig, legacy_chardev
+from vmm.config import IDE_UNITS, MACHINE_TYPES, MachineConfig, legacy_chardev
 from vmm.cpu_models import CpuModelError, feature_msr_values, mcg_cap, model_cpuid
 from vmm.device_manager import DeviceManager
 from vmm.devices import fw_cfg
@@ -45,7 +45,7 @@ from vmm.devices.uhci import PiixUhci
 from vmm.errors import UserError
 from vmm.ioevents import IoEvents
 from vmm.kvm import Kvm, KvmError
-from vmm.memory import GuestMemory
+from vmm.memory import GuestMemory, lock_all_memory
 from vmm.migration import channel as migration_channel
 from vmm.migration import machine_state
 from vmm.migration.incoming import IncomingMigration
@@ -109,6 +109,11 @@ class Machine:
         self.boot_order = "cad"                    # HMP boot_set (kvmkit boots -kernel)
         self.singlestep = False                    # HMP singlestep: TCG's, no effect here
         self.log_items: list[str] = []             # HMP log: TCG's items, accepted
+        if cfg.mem_lock:
+            try:
+                lock_all_memory()
+            except OSError as e:
+                raise MachineError(f"mlockall: {e.strerror}\nlocking memory failed") from None
         try:
             for set_id, fd, opaque in cfg.fdsets:
                 fdsets.add(fd, set_id, opaque)
@@ -548,10 +553,15 @@ class Machine:
     def _setup_vcpus(self) -> None:
         install_kick_handler()
         try:
+            for name in self.cfg.cpu.ignored:
+                log.warning(f"warning: CPU flag '{name}' is set by the guest OS, not by "
+                            f"-cpu: ignored")
             table = model_cpuid(self.cfg.cpu, self.kvm.supported_cpuid(), log.warning,
                                 feature_msrs=feature_msr_values(self.kvm.feature_msr))
         except CpuModelError as e:
             raise MachineError(str(e)) from None
+        leaf1 = next((e for e in table if e.function == 1 and e.index == 0), None)
+        self._cpu_signature = (leaf1.eax, leaf1.edx) if leaf1 else (0, 0)    # for SMBIOS
         self._mcg_cap = machine_check = mcg_cap(table, self.kvm.mce_cap_supported())
         self._saved_msrs = set(self.kvm.msr_index_list())
         self._initial_state = []
@@ -573,6 +583,7 @@ class Machine:
         self.acpi_tables = acpi.write_tables(self.memory, self.cfg.cpus) \
             if self.cfg.acpi else None                       # -no-acpi: no tables
         rsdp = self.acpi_tables.rsdp_addr if self.acpi_tables is not None else 0
+        self._write_smbios()
         try:
             self.boot_plan = load_kernel(self.memory, self.boot_files, self.cfg.append, rsdp)
         except BootError as e:
@@ -588,6 +599,17 @@ class Machine:
             cpustate.set_long_mode_state(bsp, self.boot_plan.entry, self.boot_plan.info_addr,
                                          layout.PML4, layout.BOOT_GDT, linux.BOOT_GDT_LIMIT)
         self._firmware_pending = True
+
+    def _write_smbios(self) -> None:
+        sockets, cores, threads = self.cfg.topology
+        machine = "pc-i440fx-7.2" if self.cfg.machine_type == "pc" else self.cfg.machine_type
+        board = smbios.Board(
+            machine, MACHINE_TYPES[machine],
+            None if self.cfg.uuid == "00000000-0000-0000-0000-000000000000" else self.cfg.uuid,
+            sockets, cores, threads, *self._cpu_signature,
+            self.memory.below_4g, self.memory.above_4g, bios_version=__version__)
+        for addr, data in smbios.tables(self.cfg.smbios, board):
+            self.memory.write(addr, data)
 
     def _reset_hardware(self) -> None:
         """Devices, vCPUs and what SeaBIOS leaves set up, as at power-on; RAM is kept."""

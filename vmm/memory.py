@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import mmap
+import os
 from dataclasses import dataclass
 
 PCI_HOLE_START = 0xC000_0000
@@ -220,6 +221,16 @@ def _address_of(mapping: mmap.mmap) -> int:
         return ctypes.addressof(pointer)
     finally:
         del pointer
+
+
+MCL_CURRENT, MCL_FUTURE = 1, 2
+
+
+def lock_all_memory() -> None:
+    """-overcommit mem-lock=on: every mapping, now and later (guest RAM included),
+    stays resident, as QEMU's mlockall."""
+    if _libc().mlockall(MCL_CURRENT | MCL_FUTURE):
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
 
 
 @functools.cache
