@@ -416,3 +416,24 @@ def test_legacy_net_nic_options_do_something_or_are_refused():
                             stdin=subprocess.DEVNULL)
     assert result.stderr.strip().endswith(
         "-net nic,model=e1000,bogus=1: Invalid parameter 'bogus'")
+
+
+@pytest.mark.qemu
+def test_a_tap_fd_that_is_no_tap_is_refused_as_qemu():
+    """fd= naming something that is not a tap (here /dev/null) gets QEMU's error, not
+    a crash once the event loop tries to poll it."""
+    import subprocess
+
+    from guest import QEMU, kvmkit_command
+
+    def error(argv):
+        fd = os.open("/dev/null", os.O_RDWR)
+        try:
+            run = subprocess.run(argv + ["-nodefaults", "-display", "none", "-S",
+                                         "-netdev", f"tap,fd={fd},id=n"], pass_fds=(fd,),
+                                 capture_output=True, text=True, timeout=30)
+        finally:
+            os.close(fd)
+        return run.returncode, run.stderr.strip().split(": ", 1)[1]
+
+    assert error(kvmkit_command()) == error([QEMU, "-accel", "kvm"])

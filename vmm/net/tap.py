@@ -197,7 +197,14 @@ class TapBackend:
     @classmethod
     def _adopt(cls, fds: list[int], lock: threading.RLock) -> TapBackend:
         """Taps opened by someone else (libvirt, a helper); every queue must agree on
-        the vnet header, as QEMU checks."""
+        the vnet header, as QEMU checks. An fd that is not a tap (or macvtap) is
+        refused as QEMU refuses it: the event loop could not even poll some."""
+        for fd in fds:
+            try:
+                fcntl.ioctl(fd, TUNGETIFF, bytes(18))
+            except OSError as e:
+                raise TapError(e.errno, f"Unable to query TUNGETIFF on FD {fd}: "
+                                        f"{e.strerror}") from None
         name, first_flags = _tap_ifreq(fds[0])
         vnet_hdr = bool(first_flags & IFF_VNET_HDR)
         if any(bool(_tap_ifreq(fd)[1] & IFF_VNET_HDR) != vnet_hdr for fd in fds[1:]):
