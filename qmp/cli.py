@@ -15,7 +15,7 @@ import sys
 import threading
 
 from vmm import __version__, qdev
-from vmm.config import MACHINE_TYPES, USAGE, ConfigError, MachineConfig, parse_args
+from vmm.config import MACHINE_TYPES, USAGE, VGA_HELP, ConfigError, MachineConfig, parse_args
 from vmm.cpu_models import help_text as cpu_help
 
 PROG = "kvmkit"
@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.list_cpus:
         print(cpu_help(), end="")
+        return 0
+    if cfg.show_vga_help:
+        print(VGA_HELP, end="")
         return 0
     if cfg.list_devices:
         print(qdev.device_help(), end="")

@@ -20,6 +20,9 @@ from vmm.net import netdev_options
 from vmm.qemuopts import SIZE_HELP, OptsError, parse_bool, parse_opts, parse_size
 
 DEFAULT_RAM = 128 << 20
+VGA_TYPES = {"std": "VGA", "cirrus": "cirrus-vga"}
+VGA_HELP = "none                 no graphic card\nstd                  standard VGA (default)\n" \
+    "cirrus               Cirrus VGA\n"
 MACHINE_TYPES = {"pc": "Standard PC (i440FX + PIIX, 1996)",
                  "pc-i440fx-7.2": "Standard PC (i440FX + PIIX, 1996)",
                  "none": "empty machine"}
@@ -124,6 +127,7 @@ class MachineConfig:
     list_cpus: bool = False
     gdb: str | None = None              # -gdb DEVICE, -s: where the gdb stub listens
     traces: list[str] = field(default_factory=list)     # -trace options, in order
+    show_vga_help: bool = False
     mem_lock: bool = False              # -overcommit mem-lock=on: guest RAM stays resident
     warnings: list[str] = field(default_factory=list)   # printed once logging is set up
 
@@ -310,8 +314,17 @@ class _Parser:
             raise self.fail(f"Parameter 'type' does not accept value '{kind}'")
 
     def opt_vga(self, arg: str) -> None:
-        if arg != "none":
-            raise self.fail(f"VGA card '{arg}' is not supported: kvmkit has no display")
+        """-vga std|cirrus|none: the board's display card, made before any -device (so
+        at 00:02.0, as QEMU's)."""
+        self.cfg.devices = [d for d in self.cfg.devices if d.origin != "-vga"]
+        if arg == "help":
+            self.cfg.show_vga_help = True
+        elif arg in VGA_TYPES:
+            self.cfg.devices.insert(0, DeviceSpec(VGA_TYPES[arg], {}, "-vga"))
+        elif arg != "none":
+            if arg in ("vmware", "qxl", "virtio", "tcx", "cg3", "xenfb"):
+                raise ConfigError(f"{arg} not available")
+            raise ConfigError(f"unknown vga type: {arg}")
 
     def opt_nographic(self, arg: str) -> None:
         self.cfg.nographic = True   # the default serial becomes mon:stdio (see finish())

@@ -79,16 +79,12 @@ class DirtyRate:
         memory, vm = machine.memory, machine.vm
         bitmaps = [bytearray((r.size // PAGE_SIZE + 63) // 64 * 8) for r in memory.regions]
 
-        def set_slots(flags: int) -> None:
-            for slot, region in enumerate(memory.regions):
-                vm.set_user_memory_region(slot, region.gpa, region.size,
-                                          memory.host_address(region), flags)
-        set_slots(lib.KVM_MEM_LOG_DIRTY_PAGES)
+        memory.set_slots(vm, lib.KVM_MEM_LOG_DIRTY_PAGES)
         try:
             time.sleep(self.calc_time)
-            for slot, bitmap in enumerate(bitmaps):
-                vm.get_dirty_log(slot, bitmap)
+            for index, bitmap in enumerate(bitmaps):
+                memory.get_dirty_log(vm, index, bitmap)
         finally:
-            set_slots(0)
+            memory.set_slots(vm, 0)
         pages = sum(bin(byte).count("1") for bitmap in bitmaps for byte in bitmap)
         return pages * PAGE_SIZE // MIB // self.calc_time

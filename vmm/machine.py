@@ -103,6 +103,7 @@ class Machine:
         self.saved_runstate: str | None = None     # the source's, from an incoming stream
         self.chardevs: dict[str, Chardev] = {}
         self.vcpus: list[VcpuThread] = []
+        self.displays: list = []                   # display cards, for screendump
         self.gdb = None                            # the gdb stub, once -gdb or gdbserver starts it
         self.panic_action = "shutdown"             # set-action: for a pvpanic device's report
         self.watchdog_action = "reset"             # set-action, watchdog-set-action
@@ -254,9 +255,7 @@ class Machine:
             self.memory = GuestMemory(self.cfg.memory, backing)
         except (ValueError, OSError) as e:
             raise MachineError(f"cannot set up guest memory 'pc.ram': {e}") from None
-        for slot, region in enumerate(self.memory.regions):
-            self.vm.set_user_memory_region(slot, region.gpa, region.size,
-                                           self.memory.host_address(region))
+        self.memory.set_slots(self.vm)
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         self.irq_counts: dict[int, int] = {}   # rising edges per GSI, for `info irq`
@@ -473,6 +472,12 @@ class Machine:
     def device_timer(self, callback: Callable[[], None]) -> DeviceTimer:
         """A timer for a device: fires on the loop, under the machine lock."""
         return DeviceTimer(lambda: self.loop, self.lock, callback)
+
+    def add_ram_hole(self, start: int, size: int) -> None:
+        """Guest accesses to [start, start+size) reach the MMIO bus, not RAM (the
+        legacy VGA window); once for a range."""
+        if (start, start + size) not in self.memory.holes:
+            self.memory.add_hole(self.vm, start, size)
 
     def plug_pci(self, function, device: Device) -> None:
         """Puts a PCI function where addr= says (QEMU's texts), or in a free slot."""

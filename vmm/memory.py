@@ -63,6 +63,9 @@ class GuestMemory:
         # While a migration runs: a byte per guest page, set when the VMM itself (a
         # device) may have written the page, which KVM's dirty log cannot see.
         self.dirty_log: bytearray | None = None
+        # Ranges of RAM that KVM does not map, so that guest accesses there reach a
+        # device instead (the legacy VGA window at 0xA0000 when a VGA card is present)
+        self.holes: list[tuple[int, int]] = []
         low = min(size, PCI_HOLE_START)
         self.regions: list[RamRegion] = [self._map(0, low, 0)] if size else []
         if size > low:
@@ -124,6 +127,52 @@ class GuestMemory:
     def page_frames(self) -> int:
         """Guest page frame numbers run below this (the top of the highest region)."""
         return self.regions[-1].end // PAGE_SIZE if self.regions else 0
+
+    def kvm_slots(self) -> list[tuple[int, int, int, int, int]]:
+        """(KVM slot, region index, gpa, size, host address) of each piece of RAM KVM
+        maps: a region's first piece has the region's index as its slot, the pieces
+        left after a hole take slots past the regions'."""
+        slots, spare = [], len(self.regions)
+        for index, region in enumerate(self.regions):
+            pieces = [(region.gpa, region.end)]
+            for start, end in self.holes:
+                pieces = [part for lo, hi in pieces
+                          for part in ((lo, min(hi, start)), (max(lo, end), hi))
+                          if part[0] < part[1]]
+            host = self.host_address(region)
+            for number, (lo, hi) in enumerate(pieces):
+                slot = index if number == 0 else spare
+                spare += number > 0
+                slots.append((slot, index, lo, hi - lo, host + lo - region.gpa))
+        return slots
+
+    def set_slots(self, vm, flags: int = 0) -> None:
+        """Maps the RAM into KVM (again), with ``flags`` (dirty logging) on every slot."""
+        for slot, _index, gpa, size, host in self.kvm_slots():
+            vm.set_user_memory_region(slot, gpa, size, host, flags)
+
+    def add_hole(self, vm, start: int, size: int) -> None:
+        """Stops KVM mapping [start, start+size) as RAM: accesses there exit to the
+        VMM's MMIO bus. ``start + size`` must be 64-page aligned (for the dirty log)."""
+        if (start + size) % (64 * PAGE_SIZE):
+            raise ValueError("a RAM hole must end on a 256 KiB boundary")
+        for slot, *_rest in self.kvm_slots():
+            vm.set_user_memory_region(slot, 0, 0, 0)              # size 0: deleted
+        self.holes.append((start, start + size))
+        self.set_slots(vm)
+
+    def get_dirty_log(self, vm, index: int, bitmap: bytearray) -> None:
+        """KVM's dirty log of region ``index``, one bit per page, over all its slots."""
+        pieces = [piece for piece in self.kvm_slots() if piece[1] == index]
+        if len(pieces) == 1:
+            vm.get_dirty_log(pieces[0][0], bitmap)
+            return
+        region = self.regions[index]
+        for slot, _index, gpa, size, _host in pieces:
+            part = bytearray((size // PAGE_SIZE + 63) // 64 * 8)
+            vm.get_dirty_log(slot, part)
+            at = (gpa - region.gpa) // PAGE_SIZE // 8
+            bitmap[at:at + len(part)] = part[:len(bitmap) - at]
 
     def start_dirty_log(self) -> None:
         self.dirty_log = bytearray(self.page_frames)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from monitor import image
 from monitor.errors import DEVICE_NOT_ACTIVE, QmpError
 from monitor.registry import command
 from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
@@ -82,9 +83,23 @@ def client_migrate_info(ctx, protocol, hostname, port=None, tls_port=None, cert_
                              Member("head", INT, True),
                              Member("format", Enum("ImageFormat", ("ppm", "png")), True)])
 def screendump(ctx, filename, device=None, head=None, format="ppm"):
+    displays = ctx.machine.displays
     if device is not None:
         from monitor.commands.devices import find_device
 
         find_device(ctx.machine, device)             # QEMU's DeviceNotFound first
-        raise QmpError(f"Device {device} (head {head or 0}) is not bound to a QemuConsole")
-    raise QmpError("There is no console to take a screendump from")
+        displays = [d for d in displays if d.qdev_id == device]
+        if not displays or head:
+            raise QmpError(f"Device {device} (head {head or 0}) is not bound to a QemuConsole")
+    if not displays:
+        raise QmpError("There is no console to take a screendump from")
+    width, height, rgb = displays[0].core.render()
+    data = image.png(width, height, rgb) if format == "png" else image.ppm(width, height, rgb)
+    try:
+        fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    except OSError as e:
+        raise QmpError(f"failed to open file '{filename}': {e.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+

@@ -60,9 +60,7 @@ class RamTracker:
             self.memory.stop_dirty_log()
 
     def _set_slots(self, flags: int) -> None:
-        for slot, region in enumerate(self.memory.regions):
-            self.vm.set_user_memory_region(slot, region.gpa, region.size,
-                                           self.memory.host_address(region), flags)
+        self.memory.set_slots(self.vm, flags)
 
     def _pagemap(self, region) -> bytes | None:
         """/proc/self/pagemap's entries for a region of private anonymous RAM (a page
@@ -91,7 +89,7 @@ class RamTracker:
         for slot, region in enumerate(self.memory.regions):
             bitmap = ffi.NULL
             if not first:
-                self.vm.get_dirty_log(slot, self.bitmaps[slot])
+                self.memory.get_dirty_log(self.vm, slot, self.bitmaps[slot])
                 bitmap = ffi.from_buffer("uint64_t[]", self.bitmaps[slot])
             vmm_log = ffi.NULL if log is None else \
                 ffi.from_buffer("uint8_t[]", log)[region.gpa // PAGE_SIZE:region.end // PAGE_SIZE]

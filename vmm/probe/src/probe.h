@@ -123,6 +123,7 @@ void hotplug_poll(void);
 void cmd_hotplug(const char *args);
 /* legacy.c */
 void cmd_legacy(const char *args);
+void cmd_vga(const char *args);
 /* console.c */
 void cmd_console(const char *args);
 /* blk.c */
