@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from vmm import __version__, fdsets, qdev
 from vmm import cpu as cpustate
+from vmm import input as input_layer
 from vmm.block.layer import BlockLayer
 from vmm.boot import acpi, firmware, layout, linux, multiboot, smbios
 from vmm.boot.loader import BootError, BootFiles, load_kernel, read_boot_files
@@ -104,6 +105,7 @@ class Machine:
         self.chardevs: dict[str, Chardev] = {}
         self.vcpus: list[VcpuThread] = []
         self.displays: list = []                   # display cards, for screendump
+        self.input = input_layer.InputHub()        # keyboards and mice (vmm/input.py)
         self.gdb = None                            # the gdb stub, once -gdb or gdbserver starts it
         self.panic_action = "shutdown"             # set-action: for a pvpanic device's report
         self.watchdog_action = "reset"             # set-action, watchdog-set-action
@@ -282,7 +284,12 @@ class Machine:
         self.devices = DeviceManager(self)
         host = self.devices.add_builtin("i440FX-pcihost")
         self.devices.add_builtin("kvm-ioapic")
-        self.i8042 = I8042(self.request_guest_reset)
+        self.i8042 = I8042(self.request_guest_reset, self.set_irq)
+        # QEMU's numbering: the PS/2 keyboard is handler 0, the PS/2 mouse #2
+        self.input.activate(self.input.register(input_layer.Handler(
+            "QEMU PS/2 Keyboard", True, False, False, self.i8042.keys), index=0))
+        self.input.register(input_layer.Handler(
+            "QEMU PS/2 Mouse", False, True, False, self.i8042.pointer), index=2)
         self.pio.map(DATA_PORT, 1, self.i8042.port(DATA_PORT))
         self.pio.map(COMMAND_PORT, 1, self.i8042.port(COMMAND_PORT))
         self.rtc = Rtc(self.memory.below_4g, self.memory.above_4g, self.cfg.cpus,

@@ -13,7 +13,8 @@ import os
 from monitor import image
 from monitor.errors import DEVICE_NOT_ACTIVE, QmpError
 from monitor.registry import command
-from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
+from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct, Union
+from vmm import input as input_layer
 
 SPICE_NOT_IN_USE = "SPICE is not in use"
 NO_VNC = "Can not find vnc display"
@@ -33,7 +34,81 @@ def query_display_options(ctx):
     Member("name", STR), Member("index", INT), Member("current", BOOL),
     Member("absolute", BOOL)))))
 def query_mice(ctx):
-    return []                              # kvmkit's i8042 has no PS/2 mouse yet
+    hub = ctx.machine.input
+    current = hub.current_mouse()
+    # QEMU builds the list by prepending: the last handler comes first
+    return [{"name": m.name, "index": m.index, "current": m is current,
+             "absolute": m.absolute} for m in reversed(hub.mice())]
+
+
+KEY_VALUE = Union("KeyValue", (Member("type", Enum("KeyValueKind", ("number", "qcode"))),),
+                  "type", (("number", Struct("IntWrapper", (Member("data", INT),))),
+                           ("qcode", Struct("QKeyCodeWrapper", (
+                               Member("data", Enum("QKeyCode", input_layer.QKEYCODES)),)))))
+INPUT_EVENT = Union("InputEvent", (Member("type", Enum("InputEventKind", (
+    "key", "btn", "rel", "abs"))),), "type", (
+    ("key", Struct("InputKeyEventWrapper", (Member("data", Struct("InputKeyEvent", (
+        Member("key", KEY_VALUE), Member("down", BOOL)))),))),
+    ("btn", Struct("InputBtnEventWrapper", (Member("data", Struct("InputBtnEvent", (
+        Member("button", Enum("InputButton", input_layer.BUTTONS)),
+        Member("down", BOOL)))),))),
+    ("rel", Struct("InputMoveEventWrapper", (Member("data", Struct("InputMoveEvent", (
+        Member("axis", Enum("InputAxis", input_layer.AXES)), Member("value", INT)))),))),
+    ("abs", Struct("InputMoveEventWrapper", (Member("data", Struct("InputMoveEvent", (
+        Member("axis", Enum("InputAxis", input_layer.AXES)), Member("value", INT)))),)))))
+
+
+def key_name(key: dict) -> str:
+    """A KeyValue as a QKeyCode name (numbers are set-1 codes, +0x80 for E0 keys)."""
+    if key["type"] == "qcode":
+        return key["data"]
+    return input_layer.qcode_of_number(key["data"])
+
+
+def press_keys(machine, names: list[str], hold_ms: int) -> None:
+    """Presses the keys in order, and after ``hold_ms`` lets them go in reverse."""
+    hub = machine.input
+    hub.send([input_layer.InputEvent("key", key=name, value=1) for name in names])
+
+    def release() -> None:
+        with machine.lock:
+            hub.send([input_layer.InputEvent("key", key=name, value=0)
+                      for name in reversed(names)])
+    machine.loop.call_later(max(hold_ms, 0) / 1000, release)
+
+
+@command("send-key", args=[Member("keys", ListOf(KEY_VALUE)), Member("hold-time", INT, True)])
+def send_key(ctx, keys, hold_time=100):
+    press_keys(ctx.machine, [key_name(k) for k in keys], hold_time)
+
+
+@command("input-send-event", args=[Member("device", STR, True), Member("head", INT, True),
+                                   Member("events", ListOf(INPUT_EVENT))])
+def input_send_event(ctx, events, device=None, head=None):
+    hub = ctx.machine.input
+    target = None
+    if device is not None:
+        from monitor.commands.devices import find_device
+
+        find_device(ctx.machine, device)
+        target = next((h for h in hub.handlers if h.qdev_id == device), None)
+        if target is None or head:
+            raise QmpError(f"Device {device} (head {head or 0}) is not bound to a QemuConsole")
+    if ctx.machine.runstate != "running":
+        raise QmpError("VM not running")
+    batch = []
+    for event in events:
+        data = event["data"]
+        if event["type"] == "key":
+            batch.append(input_layer.InputEvent("key", key=key_name(data["key"]),
+                                                value=int(data["down"])))
+        elif event["type"] == "btn":
+            batch.append(input_layer.InputEvent("btn", button=data["button"],
+                                                value=int(data["down"])))
+        else:
+            batch.append(input_layer.InputEvent(event["type"], axis=data["axis"],
+                                                value=data["value"]))
+    hub.send(batch, target)
 
 
 @command("set_password", args=[Member("protocol", DISPLAY_PROTOCOL), Member("password", STR),

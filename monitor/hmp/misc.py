@@ -417,19 +417,68 @@ async def info_qdm(ctx: HmpContext, args: dict) -> str:
 
 @hmp("mouse_move", "dx_str:s,dy_str:s,dz_str:s?", "dx dy [dz]", "send mouse move events")
 async def mouse_move_cmd(ctx: HmpContext, args: dict) -> str:
-    return ""                    # to the current mouse, and kvmkit has none yet (#19)
+    from vmm.input import InputEvent
+
+    def number(text: str | None) -> int:
+        try:
+            return int(text or "0", 0)
+        except ValueError:
+            return 0                             # QEMU's strtol: no digits, no motion
+    dx, dy, dz = number(args["dx_str"]), number(args["dy_str"]), number(args.get("dz_str"))
+    events = [InputEvent("rel", axis="x", value=dx), InputEvent("rel", axis="y", value=dy)]
+    wheel = "wheel-up" if dz > 0 else "wheel-down"
+    with ctx.machine.lock:                   # QEMU's batches: the move with the wheel press
+        ctx.machine.input.send(events + ([InputEvent("btn", button=wheel, value=1)]
+                                         if dz else []))
+        if dz:
+            ctx.machine.input.send([InputEvent("btn", button=wheel, value=0)])
+    return ""
+
+
+MOUSE_BUTTON_BITS = {"left": 1, "right": 2, "middle": 4}     # QEMU's MOUSE_EVENT_*BUTTON
 
 
 @hmp("mouse_button", "button_state:i", "state", "change mouse button state (1=L, 2=M, 4=R)")
 async def mouse_button_cmd(ctx: HmpContext, args: dict) -> str:
-    return ""                    # as mouse_move
+    from vmm.input import InputEvent
+
+    state, previous = args["button_state"], getattr(ctx.machine, "mouse_buttons", 0)
+    events = [InputEvent("btn", button=name, value=int(bool(state & bit)))
+              for name, bit in MOUSE_BUTTON_BITS.items() if (state ^ previous) & bit]
+    with ctx.machine.lock:
+        ctx.machine.mouse_buttons = state
+        ctx.machine.input.send(events)
+    return ""
 
 
 @hmp("mouse_set", "index:i", "index", "set which mouse device receives events")
 async def mouse_set_cmd(ctx: HmpContext, args: dict) -> str:
-    mice = await ctx.call("query-mice")
-    if not any(m["index"] == args["index"] for m in mice):
+    hub = ctx.machine.input
+    mouse = next((m for m in hub.mice() if m.index == args["index"]), None)
+    if mouse is None:
         return f"Mouse at index '{args['index']}' not found\n"
+    with ctx.machine.lock:
+        hub.activate(mouse)
+    return ""
+
+
+@hmp("sendkey", "keys:s,hold-time:i?", "keys [hold_ms]",
+     "send keys to the VM (e.g. 'sendkey ctrl-alt-f1', default hold time=100 ms)")
+async def sendkey_cmd(ctx: HmpContext, args: dict) -> str:
+    from monitor.commands.display import press_keys
+    from vmm.input import QKEYCODES, qcode_of_number
+
+    names = []
+    for part in args["keys"].split("-"):
+        if part in QKEYCODES:
+            names.append(part)
+            continue
+        try:
+            names.append(qcode_of_number(int(part, 16 if part.startswith("0x") else 10)))
+        except ValueError:
+            return f"invalid parameter: {part}\n"
+    with ctx.machine.lock:
+        press_keys(ctx.machine, names, args.get("hold-time") or 100)
     return ""
 
 

@@ -606,16 +606,18 @@ def _unrealize(board, device) -> None:
     board.mmio.unmap(WINDOW_BASE)
 
 
-declare(DeviceType("VGA", "pci-device", category="Display", hotpluggable=False,
+declare(DeviceType("pci-vga", "pci-device", abstract=True))
+declare(DeviceType("VGA", "pci-vga", category="Display", hotpluggable=False,
                    realize=lambda board, device: _realize(board, device, 0x1234, 0x1111, 2,
                                                           True),
                    unrealize=_unrealize, props=(
                        Prop("vgamem_mb", "uint32", VRAM_DEFAULT_MB),
-                       Prop("mmio", "bool", True, honoured=False),
-                       Prop("qemu-extended-regs", "bool", True, honoured=False),
-                       Prop("edid", "bool", True, honoured=False),
-                       Prop("xres", "uint32", 1280, honoured=False),
-                       Prop("yres", "uint32", 800, honoured=False),
+                       Prop("mmio", "bool", True, "on/off", honoured=False),
+                       Prop("qemu-extended-regs", "bool", True, "on/off", honoured=False),
+                       Prop("edid", "bool", True, "on/off", honoured=False),
+                       Prop("big-endian-framebuffer", "bool", None, honoured=False),
+                       Prop("xres", "uint32", 0, honoured=False),
+                       Prop("yres", "uint32", 0, honoured=False),
                        Prop("xmax", "uint32", 0, honoured=False),
                        Prop("ymax", "uint32", 0, honoured=False),
                        Prop("refresh_rate", "uint32", 0, honoured=False),

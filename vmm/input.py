@@ -1,0 +1,132 @@
+"""The input layer: where keys and pointer events from the monitor (send-key,
+input-send-event, HMP sendkey/mouse_*) and from VNC clients go.
+
+Keyboards and mice register here as handlers, as in QEMU's ui/input.c: keys go
+to the newest keyboard, pointer events to the current mouse (the newest one
+activated, HMP mouse_set picks another). Mice are numbered as QEMU numbers them,
+the PS/2 mouse being #2. Key names are QEMU's QKeyCode names; scancodes are PC
+AT set 1 (what a guest reads through the i8042's translation), numbers as QEMU's
+"number" keys: the set-1 code, with 0x80 added for the 0xE0-prefixed keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+QKEYCODES = tuple((
+    "unmapped shift shift_r alt alt_r ctrl ctrl_r menu esc 1 2 3 4 5 6 7 8 9 0 minus equal "
+    "backspace tab q w e r t y u i o p bracket_left bracket_right ret a s d f g h j k l "
+    "semicolon apostrophe grave_accent backslash z x c v b n m comma dot slash asterisk spc "
+    "caps_lock f1 f2 f3 f4 f5 f6 f7 f8 f9 f10 num_lock scroll_lock kp_divide kp_multiply "
+    "kp_subtract kp_add kp_enter kp_decimal sysrq kp_0 kp_1 kp_2 kp_3 kp_4 kp_5 kp_6 kp_7 "
+    "kp_8 kp_9 less f11 f12 print home pgup pgdn end left up down right insert delete stop "
+    "again props undo front copy open paste find cut lf help meta_l meta_r compose pause ro "
+    "hiragana henkan yen muhenkan katakanahiragana kp_comma kp_equals power sleep wake "
+    "audionext audioprev audiostop audioplay audiomute volumeup volumedown mediaselect mail "
+    "calculator computer ac_home ac_back ac_forward ac_refresh ac_bookmarks lang1 lang2"
+).split())
+BUTTONS = ("left", "middle", "right", "wheel-up", "wheel-down", "side", "extra",
+           "wheel-left", "wheel-right")
+AXES = ("x", "y")
+ABS_MAX = 0x7FFF                    # absolute coordinates run 0..32767 (QEMU's INPUT_EVENT_ABS)
+
+
+def _set1() -> dict[str, int]:
+    table: dict[str, int] = {}
+    plain = ("esc 1 2 3 4 5 6 7 8 9 0 minus equal backspace tab q w e r t y u i o p "
+             "bracket_left bracket_right ret ctrl a s d f g h j k l semicolon apostrophe "
+             "grave_accent shift backslash z x c v b n m comma dot slash shift_r kp_multiply "
+             "alt spc caps_lock f1 f2 f3 f4 f5 f6 f7 f8 f9 f10 num_lock scroll_lock kp_7 kp_8 "
+             "kp_9 kp_subtract kp_4 kp_5 kp_6 kp_add kp_1 kp_2 kp_3 kp_0 kp_decimal").split()
+    for code, name in enumerate(plain, start=1):
+        table[name] = code
+    table.update(less=0x56, f11=0x57, f12=0x58, sysrq=0x54, ro=0x73, kp_comma=0x7E,
+                 kp_equals=0x59, henkan=0x79, muhenkan=0x7B, yen=0x7D, hiragana=0x77,
+                 katakanahiragana=0x70, lang1=0x72, lang2=0x71, asterisk=0x37)
+    extended = dict(kp_enter=0x1C, ctrl_r=0x1D, kp_divide=0x35, print=0x37, alt_r=0x38,
+                    pause=0x46, home=0x47, up=0x48, pgup=0x49, left=0x4B, right=0x4D,
+                    end=0x4F, down=0x50, pgdn=0x51, insert=0x52, delete=0x53, meta_l=0x5B,
+                    meta_r=0x5C, menu=0x5D, compose=0x5D, power=0x5E, sleep=0x5F, wake=0x63,
+                    audiomute=0x20, calculator=0x21, audioplay=0x22, audiostop=0x24,
+                    volumedown=0x2E, volumeup=0x30, ac_home=0x32, audioprev=0x10,
+                    audionext=0x19, mail=0x6C, computer=0x6B, mediaselect=0x6D,
+                    ac_back=0x6A, ac_forward=0x69, ac_refresh=0x67, ac_bookmarks=0x66,
+                    stop=0x68, again=0x05, props=0x06, undo=0x07, front=0x0C, copy=0x78,
+                    open=0x64, paste=0x65, find=0x41, cut=0x3C, help=0x75)
+    table.update({name: 0xE000 | code for name, code in extended.items()})
+    return table
+
+
+SET1 = _set1()
+NUMBER_TO_QCODE = {(code & 0x7F) | (0x80 if code > 0xFF else 0): name
+                   for name, code in reversed(SET1.items())}
+
+
+def qcode_of_number(number: int) -> str:
+    """QEMU's key number (set 1, +0x80 for 0xE0 keys) as a QKeyCode name."""
+    return NUMBER_TO_QCODE.get(number, "unmapped")
+
+
+@dataclass
+class InputEvent:
+    """One event of QEMU's InputEvent union."""
+    kind: str                        # "key", "btn", "rel", "abs"
+    key: str = ""                    # key: the QKeyCode
+    button: str = ""                 # btn
+    axis: str = ""                   # rel, abs
+    value: int = 0                   # rel, abs: the amount; key, btn: 1 down, 0 up
+
+
+@dataclass
+class Handler:
+    """A guest device that takes input: a keyboard, a mouse or a tablet."""
+    name: str
+    keyboard: bool
+    pointer: bool
+    absolute: bool
+    receive: Callable[[list[InputEvent]], None]      # a batch, then a sync
+    index: int = 0
+    qdev_id: str = ""
+
+
+@dataclass
+class InputHub:
+    handlers: list[Handler] = field(default_factory=list)    # most recently active first
+    _next_index: int = 0
+
+    def register(self, handler: Handler, index: int | None = None) -> Handler:
+        handler.index = self._next_index if index is None else index
+        self._next_index = max(self._next_index, handler.index) + 1
+        self.handlers.append(handler)
+        return handler
+
+    def unregister(self, handler: Handler) -> None:
+        if handler in self.handlers:
+            self.handlers.remove(handler)
+
+    def activate(self, handler: Handler) -> None:
+        """Makes ``handler`` the one its kind of events go to first."""
+        if handler in self.handlers:
+            self.handlers.remove(handler)
+            self.handlers.insert(0, handler)
+
+    def mice(self) -> list[Handler]:
+        return [h for h in self.handlers if h.pointer]
+
+    def current_mouse(self) -> Handler | None:
+        return next(iter(self.mice()), None)
+
+    def send(self, events: list[InputEvent], target: Handler | None = None) -> None:
+        """Keys to the keyboard, pointer events to the current mouse (or ``target``)."""
+        keys = [e for e in events if e.kind == "key"]
+        pointer = [e for e in events if e.kind != "key"]
+        if keys:
+            keyboard = target if target and target.keyboard else \
+                next((h for h in self.handlers if h.keyboard), None)
+            if keyboard is not None:
+                keyboard.receive(keys)
+        if pointer:
+            mouse = target if target and target.pointer else self.current_mouse()
+            if mouse is not None:
+                mouse.receive(pointer)
