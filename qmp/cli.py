@@ -219,6 +219,10 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
         failure = await _start_gdb(machine, machine.cfg.gdb)
         if failure is not None:
             return error(failure)
+    if machine.cfg.vnc is not None:
+        failure = await _start_vnc(machine, machine.cfg.vnc)
+        if failure is not None:
+            return error(failure)
 
     def on_signal(signum: int, pid: int) -> None:
         sender = f" from pid {pid} ({_program_of(pid)})" if pid > 0 else ""
@@ -261,6 +265,20 @@ async def _start_gdb(machine, device: str) -> str | None:
         await machine.gdb.start(device)
     except OSError as e:
         return f"-gdb {device}: Failed to bind socket: {e.strerror}"
+    return None
+
+
+async def _start_vnc(machine, spec) -> str | None:
+    from vmm.vnc import VncServer
+
+    name = f"QEMU ({machine.cfg.name})" if machine.cfg.name else "QEMU"
+    machine.vnc = VncServer(spec, machine.screen, machine.input, machine.lock, machine.emit,
+                            name, lambda: bool(machine.i8042.keyboard.leds & 4))
+    try:
+        await machine.vnc.start()
+    except OSError as e:
+        where = spec.path or f"{spec.host}:{spec.port - 5900}"
+        return f"Failed to start VNC server: Failed to bind socket on {where}: {e.strerror}"
     return None
 
 

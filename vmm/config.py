@@ -18,6 +18,7 @@ from vmm.cpu_models import CpuConfig, CpuModelError, parse_cpu
 from vmm.errors import UserError
 from vmm.net import netdev_options
 from vmm.qemuopts import SIZE_HELP, OptsError, parse_bool, parse_opts, parse_size
+from vmm.vnc import VncError, VncSpec, parse_vnc
 
 DEFAULT_RAM = 128 << 20
 VGA_TYPES = {"std": "VGA", "cirrus": "cirrus-vga"}
@@ -128,6 +129,7 @@ class MachineConfig:
     gdb: str | None = None              # -gdb DEVICE, -s: where the gdb stub listens
     traces: list[str] = field(default_factory=list)     # -trace options, in order
     show_vga_help: bool = False
+    vnc: VncSpec | None = None          # -vnc: the VNC server's address
     mem_lock: bool = False              # -overcommit mem-lock=on: guest RAM stays resident
     warnings: list[str] = field(default_factory=list)   # printed once logging is set up
 
@@ -140,6 +142,7 @@ OPTIONS: dict[str, bool] = {
     "incoming": True, "loadvm": True,
     "machine": True, "M": True, "accel": True, "enable-kvm": False, "cpu": True,
     "name": True, "uuid": True, "nodefaults": False, "nographic": False, "display": True,
+    "vnc": True, "k": True,
     "vga": True, "serial": True, "chardev": True, "device": True, "S": False,
     "no-reboot": False, "no-shutdown": False, "pidfile": True, "daemonize": False,
     "D": True, "d": True, "version": False, "h": False, "help": False, "qmp": True,
@@ -309,9 +312,27 @@ class _Parser:
             raise self.fail("failed to parse UUID string: wrong format")
 
     def opt_display(self, arg: str) -> None:
+        """-display none, or -display vnc=ADDRESS (as -vnc ADDRESS)."""
         kind = split_first(arg)
-        if kind != "none":
+        if kind.startswith("vnc="):
+            self.opt_vnc(arg[4:])
+        elif kind != "none":
             raise self.fail(f"Parameter 'type' does not accept value '{kind}'")
+
+    def opt_vnc(self, arg: str) -> None:
+        """-vnc [HOST]:DISPLAY|unix:PATH|none[,password=on]: kvmkit's VNC server."""
+        try:
+            self.cfg.vnc = parse_vnc(arg)
+        except VncError as e:
+            raise self.fail(str(e)) from None
+
+    def opt_k(self, arg: str) -> None:
+        """-k LAYOUT: how keysyms from VNC clients map to keys. kvmkit's server knows
+        the en-us layout (clients that send QEMU's extended key events, with scancodes,
+        need none)."""
+        if arg != "en-us":
+            self.cfg.warnings.append(f"warning: -k {arg}: kvmkit's VNC server reads keysyms "
+                                     f"as the en-us layout")
 
     def opt_vga(self, arg: str) -> None:
         """-vga std|cirrus|none: the board's display card, made before any -device (so

@@ -106,6 +106,7 @@ class Machine:
         self.vcpus: list[VcpuThread] = []
         self.displays: list = []                   # display cards, for screendump
         self.input = input_layer.InputHub()        # keyboards and mice (vmm/input.py)
+        self.vnc = None                            # the VNC server (vmm/vnc.py), with -vnc
         self.gdb = None                            # the gdb stub, once -gdb or gdbserver starts it
         self.panic_action = "shutdown"             # set-action: for a pvpanic device's report
         self.watchdog_action = "reset"             # set-action, watchdog-set-action
@@ -479,6 +480,10 @@ class Machine:
     def device_timer(self, callback: Callable[[], None]) -> DeviceTimer:
         """A timer for a device: fires on the loop, under the machine lock."""
         return DeviceTimer(lambda: self.loop, self.lock, callback)
+
+    def screen(self) -> tuple[int, int, bytes] | None:
+        """(width, height, RGB) of what the first display card shows; None without one."""
+        return self.displays[0].core.render_cached() if self.displays else None
 
     def add_ram_hole(self, start: int, size: int) -> None:
         """Guest accesses to [start, start+size) reach the MMIO bus, not RAM (the

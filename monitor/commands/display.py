@@ -1,10 +1,6 @@
-"""Displays and remote desktops, as kvmkit has them today: no graphics console, no
-VNC or SPICE server and no mouse. The commands QEMU has whatever it was built
-with answer as QEMU 7.2 answers on a machine without them (-display none, no
--vnc); those QEMU has only when built with VNC or SPICE (query-vnc, query-spice,
-change-vnc-password, display-reload, display-update) kvmkit does not have, as
-such a QEMU does not: libvirt reads the schema to learn which graphics exist.
-Issue #19 brings the VGA, VNC and input devices that change these answers."""
+"""Displays and remote desktops: screendump of the display card, the VNC server's
+commands (vmm/vnc.py), and the input commands (vmm/input.py). SPICE does not
+exist in kvmkit, and its commands answer as QEMU 7.2 answers without it."""
 
 from __future__ import annotations
 
@@ -111,6 +107,10 @@ def input_send_event(ctx, events, device=None, head=None):
     hub.send(batch, target)
 
 
+def vnc_server(ctx):
+    return ctx.machine.vnc
+
+
 @command("set_password", args=[Member("protocol", DISPLAY_PROTOCOL), Member("password", STR),
                                Member("connected", Enum("SetPasswordAction", (
                                    "keep", "fail", "disconnect")), True),
@@ -120,7 +120,30 @@ def set_password(ctx, protocol, password, connected=None, display=None):
         raise QmpError(SPICE_NOT_IN_USE, DEVICE_NOT_ACTIVE)
     if connected not in (None, "keep"):            # VNC can only keep its clients
         raise QmpError("Invalid parameter 'connected'")
-    raise QmpError("Could not set password")
+    server = vnc_server(ctx)
+    if server is None or not server.set_password(password):
+        raise QmpError("Could not set password")
+
+
+@command("change-vnc-password", args=[Member("password", STR)])
+def change_vnc_password(ctx, password):
+    server = vnc_server(ctx)
+    if server is None or not server.set_password(password):
+        raise QmpError("Could not set password")
+
+
+def expiry_time(text: str) -> float | None:
+    """expire_password's time: now, never, +SECONDS or an absolute UNIX time."""
+    import time as clock
+
+    if text == "now":
+        return 0.0
+    if text == "never":
+        return None
+    try:
+        return clock.time() + int(text[1:]) if text.startswith("+") else float(int(text))
+    except ValueError:
+        return 0.0                                 # QEMU's strtoull: no digits, time 0
 
 
 @command("expire_password", args=[Member("protocol", DISPLAY_PROTOCOL), Member("time", STR),
@@ -128,7 +151,48 @@ def set_password(ctx, protocol, password, connected=None, display=None):
 def expire_password(ctx, protocol, time, display=None):
     if protocol == "spice":
         raise QmpError(SPICE_NOT_IN_USE, DEVICE_NOT_ACTIVE)
-    raise QmpError("Could not set password expire time")
+    server = vnc_server(ctx)
+    if server is None:
+        raise QmpError("Could not set password expire time")
+    server.expires = expiry_time(time)
+
+
+VNC_BASIC = (Member("host", STR), Member("service", STR),
+             Member("family", Enum("NetworkAddressFamily", ("ipv4", "ipv6", "unix", "vsock",
+                                                            "unknown"))),
+             Member("websocket", BOOL))
+VNC_AUTH = Enum("VncPrimaryAuth", ("none", "vnc", "ra2", "ra2ne", "tight", "ultra", "tls",
+                                   "vencrypt", "sasl"))
+VNC_CLIENT = Struct("VncClientInfo", VNC_BASIC + (Member("x509_dname", STR, True),
+                                                 Member("sasl_username", STR, True)))
+
+
+@command("query-vnc", returns=Struct("VncInfo", (
+    Member("enabled", BOOL), Member("host", STR, True),
+    Member("family", VNC_BASIC[2].type, True), Member("service", STR, True),
+    Member("auth", STR, True), Member("clients", ListOf(VNC_CLIENT), True))))
+def query_vnc(ctx):
+    server = vnc_server(ctx)
+    listeners = server.listeners() if server is not None else []
+    if not listeners:
+        return {"enabled": False}
+    first = listeners[-1]               # QEMU reports its last socket (IPv4 of the two)
+    return {"enabled": True, "auth": server.auth, "family": first["family"],
+            "clients": [c.basic_info() for c in server.clients],
+            "service": first["service"], "host": first["host"]}
+
+
+@command("query-vnc-servers", returns=ListOf(Struct("VncInfo2", (
+    Member("id", STR), Member("server", ListOf(Struct("VncServerInfo2", VNC_BASIC + (
+        Member("auth", VNC_AUTH), Member("vencrypt", STR, True))))),
+    Member("clients", ListOf(VNC_CLIENT)), Member("auth", VNC_AUTH),
+    Member("vencrypt", STR, True), Member("display", STR, True)))))
+def query_vnc_servers(ctx):
+    server = vnc_server(ctx)
+    if server is None:
+        return []
+    return [{"auth": server.auth, "clients": [c.basic_info() for c in server.clients],
+             "server": server.listeners(), "id": "default"}]
 
 
 @command("add_client", args=[Member("protocol", STR), Member("fdname", STR),
@@ -141,7 +205,9 @@ def add_client(ctx, protocol, fdname, skipauth=None, tls=None):
     if protocol == "spice":
         raise QmpError(SPICE_NOT_IN_USE, DEVICE_NOT_ACTIVE)
     if protocol == "vnc":
-        raise QmpError(NO_VNC)
+        if vnc_server(ctx) is None:
+            raise QmpError(NO_VNC)
+        raise QmpError("add_client of a VNC client is not supported by kvmkit")
     raise QmpError(f"protocol '{protocol}' is invalid")
 
 

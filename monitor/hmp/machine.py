@@ -335,10 +335,33 @@ async def screendump_cmd(ctx: HmpContext, args: dict) -> str:
     return ""
 
 
+@hmp("vnc", "", "", "show the vnc server status", info=True)
+async def info_vnc(ctx: HmpContext, args: dict) -> str:
+    servers = await ctx.call("query-vnc-servers")
+    if not servers:
+        return "None\n"
+    out = []
+    for server in servers:
+        out.append(f"{server['id']}:\n")
+        for listener in server["server"]:
+            out.append(f"  Server: {listener['host']}:{listener['service']} "
+                       f"({listener['family']})\n    Auth: {listener['auth']} (Sub: none)\n")
+        for client in server["clients"]:
+            out.append(f"  Client: {client['host']}:{client['service']} ({client['family']})\n"
+                       f"    x509_dname: none\n    sasl_username: none\n")
+        if not server["server"]:
+            out.append(f"  Auth: {server['auth']} (Sub: none)\n")
+    return "".join(out)
+
+
 @hmp("set_password", "protocol:s,password:s,display:-ds,connected:s?",
      "protocol password [-d display] [action-if-connected]", "set spice/vnc password")
 async def set_password_cmd(ctx: HmpContext, args: dict) -> str:
     extra = {k: args[k] for k in ("display", "connected") if k in args}
+    vnc = ctx.machine.vnc
+    if args["protocol"] == "vnc" and vnc is not None and not vnc.spec.password:
+        return ("If you want use passwords please enable password auth using "
+                "'-vnc ${dpy},password'.\nError: Could not set password\n")
     await ctx.call("set_password", protocol=args["protocol"], password=args["password"],
                    **extra)
     return ""

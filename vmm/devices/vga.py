@@ -94,10 +94,13 @@ class VgaCore:
     def __init__(self, vram_mb: int = VRAM_DEFAULT_MB) -> None:
         self.vram = bytearray(vram_mb << 20)
         self.font = load_psf_font()
+        self.writes = 0                     # counts the guest's writes (see render_cached)
+        self._cache: tuple[int, tuple[int, int, bytes]] | None = None
         self.reset()
 
     # -- state -------------------------------------------------------------
     def reset(self) -> None:
+        self.writes = getattr(self, "writes", 0) + 1
         self.misc = MODE3_MISC
         self.seq_index, self.seq = 0, bytearray(MODE3_SEQ) + bytes(3)
         self.gc_index, self.gc = 0, bytearray(MODE3_GC) + bytes(7)
@@ -133,6 +136,7 @@ class VgaCore:
         self.seq, self.gc, self.crtc = bytearray(seq), bytearray(gc), bytearray(crtc)
         self.ac, self.dac, self.vbe = bytearray(ac), bytearray(dac), list(vbe)
         self.vram[:] = state["vram"]
+        self.writes += 1
 
     # -- I/O ports 0x3C0-0x3DF (and 0x3B4/0x3B5/0x3BA in mono mode) ---------
     def _color(self) -> bool:
@@ -181,6 +185,7 @@ class VgaCore:
         return 0xFF
 
     def port_write(self, port: int, value: int) -> None:
+        self.writes += 1
         value &= 0xFF
         if port in (0x3B4, 0x3B5, 0x3BA) and self._color() or \
                 port in (0x3D4, 0x3D5, 0x3DA) and not self._color():
@@ -230,6 +235,7 @@ class VgaCore:
         return self.vbe[index]
 
     def vbe_write(self, index: int, value: int) -> None:
+        self.writes += 1
         value &= 0xFFFF
         if index == VBE_ID:
             if 0xB0C0 <= value <= VBE_ID5:
@@ -293,6 +299,7 @@ class VgaCore:
         return result
 
     def mem_write(self, offset: int, value: int) -> None:
+        self.writes += 1
         addr = self._window(offset)
         if addr is None:
             return
@@ -363,6 +370,12 @@ class VgaCore:
         else:
             index = (ac & 0x3F) | ((self.ac[0x14] & 0x0C) << 4)
         return self._palette_rgb(index)
+
+    def render_cached(self) -> tuple[int, int, bytes]:
+        """render(), drawn again only once the guest has written to the card."""
+        if self._cache is None or self._cache[0] != self.writes:
+            self._cache = (self.writes, self.render())
+        return self._cache[1]
 
     def render(self) -> tuple[int, int, bytes]:
         """(width, height, RGB bytes) of the screen as the card shows it now."""
@@ -532,6 +545,7 @@ class _Framebuffer:
         return int.from_bytes(self.core.vram[offset:offset + size], "little")
 
     def bus_write(self, offset: int, size: int, value: int) -> None:
+        self.core.writes += 1
         self.core.vram[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(
             size, "little")
 
