@@ -314,7 +314,8 @@ class Machine:
         self.on_resume(self.ide.retry_held)
         self._ide_device = self._chipset_function("piix3-ide", self.ide, host, 1, 1)
         if self.cfg.usb:                          # -usb: the PIIX3's own, at 01.2
-            self._chipset_function("piix3-usb-uhci", PiixUhci(), host, 1, 2)
+            self._chipset_function("piix3-usb-uhci",
+                                   PiixUhci(self.memory, self.device_timer), host, 1, 2)
         self.devices.add_builtin("mc146818rtc", self.rtc, parent=isa)
         if self.cfg.pit:
             self.devices.add_builtin("kvm-pit", parent=isa)

@@ -82,13 +82,11 @@ def send_key(ctx, keys, hold_time=100):
                                    Member("events", ListOf(INPUT_EVENT))])
 def input_send_event(ctx, events, device=None, head=None):
     hub = ctx.machine.input
-    target = None
     if device is not None:
         from monitor.commands.devices import find_device
 
-        find_device(ctx.machine, device)
-        target = next((h for h in hub.handlers if h.qdev_id == device), None)
-        if target is None or head:
+        find_device(ctx.machine, device)           # input goes to a display's console
+        if head or not any(d.qdev_id == device for d in ctx.machine.displays):
             raise QmpError(f"Device {device} (head {head or 0}) is not bound to a QemuConsole")
     if ctx.machine.runstate != "running":
         raise QmpError("VM not running")
@@ -104,7 +102,7 @@ def input_send_event(ctx, events, device=None, head=None):
         else:
             batch.append(input_layer.InputEvent(event["type"], axis=data["axis"],
                                                 value=data["value"]))
-    hub.send(batch, target)
+    hub.send(batch)
 
 
 def vnc_server(ctx):

@@ -279,10 +279,18 @@ def x_query_roms(ctx):
 
 
 def usb_text(machine) -> str:
-    """`info usb`: the devices on the guest's USB bus, which kvmkit's UHCI has none of."""
-    if not any(d.driver == "piix3-usb-uhci" for d in machine.devices):
+    """`info usb`: the devices on the guest's USB buses, in the order they came."""
+    controllers = [d for d in machine.devices if d.driver == "piix3-usb-uhci"]
+    if not controllers:
         raise QmpError("USB support not enabled")
-    return ""
+    lines = []
+    for bus, controller in enumerate(controllers):
+        for device in machine.devices:
+            if device.parent is controller and getattr(device.obj, "port", None):
+                lines.append(f"  Device {bus}.{device.obj.address}, Port {device.obj.port}, "
+                             f"Speed 12 Mb/s, Product {device.obj.product}"
+                             f"{', ID: ' + device.id if device.id else ''}\n")
+    return "".join(lines)
 
 
 @command("x-query-usb", returns=HUMAN_READABLE, features=("unstable",))

@@ -16,7 +16,7 @@ SRC = Path(__file__).parent / "src"
 SOURCES = ["start.S", "lib.c", "serial.c", "time.c", "apic.c", "acpi.c", "pci.c", "virtio.c",
            "balloon.c", "virtio_net.c", "e1000.c", "rtl8139.c", "net.c", "hotplug.c",
            "legacy.c", "dhcp.c", "tcp.c", "tftp.c", "ipv6.c", "offload.c", "rng.c", "blk.c",
-           "ide.c", "console.c", "fuzz.c", "vga.c", "ps2.c", "main.c"]
+           "ide.c", "console.c", "fuzz.c", "vga.c", "ps2.c", "uhci.c", "main.c"]
 CFLAGS = [
     "-m64", "-ffreestanding", "-fno-pic", "-fno-pie", "-no-pie", "-mno-red-zone",
     "-mgeneral-regs-only", "-fno-stack-protector", "-fno-builtin", "-nostdlib", "-static",

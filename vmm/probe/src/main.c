@@ -275,6 +275,7 @@ static void dispatch(const char *line)
     if (is(line, "legacy", &a)) { cmd_legacy(a); return; }
     if (is(line, "vga", &a)) { cmd_vga(a); return; }
     if (is(line, "ps2", &a)) { cmd_ps2(a); return; }
+    if (is(line, "usb", &a)) { cmd_usb(a); return; }
     if (is(line, "dhcp", &a)) { cmd_dhcp(a); return; }
     if (is(line, "rng", &a)) { cmd_rng(a); return; }
     if (is(line, "blk", &a)) { cmd_blk(a); return; }

@@ -125,6 +125,7 @@ void cmd_hotplug(const char *args);
 void cmd_legacy(const char *args);
 void cmd_vga(const char *args);
 void cmd_ps2(const char *args);
+void cmd_usb(const char *args);
 /* console.c */
 void cmd_console(const char *args);
 /* blk.c */
