@@ -74,6 +74,15 @@ def vmm_kind(request):
     return request.param
 
 
+@pytest.fixture(scope="session")
+def vnc_connect():
+    """connect("HOST::PORT") -> a vncdotool client. Its Twisted reactor runs once per
+    session (it cannot be started again once stopped)."""
+    api = pytest.importorskip("vncdotool.api")
+    yield lambda server, **kwargs: api.connect(server, timeout=30, **kwargs)
+    api.shutdown()
+
+
 __all__ = ["machine_args"]
 
 

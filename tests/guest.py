@@ -41,10 +41,12 @@ class GuestError(AssertionError):
 class Vmm:
     """A VMM process whose stdout is the guest's COM1 and stdin its input."""
 
-    def __init__(self, argv: list[str], cwd: str | None = None, preexec_fn=None) -> None:
+    def __init__(self, argv: list[str], cwd: str | None = None, preexec_fn=None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, cwd=cwd, preexec_fn=preexec_fn)
+                                     stderr=subprocess.PIPE, cwd=cwd, preexec_fn=preexec_fn,
+                                     pass_fds=pass_fds)
         self.lines: queue.Queue[bytes | None] = queue.Queue()
         self.stderr_chunks: list[bytes] = []
         self.transcript: list[str] = []

@@ -89,6 +89,13 @@ class Handler:
     index: int = 0
     qdev_id: str = ""
 
+    @property
+    def accepts(self) -> set[str]:
+        """The kinds of events it takes (QEMU's handler masks)."""
+        if self.keyboard:
+            return {"key"}
+        return {"btn", "abs"} if self.absolute else {"btn", "rel"}
+
 
 @dataclass
 class InputHub:
@@ -117,16 +124,15 @@ class InputHub:
     def current_mouse(self) -> Handler | None:
         return next(iter(self.mice()), None)
 
-    def send(self, events: list[InputEvent], target: Handler | None = None) -> None:
-        """Keys to the keyboard, pointer events to the current mouse (or ``target``)."""
-        keys = [e for e in events if e.kind == "key"]
-        pointer = [e for e in events if e.kind != "key"]
-        if keys:
-            keyboard = target if target and target.keyboard else \
-                next((h for h in self.handlers if h.keyboard), None)
-            if keyboard is not None:
-                keyboard.receive(keys)
-        if pointer:
-            mouse = target if target and target.pointer else self.current_mouse()
-            if mouse is not None:
-                mouse.receive(pointer)
+    def send(self, events: list[InputEvent]) -> None:
+        """Each event to the first handler that takes its kind, as QEMU routes them:
+        keys to the keyboard, relative motion to the first relative mouse, absolute
+        to the first tablet, buttons to the current mouse; then each handler gets
+        its share as one batch."""
+        batches: dict[int, tuple[Handler, list[InputEvent]]] = {}
+        for event in events:
+            handler = next((h for h in self.handlers if event.kind in h.accepts), None)
+            if handler is not None:
+                batches.setdefault(id(handler), (handler, []))[1].append(event)
+        for handler, batch in batches.values():
+            handler.receive(batch)
