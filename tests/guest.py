@@ -144,6 +144,17 @@ def start_qemu(args: list[str], cwd: str | None = None, preexec_fn=None) -> Vmm:
     return Vmm([QEMU, "-accel", "kvm", *args], cwd=cwd, preexec_fn=preexec_fn)
 
 
+def free_vnc_display() -> int:
+    """A VNC display whose port is free on IPv4 and IPv6 (":N" listens on both)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", 0))
+        port = s.getsockname()[1]
+    return port - 5900 if port > 5900 else free_vnc_display()
+
+
 def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 

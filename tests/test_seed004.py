@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 
 import pytest
-from guest import QEMU, QmpLine, Vmm, kvmkit_command, probe_elf
+from guest import QEMU, QmpLine, Vmm, free_vnc_display, kvmkit_command, probe_elf
 from test_display import read_png, screen_text, write_screen
 
 pytestmark = [pytest.mark.kvm, pytest.mark.qemu]
@@ -64,15 +63,6 @@ def for_qemu(argv: list[str], tap_fd: int) -> list[str]:
     return out
 
 
-def free_display() -> int:
-    """A display whose port is free on IPv4 and IPv6 (":N" listens on both)."""
-    with socket.socket(socket.AF_INET6) as s:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind(("::", 0))
-        port = s.getsockname()[1]
-    return port - 5900 if port > 5900 else free_display()
-
-
 def run_instance(kind: str, tmp, vnc_connect) -> dict:
     from vmm.net.tap import open_tap
 
@@ -81,7 +71,7 @@ def run_instance(kind: str, tmp, vnc_connect) -> dict:
     tap_fd, _name = open_tap("", vnet_hdr=True)
     vhost_fd = os.open("/dev/null", os.O_RDWR)          # libvirt's vhost-net fd stands here
     os.dup2(vhost_fd, tap_fd + 1000)
-    display = free_display()
+    display = free_vnc_display()
     argv = seed_command_line(tmp, tap_fd, display)
     argv = kvmkit_command() + argv if kind == "kvmkit" else \
         [QEMU] + for_qemu(argv, tap_fd)

@@ -10,7 +10,7 @@ import struct
 import time
 
 import pytest
-from guest import QmpLine, machine_args
+from guest import QmpLine, free_vnc_display, machine_args
 from test_display import screen_text, write_screen
 
 from vmm import des
@@ -18,19 +18,10 @@ from vmm import des
 pytestmark = pytest.mark.kvm
 
 
-def free_display() -> int:
-    """A display whose port is free on IPv4 and IPv6 (":N" listens on both)."""
-    with socket.socket(socket.AF_INET6) as s:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind(("::", 0))
-        port = s.getsockname()[1]
-    return port - 5900 if port > 5900 else free_display()
-
-
 def session(launch, vnc_connect, kind: str, tmp_path, extra=()) -> dict:
     """The probe's text screen as a VNC client sees it, and what the guest reads of
     keys typed and a mouse moved through the client."""
-    display = free_display()
+    display = free_vnc_display()
     sock = str(tmp_path / f"{kind}-vnc.sock")
     vm = launch(machine_args(extra=["-vga", "std", "-vnc", f"127.0.0.1:{display}",
                                     "-qmp", f"unix:{sock},server=on,wait=off", *extra]), kind)
@@ -99,7 +90,7 @@ def rfb_password_login(port: int, password: str) -> int:
 def test_vnc_password_authentication(launch, tmp_path, kind):
     """A client answering the DES challenge with the password set over QMP gets in
     (QEMU's server agreeing proves kvmkit's DES); a wrong or expired one does not."""
-    display = free_display()
+    display = free_vnc_display()
     sock = str(tmp_path / "vnc.sock")
     vm = launch(machine_args(extra=["-vnc", f"127.0.0.1:{display},password=on",
                                     "-qmp", f"unix:{sock},server=on,wait=off"]), kind)
@@ -124,7 +115,7 @@ def test_vnc_monitor_commands_answer_as_qemu(tmp_path, option):
     ports = []
 
     def args(name: str) -> list[str]:                 # each VMM on a port of its own
-        ports.append(str(5900 + free_display()))
+        ports.append(str(5900 + free_vnc_display()))
         return [o.format(d=int(ports[-1]) - 5900, tmp=tmp_path / name) for o in option]
     (tmp_path / "k").mkdir()
     (tmp_path / "q").mkdir()
