@@ -164,6 +164,7 @@ class _Parser:
         self._nic_count = 0             # back ends without an id: QEMU's "#netNxx"
         self._hub_ports = 0             # -net: ports of hub 0, in command-line order
         self.drive_devices: list[DeviceSpec] = []   # -drive if=virtio's devices
+        self.vga_chosen = False                     # -vga given: no default card
         self.opt = ""
         self.arg = ""
 
@@ -338,6 +339,7 @@ class _Parser:
         """-vga std|cirrus|none: the board's display card, made before any -device (so
         at 00:02.0, as QEMU's)."""
         self.cfg.devices = [d for d in self.cfg.devices if d.origin != "-vga"]
+        self.vga_chosen = True
         if arg == "help":
             self.cfg.show_vga_help = True
         elif arg in VGA_TYPES:
@@ -808,6 +810,9 @@ def parse_args(argv: list[str]) -> MachineConfig:
         except OptsError as e:
             raise parser.fail(str(e)) from None
     cfg.devices += parser.drive_devices
+    if not cfg.nodefaults and not parser.vga_chosen and cfg.machine_type != "none" and \
+            not any(d.driver in VGA_TYPES.values() for d in cfg.devices):
+        cfg.devices.insert(0, DeviceSpec("VGA", {}, "-vga"))      # QEMU's default card
     if not cfg.nodefaults and not any(index == 2 for _o, index, _d, _m in cfg.ide_drives):
         parser.opt, parser.arg = "drive", "if=ide,index=2,media=cdrom"
         parser._add_drive({"index": "2", "media": "cdrom"}, "")   # QEMU's default CD-ROM

@@ -313,15 +313,15 @@ USB_PROPS = (Prop("port", "str"), Prop("serial", "str"), Prop("msos-desc", "bool
              Prop("attached", "bool", None, qdev=False, writable=False, honoured=False))
 declare(DeviceType("usb-device", "device", abstract=True, bus="usb-bus", hotpluggable=True))
 declare(DeviceType("usb-hid", "usb-device", abstract=True))
-declare(DeviceType("usb-tablet", "usb-hid", category="Input", description="QEMU USB Tablet",
+declare(DeviceType("usb-tablet", "usb-hid", category="Input",
                    realize=_realize, unrealize=_unrealize, props=(
                        Prop("usb_version", "uint32", 2, honoured=False),
                        Prop("display", "str", honoured=False),
                        Prop("head", "uint32", 0, honoured=False)) + USB_PROPS))
-declare(DeviceType("usb-mouse", "usb-hid", category="Input", description="QEMU USB Mouse",
+declare(DeviceType("usb-mouse", "usb-hid", category="Input",
                    realize=_realize, unrealize=_unrealize, props=(
                        Prop("usb_version", "uint32", 2, honoured=False),) + USB_PROPS))
-declare(DeviceType("usb-kbd", "usb-hid", category="Input", description="QEMU USB Keyboard",
+declare(DeviceType("usb-kbd", "usb-hid", category="Input",
                    realize=_realize, unrealize=_unrealize, props=(
                        Prop("usb_version", "uint32", 2, honoured=False),
                        Prop("display", "str", honoured=False)) + USB_PROPS))
