@@ -203,6 +203,10 @@ def _monitors(machine, cfg: MachineConfig) -> list:
 
 async def _run(machine, servers: list, ready_fd: int | None) -> int:
     loop = asyncio.get_running_loop()
+    if machine.cfg.vnc is not None:        # listening before any monitor (chardev) can ask
+        failure = await _start_vnc(machine, machine.cfg.vnc)
+        if failure is not None:
+            return error(failure)
     machine.attach(loop)
     failure = _start_incoming(machine) or await _loadvm(machine)
     if failure is not None:
@@ -217,10 +221,6 @@ async def _run(machine, servers: list, ready_fd: int | None) -> int:
             return error(f"-trace {option}: {e.strerror}: {e.filename}")
     if machine.cfg.gdb:
         failure = await _start_gdb(machine, machine.cfg.gdb)
-        if failure is not None:
-            return error(failure)
-    if machine.cfg.vnc is not None:
-        failure = await _start_vnc(machine, machine.cfg.vnc)
         if failure is not None:
             return error(failure)
 

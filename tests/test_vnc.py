@@ -131,8 +131,9 @@ def test_vnc_monitor_commands_answer_as_qemu(tmp_path, option):
     ours = qmp_answers(kvmkit_command() + args("k"), str(tmp_path / "k.sock"), commands)
     theirs = qmp_answers([QEMU, "-accel", "kvm"] + args("q"), str(tmp_path / "q.sock"),
                          commands)
-    assert json.dumps(ours).replace(ports[0], "PORT").replace(f"{tmp_path}/k", "DIR") == \
-        json.dumps(theirs).replace(ports[1], "PORT").replace(f"{tmp_path}/q", "DIR")
+    mine = json.dumps(ours).replace(ports[0], "PORT").replace(f"{tmp_path}/k", "DIR")
+    qemu = json.dumps(theirs).replace(ports[1], "PORT").replace(f"{tmp_path}/q", "DIR")
+    assert mine.split("}, {") == qemu.split("}, {")
 
 
 def test_keysyms_cover_the_us_layout():

@@ -41,24 +41,64 @@ def _set1() -> dict[str, int]:
              "kp_9 kp_subtract kp_4 kp_5 kp_6 kp_add kp_1 kp_2 kp_3 kp_0 kp_decimal").split()
     for code, name in enumerate(plain, start=1):
         table[name] = code
-    table.update(less=0x56, f11=0x57, f12=0x58, sysrq=0x54, ro=0x73, kp_comma=0x7E,
+    table.update(less=0x56, f11=0x57, f12=0x58, ro=0x73, kp_comma=0x7E,
                  kp_equals=0x59, henkan=0x79, muhenkan=0x7B, yen=0x7D, hiragana=0x77,
-                 katakanahiragana=0x70, lang1=0x72, lang2=0x71, asterisk=0x37)
+                 katakanahiragana=0x70, asterisk=0x37)
     extended = dict(kp_enter=0x1C, ctrl_r=0x1D, kp_divide=0x35, print=0x37, alt_r=0x38,
                     pause=0x46, home=0x47, up=0x48, pgup=0x49, left=0x4B, right=0x4D,
                     end=0x4F, down=0x50, pgdn=0x51, insert=0x52, delete=0x53, meta_l=0x5B,
-                    meta_r=0x5C, menu=0x5D, compose=0x5D, power=0x5E, sleep=0x5F, wake=0x63,
+                    meta_r=0x5C, compose=0x5D, power=0x5E, sleep=0x5F, wake=0x63, sysrq=0x37,
                     audiomute=0x20, calculator=0x21, audioplay=0x22, audiostop=0x24,
                     volumedown=0x2E, volumeup=0x30, ac_home=0x32, audioprev=0x10,
                     audionext=0x19, mail=0x6C, computer=0x6B, mediaselect=0x6D,
                     ac_back=0x6A, ac_forward=0x69, ac_refresh=0x67, ac_bookmarks=0x66,
-                    stop=0x68, again=0x05, props=0x06, undo=0x07, front=0x0C, copy=0x78,
-                    open=0x64, paste=0x65, find=0x41, cut=0x3C, help=0x75)
+                    stop=0x68)
+    # (menu, again, props, undo, front, copy, open, paste, find, cut, help, lf, lang1
+    # and lang2 have no PC scancode: QEMU's PS/2 keyboard sends nothing for them)
     table.update({name: 0xE000 | code for name, code in extended.items()})
     return table
 
 
 SET1 = _set1()
+
+# Scancode set 2 (what a keyboard sends with the controller's translation off), by
+# set-1 code: the keys whose set-2 codes differ in pattern from set 1's
+_SET2_PLAIN = bytes.fromhex(
+    "00 76 16 1e 26 25 2e 36 3d 3e 46 45 4e 55 66 0d"      # 00-0f
+    "15 1d 24 2d 2c 35 3c 43 44 4d 54 5b 5a 14 1c 1b"      # 10-1f
+    "23 2b 34 33 3b 42 4b 4c 52 0e 12 5d 1a 22 21 2a"      # 20-2f
+    "32 31 3a 41 49 4a 59 7c 11 29 58 05 06 04 0c 03"      # 30-3f
+    "0b 83 0a 01 09 77 7e 6c 75 7d 7b 6b 73 74 79 69"      # 40-4f
+    "72 7a 70 71 84 00 61 78 07 0f 00 00 00 00 00 00"      # 50-5f
+    "00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"      # 60-6f
+    "13 00 00 51 00 00 00 62 00 64 00 67 00 6a 6d 00")     # 70-7f
+_SET2_EXTENDED = {0x1C: 0x5A, 0x1D: 0x14, 0x35: 0x4A, 0x38: 0x11, 0x47: 0x6C, 0x48: 0x75,
+                  0x49: 0x7D, 0x4B: 0x6B, 0x4D: 0x74, 0x4F: 0x69, 0x50: 0x72, 0x51: 0x7A,
+                  0x52: 0x70, 0x53: 0x71, 0x5B: 0x1F, 0x5C: 0x27, 0x5D: 0x2F, 0x5E: 0x37,
+                  0x5F: 0x3F, 0x63: 0x5E, 0x20: 0x23, 0x21: 0x2B, 0x22: 0x34, 0x24: 0x3B,
+                  0x2E: 0x21, 0x30: 0x32, 0x32: 0x3A, 0x10: 0x15, 0x19: 0x4D, 0x6C: 0x48,
+                  0x6B: 0x40, 0x6D: 0x50, 0x6A: 0x38, 0x69: 0x30, 0x67: 0x20, 0x66: 0x18,
+                  0x68: 0x28}
+
+
+def set2_bytes(name: str, down: bool) -> bytes:
+    """The set-2 bytes of a key's make (down) or break code; b"" if it has none."""
+    code = SET1.get(name)
+    if code is None:
+        return b""
+    if code == 0xE046:                                         # pause: make only
+        return bytes.fromhex("e11477e1f014f077") if down else b""
+    if code == 0xE037:                                         # print screen
+        return bytes.fromhex("e012e07c") if down else bytes.fromhex("e0f07ce0f012")
+    if code > 0xFF:
+        value = _SET2_EXTENDED.get(code & 0xFF)
+        if value is None:
+            return b""
+        return bytes((0xE0, value)) if down else bytes((0xE0, 0xF0, value))
+    value = _SET2_PLAIN[code] if code < len(_SET2_PLAIN) else 0
+    if not value:
+        return b""
+    return bytes((value,)) if down else bytes((0xF0, value))
 NUMBER_TO_QCODE = {(code & 0x7F) | (0x80 if code > 0xFF else 0): name
                    for name, code in reversed(SET1.items())}
 

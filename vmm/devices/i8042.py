@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 
 from vmm import savestate
-from vmm.input import SET1, InputEvent
+from vmm.input import SET1, InputEvent, set2_bytes
 from vmm.qdev import DeviceType, declare, fixed
 
 DATA_PORT = 0x60
@@ -50,12 +50,15 @@ CMD_PULSE_RESET = 0xFE
 ACK, RESEND = 0xFA, 0xFE
 OUTPUT_PORT = 0xCF                # reset line and A20 high, clock and data lines idle
 TRANSLATED_SET = {1: 0x43, 2: 0x41, 3: 0x3F}      # a scancode set's number, translated
-QUEUE_LIMIT = 256                 # bytes a device holds for the guest (QEMU's PS2 queue)
+QUEUE_LIMIT = 16                  # event bytes a device holds unread (QEMU's PS/2 queue)
+REPLY_HEADROOM = 8                # more room for command replies, as QEMU keeps
 
 
 class PS2Keyboard:
     def __init__(self) -> None:
         self.reset()
+
+    held = 0                       # 1 while the controller holds one of our bytes unread
 
     def reset(self) -> None:
         self.queue: deque[int] = deque()
@@ -65,8 +68,15 @@ class PS2Keyboard:
         self.pending: int | None = None          # a command waiting for its argument
 
     def _put(self, *data: int) -> None:
-        if len(self.queue) + len(data) <= QUEUE_LIMIT:
+        """Command replies: they may use the headroom."""
+        if len(self.queue) + len(data) <= QUEUE_LIMIT + REPLY_HEADROOM:
             self.queue.extend(data)
+
+    def _event(self, *data: int) -> None:
+        """Key bytes: each dropped once the queue is full, as QEMU drops them."""
+        for byte in data:
+            if len(self.queue) + self.held < QUEUE_LIMIT:
+                self.queue.append(byte)
 
     def command(self, value: int, translated: bool = True) -> None:
         pending, self.pending = self.pending, None
@@ -102,21 +112,29 @@ class PS2Keyboard:
         else:
             self._put(RESEND)
 
-    def keys(self, events: list[InputEvent]) -> None:
+    def keys(self, events: list[InputEvent], translated: bool = True) -> None:
+        """Keys in set 1 (what the controller's translation makes of the keyboard's
+        set 2, or set 1 asked for), else in set 2."""
         if not self.scanning:
             return
         for event in events:
+            if not translated and self.scancode_set != 1:
+                self._event(*set2_bytes(event.key, bool(event.value)))
+                continue
             code = SET1.get(event.key)
             if code is None:
                 continue
             release = 0 if event.value else 0x80
             if code == 0xE046:                                 # pause: make only
                 if event.value:
-                    self._put(0xE1, 0x1D, 0x45, 0xE1, 0x9D, 0xC5)
+                    self._event(0xE1, 0x1D, 0x45, 0xE1, 0x9D, 0xC5)
+            elif code == 0xE037:                               # print screen: two codes
+                self._event(*((0xE0, 0x2A, 0xE0, 0x37) if event.value else
+                            (0xE0, 0xB7, 0xE0, 0xAA)))
             elif code > 0xFF:
-                self._put(0xE0, (code & 0xFF) | release)
+                self._event(0xE0, (code & 0xFF) | release)
             else:
-                self._put(code | release)
+                self._event(code | release)
 
     def save_state(self) -> dict:
         return {"queue": bytes(self.queue), "scanning": self.scanning,
@@ -132,6 +150,8 @@ class PS2Mouse:
     def __init__(self) -> None:
         self.reset()
 
+    held = 0
+
     def reset(self) -> None:
         self.queue: deque[int] = deque()
         self.enabled = False
@@ -145,7 +165,7 @@ class PS2Mouse:
         self.pending: int | None = None
 
     def _put(self, *data: int) -> None:
-        if len(self.queue) + len(data) <= QUEUE_LIMIT:
+        if len(self.queue) + len(data) <= QUEUE_LIMIT + REPLY_HEADROOM:
             self.queue.extend(data)
 
     def command(self, value: int) -> None:
@@ -179,7 +199,7 @@ class PS2Mouse:
             self._put(ACK)
         elif value == 0xEB:
             self._put(ACK)
-            self._packet(force=True)
+            self._packet()
         elif value in (0xEC, 0xEE):
             self.wrap = value == 0xEE
             self._put(ACK)
@@ -212,19 +232,22 @@ class PS2Mouse:
             elif event.kind == "btn" and event.button in ("wheel-up", "wheel-down") \
                     and event.value:
                 self.dz += -1 if event.button == "wheel-up" else 1
-        if self.enabled and not self.remote:
-            self._packet()
-            while self.dx or self.dy or self.dz:
-                self._packet()
+        if self.enabled and not self.remote and self._packet():
+            while (self.dx or self.dy or self.dz) and self._packet():
+                pass
 
-    def _packet(self, force: bool = False) -> None:
+    def _packet(self) -> bool:
+        """One movement packet, if the queue has room for it (QEMU wants 4 bytes free;
+        the movement not sent waits for the next)."""
+        if QUEUE_LIMIT - len(self.queue) - self.held < 4:
+            return False
         dx, dy = max(-127, min(127, self.dx)), max(-127, min(127, self.dy))
         dz = max(-7, min(7, self.dz))
         self.dx, self.dy, self.dz = self.dx - dx, self.dy - dy, self.dz - dz
         head = 0x08 | (self.buttons & 7) | (0x10 if dx < 0 else 0) | (0x20 if dy < 0 else 0)
         packet = [head, dx & 0xFF, dy & 0xFF] + ([dz & 0xFF] if self.device_id == 3 else [])
-        self._put(*packet)
-        del force
+        self.queue.extend(packet)
+        return True
 
     def save_state(self) -> dict:
         return {"queue": bytes(self.queue), "flags": [self.enabled, self.remote, self.wrap],
@@ -294,6 +317,7 @@ class I8042:
             elif self.mouse.queue and not self.config & CONFIG_AUX_DISABLED:
                 self.out = (self.mouse.queue.popleft(), "aux")
         source = self.out[1] if self.out else None
+        self.keyboard.held, self.mouse.held = int(source == "kbd"), int(source == "aux")
         irqs = (int(source == "kbd" and bool(self.config & CONFIG_KBD_INT)),
                 int(source == "aux" and bool(self.config & CONFIG_AUX_INT)))
         for gsi, old, new in ((KBD_IRQ, self._irqs[0], irqs[0]),
@@ -371,7 +395,7 @@ class I8042:
 
     # -- input from the host -----------------------------------------------------
     def keys(self, events: list[InputEvent]) -> None:
-        self.keyboard.keys(events)
+        self.keyboard.keys(events, bool(self.config & CONFIG_TRANSLATE))
         self._update()
 
     def pointer(self, events: list[InputEvent]) -> None:
