@@ -94,3 +94,48 @@ def test_qemu_img_snapshots_are_read_and_applied(tmp_path):
     image.close()
     report = qemu_img_check(path)
     assert report.get("corruptions", 0) == 0 and report.get("leaks", 0) == 0, report
+
+
+@pytest.mark.qemu
+def test_one_devices_internal_snapshots_as_qemu(tmp_path):
+    """blockdev-snapshot-internal-sync and -delete-internal-sync (and their HMP
+    forms): the same answers and errors as QEMU 7.2, and an image qemu-img reads."""
+    import json
+    import re
+    import subprocess
+
+    from guest import QEMU, kvmkit_command, qmp_answers
+
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(bytes(1 << 20))
+    commands = [
+        ("blockdev-snapshot-internal-sync", {"device": "d0", "name": "s1"}),
+        ("blockdev-snapshot-internal-sync", {"device": "d0", "name": "s1"}),
+        ("blockdev-snapshot-delete-internal-sync", {"device": "d0", "name": "s1"}),
+        ("blockdev-snapshot-delete-internal-sync", {"device": "d0", "name": "s1"}),
+        ("blockdev-snapshot-internal-sync", {"device": "nosuch", "name": "s1"}),
+        ("blockdev-snapshot-delete-internal-sync", {"device": "d0"}),
+        ("blockdev-snapshot-internal-sync", {"device": "r0", "name": "s1"}),
+        ("blockdev-snapshot-delete-internal-sync", {"device": "r0", "name": "s1"}),
+        ("blockdev-snapshot-delete-internal-sync", {"device": "d0", "id": "3"}),
+        ("human-monitor-command", {"command-line": "snapshot_blkdev_internal d0 s2"}),
+        ("human-monitor-command", {"command-line": "snapshot_blkdev_internal nosuch s2"}),
+        ("human-monitor-command", {"command-line": "info snapshots"}),
+        ("human-monitor-command", {"command-line": "snapshot_blkdev_internal d0 s3"}),
+        ("human-monitor-command", {"command-line": "snapshot_delete_blkdev_internal d0 s2"})]
+    replies = {}
+    for name, argv in (("kvmkit", kvmkit_command()), ("qemu", [QEMU, "-accel", "kvm"])):
+        image = tmp_path / f"{name}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"],
+                       check=True)
+        answers = qmp_answers(argv + [
+            "-drive", f"file={image},if=none,id=d0,format=qcow2",
+            "-drive", f"file={raw},if=none,id=r0,format=raw"], str(tmp_path / f"{name}.sock"),
+            commands)
+        text = re.sub(r'"date-(n?sec)": \d+', r'"date-\1": 0', json.dumps(answers))
+        replies[name] = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "DATE", text)
+        listing = subprocess.run(["qemu-img", "snapshot", "-l", str(image)], check=True,
+                                 capture_output=True, text=True).stdout
+        assert " s3 " in listing and " s2 " not in listing
+        qemu_img_check(image)
+    assert replies["kvmkit"] == replies["qemu"]

@@ -94,13 +94,19 @@ def image_info(node: Node) -> dict:
             if image.backing_format:
                 info["backing-filename-format"] = image.backing_format
         if image.snapshots:
-            info["snapshots"] = [_snapshot_info(s) for s in image.snapshots]
+            info["snapshots"] = [snapshot_info(s) for s in image.snapshots]
     if node.backing is not None:
         info["backing-image"] = image_info(node.backing)
     return info
 
 
-def _snapshot_info(snapshot) -> dict:
+SNAPSHOT_INFO = Struct("SnapshotInfo", (
+    Member("id", STR), Member("name", STR), Member("vm-state-size", INT),
+    Member("date-sec", INT), Member("date-nsec", INT), Member("vm-clock-sec", INT),
+    Member("vm-clock-nsec", INT), Member("icount", INT, True)))
+
+
+def snapshot_info(snapshot) -> dict:
     out = {"id": snapshot.id, "name": snapshot.name, "vm-state-size": snapshot.vm_state_size,
            "date-sec": snapshot.date_sec, "date-nsec": snapshot.date_nsec,
            "vm-clock-sec": snapshot.vm_clock_nsec // 10**9,

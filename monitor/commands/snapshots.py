@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from monitor.commands.block import SNAPSHOT_INFO
 from monitor.commands.jobs import start_job
 from monitor.registry import command
 from monitor.types import STR, ListOf, Member
@@ -70,3 +71,63 @@ def snapshot_load(ctx, job_id, tag, vmstate, devices):
 def snapshot_delete(ctx, job_id, tag, devices):
     start_job(ctx, job_id, "snapshot-delete", lambda: delete_snapshot(
         ctx.machine, tag, devices))
+
+
+# -- one device's internal snapshots (qcow2), no VM state ---------------------------------
+def _qcow2_of(ctx, device: str, writing: bool):
+    from monitor.commands.block import lookup_node
+    from monitor.errors import QmpError
+    from vmm.block.qcow2 import Qcow2Image
+
+    node = lookup_node(ctx.machine.block, device, device)
+    if not isinstance(node.image, Qcow2Image):
+        if writing:
+            raise QmpError(f"Block format '{node.driver}' used by device '{device}' does "
+                           "not support internal snapshots")
+        raise QmpError("Failed to get a snapshot list: Operation not supported")
+    if writing and node.read_only:
+        raise QmpError(f"Device '{device}' is read only")
+    return node.image
+
+
+@command("blockdev-snapshot-internal-sync", args=[Member("device", STR), Member("name", STR)],
+         lock=False)
+async def blockdev_snapshot_internal_sync(ctx, device, name):
+    """A snapshot of one qcow2 device (its disk only), taken once the I/O in flight
+    is done, as QEMU takes it in a drained section."""
+    from monitor.errors import QmpError
+    from vmm.block import qcow2_snapshots
+
+    machine = ctx.machine
+    with machine.lock:
+        image = _qcow2_of(ctx, device, writing=True)
+        if any(s.name == name for s in image.snapshots):
+            raise QmpError(f"Snapshot with name '{name}' already exists on device '{device}'")
+    await asyncio.to_thread(machine.drain_io)
+    with machine.lock:
+        clock = machine.vm.get_clock() if machine._has_run else bytes(8)   # QEMU's: 0
+        qcow2_snapshots.create(image, name, 0, int.from_bytes(clock[:8], "little"))
+
+
+@command("blockdev-snapshot-delete-internal-sync",
+         args=[Member("device", STR), Member("id", STR, True), Member("name", STR, True)],
+         returns=SNAPSHOT_INFO, lock=False)
+async def blockdev_snapshot_delete_internal_sync(ctx, device, id=None, name=None):
+    from monitor.commands.block import snapshot_info
+    from monitor.errors import QmpError
+    from vmm.block import qcow2_snapshots
+
+    machine = ctx.machine
+    with machine.lock:
+        image = _qcow2_of(ctx, device, writing=False)
+        if id is None and name is None:
+            raise QmpError("Name or id must be provided")
+        found = next((s for s in image.snapshots if (id is None or s.id == id) and
+                      (name is None or s.name == name)), None)
+        if found is None:
+            raise QmpError(f"Snapshot with id '{id or 'null'}' and name '{name or 'null'}' "
+                           f"does not exist on device '{device}'")
+    await asyncio.to_thread(machine.drain_io)
+    with machine.lock:
+        qcow2_snapshots.delete(image, found)
+    return snapshot_info(found)

@@ -71,3 +71,19 @@ async def info_snapshots(ctx: HmpContext, args: dict) -> str:
             out += f"\nList of partial (non-loadable) snapshots on '{disk}':\n" + HEADER
             out += "".join(snapshot_line(s, s.id) for s in alone)
     return out
+
+
+@hmp("snapshot_blkdev_internal", "device:B,name:s", "device name",
+     "take an internal snapshot of device.")
+async def snapshot_blkdev_internal_cmd(ctx: HmpContext, args: dict) -> str:
+    await ctx.call("blockdev-snapshot-internal-sync", device=args["device"], name=args["name"])
+    return ""
+
+
+@hmp("snapshot_delete_blkdev_internal", "device:B,name:s,id:s?", "device name [id]",
+     "delete an internal snapshot of device.")
+async def snapshot_delete_blkdev_internal_cmd(ctx: HmpContext, args: dict) -> str:
+    extra = {"id": args["id"]} if args.get("id") else {}
+    await ctx.call("blockdev-snapshot-delete-internal-sync", device=args["device"],
+                   name=args["name"], **extra)
+    return ""

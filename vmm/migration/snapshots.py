@@ -146,8 +146,11 @@ def listing(machine) -> tuple[list, dict[str, list]]:
     disk the ones only it has)."""
     disks = _disks(machine, None, strict=False)
     first = _vmstate_disk(disks, None)
-    common = [s for s in first.image.snapshots
-              if all(qcow2_snapshots.find(d.image, s.name) for d in disks)]
+    # a writable disk that cannot hold snapshots has none of them: none is on all disks
+    every_disk_can = len(disks) == sum(1 for d in machine.block.drives
+                                       if d.root is not None and not d.root.read_only)
+    common = [s for s in first.image.snapshots if every_disk_can and
+              all(qcow2_snapshots.find(d.image, s.name) for d in disks)]
     names = {s.name for s in common}
     partial = {d.name: [s for s in d.image.snapshots if s.name not in names] for d in disks}
     return common, partial
