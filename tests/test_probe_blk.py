@@ -236,3 +236,37 @@ def test_block_resize_is_seen_by_the_guest(launch, tmp_path, vmm_kind):
     assert errors == ["Cannot find device='nosuch' nor node-name=''",
                       "Cannot find device='' nor node-name='nosuch'",
                       "Parameter 'size' expects a >0 size", "Image is read-only"]
+
+
+def test_write_threshold_event(launch, tmp_path, vmm_kind):
+    """block-set-write-threshold on the format node: the guest's first write ending
+    past it raises BLOCK_WRITE_THRESHOLD once, and the threshold is off again."""
+    from guest import QmpLine
+
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    sock = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(extra=[
+        "-blockdev", f"driver=file,filename={disk},node-name=f0",
+        "-blockdev", "driver=raw,file=f0,node-name=n0",
+        "-device", "virtio-blk-pci,drive=n0,id=vd0",
+        "-qmp", f"unix:{sock},server=on,wait=off"]), vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    qmp = QmpLine(sock)
+    assert qmp.execute("block-set-write-threshold", **{"node-name": "n0",
+                                                        "write-threshold": 4000}) == \
+        {"return": {}}
+    assert qmp.execute("block-set-write-threshold", **{"node-name": "nosuch",
+                                                        "write-threshold": 1}) == \
+        {"error": {"class": "GenericError", "desc": "Device 'nosuch' not found"}}
+    nodes = {n["node-name"]: n for n in qmp.execute("query-named-block-nodes")["return"]}
+    assert nodes["n0"]["write_threshold"] == 4000 and nodes["f0"]["write_threshold"] == 0
+    assert vm.command("blk write 2 below") == {"status": 0}         # bytes 1024-1535
+    assert vm.command("blk write 9 above") == {"status": 0}         # 4608-5119
+    assert vm.command("blk write 10 again") == {"status": 0}
+    qmp.execute("query-status")
+    events = [e["data"] for e in qmp.events if e["event"] == "BLOCK_WRITE_THRESHOLD"]
+    assert events == [{"node-name": "n0", "amount-exceeded": 5120 - 4000,
+                       "write-threshold": 4000}]
+    nodes = {n["node-name"]: n for n in qmp.execute("query-named-block-nodes")["return"]}
+    assert nodes["n0"]["write_threshold"] == 0

@@ -125,7 +125,7 @@ def device_info(node: Node, drive: Drive | None = None) -> dict:
             "detect_zeroes": node.detect_zeroes, "image": image_info(node),
             "cache": {"writeback": drive.writeback if drive is not None else True,
                       "direct": node.direct, "no-flush": node.no_flush},
-            "write_threshold": 0}
+            "write_threshold": node.write_threshold}
     if node.backing is not None:                 # as opened: relative to the image
         info["backing_file"] = node.backing.filename
     elif node.driver == "qcow2" and node.image.backing_file:
@@ -285,6 +285,25 @@ def lookup_node(block, device: str | None, node_name: str | None) -> Node:
     if node is None:
         raise QmpError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
     return node
+
+
+REGISTRY.event("BLOCK_WRITE_THRESHOLD", [Member("node-name", STR),
+                                         Member("amount-exceeded", INT),
+                                         Member("write-threshold", INT)])
+
+
+@command("block-set-write-threshold", args=[Member("node-name", STR),
+                                           Member("write-threshold", INT)])
+def block_set_write_threshold(ctx, node_name, write_threshold):
+    from vmm.block.write_threshold import set_threshold
+
+    machine = ctx.machine
+    node = machine.block.graph.find(node_name)
+    if node is None:
+        raise QmpError(f"Device '{node_name}' not found")
+    set_threshold(node, write_threshold, lambda name, exceeded, limit: machine.emit_from_vcpu(
+        "BLOCK_WRITE_THRESHOLD", {"node-name": name, "amount-exceeded": exceeded,
+                                  "write-threshold": limit}))
 
 
 @command("block_resize", args=[Member("device", STR, True), Member("node-name", STR, True),

@@ -8,7 +8,7 @@ import os
 
 from monitor import image
 from monitor.errors import DEVICE_NOT_ACTIVE, QmpError
-from monitor.registry import command
+from monitor.registry import REGISTRY, command
 from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct, Union
 from vmm import input as input_layer
 
@@ -163,6 +163,13 @@ VNC_AUTH = Enum("VncPrimaryAuth", ("none", "vnc", "ra2", "ra2ne", "tight", "ultr
                                    "vencrypt", "sasl"))
 VNC_CLIENT = Struct("VncClientInfo", VNC_BASIC + (Member("x509_dname", STR, True),
                                                  Member("sasl_username", STR, True)))
+
+
+VNC_SERVER = Struct("VncServerInfo", VNC_BASIC + (Member("auth", STR, True),))
+for _event in ("VNC_CONNECTED", "VNC_INITIALIZED", "VNC_DISCONNECTED"):
+    REGISTRY.event(_event, [Member("server", VNC_SERVER),
+                            Member("client", VNC_CLIENT if _event != "VNC_CONNECTED"
+                                   else Struct("VncBasicInfo", VNC_BASIC))])
 
 
 @command("query-vnc", returns=Struct("VncInfo", (

@@ -51,6 +51,7 @@ class Node:
     file: Node | None = None
     backing: Node | None = None
     options: dict = field(default_factory=dict)   # the full options, as opened
+    write_threshold: int = 0         # block-set-write-threshold (vmm/block/write_threshold.py)
     users: int = 0                   # parent nodes and drives that use it
     uses: list[Use] = field(default_factory=list)  # what those users need of it
 
