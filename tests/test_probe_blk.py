@@ -270,3 +270,28 @@ def test_write_threshold_event(launch, tmp_path, vmm_kind):
                        "write-threshold": 4000}]
     nodes = {n["node-name"]: n for n in qmp.execute("query-named-block-nodes")["return"]}
     assert nodes["n0"]["write_threshold"] == 0
+
+
+def test_latency_histograms_count_the_guests_requests(launch, tmp_path, vmm_kind):
+    from guest import QmpLine
+
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    sock = str(tmp_path / "qmp.sock")
+    vm = launch(machine_args(extra=[
+        "-drive", f"file={disk},if=none,id=d0,format=raw", "-device",
+        "virtio-blk-pci,drive=d0,id=vd0", "-qmp", f"unix:{sock},server=on,wait=off"]),
+        vmm_kind)
+    vm.wait_event("ready", timeout=60)
+    qmp = QmpLine(sock)
+    backend = "/machine/peripheral/vd0/virtio-backend"
+    # every request takes more than 1 ns and less than 1000 s
+    assert qmp.execute("block-latency-histogram-set", id=backend,
+                       boundaries=[1, 10**12], **{"boundaries-write": [10**12]}) == \
+        {"return": {}}
+    for sector in (1, 2, 3):
+        assert vm.command(f"blk read {sector}")["status"] == 0
+    assert vm.command("blk write 4 x") == {"status": 0}
+    stats = qmp.execute("query-blockstats")["return"][0]["stats"]
+    assert stats["rd_latency_histogram"] == {"boundaries": [1, 10**12], "bins": [0, 3, 0]}
+    assert stats["wr_latency_histogram"] == {"boundaries": [10**12], "bins": [1, 0]}

@@ -15,6 +15,7 @@ from monitor.types import (
     INT,
     NULL,
     STR,
+    UINT64,
     Alternate,
     Enum,
     ListOf,
@@ -197,6 +198,8 @@ def _stats(drive: Drive | None) -> dict:
     out["wr_highest_offset"] = 0                 # the node's: filled in by the caller
     out["account_invalid"] = out["account_failed"] = stats is not None
     out["timed_stats"] = []
+    for kind, (boundaries, bins) in (stats.histograms.items() if stats else ()):
+        out[f"{kind}_latency_histogram"] = {"boundaries": list(boundaries), "bins": list(bins)}
     if stats is not None and stats.last_done is not None:
         out["idle_time_ns"] = int((time.monotonic() - stats.last_done) * 1e9)
     return out
@@ -285,6 +288,38 @@ def lookup_node(block, device: str | None, node_name: str | None) -> Node:
     if node is None:
         raise QmpError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
     return node
+
+
+@command("block-latency-histogram-set", args=[
+    Member("id", STR), Member("boundaries", ListOf(UINT64), True),
+    Member("boundaries-read", ListOf(UINT64), True),
+    Member("boundaries-write", ListOf(UINT64), True),
+    Member("boundaries-zap", ListOf(UINT64), True),
+    Member("boundaries-flush", ListOf(UINT64), True)])
+def block_latency_histogram_set(ctx, id, boundaries=None, boundaries_read=None,
+                                boundaries_write=None, boundaries_zap=None,
+                                boundaries_flush=None):
+    """Latency histograms of a device's requests (query-blockstats shows them);
+    ``boundaries`` applies to every kind the others do not name; none at all clears."""
+    from monitor.commands.devices import find_device
+
+    drive = next((d for d in ctx.machine.block.drives if d.attached_to == id), None)
+    if drive is None:
+        find_device(ctx.machine, id)                     # QEMU's DeviceNotFound first
+        raise QmpError("Device does not have a block device backend")
+    wanted = {"rd": boundaries_read, "wr": boundaries_write, "flush": boundaries_flush}
+    for kind, name in (("rd", "read"), ("wr", "write"), ("zap", "zap"), ("flush", "flush")):
+        chosen = wanted.get(kind, boundaries_zap if kind == "zap" else None)
+        chosen = chosen if chosen is not None else boundaries
+        if chosen and any(b <= a for a, b in zip([0] + chosen, chosen)):
+            raise QmpError(f"Device '{id}' set {name} boundaries fail")
+    histograms = drive.stats.histograms
+    for kind in ("rd", "wr", "flush"):
+        chosen = wanted[kind] if wanted[kind] is not None else boundaries
+        if chosen is None:
+            histograms.pop(kind, None)
+        else:
+            histograms[kind] = (list(chosen), [0] * (len(chosen) + 1))
 
 
 REGISTRY.event("BLOCK_WRITE_THRESHOLD", [Member("node-name", STR),

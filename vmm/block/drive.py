@@ -8,6 +8,7 @@ its root node. Devices make every call from their I/O engine's threads.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import threading
 import time
@@ -33,13 +34,19 @@ class BlockStats:
     failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     invalid: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     last_done: float | None = None      # monotonic seconds of the last completion
+    # block-latency-histogram-set: kind -> (boundaries in ns, a count per bin)
+    histograms: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
 
     def done(self, kind: str, length: int, started: float, ok: bool) -> None:
         now = time.monotonic()
         if ok:
             self.bytes[kind] += length
             self.operations[kind] += 1
-            self.total_time_ns[kind] += int((now - started) * 1e9)
+            latency = int((now - started) * 1e9)
+            self.total_time_ns[kind] += latency
+            if kind in self.histograms:
+                boundaries, bins = self.histograms[kind]
+                bins[bisect.bisect_right(boundaries, latency)] += 1
         else:
             self.failed[kind] += 1
         self.last_done = now
