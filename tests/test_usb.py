@@ -3,6 +3,8 @@ usb-tablet and usb-kbd and reads their HID reports, on kvmkit and on QEMU 7.2.""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from guest import QmpLine, machine_args
 
@@ -88,3 +90,30 @@ def test_a_third_device_finds_no_free_port(tmp_path):
                         [("device_add", {"driver": "usb-mouse", "id": "m0"})])[0]
     assert reply["error"]["class"] == "GenericError" and "no free USB ports" in \
         reply["error"]["desc"]
+
+
+@pytest.mark.qemu
+def test_usb_devices_hotplug_and_unplug_as_on_qemu(launch, tmp_path):
+    def session(kind: str) -> list:
+        sock = str(tmp_path / f"{kind}-hp.sock")
+        vm = launch(machine_args(extra=["-device", "piix3-usb-uhci,id=usb", "-qmp",
+                                        f"unix:{sock},server=on,wait=off"]), kind)
+        vm.wait_event("ready", timeout=60)
+        qmp = QmpLine(sock)
+        seen = [vm.command("usb scan", timeout=60),
+                qmp.execute("device_add", driver="usb-tablet", id="t1"),
+                vm.command("usb scan", timeout=60),
+                qmp.execute("device_del", id="t1")]
+        seen.append(vm.command("usb scan", timeout=60))
+        deadline = time.monotonic() + 10             # QEMU's event comes a moment later
+        while not qmp.events and time.monotonic() < deadline:
+            time.sleep(0.1)
+            qmp.execute("query-status")
+        seen.append([e["data"] for e in qmp.events if e["event"] == "DEVICE_DELETED"])
+        return seen
+
+    ours, theirs = session("kvmkit"), session("qemu")
+    assert ours == theirs
+    assert ours[0] == {"devices": []} and ours[2]["devices"][0]["name"] == "QEMU USB Tablet"
+    assert ours[4] == {"devices": []}
+    assert ours[5] == [{"device": "t1", "path": "/machine/peripheral/t1"}]

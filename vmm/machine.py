@@ -54,7 +54,7 @@ from vmm.migration.outgoing import OutgoingMigration, Settings
 from vmm.msix import MsiRoutes
 from vmm.net.network import NetError, Network
 from vmm.objects import Objects, UserObject, throttle_values
-from vmm.pci import INTERRUPT_LINE, NoFreeSlot, PciBus
+from vmm.pci import INTERRUPT_LINE, NoFreeSlot, PciBus, PciDevice
 from vmm.qdev import Device, DeviceError
 from vmm.timer import DeviceTimer
 from vmm.vcpu import VcpuThread, install_kick_handler
@@ -526,13 +526,22 @@ class Machine:
                 raise DeviceError("Bus 'pci.0' does not support hotplugging")
             device = self.devices.create(driver, options, hotplug=True,
                                          defaults=self.cfg.globals)
+            if not isinstance(device.obj, PciDevice):   # a USB device: its port tells
+                return device
             if not self._firmware_pending and self.pcihp is not None:   # (before boot,
                 self.pcihp.plugged(device.obj.slot)          # firmware will find it)
             return device
 
     def request_unplug(self, device: Device) -> None:
-        """device_del: the guest is asked; its eject (or the next reset) removes it."""
+        """device_del: the guest is asked; its eject (or the next reset) removes it.
+        A USB device goes at once: its port tells the guest, as QEMU's do."""
         with self.lock:
+            if not isinstance(device.obj, PciDevice):
+                path = self.devices.path(device)
+                self.devices.remove(device)
+                self.emit("DEVICE_DELETED", {"device": device.id, "path": path}
+                          if device.id else {"path": path})
+                return
             if self.pcihp is None:
                 raise DeviceError("Bus 'pci.0' does not support hotplugging")
             slot = device.obj.slot

@@ -266,6 +266,9 @@ def create(qom_type: str, object_id: str, props: dict[str, Any]) -> UserObject:
             for key, value in props.items():
                 if value < 0:
                     raise ObjectError(f"{key} value must be in range [0, {INT64_MAX}]")
+            low, high = props.get("thread-pool-min", 0), props.get("thread-pool-max", 64)
+            if low > high or high == 0:                # QEMU's thread pool bounds
+                raise ObjectError("bad thread-pool-min/thread-pool-max values")
             obj.resource = IoThread(object_id)
         elif qom_type == "rng-random":
             filename = props.get("filename", "/dev/urandom")

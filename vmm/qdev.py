@@ -35,6 +35,9 @@ CHARDEV_DESCRIPTION = "ID of a chardev to use as a backend"
 # inside their proxies are QEMU's pluggable types, refused later, and otherwise.
 BOARD_PARTS = frozenset({"PIIX4_PM", "i440FX-pcihost", "i440FX", "PIIX3", "piix3-ide",
                          "kvm-ioapic", "kvm-pit"})
+# Types QEMU's classes mark not hotpluggable (not their bus): device_add refuses the
+# type itself, before any bus is looked at
+UNPLUGGABLE_TYPES = frozenset({"VGA", "cirrus-vga"})
 ID_HINT = "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."
 
 INT_RANGES = {"uint8": (0, 0xFF, "uint8_t"), "uint16": (0, 0xFFFF, "uint16_t"),

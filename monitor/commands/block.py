@@ -328,7 +328,7 @@ REGISTRY.event("BLOCK_WRITE_THRESHOLD", [Member("node-name", STR),
 
 
 @command("block-set-write-threshold", args=[Member("node-name", STR),
-                                           Member("write-threshold", INT)])
+                                           Member("write-threshold", UINT64)])
 def block_set_write_threshold(ctx, node_name, write_threshold):
     from vmm.block.write_threshold import set_threshold
 

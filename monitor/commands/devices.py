@@ -63,7 +63,7 @@ def device_add(ctx, props):
     device_type = qdev.lookup(driver)
     if device_type is None or device_type.abstract:
         raise QmpError(f"'{driver}' is not a valid device model name")
-    if device_type.name in qdev.BOARD_PARTS:
+    if device_type.name in qdev.BOARD_PARTS | qdev.UNPLUGGABLE_TYPES:
         raise QmpError("Parameter 'driver' expects a pluggable device type")
     if "bus" in options:
         machine.devices.check_bus(device_type, options["bus"])

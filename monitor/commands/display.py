@@ -230,6 +230,8 @@ def client_migrate_info(ctx, protocol, hostname, port=None, tls_port=None, cert_
                              Member("format", Enum("ImageFormat", ("ppm", "png")), True)])
 def screendump(ctx, filename, device=None, head=None, format="ppm"):
     displays = ctx.machine.displays
+    if head is not None and device is None:
+        raise QmpError("'head' must be specified together with 'device'")
     if device is not None:
         from monitor.commands.devices import find_device
 

@@ -231,8 +231,10 @@ def migrate_start_postcopy(ctx):
 
 @command("migrate-continue", args=[Member("state", MIGRATION_STATUS)])
 def migrate_continue(ctx, state):
-    """Only a migration paused in `state` (pause-before-switchover) goes on; kvmkit's
-    never pause, so this names the state it is in."""
+    """A migration paused in `state` (pause-before-switchover) goes on. kvmkit's never
+    pause; naming the state it is in is accepted and does nothing, as in QEMU (which
+    then only releases a semaphore nobody waits on)."""
     migration = ctx.machine.migration
     current = migration.status if migration is not None else "none"
-    raise QmpError(f"Migration not in expected state: {current}")
+    if state != current:
+        raise QmpError(f"Migration not in expected state: {current}")
