@@ -264,9 +264,10 @@ class VgaCore:
         return (self.vbe[VBE_BPP] + 7) // 8
 
     def _vbe_stride(self) -> int:
+        """Bytes per line of the virtual screen (15 bpp takes 16 bits a pixel)."""
         bpp = self.vbe[VBE_BPP]
-        return self.vbe[VBE_XRES if not self.vbe[VBE_VIRT_WIDTH] else VBE_VIRT_WIDTH] * \
-            (bpp // 2 if bpp == 4 else self._vbe_bytes_per_pixel()) // (2 if bpp == 4 else 1)
+        width = self.vbe[VBE_VIRT_WIDTH] or self.vbe[VBE_XRES]
+        return width * (16 if bpp == 15 else bpp) // 8
 
     # -- the memory window --------------------------------------------------
     def _window(self, offset: int) -> int | None:
