@@ -204,3 +204,27 @@ def test_the_vga_window_splits_ram_slots_and_their_dirty_log():
     memory.get_dirty_log(vm, 0, bitmap)
     dirty = [page for page in range(len(bitmap) * 8) if bitmap[page // 8] >> (page % 8) & 1]
     assert dirty == list(range(0xA0)) + list(range(0xC0, 0x400))
+
+
+@pytest.mark.qemu
+def test_vbe_linear_mode_is_qemus_pixel_for_pixel(launch, tmp_path):
+    """The probe sets a 64x48, 32-bit Bochs VBE mode and fills the framebuffer
+    through BAR0: screendump shows the same picture on kvmkit and on QEMU 7.2."""
+    from guest import QmpLine
+
+    shots = {}
+    for kind in ("kvmkit", "qemu"):
+        sock = str(tmp_path / f"{kind}-vbe.sock")
+        vm = launch(machine_args(extra=["-vga", "std", "-qmp",
+                                        f"unix:{sock},server=on,wait=off"]), kind)
+        vm.wait_event("ready", timeout=60)
+        assert vm.command("vga vbe 64 48", timeout=60) == {"vga": "vbe", "id": 0xB0C5,
+                                                           "fb": 1}
+        path = tmp_path / f"{kind}-vbe.ppm"
+        assert QmpLine(sock).execute("screendump", filename=str(path)) == {"return": {}}
+        shots[kind] = read_ppm(path)
+    assert shots["kvmkit"] == shots["qemu"]
+    width, height, rgb = shots["kvmkit"]
+    assert (width, height) == (64, 48)
+    x, y = 10, 20
+    assert rgb[3 * (y * 64 + x):3 * (y * 64 + x) + 3] == bytes((40, 80, x ^ y))

@@ -44,8 +44,9 @@ COM1:
                             virtio-blk: capacity, one-sector I/O, flush, discard,
                             write-zeroes, the write cache, the raw config
     console [write TEXT | read [MS]]      virtio-console port 0
-    vga font | clear ATTR | text ROW COL ATTR TEXT | cursor on|off
-                            VGA text mode: a test font into plane 2, text at 0xB8000
+    vga font | clear ATTR | text ROW COL ATTR TEXT | cursor on|off | vbe W H
+                            VGA text mode: a test font into plane 2, text at 0xB8000;
+                            a Bochs VBE 32-bit mode filled with a pattern through BAR0
     ps2 read MS | kbd B | aux B | cmd B | config B
                             the i8042: bytes from the keyboard and the mouse, commands
     usb scan | poll PORT MS   UHCI: enumerate HID devices, read their reports

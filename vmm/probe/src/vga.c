@@ -5,6 +5,9 @@
  *   vga clear ATTR     fills the 80x25 screen with spaces of colour ATTR
  *   vga text ROW COL ATTR TEXT   writes TEXT at ROW, COL in colour ATTR
  *   vga cursor on|off  shows or hides the hardware cursor (CRTC 0x0A)
+ *   vga vbe W H        Bochs VBE: a W x H, 32-bit linear mode, filled through the
+ *                      card's BAR0 with a pattern (pixel x, y = 0x00RRGGBB with
+ *                      R = x * 4, G = y * 4, B = (x ^ y) & 0xff)
  * Each answers {"vga": "..."}; the screen itself is read by the host (screendump). */
 #include "probe.h"
 
@@ -68,7 +71,40 @@ void cmd_vga(const char *args)
         u8 start = inb(0x3d5);
         outb(0x3d5, !strncmp(a, "off", 3) ? (start | 0x20) : (start & ~0x20));
         printf("{\"vga\": \"cursor\"}\n");
+    } else if (!strncmp(a, "vbe", 3)) {
+        a += 3;
+        u64 w, h;
+        if (!parse_u64(&a, &w) || !parse_u64(&a, &h) || w > 256 || h > 256) {
+            printf("{\"error\": \"vga vbe W H (at most 256 x 256)\"}\n");
+            return;
+        }
+        u64 fb = 0;
+        for (unsigned slot = 0; slot < 32 && !fb; slot++) {
+            u32 id = pci_read32(0, slot, 0, 0);
+            if (id == 0x11111234 || id == 0x00b81013) {
+                pci_write32(0, slot, 0, 4, pci_read32(0, slot, 0, 4) | 2);
+                fb = pci_read32(0, slot, 0, 0x10) & ~0xfu;
+            }
+        }
+        if (!fb) {
+            printf("{\"error\": \"no VGA\"}\n");
+            return;
+        }
+        static const u16 regs[][2] = {{4, 0}, {1, 0}, {2, 0}, {3, 32}, {4, 0x41}};
+        for (unsigned i = 0; i < 5; i++) {
+            u16 value = regs[i][1];
+            if (regs[i][0] == 1) value = (u16)w;
+            if (regs[i][0] == 2) value = (u16)h;
+            outw(0x1ce, regs[i][0]);
+            outw(0x1cf, value);
+        }
+        for (u64 y = 0; y < h; y++)
+            for (u64 x = 0; x < w; x++)
+                mmio_write32(fb + 4 * (y * w + x),
+                             (u32)(((x * 4) & 0xff) << 16 | ((y * 4) & 0xff) << 8 | ((x ^ y) & 0xff)));
+        outw(0x1ce, 0);
+        printf("{\"vga\": \"vbe\", \"id\": %u, \"fb\": %u}\n", inw(0x1cf), fb != 0);
     } else {
-        printf("{\"error\": \"vga font|clear|text|cursor\"}\n");
+        printf("{\"error\": \"vga font|clear|text|cursor|vbe\"}\n");
     }
 }
