@@ -215,8 +215,14 @@ static void cmd_signature(unsigned ch, unsigned unit)
     outb(control_ports[ch], 0x04);            /* SRST */
     delay_us(10);
     outb(control_ports[ch], 0x00);
+    /* Wait on the master: a selected absent slave reads 0 (not busy) while the
+     * reset is still running (QEMU may finish it later), and a busy channel
+     * ignores the select written then. */
+    select_unit(ch, 0, 0);
     u8 st = wait_ready(ch);
     select_unit(ch, unit, 0);
+    if (unit)
+        st = wait_ready(ch);
     u16 b = command_ports[ch];
     printf("{\"status\": %u, \"alt\": %u, \"error\": %u, \"nsector\": %u, \"sector\": %u, "
            "\"lcyl\": %u, \"hcyl\": %u, \"select\": %u}\n", st, inb(control_ports[ch]),
