@@ -54,23 +54,30 @@ QUEUE_LIMIT = 16                  # event bytes a device holds unread (QEMU's PS
 REPLY_HEADROOM = 8                # more room for command replies, as QEMU keeps
 
 
-class PS2Keyboard:
-    def __init__(self) -> None:
-        self.reset()
-
+class _PS2Device:
+    """What the keyboard and the mouse share: the bytes queued for the controller."""
     held = 0                       # 1 while the controller holds one of our bytes unread
 
-    def reset(self) -> None:
+    def __init__(self) -> None:
         self.queue: deque[int] = deque()
+        self.reset()
+
+    def reset(self) -> None:
+        self.queue = deque()
+
+    def reply(self, *data: int) -> None:
+        """Command replies: they may use the headroom."""
+        if len(self.queue) + len(data) <= QUEUE_LIMIT + REPLY_HEADROOM:
+            self.queue.extend(data)
+
+
+class PS2Keyboard(_PS2Device):
+    def reset(self) -> None:
+        super().reset()
         self.scanning = True
         self.scancode_set = 2
         self.leds = 0
         self.pending: int | None = None          # a command waiting for its argument
-
-    def _put(self, *data: int) -> None:
-        """Command replies: they may use the headroom."""
-        if len(self.queue) + len(data) <= QUEUE_LIMIT + REPLY_HEADROOM:
-            self.queue.extend(data)
 
     def _event(self, *data: int) -> None:
         """Key bytes: each dropped once the queue is full, as QEMU drops them."""
@@ -82,35 +89,35 @@ class PS2Keyboard:
         pending, self.pending = self.pending, None
         if pending == 0xED:
             self.leds = value & 7
-            self._put(ACK)
+            self.reply(ACK)
         elif pending == 0xF0:
             if value == 0:
-                self._put(ACK, TRANSLATED_SET[self.scancode_set] if translated
+                self.reply(ACK, TRANSLATED_SET[self.scancode_set] if translated
                           else self.scancode_set)
             else:
                 if value in (1, 2, 3):
                     self.scancode_set = value
-                self._put(ACK)
+                self.reply(ACK)
         elif pending == 0xF3:
-            self._put(ACK)
+            self.reply(ACK)
         elif value in (0xED, 0xF0, 0xF3):
             self.pending = value
-            self._put(ACK)
+            self.reply(ACK)
         elif value == 0xEE:
-            self._put(0xEE)
+            self.reply(0xEE)
         elif value == 0xF2:
-            self._put(ACK, 0xAB, 0x41 if translated else 0x83)   # the ID, as translated
+            self.reply(ACK, 0xAB, 0x41 if translated else 0x83)   # the ID, as translated
         elif value == 0xF4:
             self.scanning = True
-            self._put(ACK)
+            self.reply(ACK)
         elif value in (0xF5, 0xF6):
             self.scanning = value == 0xF6
-            self._put(ACK)
+            self.reply(ACK)
         elif value == 0xFF:
             self.reset()
-            self._put(ACK, 0xAA)
+            self.reply(ACK, 0xAA)
         else:
-            self._put(RESEND)
+            self.reply(RESEND)
 
     def keys(self, events: list[InputEvent], translated: bool = True) -> None:
         """Keys in set 1 (what the controller's translation makes of the keyboard's
@@ -146,14 +153,9 @@ class PS2Keyboard:
         self.leds, self.pending = state["leds"], state["pending"]
 
 
-class PS2Mouse:
-    def __init__(self) -> None:
-        self.reset()
-
-    held = 0
-
+class PS2Mouse(_PS2Device):
     def reset(self) -> None:
-        self.queue: deque[int] = deque()
+        super().reset()
         self.enabled = False
         self.remote = False
         self.wrap = False
@@ -164,10 +166,6 @@ class PS2Mouse:
         self.dx = self.dy = self.dz = 0
         self.pending: int | None = None
 
-    def _put(self, *data: int) -> None:
-        if len(self.queue) + len(data) <= QUEUE_LIMIT + REPLY_HEADROOM:
-            self.queue.extend(data)
-
     def command(self, value: int) -> None:
         pending, self.pending = self.pending, None
         if pending == 0xF3:
@@ -175,48 +173,48 @@ class PS2Mouse:
             self.rates = (self.rates + [value])[-3:]
             if self.rates == [200, 100, 80]:
                 self.device_id = 3                   # IntelliMouse: a wheel byte follows
-            self._put(ACK)
+            self.reply(ACK)
             return
         if pending == 0xE8:
             self.resolution = value & 3
-            self._put(ACK)
+            self.reply(ACK)
             return
         if self.wrap and value not in (0xEC, 0xFF):
-            self._put(value)
+            self.reply(value)
             return
         if value in (0xF3, 0xE8):
             self.pending = value
-            self._put(ACK)
+            self.reply(ACK)
         elif value in (0xE6, 0xE7):
             self.scaling = 1 if value == 0xE6 else 2
-            self._put(ACK)
+            self.reply(ACK)
         elif value == 0xE9:
             status = (0x40 if self.remote else 0) | (0x20 if self.enabled else 0) | \
                 (0x10 if self.scaling == 2 else 0) | (self.buttons & 7)
-            self._put(ACK, status, self.resolution, self.sample_rate)
+            self.reply(ACK, status, self.resolution, self.sample_rate)
         elif value in (0xEA, 0xF0):
             self.remote = value == 0xF0
-            self._put(ACK)
+            self.reply(ACK)
         elif value == 0xEB:
-            self._put(ACK)
+            self.reply(ACK)
             self._packet()
         elif value in (0xEC, 0xEE):
             self.wrap = value == 0xEE
-            self._put(ACK)
+            self.reply(ACK)
         elif value == 0xF2:
-            self._put(ACK, self.device_id)
+            self.reply(ACK, self.device_id)
         elif value in (0xF4, 0xF5):
             self.enabled = value == 0xF4
-            self._put(ACK)
+            self.reply(ACK)
         elif value == 0xF6:
             self.sample_rate, self.resolution, self.scaling = 100, 2, 1
-            self._put(ACK)
+            self.reply(ACK)
         elif value == 0xFF:
             self.reset()
             self.sample_rate, self.resolution = 100, 2
-            self._put(ACK, 0xAA, 0x00)
+            self.reply(ACK, 0xAA, 0x00)
         else:
-            self._put(RESEND)
+            self.reply(RESEND)
 
     def pointer(self, events: list[InputEvent]) -> None:
         bits = {"left": 1, "right": 2, "middle": 4}
@@ -383,9 +381,9 @@ class I8042:
             if not value & 0x01:
                 self.request_reset()  # bit 0 of the output port is the CPU reset line
         elif command == CMD_WRITE_KBD_OUTPUT:
-            self.keyboard._put(value)
+            self.keyboard.reply(value)
         elif command == CMD_WRITE_AUX_OUTPUT:
-            self.mouse._put(value)
+            self.mouse.reply(value)
         elif command == CMD_WRITE_AUX:
             self.config &= ~CONFIG_AUX_DISABLED       # a byte for the mouse enables its port
             self.mouse.command(value)
