@@ -3,7 +3,9 @@
 from monitor.commands import (  # noqa: F401
     absent,
     balloon,
+    bitmaps,
     block,
+    block_jobs,
     chardevs,
     cmdline,
     core,
@@ -13,6 +15,7 @@ from monitor.commands import (  # noqa: F401
     display,
     dump,
     exports,
+    external_snapshots,
     fds,
     hmp,
     jobs,

@@ -90,23 +90,32 @@ def _qcow2_of(ctx, device: str, writing: bool):
     return node.image
 
 
-@command("blockdev-snapshot-internal-sync", args=[Member("device", STR), Member("name", STR)],
-         lock=False)
-async def blockdev_snapshot_internal_sync(ctx, device, name):
-    """A snapshot of one qcow2 device (its disk only), taken once the I/O in flight
-    is done, as QEMU takes it in a drained section."""
+def prepare_internal_snapshot(ctx, device: str, name: str):
+    """Checks blockdev-snapshot-internal-sync; returns (do, undo) for after the
+    drain (QEMU takes it in a drained section)."""
     from monitor.errors import QmpError
     from vmm.block import qcow2_snapshots
 
     machine = ctx.machine
-    with machine.lock:
-        image = _qcow2_of(ctx, device, writing=True)
-        if any(s.name == name for s in image.snapshots):
-            raise QmpError(f"Snapshot with name '{name}' already exists on device '{device}'")
-    await asyncio.to_thread(machine.drain_io)
-    with machine.lock:
+    image = _qcow2_of(ctx, device, writing=True)
+    if any(s.name == name for s in image.snapshots):
+        raise QmpError(f"Snapshot with name '{name}' already exists on device '{device}'")
+
+    def do() -> None:
         clock = machine.vm.get_clock() if machine._has_run else bytes(8)   # QEMU's: 0
         qcow2_snapshots.create(image, name, 0, int.from_bytes(clock[:8], "little"))
+
+    return do, lambda: None
+
+
+@command("blockdev-snapshot-internal-sync", args=[Member("device", STR), Member("name", STR)],
+         lock=False)
+async def blockdev_snapshot_internal_sync(ctx, device, name):
+    """A snapshot of one qcow2 device (its disk only), taken once the I/O in flight
+    is done."""
+    from monitor.commands.external_snapshots import drained
+
+    await drained(ctx, lambda: prepare_internal_snapshot(ctx, device, name))
 
 
 @command("blockdev-snapshot-delete-internal-sync",

@@ -117,15 +117,26 @@ class Drive:
         if self.root is not None and self.root.detect_zeroes != "off" and \
                 data == bytes(length):
             unmap = self.root.detect_zeroes == "unmap"
-            self._timed("wr", length, lambda: self._then_flush().write_zeroes(
+            self._observed("wr", offset, length, lambda: self._then_flush().write_zeroes(
                 offset, length, unmap))
         else:
-            self._timed("wr", length, lambda: self._then_flush().write(offset, data))
+            self._observed("wr", offset, length,
+                           lambda: self._then_flush().write(offset, data))
 
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         self._go(True, length)
-        self._timed("wr", length, lambda: self._then_flush().write_zeroes(
+        self._observed("wr", offset, length, lambda: self._then_flush().write_zeroes(
             offset, length, may_unmap))
+
+    def _observed(self, kind: str, offset: int, length: int, call: Callable[[], None]) -> None:
+        """A change to the data, shown to what watches the root node (dirty bitmaps,
+        mirror and backup jobs) before and after it is made."""
+        observers = list(self.root.observers) if self.root is not None else []
+        for observer in observers:
+            observer.before_write(offset, length)
+        self._timed(kind, length, call)
+        for observer in observers:
+            observer.after_write(offset, length)
 
     def _then_flush(self):
         """The image, to write to; with the write cache off, flushed after the write."""
@@ -138,7 +149,8 @@ class Drive:
         self._timed("flush", 0, lambda: self._image().flush())
 
     def discard(self, offset: int, length: int) -> None:
-        self._timed("unmap", length, lambda: self._image().discard(offset, length))
+        self._observed("unmap", offset, length,
+                       lambda: self._image().discard(offset, length))
 
     def error_action(self, is_write: bool, error: OSError) -> str:
         """What werror/rerror say to do about a failed request: report, ignore or

@@ -54,6 +54,9 @@ class Node:
     write_threshold: int = 0         # block-set-write-threshold (vmm/block/write_threshold.py)
     users: int = 0                   # parent nodes and drives that use it
     uses: list[Use] = field(default_factory=list)  # what those users need of it
+    # what watches the guest's writes to it: dirty bitmaps, mirror and backup jobs
+    # (before_write(offset, length), after_write(offset, length))
+    observers: list = field(default_factory=list)
 
     def claim(self, use: Use) -> Use:
         """Adds a user, unless it needs what another will not share (or the other
@@ -103,6 +106,21 @@ class Node:
                 child.set_in_use(in_use)
         if self.driver in ("file", "host_device"):
             self.image.set_permissions(in_use)
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Reopened read-only or writable (a commit's base, a snapshot's old top),
+        with the file under it."""
+        if read_only == self.read_only:
+            return
+        if self.file is not None:
+            self.file.set_read_only(read_only)
+        self.image.set_read_only(read_only)
+        self.read_only = read_only
+
+    def bitmaps(self) -> list:
+        from vmm.block.dirty_bitmap import DirtyBitmap
+
+        return [o for o in self.observers if isinstance(o, DirtyBitmap)]
 
     def close(self) -> None:
         self.image.close()
@@ -273,6 +291,37 @@ class BlockGraph:
                          "file": describe(file_node)}
             return "json:" + json.dumps(described)
         return file_node.filename
+
+    def set_backing(self, node: Node, backing: Node | None) -> None:
+        """The node now reads through ``backing`` (a block job or snapshot changed the
+        chain); the old backing image goes unless something else uses it."""
+        old = node.backing
+        if backing is old:
+            return
+        if backing is not None:
+            backing.users += 1
+            backing.claim(Use(f"node '{node.name}'", "backing", frozenset(),
+                              frozenset((WRITE, RESIZE))))
+        node.backing = backing
+        node.image.backing = backing.image if backing is not None else None
+        if old is not None:
+            for use in [u for u in old.uses
+                        if u.user == f"node '{node.name}'" and u.role == "backing"]:
+                old.unclaim(use)
+            self._release(old)
+
+    def open_image(self, filename: str, fmt: str | None, node_name: str | None = None,
+                   backing: Node | None | bool = True, **extra: Any) -> Node:
+        """An image file opened as a node: a snapshot overlay, a mirror's or
+        backup's target. ``backing``: True reads the image's own backing file, a
+        node (or None) replaces it."""
+        options: dict[str, Any] = {"driver": fmt or probe_format(filename),
+                                   "file": {"driver": "file", "filename": filename}, **extra}
+        if node_name is not None:
+            options["node-name"] = node_name
+        if backing is not True and options["driver"] == "qcow2":
+            options["backing"] = backing.name if backing is not None else None
+        return self.open(blockdev_options.check(options), inherited={})
 
     # -- dropping ------------------------------------------------------------------
     def delete(self, name: str) -> None:

@@ -268,6 +268,34 @@ class BlockLayer:
         if drive.root is not None:
             self.graph.release(drive.root)
 
+    def switch_root(self, drive: Drive, node: Node) -> None:
+        """The drive's device now does its I/O on ``node`` (a mirror's target, a
+        snapshot's overlay, a commit's base): the device's claims and image locks
+        move to it, and the old root goes unless something else uses it."""
+        old, old_claims = drive.root, drive.claims
+        for claimed, use in old_claims:
+            claimed.unclaim(use)
+        drive.claims = []
+        node.users += 1
+        drive.root = node
+        try:
+            if drive.attached_to:
+                self._claim(drive, drive.attached_to)
+        except UserError:
+            node.users -= 1
+            drive.root, drive.claims = old, old_claims
+            for claimed, use in old_claims:
+                claimed.uses.append(use)
+            raise
+        if old is not None and drive.attached_to and self.active and \
+                old not in node.chain():
+            old.set_in_use(False)
+        if old is not None:
+            self.graph.release(old)
+
+    def drive_of(self, node: Node) -> Drive | None:
+        return next((d for d in self.drives if d.root is node), None)
+
     def drive_del(self, name: str) -> None:
         """HMP drive_del: the drive and its images go; a device using it stays, with
         no medium (its requests fail), as QEMU leaves it."""

@@ -184,6 +184,7 @@ class Qcow2Image:
 
     def _read_extensions(self, backing_offset: int) -> dict:
         out: dict = {}
+        self._extensions: list[tuple[int, bytes]] = []     # as found, for rewriting
         at, end = self.header_length, backing_offset or self.cluster_size
         while at + 8 <= end:
             kind, length = struct.unpack(">II", self._pread(at, 8))
@@ -192,6 +193,7 @@ class Qcow2Image:
             if at + 8 + length > end:
                 raise _open_error("qcow2: Header extension too large")
             data = self._pread(at + 8, length)
+            self._extensions.append((kind, data))
             if kind == EXT_BACKING_FORMAT:
                 out[kind] = data.split(b"\0")[0].decode("ascii", "replace")
             elif kind == EXT_FEATURE_TABLE:
@@ -783,6 +785,62 @@ class Qcow2Image:
     def flush(self) -> None:
         self.file.flush()
 
+    # -- what block jobs need --------------------------------------------------------
+    def allocated(self, offset: int, length: int) -> bool:
+        """Whether this image itself says what some cluster of the range reads (data,
+        zeroes or compressed), rather than leaving it to the backing image."""
+        cs = self.cluster_size
+        with self.lock:
+            return any(self._entry(cluster)[2] & (OFFSET_MASK | ZERO | COMPRESSED)
+                       for cluster in range(offset // cs, -(-(offset + length) // cs)))
+
+    def copy_up(self, offset: int, length: int) -> None:
+        """block-stream: the clusters of the range this image leaves to its backing
+        image get their data written here, each under the lock so that a guest write
+        landing meanwhile is never overwritten with the older data."""
+        cs = self.cluster_size
+        for cluster in range(offset // cs, -(-(offset + length) // cs)):
+            with self.lock:
+                entry = self._entry(cluster)[2]
+                if entry & (OFFSET_MASK | ZERO | COMPRESSED):
+                    continue
+                data = self._cluster_now(cluster, entry)
+                end = min(cs, self.size - cluster * cs)
+                if any(data):
+                    self.write(cluster * cs, memoryview(data)[:end])
+
+    def set_backing_file(self, name: str, fmt: str) -> None:
+        """Rewrites the header's backing file name and format (after block-stream,
+        block-commit, change-backing-file); other header extensions are kept."""
+        encoded = name.encode()
+        if len(encoded) > MAX_BACKING_NAME:
+            raise UserError("Backing file name too long")
+        extensions = [(k, d) for k, d in self._extensions if k != EXT_BACKING_FORMAT]
+        if name and fmt:
+            extensions.insert(0, (EXT_BACKING_FORMAT, fmt.encode()))
+        area = b"".join(struct.pack(">II", k, len(d)) + d.ljust(-(-len(d) // 8) * 8, b"\0")
+                        for k, d in extensions) + bytes(8)
+        start = self.header_length
+        if start + len(area) + len(encoded) > self.cluster_size:
+            raise UserError("Backing file name too long")
+        with self.lock:
+            self._pwrite(start, area + encoded)
+            self._pwrite(8, struct.pack(">QI", start + len(area) if name else 0,
+                                        len(encoded)))
+            self.file.flush()
+            self._extensions = extensions
+            self.backing_file, self.backing_format = name, fmt if name else ""
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Reopened for writing (a commit's base) or for reading only (a snapshot's
+        old active layer); the file node is reopened first by the caller."""
+        with self.lock:
+            if read_only and not self.read_only:
+                self.file.flush()
+            was, self.read_only = self.read_only, read_only
+            if was and not read_only:
+                self._open_for_writing()
+
     def _whole_clusters(self, offset: int, length: int) -> tuple[range, list[tuple[int, int]]]:
         """The clusters a range covers whole, and the partial pieces either side."""
         cs = self.cluster_size
@@ -1005,14 +1063,28 @@ class Qcow2Image:
         return {"type": "qcow2", "data": data}
 
 
-def create(path: str, size: int, cluster_bits: int = 16) -> None:
+def create(path: str, size: int, cluster_bits: int = 16, backing_file: str = "",
+           backing_format: str = "") -> None:
     """A new, empty version 3 image: the header, a refcount table and block, an L1
-    table (QEMU's layout), each in a cluster of its own."""
+    table (QEMU's layout), each in a cluster of its own; with a backing file, its
+    name (and format extension) follow the header."""
     cs = 1 << cluster_bits
     l1_size = max(-(-size // (cs * (cs // 8))), 1)
     l1_clusters = -(-l1_size * 8 // cs)
-    header = HEADER.pack(MAGIC, 3, 0, 0, cluster_bits, size, 0, l1_size, 3 * cs, cs, 1,
-                         0, 0) + HEADER_V3.pack(0, 0, 0, 4, V3_HEADER_LENGTH)
+    extensions = b""
+    if backing_file and backing_format:
+        fmt = backing_format.encode()
+        extensions = struct.pack(">II", EXT_BACKING_FORMAT, len(fmt)) + \
+            fmt.ljust(-(-len(fmt) // 8) * 8, b"\0")
+    extensions += bytes(8)
+    name = backing_file.encode()
+    if V3_HEADER_LENGTH + len(extensions) + len(name) > cs or len(name) > MAX_BACKING_NAME:
+        raise UserError("Backing file name too long")
+    name_offset = V3_HEADER_LENGTH + len(extensions) if name else 0
+    header = HEADER.pack(MAGIC, 3, name_offset, len(name), cluster_bits, size, 0, l1_size,
+                         3 * cs, cs, 1, 0, 0) + HEADER_V3.pack(0, 0, 0, 4, V3_HEADER_LENGTH)
+    if name:
+        header += extensions + name
     refblock = bytearray(cs)
     for cluster in range(3 + l1_clusters):
         refblock[cluster * 2:cluster * 2 + 2] = b"\0\1"

@@ -68,6 +68,7 @@ class RawImage:
         virtio-blk with share-rw=off takes it), a writer excludes other writers, and
         a reader excludes writers too; until then it only reads, and lets others
         write, as QEMU does for a -drive no device has taken yet."""
+        self.in_use = in_use
         if not self.locking:
             return
         if not in_use:
@@ -76,6 +77,23 @@ class RawImage:
         perm = image_locks.CONSISTENT_READ | (0 if self.read_only else
                                               image_locks.WRITE | image_locks.RESIZE)
         image_locks.lock(self.fd, self.path, perm, image_locks.ALL & ~image_locks.WRITE)
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Reopens the file for reading only or for writing too, keeping its fd
+        number (the new file description takes the old one's place and locks)."""
+        if read_only == self.read_only:
+            return
+        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+        try:
+            new = fdsets.open_path(self.path, flags | (os.O_DIRECT if self.direct else 0))
+        except OSError as e:
+            raise UserError(f"Could not reopen file: {e.strerror}") from None
+        if read_only:
+            self.flush()
+        os.dup2(new, self.fd, inheritable=False)
+        os.close(new)
+        self.read_only = read_only
+        self.set_permissions(self.in_use)
 
     def _bounce(self) -> memoryview:
         bounce = getattr(self._bounces, "buffer", None)
@@ -264,6 +282,9 @@ class RawFormat:
         if self.offset or self.fixed_size is not None:
             raise UserError("Cannot resize fixed-size raw disks")
         self.file.truncate(size)
+
+    def set_read_only(self, read_only: bool) -> None:
+        self.read_only = read_only         # the file node under it is reopened first
 
     def close(self) -> None:
         """Its file node is the graph's to close."""
