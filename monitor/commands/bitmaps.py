@@ -17,13 +17,13 @@ BITMAP_REF = Struct("BlockDirtyBitmap", (Member("node", STR), Member("name", STR
 
 
 def bitmap_node(ctx, node: str) -> Node:
-    return lookup(ctx, node, f"Node '{node}' not found")
+    return lookup(ctx, node)
 
 
-def find_bitmap(node: Node, name: str) -> DirtyBitmap:
+def find_bitmap(node: Node, name: str, missing: str = "") -> DirtyBitmap:
     bitmap = next((b for b in node.bitmaps() if b.name == name), None)
     if bitmap is None:
-        raise QmpError(f"Dirty bitmap '{name}' not found")
+        raise QmpError(missing or f"Dirty bitmap '{name}' not found")
     return bitmap
 
 

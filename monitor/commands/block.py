@@ -15,6 +15,7 @@ from monitor.types import (
     INT,
     NULL,
     STR,
+    UINT32,
     UINT64,
     Alternate,
     Enum,
@@ -50,7 +51,11 @@ BLOCK_DEVICE_INFO = Struct("BlockDeviceInfo", (
     Member("cache", Struct("BlockdevCacheInfo", (Member("writeback", BOOL),
                                                  Member("direct", BOOL),
                                                  Member("no-flush", BOOL)))),
-    Member("write_threshold", INT)))
+    Member("write_threshold", INT),
+    Member("dirty-bitmaps", ListOf(Struct("BlockDirtyInfo", (
+        Member("name", STR, True), Member("count", INT), Member("granularity", UINT32),
+        Member("recording", BOOL), Member("busy", BOOL), Member("persistent", BOOL),
+        Member("inconsistent", BOOL, True)))), True)))
 BLOCK_INFO = Struct("BlockInfo", (
     Member("device", STR), Member("qdev", STR, True), Member("type", STR),
     Member("removable", BOOL), Member("locked", BOOL),
@@ -127,6 +132,8 @@ def device_info(node: Node, drive: Drive | None = None) -> dict:
             "cache": {"writeback": drive.writeback if drive is not None else True,
                       "direct": node.direct, "no-flush": node.no_flush},
             "write_threshold": node.write_threshold}
+    if node.bitmaps():                           # the newest first, as QEMU lists them
+        info["dirty-bitmaps"] = [b.info() for b in reversed(node.bitmaps())]
     if node.backing is not None:                 # as opened: relative to the image
         info["backing_file"] = node.backing.filename
     elif node.driver == "qcow2" and node.image.backing_file:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from monitor.commands.jobs import machine_jobs, start_block_job
-from monitor.errors import QmpError
+from monitor.errors import QmpError, device_not_found
 from monitor.registry import command
 from monitor.types import BOOL, INT, STR, Enum, Member, Struct
 from vmm.block import qcow2
@@ -35,8 +35,12 @@ def lookup(ctx, name: str, missing: str = "") -> Node:
     return node
 
 
-def root_node(ctx, name: str) -> Node:
-    """As lookup, for commands that want the top of a drive (qmp_get_root_bs)."""
+def root_node(ctx, name: str, not_found_class: bool = False) -> Node:
+    """As lookup, for commands that want the top of a drive (qmp_get_root_bs);
+    block-commit says a missing one is a DeviceNotFound."""
+    if not_found_class and ctx.machine.block.find_drive(name) is None and \
+            ctx.machine.block.graph.find(name) is None:
+        raise device_not_found(name)
     node = lookup(ctx, name)
     if ctx.machine.block.drive_of(node) is None and node.users:
         raise QmpError("Need a root block node")
@@ -69,7 +73,9 @@ def check_busy(ctx, *nodes: Node) -> None:
         held = {id(n) for n in vars(work).values() if isinstance(n, Node)}
         for node in nodes:
             if id(node) in held:
-                raise QmpError(f"Node '{node.name}' is busy: block device is in use by "
+                drive = ctx.machine.block.drive_of(node)
+                name = drive.name if drive is not None and drive.name else node.name
+                raise QmpError(f"Node '{name}' is busy: block device is in use by "
                                f"block job: {job.type}")
 
 
@@ -109,9 +115,9 @@ def block_stream(ctx, device, job_id=None, base=None, base_node=None, backing_fi
             raise QmpError(f"Node '{base_node}' is not a backing image of '{device}'")
     elif bottom is not None:
         bottom_at = named_node(ctx, bottom)
-        if bottom_at not in top.chain()[1:]:
+        if bottom_at not in top.chain():
             raise QmpError(f"Node '{bottom}' is not a backing image of '{device}'")
-        base_at = bottom_at.backing
+        base_at = bottom_at.backing if bottom_at is not top else top
     if backing_file is not None and base_at is None:
         raise QmpError("backing file specified, but streaming the entire chain")
     if on_error not in ("report", "ignore", "enospc", "stop"):
@@ -121,7 +127,7 @@ def block_stream(ctx, device, job_id=None, base=None, base_node=None, backing_fi
     block = ctx.machine.block
 
     def finish(_pivot: bool) -> None:
-        if top.driver == "qcow2":
+        if top.driver == "qcow2" and base_at is not top:
             name = backing_file if backing_file is not None else \
                 base_at.filename if base_at is not None else ""
             top.image.set_backing_file(name, base_at.driver if base_at is not None else "")
@@ -145,7 +151,7 @@ def _writable_top(node: Node) -> None:
 def block_commit(ctx, device, job_id=None, base_node=None, base=None, top_node=None,
                  top=None, backing_file=None, speed=0, on_error="report",
                  filter_node_name=None, auto_finalize=True, auto_dismiss=True):
-    active = root_node(ctx, device)
+    active = root_node(ctx, device, not_found_class=True)
     if top is not None and top_node is not None:
         raise QmpError("'top-node' and 'top' are mutually exclusive")
     if base is not None and base_node is not None:
@@ -159,14 +165,8 @@ def block_commit(ctx, device, job_id=None, base_node=None, base=None, top_node=N
         top_at = active if active.filename == top else in_chain(active, top)
         if top_at is None:
             raise QmpError("Top image file " + top + " not found")
-    if top_at.backing is None:
-        raise QmpError(f"Top image file {top or top_at.filename} has no backing file"
-                       if top is not None or top_node is not None else
-                       "Device '" + device + "' has no backing file")
     if base_node is not None:
         base_at = named_node(ctx, base_node)
-        if base_at not in top_at.chain()[1:]:
-            raise QmpError(f"'{base_node}' is not in this backing file chain")
     elif base is not None:
         base_at = in_chain(top_at, base)
         if base_at is None:
@@ -175,6 +175,8 @@ def block_commit(ctx, device, job_id=None, base_node=None, base=None, top_node=N
         base_at = top_at.chain()[-1]
     if base_at is top_at:
         raise QmpError("cannot commit an image into itself")
+    if base_at not in top_at.chain():
+        raise QmpError(f"'{base_node}' is not in this backing file chain")
     check_busy(ctx, top_at, base_at)
     block = ctx.machine.block
     job_id = _job_id(job_id, device, active, ctx)
@@ -293,7 +295,9 @@ def blockdev_mirror(ctx, device, target, sync, job_id=None, replaces=None, speed
                     on_target_error="report", filter_node_name=None, copy_mode="background",
                     auto_finalize=True, auto_dismiss=True):
     source = root_node(ctx, device)
-    node = named_node(ctx, target)
+    node = lookup(ctx, target)
+    if node is source:
+        raise QmpError("Can't mirror node into itself")
     _check_mirror(granularity, sync)
     if ctx.machine.block.drive_of(node) is not None or node.users:
         raise QmpError(f"Node '{target}' is busy: node is used as backing hd of "
@@ -309,7 +313,7 @@ def new_image(ctx, filename: str, fmt: str, mode: str, source: Node,
     """drive-mirror's and drive-backup's target: created (absolute-paths) with the
     source's size and, for qcow2, the backing file given, or opened (existing)."""
     if fmt not in ("raw", "qcow2"):
-        raise QmpError(f"Unknown driver '{fmt}'" if fmt else "Unknown driver ''")
+        raise QmpError(f"Unknown file format '{fmt}'")
     graph = ctx.machine.block.graph
     try:
         if mode == "absolute-paths":
@@ -351,7 +355,7 @@ def _start_backup(ctx, job_id, device, source: Node, target: Node, sync: str, sp
                   auto_finalize: bool, auto_dismiss: bool) -> None:
     from monitor.commands.bitmaps import find_bitmap
 
-    if compress:
+    if compress and target.driver != "qcow2":     # qcow2 takes it (written uncompressed)
         raise QmpError("Compression is not supported for this drive "
                        f"{target.name}")
     bitmap = None
@@ -359,7 +363,7 @@ def _start_backup(ctx, job_id, device, source: Node, target: Node, sync: str, sp
         if sync not in ("incremental", "bitmap"):
             if sync == "none":
                 raise QmpError("sync mode 'none' does not produce meaningful bitmap outputs")
-        bitmap = find_bitmap(source, bitmap_name)
+        bitmap = find_bitmap(source, bitmap_name, f"Bitmap '{bitmap_name}' could not be found")
         if bitmap.busy:
             raise QmpError(f"Bitmap '{bitmap_name}' is currently in use by another "
                            "operation and cannot be used")
@@ -370,7 +374,7 @@ def _start_backup(ctx, job_id, device, source: Node, target: Node, sync: str, sp
         if sync == "incremental" and bitmap_mode is None:
             bitmap_mode = "on-success"
     elif sync in ("incremental", "bitmap"):
-        raise QmpError(f"Must provide a valid bitmap name for '{sync}' sync mode")
+        raise QmpError(f"must provide a valid bitmap name for '{sync}' sync mode")
     elif bitmap_mode is not None:
         raise QmpError("Cannot specify bitmap sync mode without a bitmap")
     if target.size != source.size:
@@ -397,7 +401,8 @@ def _start_backup(ctx, job_id, device, source: Node, target: Node, sync: str, sp
 
     start_block_job(ctx, _job_id(job_id, device, source, ctx), "backup",
                     BackupWork(source, target, sync, frozen), finish, clean,
-                    auto_finalize=auto_finalize, auto_dismiss=auto_dismiss, speed=speed)
+                    auto_finalize=auto_finalize, auto_dismiss=auto_dismiss, speed=speed,
+                    drained_start=True)
 
 
 @command("blockdev-backup", args=JOB_COMMON + BACKUP_COMMON + [Member("target", STR)])
@@ -407,6 +412,8 @@ def blockdev_backup(ctx, device, target, sync, job_id=None, speed=0, bitmap=None
                     filter_node_name=None, x_perf=None):
     source = lookup(ctx, device)
     node = lookup(ctx, target)
+    if node is source:
+        raise QmpError("Source and target cannot be the same")
     check_busy(ctx, source, node)
     _start_backup(ctx, job_id, device, source, node, sync, speed, bitmap, bitmap_mode,
                   compress, auto_finalize, auto_dismiss)

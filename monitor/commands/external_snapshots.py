@@ -5,7 +5,7 @@ bitmap, backup and internal snapshot actions) all or none."""
 
 from __future__ import annotations
 
-import asyncio
+import json
 from collections.abc import Callable
 
 from monitor.commands import bitmaps, block_jobs, snapshots
@@ -13,27 +13,26 @@ from monitor.commands.block_jobs import create_image, lookup, named_node
 from monitor.errors import QmpError
 from monitor.registry import REGISTRY, command
 from monitor.types import STR, Enum, ListOf, Member, Struct, Union
-from vmm.block.graph import Node
+from vmm.block.engine import quiesced
+from vmm.block.graph import Node, describe
 from vmm.errors import UserError
 
 NEW_IMAGE_MODE = Enum("NewImageMode", ("existing", "absolute-paths"))
 Steps = tuple[Callable[[], None], Callable[[], None]]     # (do, undo)
 
 
-async def drained(ctx, prepare: Callable[[], Steps]) -> None:
-    """Checked and prepared under the lock, then done with the guest's requests
-    drained, as QEMU changes the graph in a drained section."""
+def drained(ctx, prepare: Callable[[], Steps]) -> None:
+    """Checked, prepared and done under the lock with no disk request at work, as
+    QEMU changes the graph in a drained section."""
     machine = ctx.machine
     with machine.lock:
         do, undo = prepare()
-    try:
-        await asyncio.to_thread(machine.drain_io)
-        with machine.lock:
-            do()
-    except BaseException:
-        with machine.lock:
+        try:
+            with quiesced():
+                do()
+        except BaseException:
             undo()
-        raise
+            raise
 
 
 def _top_of_drive(ctx, active: Node) -> None:
@@ -48,9 +47,9 @@ def _install(ctx, active: Node, overlay: Node) -> None:
     drive = block.drive_of(active)
     active.users += 1                         # held across the switch
     try:
-        block.graph.set_backing(overlay, active)
         if drive is not None:
             block.switch_root(drive, overlay)
+        block.graph.set_backing(overlay, active)
         try:
             active.set_read_only(True)
         except (OSError, UserError):
@@ -73,8 +72,10 @@ def prepare_snapshot_sync(ctx, snapshot_file, device=None, node_name=None,
     if snapshot_node_name is not None and block.graph.find(snapshot_node_name) is not None:
         raise QmpError("New overlay node-name already in use")
     if format not in ("qcow2", "raw"):
-        raise QmpError(f"Unknown driver '{format}'")
+        raise QmpError(f"Unknown file format '{format}'")
     if mode == "absolute-paths":
+        if format != "qcow2":
+            raise QmpError(f"Backing file not supported for file format '{format}'")
         create_image(snapshot_file, format, active.size, active)
     try:
         overlay = block.graph.open_image(snapshot_file, format, snapshot_node_name,
@@ -90,11 +91,11 @@ def prepare_snapshot_sync(ctx, snapshot_file, device=None, node_name=None,
 @command("blockdev-snapshot-sync", args=[
     Member("device", STR, True), Member("node-name", STR, True),
     Member("snapshot-file", STR), Member("snapshot-node-name", STR, True),
-    Member("format", STR, True), Member("mode", NEW_IMAGE_MODE, True)], lock=False)
-async def blockdev_snapshot_sync(ctx, snapshot_file, device=None, node_name=None,
+    Member("format", STR, True), Member("mode", NEW_IMAGE_MODE, True)])
+def blockdev_snapshot_sync(ctx, snapshot_file, device=None, node_name=None,
                                  snapshot_node_name=None, format="qcow2",
                                  mode="absolute-paths"):
-    await drained(ctx, lambda: prepare_snapshot_sync(
+    drained(ctx, lambda: prepare_snapshot_sync(
         ctx, snapshot_file, device, node_name, snapshot_node_name, format, mode))
 
 
@@ -109,12 +110,19 @@ def prepare_snapshot(ctx, node, overlay) -> Steps:
         raise QmpError("The overlay does not support backing images")
     if new.backing is not None:
         raise QmpError("The overlay already has a backing image")
-    return lambda: _install(ctx, active, new), lambda: None
+    def do() -> None:
+        _install(ctx, active, new)
+        if new.image.backing_file != active.filename:   # as QEMU names what it made
+            new.filename = "json:" + json.dumps({
+                "backing": describe(active),
+                "driver": new.driver, "file": describe(new.file)})
+
+    return do, lambda: None
 
 
-@command("blockdev-snapshot", args=[Member("node", STR), Member("overlay", STR)], lock=False)
-async def blockdev_snapshot(ctx, node, overlay):
-    await drained(ctx, lambda: prepare_snapshot(ctx, node, overlay))
+@command("blockdev-snapshot", args=[Member("node", STR), Member("overlay", STR)])
+def blockdev_snapshot(ctx, node, overlay):
+    drained(ctx, lambda: prepare_snapshot(ctx, node, overlay))
 
 
 @command("change-backing-file", args=[Member("device", STR), Member("image-node-name", STR),
@@ -180,10 +188,10 @@ def _transaction_action():
     Member("actions", ListOf(_transaction_action())),
     Member("properties", Struct("TransactionProperties", (Member(
         "completion-mode", Enum("ActionCompletionMode", ("individual", "grouped")), True),)),
-        True)], lock=False)
-async def transaction(ctx, actions, properties=None):
-    """Every action is checked and prepared first; then, with the guest's requests
-    drained, all are done in order, backups last. If one fails, those done are
+        True)])
+def transaction(ctx, actions, properties=None):
+    """Every action is checked and prepared first; then, with no disk request at
+    work, all are done in order, backups last. If one fails, those done are
     undone. (completion-mode=grouped is taken; the backups then end one by one.)"""
     machine = ctx.machine
     prepared: list[tuple[str, Steps]] = []
@@ -196,11 +204,10 @@ async def transaction(ctx, actions, properties=None):
             for _kind, (_do, undo) in reversed(prepared):
                 undo()
             raise
-    await asyncio.to_thread(machine.drain_io)
     ordered = [p for p in prepared if not p[0].endswith("backup")] + \
         [p for p in prepared if p[0].endswith("backup")]
     done: list[Steps] = []
-    with machine.lock:
+    with machine.lock, quiesced():
         try:
             for _kind, steps in ordered:
                 steps[0]()

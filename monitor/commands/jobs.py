@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from monitor.errors import DEVICE_NOT_ACTIVE, QmpError
 from monitor.registry import REGISTRY, command
 from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct
+from vmm.block.engine import quiesced
 from vmm.errors import UserError
 
 JOB_STATUS = Enum("JobStatus", ("undefined", "created", "running", "paused", "ready",
@@ -60,6 +61,7 @@ class Job:
     complete_requested: bool = False
     finalize_requested: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    concluded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def info(self) -> dict:
         if self.work is not None:
@@ -75,7 +77,7 @@ class Job:
         info = {"auto-finalize": self.auto_finalize, "io-status": "ok", "device": self.id,
                 "auto-dismiss": self.auto_dismiss, "busy": self.status == "running",
                 "len": work.total, "offset": work.progress, "status": self.status,
-                "paused": self.user_paused, "speed": self.speed,
+                "paused": self.user_paused or self.status == "pending", "speed": self.speed,
                 "ready": self.status in ("ready", "standby"), "type": self.type}
         if self.error is not None:
             info["error"] = self.error
@@ -207,8 +209,6 @@ class BlockJobRunner:
             job.error = e.strerror or str(e)
         except UserError as e:
             job.error = str(e)
-        finally:
-            work.stop()
         if job.cancel_requested or job.error is not None:
             await self._abort()
             return
@@ -221,8 +221,7 @@ class BlockJobRunner:
                 await self._abort()
                 return
         try:
-            await asyncio.to_thread(self.machine.drain_io)
-            with self.machine.lock:
+            with self.machine.lock, quiesced():     # no disk request at work meanwhile
                 self.finish(pivot)
         except (OSError, UserError) as e:
             job.error = getattr(e, "strerror", None) or str(e)
@@ -239,6 +238,7 @@ class BlockJobRunner:
         job = self.job
         try:
             with self.machine.lock:
+                job.work.stop()             # after finish: a write in flight still copied
                 self.clean()
         finally:
             data = job.progress()
@@ -246,13 +246,15 @@ class BlockJobRunner:
                 data["error"] = job.error
             self.machine.emit(event, data)
             self.status("concluded")
+            job.concluded.set()
             if job.auto_dismiss:
                 dismiss(self.machine, job)
 
 
 def start_block_job(ctx, job_id: str, job_type: str, work, finish: Callable[[bool], None],
                     clean: Callable[[], None], *, auto_finalize: bool = True,
-                    auto_dismiss: bool = True, speed: int = 0) -> Job:
+                    auto_dismiss: bool = True, speed: int = 0,
+                    drained_start: bool = False) -> Job:
     """A block job, started on the loop. ``finish(pivot)`` makes its change when it
     succeeds (pivot is False for a ready mirror cancelled: it leaves the drive as
     it is); ``clean`` lets go of what it opened, however it ends."""
@@ -265,6 +267,9 @@ def start_block_job(ctx, job_id: str, job_type: str, work, finish: Callable[[boo
     runner = BlockJobRunner(ctx, job, finish, clean)
     runner.status("created")
     runner.status("running")
+    if drained_start:              # a backup starts in a drained section: QEMU pauses it
+        runner.status("paused")
+        runner.status("running")
     job.task = asyncio.get_running_loop().create_task(runner.run())
     return job
 
@@ -363,9 +368,14 @@ def job_complete(ctx, id):
     _complete(_job(ctx, id, "complete"))
 
 
-@command("job-finalize", args=[Member("id", STR)])
-def job_finalize(ctx, id):
-    _finalize(_job(ctx, id, "finalize"))
+@command("job-finalize", args=[Member("id", STR)], lock=False)
+async def job_finalize(ctx, id):
+    """Answered once the job has made its change, as QEMU finalizes at once."""
+    with ctx.machine.lock:
+        job = _job(ctx, id, "finalize")
+        _finalize(job)
+    if job.work is not None:
+        await job.concluded.wait()
 
 
 @command("job-dismiss", args=[Member("id", STR)])
@@ -420,6 +430,9 @@ def block_job_dismiss(ctx, id):
     dismiss(ctx.machine, _job(ctx, id, "dismiss", block=True))
 
 
-@command("block-job-finalize", args=[Member("id", STR)])
-def block_job_finalize(ctx, id):
-    _finalize(_job(ctx, id, "finalize", block=True))
+@command("block-job-finalize", args=[Member("id", STR)], lock=False)
+async def block_job_finalize(ctx, id):
+    with ctx.machine.lock:
+        job = _job(ctx, id, "finalize", block=True)
+        _finalize(job)
+    await job.concluded.wait()

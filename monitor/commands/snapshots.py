@@ -108,14 +108,13 @@ def prepare_internal_snapshot(ctx, device: str, name: str):
     return do, lambda: None
 
 
-@command("blockdev-snapshot-internal-sync", args=[Member("device", STR), Member("name", STR)],
-         lock=False)
-async def blockdev_snapshot_internal_sync(ctx, device, name):
+@command("blockdev-snapshot-internal-sync", args=[Member("device", STR), Member("name", STR)])
+def blockdev_snapshot_internal_sync(ctx, device, name):
     """A snapshot of one qcow2 device (its disk only), taken once the I/O in flight
     is done."""
     from monitor.commands.external_snapshots import drained
 
-    await drained(ctx, lambda: prepare_internal_snapshot(ctx, device, name))
+    drained(ctx, lambda: prepare_internal_snapshot(ctx, device, name))
 
 
 @command("blockdev-snapshot-delete-internal-sync",

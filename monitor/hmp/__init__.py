@@ -10,6 +10,7 @@ registers.py (`info registers`).
 
 from monitor.hmp import (  # noqa: F401  (registration)
     block,
+    block_jobs,
     commands,
     info,
     interrupts,
@@ -17,6 +18,7 @@ from monitor.hmp import (  # noqa: F401  (registration)
     memory,
     migration,
     misc,
+    qemu_io,
     registers,
     snapshots,
 )

@@ -49,11 +49,8 @@ class DirtyBitmap:
         return [chunk for chunk in range(self.chunks) if self.is_dirty(chunk)]
 
     def count(self) -> int:
-        """Dirty bytes, as query-block counts them (the last chunk only up to the end)."""
-        total = 0
-        for chunk in self.dirty_chunks():
-            total += min(self.granularity, self.size - chunk * self.granularity)
-        return total
+        """Dirty bytes, as query-block counts them: whole chunks."""
+        return len(self.dirty_chunks()) * self.granularity
 
     def clear(self) -> None:
         with self._lock:

@@ -149,8 +149,11 @@ class Drive:
         self._timed("flush", 0, lambda: self._image().flush())
 
     def discard(self, offset: int, length: int) -> None:
-        self._observed("unmap", offset, length,
-                       lambda: self._image().discard(offset, length))
+        call = lambda: self._image().discard(offset, length)  # noqa: E731
+        if self.root is not None and self.root.discard == "unmap":
+            self._observed("unmap", offset, length, call)
+        else:                             # ignored (discard=ignore): nothing changes
+            self._timed("unmap", length, call)
 
     def error_action(self, is_write: bool, error: OSError) -> str:
         """What werror/rerror say to do about a failed request: report, ignore or

@@ -10,10 +10,12 @@ work are dropped, so the guest never sees a request of an earlier life finish.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -23,8 +25,12 @@ WORKERS = 4
 
 
 class IoEngine:
+    live: weakref.WeakSet[IoEngine] = weakref.WeakSet()     # for quiesced()
+
     def __init__(self, lock: threading.RLock, name: str = "io", workers: int = WORKERS) -> None:
         self.lock = lock
+        self._paused = 0                 # quiesce() calls not yet resumed
+        IoEngine.live.add(self)
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._generation = 0
         self._idle = threading.Condition()
@@ -53,6 +59,18 @@ class IoEngine:
             self._generation += 1
             self._idle.wait_for(lambda: not self._busy)
 
+    def quiesce(self) -> None:
+        """No request starts until resume(), and none is running when this returns
+        (their completions may wait for the machine lock: callable with it held)."""
+        with self._idle:
+            self._paused += 1
+            self._idle.wait_for(lambda: not self._busy)
+
+    def resume(self) -> None:
+        with self._idle:
+            self._paused -= 1
+            self._idle.notify_all()
+
     def close(self) -> None:
         self.cancel()
         for _thread in self._threads:
@@ -62,6 +80,7 @@ class IoEngine:
         while (job := self._jobs.get()) is not None:
             generation, work, done = job
             with self._idle:
+                self._idle.wait_for(lambda: not self._paused)
                 if generation != self._generation:
                     self._pending -= 1
                     self._idle.notify_all()
@@ -84,3 +103,21 @@ class IoEngine:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
+
+
+@contextlib.contextmanager
+def quiesced() -> Iterator[None]:
+    """QEMU's drained section: while it lasts no disk request of any device is at
+    work, so the block graph can change under the devices (a job's switch to its
+    target, a snapshot's overlay). Hold the machine lock too, so no new request
+    is submitted meanwhile."""
+    engines = list(IoEngine.live)
+    done = []
+    try:
+        for engine in engines:
+            engine.quiesce()
+            done.append(engine)
+        yield
+    finally:
+        for engine in done:
+            engine.resume()

@@ -117,6 +117,12 @@ class Node:
         self.image.set_read_only(read_only)
         self.read_only = read_only
 
+    def write_refused_by(self, writer: str) -> str | None:
+        """Who, other than ``writer``, lets nobody write this node (a parent that
+        reads it as its backing image): then it cannot be made writable."""
+        return next((u.user for u in self.uses
+                     if u.user != writer and WRITE in u.unshared), None)
+
     def bitmaps(self) -> list:
         from vmm.block.dirty_bitmap import DirtyBitmap
 
@@ -371,8 +377,8 @@ def describe(node: Node | None) -> Any:
     if node.driver in ("file", "host_device"):
         return {"driver": node.driver, "filename": node.filename}
     out: dict[str, Any] = {"driver": node.driver, "file": describe(node.file)}
-    if node.backing is not None:
-        out = {"backing": describe(node.backing), **out}
+    if node.backing is not None and isinstance(node.options.get("backing"), dict):
+        out = {"backing": describe(node.backing), **out}      # only what options changed
     return out
 
 

@@ -296,6 +296,11 @@ class BlockLayer:
     def drive_of(self, node: Node) -> Drive | None:
         return next((d for d in self.drives if d.root is node), None)
 
+    def drive_of_device(self, device) -> Drive | None:
+        """The drive a device (by its entry in the device list) has attached."""
+        return next((d for d in self.drives if d.attached_to and
+                     d.attached_to.split("/")[3:4] == [device.id]), None)
+
     def drive_del(self, name: str) -> None:
         """HMP drive_del: the drive and its images go; a device using it stays, with
         no medium (its requests fail), as QEMU leaves it."""

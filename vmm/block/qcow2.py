@@ -831,6 +831,19 @@ class Qcow2Image:
             self._extensions = extensions
             self.backing_file, self.backing_format = name, fmt if name else ""
 
+    def make_empty(self) -> None:
+        """HMP commit's last step: every cluster is left to the backing image again."""
+        cs = self.cluster_size
+        with self.lock:
+            self._usable()
+            for cluster in range(-(-self.size // cs)):
+                entry = self._entry(cluster)[2]
+                if entry:
+                    self._set_entry(cluster, 0)
+                    if entry & (OFFSET_MASK | COMPRESSED):
+                        self._free(entry)
+            self.file.flush()
+
     def set_read_only(self, read_only: bool) -> None:
         """Reopened for writing (a commit's base) or for reading only (a snapshot's
         old active layer); the file node is reopened first by the caller."""
@@ -1092,4 +1105,4 @@ def create(path: str, size: int, cluster_bits: int = 16, backing_file: str = "",
         f.write(header.ljust(cs, b"\0"))
         f.write(struct.pack(">Q", 2 * cs).ljust(cs, b"\0"))
         f.write(refblock)
-        f.write(bytes(l1_clusters * cs))
+        f.write(bytes(-(-l1_size * 8 // 512) * 512))      # as QEMU: the file ends after the L1

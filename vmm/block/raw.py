@@ -93,7 +93,11 @@ class RawImage:
         os.dup2(new, self.fd, inheritable=False)
         os.close(new)
         self.read_only = read_only
-        self.set_permissions(self.in_use)
+        try:
+            self.set_permissions(self.in_use)
+        except UserError:                # another user's locks refuse it: as it was
+            self.set_read_only(not read_only)
+            raise
 
     def _bounce(self) -> memoryview:
         bounce = getattr(self._bounces, "buffer", None)
