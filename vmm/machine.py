@@ -46,6 +46,7 @@ from vmm.devices.uhci import PiixUhci
 from vmm.errors import UserError
 from vmm.ioevents import IoEvents
 from vmm.kvm import Kvm, KvmError
+from vmm.lock_profile import ProfiledRLock
 from vmm.memory import GuestMemory, lock_all_memory
 from vmm.migration import channel as migration_channel
 from vmm.migration import machine_state
@@ -84,7 +85,7 @@ NEEDS_RESET = ("internal-error", "shutdown", "guest-panicked")
 class Machine:
     def __init__(self, cfg: MachineConfig, kvm_path: str = "/dev/kvm") -> None:
         self.cfg = cfg
-        self.lock = threading.RLock()
+        self.lock = ProfiledRLock()          # the big lock, with sync-profile
         self.listeners: list[Listener] = []
         self.runstate = "inmigrate" if cfg.incoming else "prelaunch"
         self._held_input: list[tuple[Callable, bytes]] = []     # see host_input

@@ -192,6 +192,28 @@ class VncServer:
     async def start(self) -> None:
         if not self.spec.enabled:
             return
+        await self._listen()
+        self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def listen_on(self, addresses: list[dict]) -> None:
+        """display-update: the listening sockets are replaced (the first address
+        of the list; connected clients stay)."""
+        address = addresses[0] if addresses else None
+        if address is None:
+            return
+        old = self._server
+        if address["type"] == "unix":
+            self.spec.path, self.spec.host, self.spec.port = address["path"], "", 0
+        else:
+            self.spec.path = None
+            self.spec.host, self.spec.port = address["host"], int(address["port"])
+        await self._listen()
+        if old is not None:
+            old.close()
+        if self._refresh is None:
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _listen(self) -> None:
         if self.spec.path is not None:
             if os.path.exists(self.spec.path):
                 os.unlink(self.spec.path)
@@ -201,7 +223,6 @@ class VncServer:
             host = self.spec.host or None
             self._server = await asyncio.start_server(self._serve, host, self.spec.port,
                                                       reuse_address=True)
-        self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
 
     def close(self) -> None:
         if self._server is not None:

@@ -5,6 +5,7 @@ from monitor.commands import (  # noqa: F401
     balloon,
     bitmaps,
     block,
+    block_admin,
     block_jobs,
     chardevs,
     cmdline,

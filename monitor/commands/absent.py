@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from monitor.errors import QmpError
 from monitor.registry import command
-from monitor.types import BOOL, INT, STR, UINT32, UINT64, Builtin, Enum, ListOf, Member, Struct
+from monitor.types import ANY, BOOL, INT, STR, UINT32, UINT64, Builtin, Enum, ListOf, Member, Struct
 
 TPM_MODEL = Enum("TpmModel", ("tpm-tis", "tpm-crb", "tpm-spapr"))
 TPM_TYPE = Enum("TpmType", ("passthrough", "emulator"))
@@ -228,3 +228,14 @@ def x_query_profile(ctx):
 @command("x-query-rdma", returns=HUMAN_READABLE, features=("unstable",))
 def x_query_rdma(ctx):
     return {"human-readable-text": ""}
+
+
+@command("query-spice", returns=Struct("SpiceInfo", (
+    Member("enabled", BOOL), Member("migrated", BOOL), Member("host", STR, True),
+    Member("port", INT, True), Member("tls-port", INT, True),
+    Member("auth", STR, True), Member("compiled-version", STR, True),
+    Member("mouse-mode", Enum("SpiceQueryMouseMode", ("client", "server", "unknown"))),
+    Member("channels", ListOf(ANY), True))))
+def query_spice(ctx):
+    """kvmkit has no SPICE server: QEMU's answer when none is running."""
+    return {"migrated": False, "enabled": False, "mouse-mode": "client"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from monitor import image
+from monitor.commands.exports import SOCKET_ADDRESS_FLAT
 from monitor.errors import DEVICE_NOT_ACTIVE, QmpError
 from monitor.registry import REGISTRY, command
 from monitor.types import BOOL, INT, STR, Enum, ListOf, Member, Struct, Union
@@ -251,3 +252,36 @@ def screendump(ctx, filename, device=None, head=None, format="ppm"):
         f.write(data)
 
 
+
+
+# -- display-reload and display-update (VNC only, as QEMU 7.2) -------------------------
+def _vnc_or_error(ctx):
+    server = vnc_server(ctx)
+    if server is None:
+        raise QmpError("Can not find vnc display")
+    return server
+
+
+@command("display-reload", args=[Member("type", Enum("DisplayReloadType", ("vnc",))),
+                                 Member("tls-certs", BOOL, True)])
+def display_reload(ctx, type, tls_certs=False):
+    """Reloads the VNC server's TLS certificates: kvmkit's VNC has no TLS."""
+    if tls_certs:
+        _vnc_or_error(ctx)
+        raise QmpError("vnc tls is not enabled")
+
+
+@command("display-update", args=[Member("type", Enum("DisplayUpdateType", ("vnc",))),
+                                 Member("addresses", ListOf(SOCKET_ADDRESS_FLAT), True)],
+         lock=False)
+async def display_update(ctx, type, addresses=None):
+    """The VNC server listens on the new addresses (inet or unix); its clients stay."""
+    with ctx.machine.lock:
+        server = _vnc_or_error(ctx)
+    if addresses is None:
+        return
+    for address in addresses:
+        if address["type"] not in ("inet", "unix"):
+            raise QmpError(f"kvmkit's VNC server cannot listen on a '{address['type']}' "
+                           "address")
+    await server.listen_on(addresses)

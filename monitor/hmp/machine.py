@@ -467,3 +467,35 @@ async def info_virtio_queue_element(ctx: HmpContext, args: dict) -> str:
 async def info_virtio_vhost_queue_status(ctx: HmpContext, args: dict) -> str:
     await ctx.call("x-query-virtio-vhost-queue-status", path=args["path"], queue=args["queue"])
     return ""
+
+
+@hmp("spice", "", "", "show the spice server status", info=True)
+async def info_spice(ctx: HmpContext, args: dict) -> str:
+    info = await ctx.call("query-spice")
+    return "Server: disabled\n" if not info["enabled"] else ""
+
+
+@hmp("sync-profile", "flag:s?", "[on|off|reset]",
+     "enable, disable or reset synchronization profiling. With no arguments, prints "
+     "whether profiling is on or off.")
+async def sync_profile_cmd(ctx: HmpContext, args: dict) -> str:
+    """Profiles the machine lock's waits (vmm/lock_profile.py), as QEMU's qsp."""
+    lock, flag = ctx.machine.lock, args.get("flag")
+    if flag is None:
+        return f"sync-profile is {'on' if lock.profiling else 'off'}\n"
+    if flag not in ("on", "off", "reset"):
+        return f"Error: Invalid parameter '{flag}'\n"
+    if flag == "reset":
+        lock.reset()
+    else:
+        lock.profiling = flag == "on"
+    return ""
+
+
+@hmp("sync-profile", "mean:-m,no_coalesce:-n,max:i?", "[-m] [-n] [max]",
+     "show synchronization profiling info, up to max entries (default: 10), sorted by "
+     "total wait time. (-m: sort by mean wait time; -n: do not coalesce objects with the "
+     "same call site)", info=True)
+async def info_sync_profile(ctx: HmpContext, args: dict) -> str:
+    """kvmkit profiles one lock, so coalescing objects changes nothing."""
+    return ctx.machine.lock.report(args.get("max") or 10, args["mean"])

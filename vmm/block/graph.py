@@ -57,6 +57,7 @@ class Node:
     # what watches the guest's writes to it: dirty bitmaps, mirror and backup jobs
     # (before_write(offset, length), after_write(offset, length))
     observers: list = field(default_factory=list)
+    iothread: str | None = None      # x-blockdev-set-iothread (kvmkit runs I/O per device)
 
     def claim(self, use: Use) -> Use:
         """Adds a user, unless it needs what another will not share (or the other
