@@ -70,7 +70,7 @@ async def qom_get_cmd(ctx: HmpContext, args: dict) -> str:
 
 
 @hmp("qom-set", "json:-j,path:s,property:s,value:S", "[-j] path property value",
-     "set QOM property.")
+     "set QOM property.\n\t\t\t-j: the value is specified in json format.")
 async def qom_set_cmd(ctx: HmpContext, args: dict) -> str:
     text = args["value"]
     if args["json"]:

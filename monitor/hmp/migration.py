@@ -26,7 +26,10 @@ SHOWN_PARAMETERS = (
 
 
 @hmp("migrate", "detach:-d,blk:-b,inc:-i,resume:-r,uri:s", "[-d] [-b] [-i] [-r] uri",
-     "migrate to URI (using -d to not wait for completion)")
+     "migrate to URI (using -d to not wait for completion)\n\t\t\t -b for migration "
+     "without shared storage with full copy of disk\n\t\t\t -i for migration without "
+     "shared storage with incremental copy of disk (base image shared between src and "
+     "destination)\n\t\t\t -r to resume a paused migration")
 async def migrate_cmd(ctx: HmpContext, args: dict) -> str:
     await ctx.call("migrate", uri=args["uri"], blk=args.get("blk", False),
                    inc=args.get("inc", False), resume=args.get("resume", False))

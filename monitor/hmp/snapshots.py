@@ -74,14 +74,17 @@ async def info_snapshots(ctx: HmpContext, args: dict) -> str:
 
 
 @hmp("snapshot_blkdev_internal", "device:B,name:s", "device name",
-     "take an internal snapshot of device.")
+     "take an internal snapshot of device.\n\t\t\tThe format of the image used by device "
+     "must\n\t\t\tsupport it, such as qcow2.\n\t\t\t")
 async def snapshot_blkdev_internal_cmd(ctx: HmpContext, args: dict) -> str:
     await ctx.call("blockdev-snapshot-internal-sync", device=args["device"], name=args["name"])
     return ""
 
 
 @hmp("snapshot_delete_blkdev_internal", "device:B,name:s,id:s?", "device name [id]",
-     "delete an internal snapshot of device.")
+     "delete an internal snapshot of device.\n\t\t\tIf id is specified, qemu will try "
+     "delete\n\t\t\tthe snapshot matching both id and name.\n\t\t\tThe format of the "
+     "image used by device must\n\t\t\tsupport it, such as qcow2.\n\t\t\t")
 async def snapshot_delete_blkdev_internal_cmd(ctx: HmpContext, args: dict) -> str:
     extra = {"id": args["id"]} if args.get("id") else {}
     await ctx.call("blockdev-snapshot-delete-internal-sync", device=args["device"],

@@ -111,7 +111,8 @@ def unique(table: dict[str, HmpCommand]) -> list[HmpCommand]:
     seen: dict[int, HmpCommand] = {}
     for cmd in table.values():
         seen.setdefault(id(cmd), cmd)
-    return sorted(seen.values(), key=lambda c: c.name)
+    # QEMU sorts by its name field, which holds the aliases too ("stop|s")
+    return sorted(seen.values(), key=lambda c: "|".join((c.name, *c.aliases)))
 
 
 class ArgError(Exception):
