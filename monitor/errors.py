@@ -20,7 +20,11 @@ class QmpError(UserError):
 
     @classmethod
     def of(cls, error: UserError) -> QmpError:
-        return error if isinstance(error, QmpError) else cls(str(error), error.error_class)
+        if isinstance(error, QmpError):
+            return error
+        out = cls(str(error), error.error_class)
+        out.hint = error.hint                  # HMP prints it, as QEMU's error_report_err
+        return out
 
     def to_json(self) -> dict:
         return {"class": self.error_class, "desc": self.desc}

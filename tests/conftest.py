@@ -98,3 +98,18 @@ def netns():
     pyroute2.netns.create(name)
     yield name
     pyroute2.netns.remove(name)
+
+
+@pytest.fixture(scope="module")
+def oracle_pair(tmp_path_factory):
+    """kvmkit and QEMU 7.2 started alike (tests/qmp_oracle.py), for the module's
+    tests to send the same messages; its tally is printed at the end."""
+    from guest import kvm_usable
+    from qmp_oracle import Pair, report
+
+    if not kvm_usable():
+        pytest.skip("/dev/kvm is not available")
+    both = Pair(tmp_path_factory.mktemp("oracle"))
+    yield both
+    print("\n" + report(both.tally))
+    both.close()

@@ -478,6 +478,9 @@ class Tally:
                 self.taint |= {device, "@pci-slots"} | DEPENDS_ON.get(str(device), set())
             driver = (message.get("arguments") or {}).get("driver")
             self.taint |= DEPENDS_ON.get(f"driver:{driver}", set())
+        if command == "chardev-add" and "return" in ours[0] and "return" in theirs[0] and \
+                '"vc"' in json.dumps(message.get("arguments")):
+            self.taint.add("@vc")      # QEMU's vc is a text console screendump can take
         if "@pci-slots" in self.taint and any(
                 "no slot/function available" in str(r) for r in ours + theirs):
             self.tainted += 1            # the sides have filled their PCI buses differently
@@ -498,6 +501,8 @@ class Tally:
         if gap is not None:
             if command == "nbd-server-start":
                 self.taint.add("@nbd")
+            if command == "migrate-set-capabilities":      # QEMU took one kvmkit lacks
+                self.taint.add("@migrate-caps")
             self.gaps[gap] += 1
             return None
         self.differences.append((message, ours, theirs))
@@ -508,6 +513,8 @@ QEMU_COMMANDS = {e["name"] for e in SCHEMA if e["meta-type"] == "command"}
 # Commands that answer by a device's presence without naming it
 DEPENDS_ON = {"balloon0": {"@balloon"}, "driver:virtio-balloon-pci": {"@balloon"}}
 BY_PRESENCE = {"balloon": "@balloon", "query-balloon": "@balloon",
+               "migrate-start-postcopy": "@migrate-caps", "screendump": "@vc",
+               "query-migrate-capabilities": "@migrate-caps",
                # once QEMU runs an NBD server (kvmkit has none), the NBD commands differ
                **{name: "@nbd" for name in ("nbd-server-start", "nbd-server-stop",
                                             "nbd-server-add", "nbd-server-remove",

@@ -11,11 +11,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from guest import kvm_usable
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from qmp_oracle import IDS, MessageMaker, Pair, report
+from qmp_oracle import IDS, MessageMaker
 
 pytestmark = [pytest.mark.kvm, pytest.mark.qemu]
 
@@ -29,13 +28,8 @@ class HypothesisChooser:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    if not kvm_usable():
-        pytest.skip("/dev/kvm is not available")
-    both = Pair(tmp_path_factory.mktemp("oracle"))
-    yield both
-    print("\n" + report(both.tally))
-    both.close()
+def pair(oracle_pair):
+    return oracle_pair
 
 
 _fresh = (f"made{n}" for n in itertools.count())

@@ -157,6 +157,8 @@ class DeviceManager:
                     raise DeviceError(f"Device '{device_type.name}' can't go on {bus_type} "
                                       f"bus")
                 return owner, bus
+        if name is not None and "/" in name and not name.startswith("/"):
+            name = name.split("/")[0]       # QEMU names the path's first element, unfound
         raise DeviceError(f"Bus '{name}' not found")
 
     def check_bus(self, device_type: DeviceType, name: str) -> None:

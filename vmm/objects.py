@@ -253,15 +253,17 @@ def _value(prop: ObjectProp, value: Any, strict: bool) -> Any:
     return number
 
 
-def create(qom_type: str, object_id: str, props: dict[str, Any]) -> UserObject:
+def create(qom_type: str, object_id: str, props: dict[str, Any],
+           others: dict[str, UserObject] | None = None) -> UserObject:
     """Makes the object: opens what it reads, maps nothing yet (the machine maps RAM).
-    Errors here are QEMU's completion errors, which name no option."""
+    Errors here are QEMU's completion errors, which name no option. ``others`` are
+    the objects already made (a secret's keyid names one)."""
     obj = UserObject(qom_type, object_id, props)
     try:
         if qom_type.startswith("memory-backend-"):
             obj.resource = _memory_backing(obj)
         elif qom_type == "secret":
-            obj.resource = _secret_bytes(props)
+            obj.resource = _secret_bytes(props, others or {})
         elif qom_type == "iothread":
             for key, value in props.items():
                 if value < 0:
@@ -350,7 +352,9 @@ def _open_mem_path(path: str, size: int) -> int:
     return fd
 
 
-def _secret_bytes(props: dict[str, Any]) -> bytes:
+def _secret_bytes(props: dict[str, Any], others: dict[str, UserObject]) -> bytes:
+    """QEMU's secret: data or a file's bytes, base64-decoded (format=base64) or,
+    with a keyid, decrypted with that secret as an AES-256-CBC key."""
     if ("data" in props) == ("file" in props):
         raise ObjectError("Either 'file' or 'data' must be provided" if "data" not in props
                           else "'data' and 'file' are mutually exclusive")
@@ -363,12 +367,53 @@ def _secret_bytes(props: dict[str, Any]) -> bytes:
                               f"“{props['file']}”: {e.strerror}") from None
     else:
         raw = props["data"].encode()
-    if props.get("format", "raw") == "base64":
-        try:
-            return base64.b64decode(raw, validate=True)
-        except ValueError:
-            raise ObjectError("Unable to decode secret: invalid base64") from None
-    return raw
+    base64_format = props.get("format", "raw") == "base64"
+    if "keyid" in props:
+        return _decrypt_secret(props, others, _base64(raw) if base64_format else raw)
+    return _base64(raw) if base64_format else raw
+
+
+def _base64(data: bytes) -> bytes:
+    """As QEMU's qbase64_decode: only the alphabet (and newlines), padding optional."""
+    if b"\0" in data:
+        raise ObjectError("Base64 data contains embedded NUL characters")
+    if data.strip(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n"):
+        raise ObjectError("Base64 data contains invalid characters")
+    text = data.replace(b"\n", b"").rstrip(b"=")
+    try:
+        return base64.b64decode(text + b"=" * (-len(text) % 4))
+    except ValueError:
+        raise ObjectError("Base64 data contains invalid characters") from None
+
+
+def _decrypt_secret(props: dict[str, Any], others: dict[str, UserObject],
+                    ciphertext: bytes) -> bytes:
+    from vmm import aes
+
+    keyid = props["keyid"]
+    key_object = others.get(keyid)
+    if key_object is None:
+        raise ObjectError(f"No secret with id '{keyid}'")
+    if key_object.qom_type != "secret":
+        raise ObjectError(f"Object with id '{keyid}' is not a secret")
+    key = key_object.resource
+    if len(key) != 32:
+        raise ObjectError("Key should be 32 bytes in length")
+    if "iv" not in props:
+        raise ObjectError("IV is required to decrypt secret")
+    iv = _base64(props["iv"].encode())
+    if len(iv) != 16:
+        raise ObjectError(f"IV should be 16 bytes in length not {len(iv)}")
+    if len(ciphertext) % 16:
+        raise ObjectError(f"Length {len(ciphertext)} must be a multiple of block size 16")
+    if not ciphertext:
+        raise ObjectError("Incorrect number of padding bytes (0) found on decrypted data")
+    plain = aes.cbc_decrypt(key, iv, ciphertext)
+    padding = plain[-1]
+    if padding > 16 or padding > len(plain):
+        raise ObjectError(f"Incorrect number of padding bytes ({padding}) found on "
+                          "decrypted data")
+    return plain[:len(plain) - padding]
 
 
 def throttle_values(props: dict[str, Any]) -> dict[str, int]:
@@ -408,7 +453,7 @@ class Objects:
         if object_id in self.by_id:
             raise ObjectError(f"attempt to add duplicate property '{object_id}' to object "
                               f"(type 'container')")
-        obj = create(qom_type, object_id, props)
+        obj = create(qom_type, object_id, props, self.by_id)
         self.by_id[object_id] = obj
         return obj
 

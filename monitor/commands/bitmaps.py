@@ -8,7 +8,7 @@ from __future__ import annotations
 from monitor.commands.block_jobs import lookup
 from monitor.errors import QmpError
 from monitor.registry import command
-from monitor.types import BOOL, INT, STR, Alternate, ListOf, Member, Struct
+from monitor.types import BOOL, STR, UINT32, Alternate, ListOf, Member, Struct
 from vmm.block.dirty_bitmap import DirtyBitmap, default_granularity
 from vmm.block.graph import Node
 
@@ -16,8 +16,10 @@ MAX_NAME = 1023
 BITMAP_REF = Struct("BlockDirtyBitmap", (Member("node", STR), Member("name", STR)))
 
 
-def bitmap_node(ctx, node: str) -> Node:
-    return lookup(ctx, node)
+def bitmap_node(ctx, node: str, adding: bool = False) -> Node:
+    """The node a bitmap is on: block-dirty-bitmap-add finds it as the block
+    commands do, the others as QEMU's bitmap lookup does (its own error)."""
+    return lookup(ctx, node, "" if adding else f"Node '{node}' not found")
 
 
 def find_bitmap(node: Node, name: str, missing: str = "") -> DirtyBitmap:
@@ -40,9 +42,9 @@ def _not_busy(bitmap: DirtyBitmap) -> None:
 
 def prepare_add(ctx, node, name, granularity=None, persistent=False, disabled=False):
     """Checks block-dirty-bitmap-add; returns what adds it."""
-    found = bitmap_node(ctx, node)
     if not name:
         raise QmpError("Bitmap name cannot be empty")
+    found = bitmap_node(ctx, node, adding=True)
     if len(name) > MAX_NAME:
         raise QmpError("Bitmap name is too long")
     if granularity is None:
@@ -61,7 +63,7 @@ def prepare_add(ctx, node, name, granularity=None, persistent=False, disabled=Fa
 
 
 @command("block-dirty-bitmap-add", args=[
-    Member("node", STR), Member("name", STR), Member("granularity", INT, True),
+    Member("node", STR), Member("name", STR), Member("granularity", UINT32, True),
     Member("persistent", BOOL, True), Member("disabled", BOOL, True)])
 def block_dirty_bitmap_add(ctx, node, name, granularity=None, persistent=False,
                            disabled=False):

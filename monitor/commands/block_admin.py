@@ -13,11 +13,32 @@ from monitor.commands.block_jobs import lookup
 from monitor.commands.jobs import start_job
 from monitor.errors import QmpError
 from monitor.registry import command
-from monitor.types import ANY, BOOL, INT, NULL, STR, Alternate, Enum, ListOf, Member, Struct, Union
+from monitor.types import (
+    ANY,
+    BOOL,
+    INT,
+    NULL,
+    STR,
+    Alternate,
+    Builtin,
+    Enum,
+    ListOf,
+    Member,
+    Struct,
+    Union,
+)
 from vmm.block import qcow2
 from vmm.block.graph import PERMISSION_ORDER, WRITE
 from vmm.errors import UserError
 
+# QEMU 7.2's BlockdevDriver: what x-blockdev-amend's options may name
+QEMU_DRIVERS = (
+    "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress",
+    "copy-before-write", "copy-on-read", "dmg", "file", "snapshot-access", "ftp", "ftps",
+    "gluster", "host_cdrom", "host_device", "http", "https", "iscsi", "luks", "nbd", "nfs",
+    "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qcow2", "qed",
+    "quorum", "raw", "rbd", "replication", "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc",
+    "vvfat")
 PREALLOC = Enum("PreallocMode", ("off", "metadata", "falloc", "full"))
 _REF = Alternate("BlockdevRef", (STR, ANY))
 CREATE_OPTIONS = Union("BlockdevCreateOptions", (
@@ -145,14 +166,27 @@ def blockdev_reopen(ctx, options):
 
 
 # -- the rest -------------------------------------------------------------------------
-@command("x-blockdev-amend", args=[Member("job-id", STR), Member("node-name", STR),
-                                   Member("options", ANY), Member("force", BOOL, True)])
+class _AmendOptions(Builtin):
+    """BlockdevAmendOptions: an object whose driver is one of QEMU's (checked in
+    member order, as QEMU's visitor does, before unexpected members)."""
+
+    def check(self, name: str, value: object) -> object:
+        if not isinstance(value, dict):
+            raise QmpError(f"Invalid parameter type for '{name}', expected: object")
+        if "driver" not in value:
+            raise QmpError(f"Parameter '{name}.driver' is missing")
+        if value["driver"] not in QEMU_DRIVERS:
+            raise QmpError(f"Parameter 'driver' does not accept value '{value['driver']}'")
+        return value
+
+
+@command("x-blockdev-amend", args=[
+    Member("job-id", STR), Member("node-name", STR),
+    Member("options", _AmendOptions("any", "value")), Member("force", BOOL, True)])
 def x_blockdev_amend(ctx, job_id, node_name, options, force=False):
     node = ctx.machine.block.graph.find(node_name)
     if node is None:
         raise QmpError(f"Cannot find device='' nor node-name='{node_name}'")
-    if not isinstance(options, dict) or "driver" not in options:
-        raise QmpError("Parameter 'options.driver' is missing")
     if options["driver"] != node.driver:
         raise QmpError("x-blockdev-amend doesn't support changing the block driver")
     if node.driver != "qcow2":

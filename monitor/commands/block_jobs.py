@@ -10,7 +10,7 @@ import os
 from monitor.commands.jobs import machine_jobs, start_block_job
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import command
-from monitor.types import BOOL, INT, STR, Enum, Member, Struct
+from monitor.types import BOOL, INT, STR, UINT32, Enum, Member, Struct
 from vmm.block import qcow2
 from vmm.block.graph import Node
 from vmm.block.jobs import BackupWork, CommitWork, MirrorWork, StreamWork
@@ -99,10 +99,11 @@ def _writable(node: Node) -> None:
 def block_stream(ctx, device, job_id=None, base=None, base_node=None, backing_file=None,
                  bottom=None, speed=0, on_error="report", filter_node_name=None,
                  auto_finalize=True, auto_dismiss=True):
-    if sum(x is not None for x in (base, base_node, bottom)) > 1:
-        if base is not None and base_node is not None:
-            raise QmpError("'base' and 'base-node' cannot be specified at the same time")
-        raise QmpError("'bottom' cannot be specified together with 'base' or 'base-node'")
+    if base is not None and base_node is not None:
+        raise QmpError("'base' and 'base-node' cannot be specified at the same time")
+    if bottom is not None and (base is not None or base_node is not None):
+        other = "base" if base is not None else "base-node"
+        raise QmpError(f"'bottom' and '{other}' cannot be specified at the same time")
     top = lookup(ctx, device)
     base_at: Node | None = None
     if base is not None:
@@ -229,7 +230,7 @@ def block_commit(ctx, device, job_id=None, base_node=None, base=None, top_node=N
 
 # -- mirrors ------------------------------------------------------------------------
 MIRROR_COMMON = [Member("replaces", STR, True), Member("sync", SYNC),
-                 Member("speed", INT, True), Member("granularity", INT, True),
+                 Member("speed", INT, True), Member("granularity", UINT32, True),
                  Member("buf-size", INT, True), Member("on-source-error", ON_ERROR, True),
                  Member("on-target-error", ON_ERROR, True)]
 COPY_MODE = Member("copy-mode", Enum("MirrorCopyMode", ("background", "write-blocking")), True)
@@ -268,7 +269,7 @@ def _start_mirror(ctx, job_id, device, source: Node, target: Node, sync: str, sp
 @command("drive-mirror", args=JOB_COMMON + [
     Member("target", STR), Member("format", STR, True), Member("node-name", STR, True),
     Member("replaces", STR, True), Member("sync", SYNC), Member("mode", NEW_IMAGE_MODE, True),
-    Member("speed", INT, True), Member("granularity", INT, True), Member("buf-size", INT, True),
+    Member("speed", INT, True), Member("granularity", UINT32, True), Member("buf-size", INT, True),
     Member("on-source-error", ON_ERROR, True), Member("on-target-error", ON_ERROR, True),
     Member("unmap", BOOL, True), COPY_MODE] + FINALIZE)
 def drive_mirror(ctx, device, target, sync, job_id=None, format=None, node_name=None,

@@ -248,7 +248,7 @@ def x_query_numa(ctx):
 
 def ramblock_text(machine) -> str:
     """The RAM blocks, as QEMU's `info ramblock`: guest RAM is one block, pc.ram."""
-    out = [f"{'Block Name':>24} {'PSize':>8} {'Offset':>18} {'Used':>18} {'Total':>18}\n"]
+    out = [f"{'Block Name':>24} {'PSize':>8}  {'Offset':>18} {'Used':>18} {'Total':>18}\n"]
     total = sum(region.size for region in machine.memory.regions)
     if total:
         out.append(f"{'pc.ram':>24} {'4 KiB':>8}  0x{0:016x} 0x{total:016x} 0x{total:016x}\n")

@@ -26,7 +26,13 @@ from monitor.types import (
     Struct,
 )
 
-MIGRATION_CAPABILITY = Enum("MigrationCapability", ("events",))
+MIGRATION_CAPABILITY = Enum("MigrationCapability", (
+    "xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events",
+    "postcopy-ram", "x-colo", "release-ram", "block", "return-path",
+    "pause-before-switchover", "multifd", "dirty-bitmaps", "postcopy-blocktime",
+    "late-block-activate", "x-ignore-shared", "validate-uuid", "background-snapshot",
+    "zero-copy-send", "postcopy-preempt"))
+SUPPORTED_CAPABILITIES = {"events"}      # the others kvmkit's migration does not do
 CAPABILITY_STATUS = Struct("MigrationCapabilityStatus", (
     Member("capability", MIGRATION_CAPABILITY), Member("state", BOOL)))
 MIGRATION_STATUS = Enum("MigrationStatus", (
@@ -118,6 +124,10 @@ def query_migrate_capabilities(ctx):
 def migrate_set_capabilities(ctx, capabilities):
     if _migration_running(ctx.machine):
         raise QmpError(QERR_MIGRATION_ACTIVE)
+    for entry in capabilities:
+        if entry["state"] and entry["capability"] not in SUPPORTED_CAPABILITIES:
+            raise QmpError(f"kvmkit's migration does not support the capability "
+                           f"'{entry['capability']}'")
     for entry in capabilities:
         ctx.machine.migration_settings.capabilities[entry["capability"]] = entry["state"]
 

@@ -22,9 +22,9 @@ async def help_cmd(ctx: HmpContext, args: dict) -> str:
         if len(words) == 1:
             return "".join(help_line(c) for c in unique(INFO))
         cmd = INFO.get(words[1])
-        return help_line(cmd) if cmd else ""
+        return help_line(cmd) if cmd else f"unknown command: 'info {words[1]}'\n"
     cmd = COMMANDS.get(words[0])
-    return help_line(cmd) if cmd else ""
+    return help_line(cmd) if cmd else f"unknown command: '{words[0]}'\n"
 
 
 @hmp("info", "item:s?", "[subcommand]", "show various information about the system state")

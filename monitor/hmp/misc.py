@@ -12,7 +12,7 @@ from monitor.hmp.table import HmpContext, forward, hmp, report
 from vmm import paging
 
 
-@hmp("object_add", "object:O", "[qom-type=]type,id=str[,prop=value][,...]",
+@hmp("object_add", "object:S", "[qom-type=]type,id=str[,prop=value][,...]",
      "create QOM object")
 async def object_add_cmd(ctx: HmpContext, args: dict) -> str:
     from vmm import objects
@@ -353,7 +353,9 @@ async def info_sgx(ctx: HmpContext, args: dict) -> str:
 
 @hmp("usbhost", "", "", "show host USB devices", info=True)
 async def info_usbhost(ctx: HmpContext, args: dict) -> str:
-    return 'Command "info usbhost" is not available.\n'      # no host USB passthrough
+    # QEMU's answer before its usb-host module is loaded; kvmkit passes no host USB
+    # device through to a guest
+    return 'Command "info usbhost" is not available.\n'
 
 
 @hmp("capture", "", "", "show capture information", info=True)

@@ -294,13 +294,13 @@ async def run_line(monitor: Monitor, session: Session, line: str,
     try:
         return await cmd.handler(ctx, args)
     except UserError as e:                   # the user's error, from whichever layer
-        return f"Error: {e}\n"
+        return f"Error: {e}\n" + (f"{e.hint}\n" if e.hint else "")
     except Exception as e:  # a bug in one command: report it, keep the monitor
         log.exception("HMP command %s failed", cmd.full_name)
         return f"Error: internal error: {e}\n"
 
 
-_NAME = re.compile(r"[A-Za-z0-9_.?-]+")   # QEMU: a command name ends at '/', ' ', ...
+_NAME = re.compile(r"[^/\s]+")          # QEMU: a command name ends at '/' or a space
 _REG32 = {"eax": "rax", "ebx": "rbx", "ecx": "rcx", "edx": "rdx", "esi": "rsi", "edi": "rdi",
           "esp": "rsp", "ebp": "rbp", "eip": "rip"}
 

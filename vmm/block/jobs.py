@@ -181,6 +181,8 @@ class BackupWork(_WatchesWrites):
         self.wanted = deque(o for o, n in _chunks(self.size) if self._wanted(o, n))
         self.in_scope = set(self.wanted)
         self.waits_for_cancel = sync == "none"
+        # QEMU's len: what the job has to copy (all of it, or what the bitmap marks)
+        self.total = sum(min(CHUNK, self.size - o) for o in self.wanted)
 
     def _wanted(self, offset: int, length: int) -> bool:
         if self.sync == "top":
