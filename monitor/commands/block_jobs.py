@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from monitor.commands.jobs import machine_jobs, start_block_job
+from monitor.commands.jobs import check_job_id, machine_jobs, start_block_job
 from monitor.errors import QmpError, device_not_found
 from monitor.registry import command
 from monitor.types import BOOL, INT, STR, UINT32, Enum, Member, Struct
@@ -181,6 +181,7 @@ def block_commit(ctx, device, job_id=None, base_node=None, base=None, top_node=N
     check_busy(ctx, top_at, base_at)
     block = ctx.machine.block
     job_id = _job_id(job_id, device, active, ctx)
+    check_job_id(ctx.machine, job_id)           # before the base is made writable
     was_read_only = base_at.read_only
     try:
         base_at.set_read_only(False)
@@ -247,7 +248,7 @@ def _check_mirror(granularity: int | None, sync: str) -> None:
 
 
 def _start_mirror(ctx, job_id, device, source: Node, target: Node, sync: str, speed: int,
-                  auto_finalize: bool, auto_dismiss: bool, release_target: bool) -> None:
+                  auto_finalize: bool, auto_dismiss: bool) -> None:
     block = ctx.machine.block
     if target.size != source.size:
         raise QmpError("Source and target image have different sizes")
@@ -283,7 +284,7 @@ def drive_mirror(ctx, device, target, sync, job_id=None, format=None, node_name=
     node = new_image(ctx, target, format or source.driver, mode, source, backing, node_name)
     try:
         _start_mirror(ctx, job_id, device, source, node, sync, speed, auto_finalize,
-                      auto_dismiss, True)
+                      auto_dismiss)
     except QmpError:
         ctx.machine.block.discard_medium(node)
         raise
@@ -306,7 +307,7 @@ def blockdev_mirror(ctx, device, target, sync, job_id=None, replaces=None, speed
                        "Cannot mirror to an attached block device")
     check_busy(ctx, source, node)
     _start_mirror(ctx, job_id, device, source, node, sync, speed, auto_finalize,
-                  auto_dismiss, False)
+                  auto_dismiss)
 
 
 def new_image(ctx, filename: str, fmt: str, mode: str, source: Node,

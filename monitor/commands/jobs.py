@@ -135,6 +135,19 @@ def start_job(ctx, job_id: str, job_type: str, work: Callable[[], Awaitable[None
 
 
 # -- block jobs ---------------------------------------------------------------------
+STEP_BYTES = 1 << 20        # a worker-thread round trip per MiB, not per chunk
+
+
+def _some_steps(work, speed: int) -> bool:
+    """Steps until about STEP_BYTES are done (one, under a speed limit, so that
+    the pacing stays fine); False once the work's first pass is over."""
+    start = work.progress
+    while work.step():
+        if speed or work.progress - start >= STEP_BYTES:
+            return True
+    return False
+
+
 class BlockJobRunner:
     """Runs one block job's work on the loop: its steps on a worker thread, paced
     by the speed limit, stopping for pause and cancel between steps; ``finish``
@@ -170,7 +183,7 @@ class BlockJobRunner:
                 break
             started = time.monotonic()
             before = work.progress
-            more = await asyncio.to_thread(work.step)
+            more = await asyncio.to_thread(_some_steps, work, job.speed)
             if job.speed and work.progress > before:
                 delay = (work.progress - before) / job.speed - (time.monotonic() - started)
                 if delay > 0:
