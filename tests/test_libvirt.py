@@ -318,3 +318,81 @@ def test_virsh_ide_disk_and_cdrom_change_media(libvirtd, tmp_path, vmm):
         virsh("undefine", name, check=False)
         Path(tmp_path / "virsh-transcript.txt").write_text("\n".join(libvirtd.transcript))
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+VIRTIO_DISK = """    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>"""
+
+
+def _qemu_img_info(image: Path) -> dict:
+    import subprocess
+    return json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(image)],
+                                     check=True, capture_output=True, text=True).stdout)
+
+
+def _guest_text(image: Path, sector: int) -> bytes:
+    """What the guest wrote at a sector, read through the image's chain."""
+    import subprocess
+    raw = image.with_suffix(".raw")
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(image), str(raw)],
+                   check=True)
+    data = raw.read_bytes()[sector * 512:(sector + 1) * 512]
+    raw.unlink()
+    return data.rstrip(b"\0")
+
+
+@pytest.mark.parametrize("vmm", ["qemu", "kvmkit"])
+def test_virsh_snapshot_commit_pull_and_copy(libvirtd, tmp_path, vmm):
+    """libvirt's block operations on a running guest's qcow2 disk, each done with
+    -blockdev's commands (block-stream, blockdev-create, transaction,
+    block-commit, blockdev-mirror and the job verbs): a pull of the backing
+    chain, a disk-only external snapshot, an active commit with pivot and a copy
+    with pivot. The guest's writes land in the image each step says."""
+    import subprocess
+    name = f"blockjobs-{vmm}"
+    xml, sockets, console_path = _domain_xml(tmp_path, vmm, name, 128)
+    base, disk = tmp_path / "base.qcow2", tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "8M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 1M", str(base)],
+                   check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
+                    str(disk)], check=True)
+    xml.write_text(xml.read_text().replace("  </devices>", VIRTIO_DISK.format(disk=disk)))
+    overlay, copy = tmp_path / "overlay.qcow2", tmp_path / "copy.qcow2"
+    virsh = libvirtd.virsh
+    libvirtd.transcript.clear()
+    try:
+        console, _ = _boot(libvirtd, xml, name, console_path)
+
+        def write(sector: int, text: str) -> None:
+            assert console.command(f"blk write {sector} {text}") == {"status": 0}
+            assert console.command("blk flush") == {"status": 0}
+
+        write(6000, "before-snapshot")
+        virsh("blockpull", name, "vda", "--wait")
+        assert console.command("blk flush") == {"status": 0}     # QEMU's L2 cache too
+        assert "backing-filename" not in _qemu_img_info(disk)
+        assert _guest_text(disk, 10) == b"\x5a" * 512
+        virsh("snapshot-create-as", name, "s1", "--disk-only", "--no-metadata",
+              "--diskspec", f"vda,file={overlay}")
+        assert str(overlay) in virsh("domblklist", name)
+        write(6100, "in-the-overlay")
+        assert _qemu_img_info(overlay)["backing-filename"] == str(disk)
+        assert _guest_text(disk, 6100) == b""
+        virsh("blockcommit", name, "vda", "--active", "--pivot", "--wait")
+        assert console.command("blk flush") == {"status": 0}
+        assert str(disk) in virsh("domblklist", name)
+        assert _guest_text(disk, 6100) == b"in-the-overlay"
+        virsh("blockcopy", name, "vda", str(copy), "--wait", "--pivot", "--transient-job")
+        assert str(copy) in virsh("domblklist", name)
+        write(6200, "after-the-copy")
+        assert [_guest_text(copy, s) for s in (6000, 6100, 6200)] == \
+            [b"before-snapshot", b"in-the-overlay", b"after-the-copy"]
+        assert _guest_text(disk, 6200) == b""
+    finally:
+        virsh("destroy", name, check=False)
+        virsh("undefine", name, check=False)
+        Path(tmp_path / "virsh-transcript.txt").write_text("\n".join(libvirtd.transcript))
+        shutil.rmtree(sockets, ignore_errors=True)
