@@ -34,10 +34,14 @@ def _lookup(ctx, node: str, name: str) -> tuple[Node, DirtyBitmap]:
     return found, find_bitmap(found, name)
 
 
-def _not_busy(bitmap: DirtyBitmap) -> None:
+def check_usable(bitmap: DirtyBitmap, inconsistent_ok: bool = False) -> None:
+    """QEMU's bitmap check: not in a job's hands, and (unless it is being removed)
+    not found inconsistent in its image."""
     if bitmap.busy:
         raise QmpError(f"Bitmap '{bitmap.name}' is currently in use by another operation "
                        "and cannot be used")
+    if bitmap.inconsistent and not inconsistent_ok:
+        raise QmpError(f"Bitmap '{bitmap.name}' is inconsistent and cannot be used")
 
 
 def prepare_add(ctx, node, name, granularity=None, persistent=False, disabled=False):
@@ -54,10 +58,13 @@ def prepare_add(ctx, node, name, granularity=None, persistent=False, disabled=Fa
         raise QmpError("Granularity must be power of 2 and at least 512")
     if any(b.name == name for b in found.bitmaps()):
         raise QmpError(f"Bitmap already exists: {name}")
-    if persistent:
-        raise QmpError("Persistent bitmaps are not supported by kvmkit: kvmkit keeps "
-                       "dirty bitmaps in memory only")
-    bitmap = DirtyBitmap(name, found.size, granularity, recording=not disabled)
+    if persistent and (found.driver != "qcow2" or found.read_only or
+                       found.image.version < 3):
+        drive = ctx.machine.block.drive_of(found)
+        shown = drive.name if drive is not None and drive.name else found.name
+        raise QmpError(f"Can't store persistent bitmaps to {shown}: Operation not supported")
+    bitmap = DirtyBitmap(name, found.size, granularity, recording=not disabled,
+                         persistent=persistent)
     return lambda: found.observers.append(bitmap), \
         lambda: found.observers.remove(bitmap) if bitmap in found.observers else None
 
@@ -74,7 +81,7 @@ def block_dirty_bitmap_add(ctx, node, name, granularity=None, persistent=False,
 def prepare_change(ctx, verb: str, node: str, name: str):
     """Checks remove/clear/enable/disable; returns (do, undo)."""
     found, bitmap = _lookup(ctx, node, name)
-    _not_busy(bitmap)
+    check_usable(bitmap, inconsistent_ok=verb == "remove")
     if verb == "remove":
         return lambda: found.observers.remove(bitmap), lambda: found.observers.append(bitmap)
     if verb == "clear":
@@ -104,13 +111,15 @@ for _verb in ("remove", "clear", "enable", "disable"):
 
 def prepare_merge(ctx, node, target, bitmaps):
     found, into = _lookup(ctx, node, target)
-    _not_busy(into)
+    check_usable(into)
     sources = []
     for ref in bitmaps:
         if isinstance(ref, str):
             sources.append(find_bitmap(found, ref))
         else:
             sources.append(_lookup(ctx, ref["node"], ref["name"])[1])
+        if sources[-1].inconsistent:            # a source may be busy, not inconsistent
+            check_usable(sources[-1])
     saved = into.copy()
 
     def do() -> None:

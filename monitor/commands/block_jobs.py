@@ -355,7 +355,7 @@ BACKUP_COMMON = [Member("sync", SYNC), Member("speed", INT, True), Member("bitma
 def _start_backup(ctx, job_id, device, source: Node, target: Node, sync: str, speed: int,
                   bitmap_name: str | None, bitmap_mode: str | None, compress: bool,
                   auto_finalize: bool, auto_dismiss: bool) -> None:
-    from monitor.commands.bitmaps import find_bitmap
+    from monitor.commands.bitmaps import check_usable, find_bitmap
 
     if compress and target.driver != "qcow2":     # qcow2 takes it (written uncompressed)
         raise QmpError("Compression is not supported for this drive "
@@ -366,9 +366,7 @@ def _start_backup(ctx, job_id, device, source: Node, target: Node, sync: str, sp
             if sync == "none":
                 raise QmpError("sync mode 'none' does not produce meaningful bitmap outputs")
         bitmap = find_bitmap(source, bitmap_name, f"Bitmap '{bitmap_name}' could not be found")
-        if bitmap.busy:
-            raise QmpError(f"Bitmap '{bitmap_name}' is currently in use by another "
-                           "operation and cannot be used")
+        check_usable(bitmap)
         if sync == "incremental" and bitmap_mode not in (None, "on-success"):
             raise QmpError("Bitmap sync mode must be 'on-success' when using sync mode "
                            "'incremental'")

@@ -2,8 +2,8 @@
 data were written since the bitmap was made or cleared, one bit per
 ``granularity`` bytes. Incremental backups copy what a bitmap marks.
 
-Bitmaps live in memory; kvmkit does not store them in qcow2 images
-(persistent=on is refused).
+Bitmaps live in memory; persistent ones are read from their qcow2 image when it
+opens and written back when it closes (vmm/block/qcow2_bitmaps.py).
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ import threading
 
 
 class DirtyBitmap:
-    def __init__(self, name: str, size: int, granularity: int, recording: bool = True) -> None:
+    def __init__(self, name: str, size: int, granularity: int, recording: bool = True,
+                 persistent: bool = False, inconsistent: bool = False) -> None:
         self.name = name
         self.size = size
         self.granularity = granularity
         self.recording = recording
+        self.persistent = persistent        # kept in its qcow2 image (qcow2_bitmaps.py)
+        self.inconsistent = inconsistent    # found in_use in the image: not to be trusted
         self.busy = False                   # a backup job is using it
         self.bits = bytearray(-(-self.chunks // 8))
         self._lock = threading.Lock()       # marked from the I/O threads
@@ -74,8 +77,11 @@ class DirtyBitmap:
         return hashlib.sha256(bytes(self.bits).ljust(words * 8, b"\0")).hexdigest()
 
     def info(self) -> dict:
-        return {"name": self.name, "recording": self.recording, "persistent": False,
-                "busy": self.busy, "granularity": self.granularity, "count": self.count()}
+        out = {"name": self.name, "recording": self.recording, "persistent": self.persistent,
+               "busy": self.busy, "granularity": self.granularity, "count": self.count()}
+        if self.inconsistent:
+            out["inconsistent"] = True
+        return out
 
 
 def default_granularity(cluster_size: int | None) -> int:

@@ -130,7 +130,41 @@ class Node:
         return [o for o in self.observers if isinstance(o, DirtyBitmap)]
 
     def close(self) -> None:
+        if self.driver == "qcow2":
+            self._save_bitmaps()
         self.image.close()
+
+    def _save_bitmaps(self) -> None:
+        """The persistent bitmaps go back into the image (qcow2_bitmaps.py)."""
+        from vmm.block import qcow2_bitmaps
+
+        persistent = [b for b in self.bitmaps() if b.persistent]
+        on_file = [s.name for s in self.image.stored_bitmaps]
+        # QEMU's order: those the file had, as it had them, then new ones, newest first
+        ordered = sorted((b for b in persistent if b.name in on_file),
+                         key=lambda b: on_file.index(b.name)) + \
+            [b for b in reversed(persistent) if b.name not in on_file]
+        stored = [qcow2_bitmaps.StoredBitmap(
+            b.name, b.granularity, (qcow2_bitmaps.AUTO if b.recording else 0) |
+            (qcow2_bitmaps.IN_USE if b.inconsistent else 0), b.bits)
+            for b in ordered]
+        try:
+            self.image.save_bitmaps(stored)
+        except OSError:
+            pass                        # left marked in_use in the file: inconsistent
+
+    def load_bitmaps(self) -> None:
+        """The bitmaps a qcow2 image holds become the node's."""
+        from vmm.block.dirty_bitmap import DirtyBitmap
+
+        for stored in self.image.stored_bitmaps:
+            bitmap = DirtyBitmap(stored.name, self.image.size, stored.granularity,
+                                 recording=stored.auto and not stored.inconsistent,
+                                 persistent=True, inconsistent=stored.inconsistent)
+            if not stored.inconsistent:     # QEMU loads no bits it cannot trust
+                bitmap.bits[:] = stored.bits[:len(bitmap.bits)].ljust(len(bitmap.bits),
+                                                                      b"\0")
+            self.observers.append(bitmap)
 
 
 class BlockGraph:
@@ -203,6 +237,7 @@ class BlockGraph:
                 raise
         self.nodes.append(node)
         if driver == "qcow2":
+            node.load_bitmaps()
             try:
                 node.backing = self._open_backing(options, image, file_node, child_inherits,
                                                   seen)

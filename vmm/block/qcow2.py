@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from vmm.block import qcow2_bitmaps
 from vmm.errors import UserError
 
 MAGIC = b"QFI\xfb"
@@ -42,7 +43,7 @@ INCOMPAT_NAMES = {INCOMPAT_DIRTY: "dirty bit", INCOMPAT_CORRUPT: "corrupt bit",
                   INCOMPAT_COMPRESSION: "compression type", INCOMPAT_EXTL2: "extended L2 entries"}
 INCOMPAT_KNOWN = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION
 COMPAT_LAZY_REFCOUNTS = 1
-AUTOCLEAR_BITMAPS = 1
+AUTOCLEAR_BITMAPS = qcow2_bitmaps.AUTOCLEAR_BITMAPS
 EXT_END, EXT_BACKING_FORMAT, EXT_FEATURE_TABLE = 0, 0xE2792ACA, 0x6803F857
 EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE = 0x23852875, 0x0537BE77, 0x44415441
 COMPRESSION_ZLIB, COMPRESSION_ZSTD = 0, 1
@@ -103,6 +104,8 @@ class Qcow2Image:
         self.wr_highest_offset = 0           # query-blockstats' for the node
         self._read_header()
         self._read_tables()
+        self.stored_bitmaps = qcow2_bitmaps.load(self)      # as the file holds them
+        self.bitmaps_in_use = False          # the file marks them being changed (rw)
         if not read_only:
             self._open_for_writing()
 
@@ -115,6 +118,7 @@ class Qcow2Image:
             self._compressed_cache = None
             self._read_header()
             self._read_tables()
+            self.stored_bitmaps = qcow2_bitmaps.load(self)
 
     # -- opening ---------------------------------------------------------------
     def _read_header(self) -> None:
@@ -279,8 +283,8 @@ class Qcow2Image:
         return out
 
     def _open_for_writing(self) -> None:
-        if self.autoclear:                      # bitmaps kvmkit would not keep up to date
-            self.autoclear = 0
+        if self.autoclear & ~AUTOCLEAR_BITMAPS:     # what kvmkit would not keep up to date
+            self.autoclear &= AUTOCLEAR_BITMAPS
             self._write_header_features()
         if self.dirty:                                  # refcounts may lag: rebuild them
             self.rebuild_refcounts()
@@ -288,6 +292,17 @@ class Qcow2Image:
             self.incompatible &= ~INCOMPAT_DIRTY
             self._write_header_features()
             self.file.flush()
+        if self.stored_bitmaps:                     # kept in memory until the image closes
+            qcow2_bitmaps.mark_in_use(self, self.stored_bitmaps)
+            self.bitmaps_in_use = True
+
+    def save_bitmaps(self, bitmaps: list) -> None:
+        """The node's persistent bitmaps, written back as the image's whole set."""
+        if self.read_only or self.corrupt or not (bitmaps or self.stored_bitmaps):
+            return
+        qcow2_bitmaps.store(self, bitmaps)
+        self.stored_bitmaps = qcow2_bitmaps.load(self)
+        self.bitmaps_in_use = False
 
     def _write_header_features(self) -> None:
         self._pwrite(HEADER.size, struct.pack(">QQQ", self.incompatible, self.compatible,
@@ -1007,6 +1022,8 @@ class Qcow2Image:
             walk_l1(self._read_l1(snapshot.l1_offset, snapshot.l1_size), snapshot.l1_offset)
         if self.snapshots:
             add(self.snapshots_offset, self._snapshot_table_bytes())
+        for offset, length in qcow2_bitmaps.clusters_used(self, self.stored_bitmaps):
+            add(offset, length)
         add(self.rt_offset, self.rt_clusters * cs)
         for entry in self.rt:
             if entry & OFFSET_MASK:
@@ -1073,6 +1090,12 @@ class Qcow2Image:
                          "extended-l2": False})
         else:
             data.update({"compression-type": "zlib", "refcount-bits": self.refcount_bits})
+        if self.stored_bitmaps:                 # as the file lists them
+            data["bitmaps"] = [{"flags": (["in-use"] if self.bitmaps_in_use or
+                                          b.inconsistent else []) +
+                                (["auto"] if b.auto else []),
+                                "name": b.name, "granularity": b.granularity}
+                               for b in self.stored_bitmaps]
         return {"type": "qcow2", "data": data}
 
 
