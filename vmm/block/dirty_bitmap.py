@@ -65,6 +65,16 @@ class DirtyBitmap:
             start = chunk * other.granularity
             self.mark(start, min(other.granularity, other.size - start))
 
+    def resize(self, size: int) -> None:
+        """block_resize: the bitmap follows the disk (new chunks clean)."""
+        with self._lock:
+            self.size = size
+            length = -(-self.chunks // 8)
+            self.bits = self.bits[:length].ljust(length, b"\0")
+            spare = self.chunks % 8
+            if spare and len(self.bits) * 8 > self.chunks:     # no bits past the end
+                self.bits[-1] &= (1 << spare) - 1
+
     def copy(self) -> DirtyBitmap:
         twin = DirtyBitmap(self.name, self.size, self.granularity, self.recording)
         twin.bits[:] = self.bits

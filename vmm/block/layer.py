@@ -326,6 +326,8 @@ class BlockLayer:
             node.image.truncate(size)
         except OSError as e:
             raise UserError(f"Could not resize: {e.strerror}") from None
+        for bitmap in node.bitmaps():
+            bitmap.resize(size)
         for drive in self.drives:
             if drive.root is node and drive.on_resize is not None:
                 drive.on_resize()
