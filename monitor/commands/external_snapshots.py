@@ -58,6 +58,37 @@ def _install(ctx, active: Node, overlay: Node) -> None:
         active.users -= 1
 
 
+def _installer(ctx, active: Node, overlay: Node, after=lambda: None) -> Steps:
+    """(do, undo) for putting ``overlay`` over ``active``: undo takes it off again
+    once done (a transaction's later action failed), or just lets it go."""
+    block = ctx.machine.block
+    state = {"installed": False, "read_only": active.read_only}
+
+    def do() -> None:
+        _install(ctx, active, overlay)
+        state["installed"] = True
+        after()
+
+    def undo() -> None:
+        if state["installed"]:
+            drive = block.drive_of(overlay)
+            active.users += 1
+            try:
+                if drive is not None:
+                    block.switch_root(drive, active)
+                if not state["read_only"]:
+                    active.set_read_only(False)
+            finally:
+                active.users -= 1
+        if overlay in block.graph.nodes and not overlay.users:
+            block.graph.set_backing(overlay, None)
+            overlay.users += 1
+            overlay.options.pop("node-name", None)     # made here: goes with the undo
+            block.graph.release(overlay)
+
+    return do, undo
+
+
 def prepare_snapshot_sync(ctx, snapshot_file, device=None, node_name=None,
                           snapshot_node_name=None, format="qcow2",
                           mode="absolute-paths") -> Steps:
@@ -85,7 +116,7 @@ def prepare_snapshot_sync(ctx, snapshot_file, device=None, node_name=None,
     if overlay.driver != "qcow2":
         block.discard_medium(overlay)
         raise QmpError("The overlay does not support backing images")
-    return lambda: _install(ctx, active, overlay), lambda: block.discard_medium(overlay)
+    return _installer(ctx, active, overlay)
 
 
 @command("blockdev-snapshot-sync", args=[
@@ -110,14 +141,13 @@ def prepare_snapshot(ctx, node, overlay) -> Steps:
         raise QmpError("The overlay does not support backing images")
     if new.backing is not None:
         raise QmpError("The overlay already has a backing image")
-    def do() -> None:
-        _install(ctx, active, new)
+    def named() -> None:
         if new.image.backing_file != active.filename:   # as QEMU names what it made
             new.filename = "json:" + json.dumps({
-                "backing": describe(active),
-                "driver": new.driver, "file": describe(new.file)})
+                "backing": describe(active), "driver": new.driver, "file": describe(new.file)})
 
-    return do, lambda: None
+    do, undo = _installer(ctx, active, new, after=named)
+    return do, undo
 
 
 @command("blockdev-snapshot", args=[Member("node", STR), Member("overlay", STR)])
@@ -190,31 +220,25 @@ def _transaction_action():
         "completion-mode", Enum("ActionCompletionMode", ("individual", "grouped")), True),)),
         True)])
 def transaction(ctx, actions, properties=None):
-    """Every action is checked and prepared first; then, with no disk request at
-    work, all are done in order, backups last. If one fails, those done are
-    undone. (completion-mode=grouped is taken; the backups then end one by one.)"""
+    """The actions are done in order, with no disk request at work, each seeing
+    what the earlier ones did (a bitmap one adds, another merges into); backups
+    start last. If one fails, those done are undone, and nothing changed.
+    (completion-mode=grouped is taken; the backups then end one by one.)"""
     machine = ctx.machine
-    prepared: list[tuple[str, Steps]] = []
-    with machine.lock:
-        try:
-            for action in actions:
-                prepared.append((action["type"],
-                                 _prepare(ctx, action["type"], action.get("data", {}))))
-        except BaseException:
-            for _kind, (_do, undo) in reversed(prepared):
-                undo()
-            raise
-    ordered = [p for p in prepared if not p[0].endswith("backup")] + \
-        [p for p in prepared if p[0].endswith("backup")]
     done: list[Steps] = []
+    backups = []
     with machine.lock, quiesced():
         try:
-            for _kind, steps in ordered:
+            for action in actions:
+                steps = _prepare(ctx, action["type"], action.get("data", {}))
+                if action["type"].endswith("backup"):
+                    backups.append(steps)
+                    continue
                 steps[0]()
                 done.append(steps)
+            for steps in backups:
+                steps[0]()
         except BaseException:
             for _do, undo in reversed(done):
                 undo()
-            for steps in ordered[len(done) + 1:]:
-                steps[1]()
             raise

@@ -35,6 +35,16 @@ class Use:
     role: str                        # file, backing, root
     required: frozenset[str]
     unshared: frozenset[str]
+    parent: Node | None = None       # the node that is the user, for a backing link
+
+    def refused(self) -> frozenset[str]:
+        """What it will not share now. A backing image refuses writers only while
+        its overlay is in use (QEMU derives it from the overlay's own users), so an
+        unused overlay may sit on a disk a device writes (libvirt's backups do)."""
+        if self.role == "backing" and self.parent is not None and \
+                not self.parent.in_use():
+            return frozenset()
+        return self.unshared
 
 
 @dataclass(eq=False)
@@ -64,7 +74,7 @@ class Node:
         way round): then QEMU's "Permission conflict" error."""
         for other in self.uses:
             for needs, refuses in ((other, use), (use, other)):
-                clash = needs.required & refuses.unshared
+                clash = needs.required & refuses.refused()
                 if clash:
                     names = ", ".join(p for p in PERMISSION_ORDER if p in clash)
                     raise UserError(
@@ -74,6 +84,11 @@ class Node:
                         f"'{self.name}' as '{refuses.role}' child).")
         self.uses.append(use)
         return use
+
+    def in_use(self) -> bool:
+        """Whether a device uses it, directly or through the nodes above it."""
+        return any(u.role == "root" or (u.parent is not None and u.parent.in_use())
+                   for u in self.uses)
 
     def unclaim(self, use: Use) -> None:
         if use in self.uses:
@@ -243,7 +258,7 @@ class BlockGraph:
                                                   seen)
                 if node.backing is not None:     # a backing image: read, and kept as it is
                     node.backing.claim(Use(f"node '{node.name}'", "backing", frozenset(),
-                                           frozenset((WRITE, RESIZE))))
+                                           frozenset((WRITE, RESIZE)), node))
             except BaseException:
                 self.nodes.remove(node)
                 image.close()
@@ -343,7 +358,7 @@ class BlockGraph:
         if backing is not None:
             backing.users += 1
             backing.claim(Use(f"node '{node.name}'", "backing", frozenset(),
-                              frozenset((WRITE, RESIZE))))
+                              frozenset((WRITE, RESIZE)), node))
         node.backing = backing
         node.image.backing = backing.image if backing is not None else None
         if old is not None:
