@@ -98,6 +98,11 @@ class Console:
             if message.get("event") == name:
                 return message
 
+    def write_and_flush(self, sector: int, text: str) -> None:
+        """The probe writes a sector of its virtio-blk disk, then flushes it."""
+        assert self.command(f"blk write {sector} {text}") == {"status": 0}
+        assert self.command("blk flush") == {"status": 0}
+
     def command(self, text: str) -> dict:
         self.sock.sendall(text.encode() + b"\n")
         while True:
@@ -376,10 +381,7 @@ def test_virsh_snapshot_commit_pull_and_copy(libvirtd, tmp_path, vmm):
     try:
         console, _ = _boot(libvirtd, xml, name, console_path)
 
-        def write(sector: int, text: str) -> None:
-            assert console.command(f"blk write {sector} {text}") == {"status": 0}
-            assert console.command("blk flush") == {"status": 0}
-
+        write = console.write_and_flush
         write(6000, "before-snapshot")
         virsh("blockpull", name, "vda", "--wait")
         assert console.command("blk flush") == {"status": 0}     # QEMU's L2 cache too
@@ -443,10 +445,7 @@ def test_virsh_full_and_incremental_backup(libvirtd, tmp_path, vmm):
     try:
         console, _ = _boot(libvirtd, xml, name, console_path)
 
-        def write(sector: int, text: str) -> None:
-            assert console.command(f"blk write {sector} {text}") == {"status": 0}
-            assert console.command("blk flush") == {"status": 0}
-
+        write = console.write_and_flush
         write(100, "in-the-full-backup")
         virsh("checkpoint-create-as", name, "cp1")
         backup(full)
