@@ -197,8 +197,13 @@ def _prepare(ctx, kind: str, data: dict) -> Steps:
         return prepare_snapshot(ctx, **args)
     if kind == "blockdev-snapshot-internal-sync":
         return snapshots.prepare_internal_snapshot(ctx, **args)
+    # a backup starts last, but finds its nodes here, in the action's turn, as QEMU's
+    # prepare does
+    block_jobs.lookup(ctx, args["device"])
+    if kind == "blockdev-backup":
+        block_jobs.lookup(ctx, args["target"])
     start = block_jobs.drive_backup if kind == "drive-backup" else block_jobs.blockdev_backup
-    return (lambda: start(ctx, **args)), lambda: None       # a backup starts last
+    return (lambda: start(ctx, **args)), lambda: None
 
 
 def _transaction_action():
