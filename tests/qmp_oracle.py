@@ -583,7 +583,9 @@ def kills_qemu(message: dict | bytes) -> bool:
     - a memory backend within a page of 2^64 bytes (a negative size, taken modulo
       2^64) rounds up to 0 ("find_ram_offset: Assertion `size != 0'");
     - a ring-buffer chardev of 2^31 bytes or more, which it cannot allocate;
-    - xen-load-devices-state of a state it saved itself, outside Xen."""
+    - xen-load-devices-state of a state it saved itself, outside Xen;
+    - blockdev-reopen of no nodes at all ("bdrv_reopen_multiple: Assertion
+      `bs_queue != NULL'")."""
     if not isinstance(message, dict):
         return False
     if message.get("execute") == "xen-load-devices-state":
@@ -591,6 +593,8 @@ def kills_qemu(message: dict | bytes) -> bool:
     args = message.get("arguments")
     if not isinstance(args, dict):
         return False
+    if message.get("execute") == "blockdev-reopen":
+        return args.get("options") == []
     if message.get("execute") in ("chardev-add", "chardev-change"):
         backend = args.get("backend")
         data = backend.get("data") if isinstance(backend, dict) else None

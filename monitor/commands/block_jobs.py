@@ -101,9 +101,10 @@ def block_stream(ctx, device, job_id=None, base=None, base_node=None, backing_fi
                  auto_finalize=True, auto_dismiss=True):
     if base is not None and base_node is not None:
         raise QmpError("'base' and 'base-node' cannot be specified at the same time")
-    if bottom is not None and (base is not None or base_node is not None):
-        other = "base" if base is not None else "base-node"
-        raise QmpError(f"'bottom' and '{other}' cannot be specified at the same time")
+    if bottom is not None and base is not None:
+        raise QmpError("'base' and 'bottom' cannot be specified at the same time")
+    if bottom is not None and base_node is not None:
+        raise QmpError("'bottom' and 'base-node' cannot be specified at the same time")
     top = lookup(ctx, device)
     base_at: Node | None = None
     if base is not None:
