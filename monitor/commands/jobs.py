@@ -14,6 +14,7 @@ Two kinds run here:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ JOB_STATUS = Enum("JobStatus", ("undefined", "created", "running", "paused", "re
                                 "null"))
 JOB_TYPE = Enum("JobType", ("commit", "stream", "mirror", "backup", "create", "amend",
                             "snapshot-load", "snapshot-save", "snapshot-delete"))
+log = logging.getLogger(__name__)
 REGISTRY.event("JOB_STATUS_CHANGE", [Member("id", STR), Member("status", JOB_STATUS)])
 _PROGRESS = (Member("type", JOB_TYPE), Member("device", STR), Member("len", INT),
              Member("offset", INT), Member("speed", INT))
@@ -222,6 +224,9 @@ class BlockJobRunner:
             job.error = e.strerror or str(e)
         except UserError as e:
             job.error = str(e)
+        except Exception as e:          # a bug in the job's work: it fails, kvmkit goes on
+            log.exception("block job %s failed", job.id)
+            job.error = f"internal error: {e}"
         if job.cancel_requested or job.error is not None:
             await self._abort()
             return
