@@ -241,7 +241,9 @@ class BlockJobRunner:
         try:
             with self.machine.lock, quiesced():     # no disk request at work meanwhile
                 self.finish(pivot)
-        except (OSError, UserError) as e:
+        except Exception as e:          # its change could not be made: the job fails
+            if not isinstance(e, (OSError, UserError)):
+                log.exception("block job %s could not finish", job.id)
             job.error = getattr(e, "strerror", None) or str(e)
             await self._abort()
             return
