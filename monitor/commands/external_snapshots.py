@@ -229,6 +229,12 @@ def transaction(ctx, actions, properties=None):
     what the earlier ones did (a bitmap one adds, another merges into); backups
     start last. If one fails, those done are undone, and nothing changed.
     (completion-mode=grouped is taken; the backups then end one by one.)"""
+    mode = (properties or {}).get("completion-mode", "individual")
+    if mode != "individual":                    # only backups can end as a group
+        for action in actions:
+            if action["type"] not in ("drive-backup", "blockdev-backup", "abort"):
+                raise QmpError(f"Action '{action['type']}' does not support Transaction "
+                               f"property completion-mode = {mode}")
     machine = ctx.machine
     done: list[Steps] = []
     backups = []
