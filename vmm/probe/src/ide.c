@@ -210,19 +210,29 @@ static void cmd_identify(unsigned ch, unsigned unit)
     printf("}\n");
 }
 
+/* Selects a unit once the channel takes it: while a reset runs, a busy channel
+ * ignores the select (QEMU may still be resetting when the probe asks), and a
+ * selected absent slave reads as not busy, so the select is read back until it
+ * took; then the unit's status once it is no longer busy. */
+static u8 select_when_idle(unsigned ch, unsigned unit)
+{
+    u64 end = now_us() + TIMEOUT_US;
+    for (;;) {
+        select_unit(ch, unit, 0);
+        if (((inb(command_ports[ch] + 6) >> 4) & 1) == unit)
+            return wait_ready(ch);
+        if (now_us() > end)
+            return 0xff;
+    }
+}
+
 static void cmd_signature(unsigned ch, unsigned unit)
 {
     outb(control_ports[ch], 0x04);            /* SRST */
     delay_us(10);
     outb(control_ports[ch], 0x00);
-    /* Wait on the master: a selected absent slave reads 0 (not busy) while the
-     * reset is still running (QEMU may finish it later), and a busy channel
-     * ignores the select written then. */
-    select_unit(ch, 0, 0);
-    u8 st = wait_ready(ch);
-    select_unit(ch, unit, 0);
-    if (unit)
-        st = wait_ready(ch);
+    select_when_idle(ch, 0);                  /* the master ends the reset */
+    u8 st = select_when_idle(ch, unit);
     u16 b = command_ports[ch];
     printf("{\"status\": %u, \"alt\": %u, \"error\": %u, \"nsector\": %u, \"sector\": %u, "
            "\"lcyl\": %u, \"hcyl\": %u, \"select\": %u}\n", st, inb(control_ports[ch]),
