@@ -79,7 +79,7 @@ def check_busy(ctx, *nodes: Node) -> None:
                                f"block job: {job.type}")
 
 
-def _job_id(job_id: str | None, device: str, node: Node, ctx) -> str:
+def _job_id(ctx, job_id: str | None, node: Node) -> str:
     if job_id is not None:
         return job_id
     drive = ctx.machine.block.drive_of(node)
@@ -135,7 +135,7 @@ def block_stream(ctx, device, job_id=None, base=None, base_node=None, backing_fi
             top.image.set_backing_file(name, base_at.driver if base_at is not None else "")
             block.graph.set_backing(top, base_at)
 
-    start_block_job(ctx, _job_id(job_id, device, top, ctx), "stream",
+    start_block_job(ctx, _job_id(ctx, job_id, top), "stream",
                     StreamWork(top, base_at), finish, lambda: None,
                     auto_finalize=auto_finalize, auto_dismiss=auto_dismiss, speed=speed)
 
@@ -181,7 +181,7 @@ def block_commit(ctx, device, job_id=None, base_node=None, base=None, top_node=N
         raise QmpError(f"'{base_node}' is not in this backing file chain")
     check_busy(ctx, top_at, base_at)
     block = ctx.machine.block
-    job_id = _job_id(job_id, device, active, ctx)
+    job_id = _job_id(ctx, job_id, active)
     check_job_id(ctx.machine, job_id)           # before the base is made writable
     was_read_only = base_at.read_only
     try:
@@ -248,7 +248,7 @@ def _check_mirror(granularity: int | None, sync: str) -> None:
         raise QmpError(f"Sync mode '{sync}' not supported")
 
 
-def _start_mirror(ctx, job_id, device, source: Node, target: Node, sync: str, speed: int,
+def _start_mirror(ctx, job_id, source: Node, target: Node, sync: str, speed: int,
                   auto_finalize: bool, auto_dismiss: bool) -> None:
     block = ctx.machine.block
     if target.size != source.size:
@@ -263,7 +263,7 @@ def _start_mirror(ctx, job_id, device, source: Node, target: Node, sync: str, sp
     def clean() -> None:
         block.graph.release(target)
 
-    start_block_job(ctx, _job_id(job_id, device, source, ctx), "mirror",
+    start_block_job(ctx, _job_id(ctx, job_id, source), "mirror",
                     MirrorWork(source, target, sync), pivot, clean,
                     auto_finalize=auto_finalize, auto_dismiss=auto_dismiss, speed=speed)
 
@@ -284,7 +284,7 @@ def drive_mirror(ctx, device, target, sync, job_id=None, format=None, node_name=
     backing = None if sync == "full" else source if sync == "none" else source.backing
     node = new_image(ctx, target, format or source.driver, mode, source, backing, node_name)
     try:
-        _start_mirror(ctx, job_id, device, source, node, sync, speed, auto_finalize,
+        _start_mirror(ctx, job_id, source, node, sync, speed, auto_finalize,
                       auto_dismiss)
     except QmpError:
         ctx.machine.block.discard_medium(node)
@@ -307,7 +307,7 @@ def blockdev_mirror(ctx, device, target, sync, job_id=None, replaces=None, speed
                        f"'{source.name}'" if node in source.chain() else
                        "Cannot mirror to an attached block device")
     check_busy(ctx, source, node)
-    _start_mirror(ctx, job_id, device, source, node, sync, speed, auto_finalize,
+    _start_mirror(ctx, job_id, source, node, sync, speed, auto_finalize,
                   auto_dismiss)
 
 
@@ -353,7 +353,7 @@ BACKUP_COMMON = [Member("sync", SYNC), Member("speed", INT, True), Member("bitma
                                            Member("max-chunk", INT, True))), True)]
 
 
-def _start_backup(ctx, job_id, device, source: Node, target: Node, sync: str, speed: int,
+def _start_backup(ctx, job_id, source: Node, target: Node, sync: str, speed: int,
                   bitmap_name: str | None, bitmap_mode: str | None, compress: bool,
                   auto_finalize: bool, auto_dismiss: bool) -> None:
     from monitor.commands.bitmaps import check_usable, find_bitmap
@@ -400,7 +400,7 @@ def _start_backup(ctx, job_id, device, source: Node, target: Node, sync: str, sp
             if keep_old:
                 bitmap.merge_from(frozen)
 
-    start_block_job(ctx, _job_id(job_id, device, source, ctx), "backup",
+    start_block_job(ctx, _job_id(ctx, job_id, source), "backup",
                     BackupWork(source, target, sync, frozen), finish, clean,
                     auto_finalize=auto_finalize, auto_dismiss=auto_dismiss, speed=speed,
                     drained_start=True)
@@ -416,7 +416,7 @@ def blockdev_backup(ctx, device, target, sync, job_id=None, speed=0, bitmap=None
     if node is source:
         raise QmpError("Source and target cannot be the same")
     check_busy(ctx, source, node)
-    _start_backup(ctx, job_id, device, source, node, sync, speed, bitmap, bitmap_mode,
+    _start_backup(ctx, job_id, source, node, sync, speed, bitmap, bitmap_mode,
                   compress, auto_finalize, auto_dismiss)
 
 
@@ -431,7 +431,7 @@ def drive_backup(ctx, device, target, sync, job_id=None, speed=0, bitmap=None,
     backing = source if sync == "none" else source.backing if sync == "top" else None
     node = new_image(ctx, target, format or source.driver, mode, source, backing, None)
     try:
-        _start_backup(ctx, job_id, device, source, node, sync, speed, bitmap, bitmap_mode,
+        _start_backup(ctx, job_id, source, node, sync, speed, bitmap, bitmap_mode,
                       compress, auto_finalize, auto_dismiss)
     except QmpError:
         ctx.machine.block.discard_medium(node)

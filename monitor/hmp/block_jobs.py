@@ -10,7 +10,7 @@ import os
 
 from monitor.hmp.table import HmpContext, hmp
 from vmm.block.engine import quiesced
-from vmm.block.jobs import CHUNK, allocated_above
+from vmm.block.jobs import CommitWork
 from vmm.errors import UserError
 
 _MIRROR_HELP = ("initiates live storage\n\t\t\tmigration for a device. The device's contents "
@@ -87,12 +87,9 @@ def _commit_into_backing(top) -> None:
     except UserError:                   # another process's (or node's) lock refuses it
         raise OSError(errno.EACCES, os.strerror(errno.EACCES)) from None
     try:
-        for offset in range(0, top.size, CHUNK):
-            length = min(CHUNK, top.size - offset)
-            if allocated_above(top, base, offset, length):
-                buf = bytearray(length)
-                top.image.read_into(offset, [memoryview(buf)])
-                base.image.write(offset, buf)
+        work = CommitWork(top, base)      # block-commit's copy, run here to the end
+        while work.step():
+            pass
         base.image.flush()
         if hasattr(top.image, "make_empty"):
             top.image.make_empty()
